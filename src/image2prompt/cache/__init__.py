@@ -1,0 +1,16 @@
+"""Embedding cache (numpy + safetensors; no torch here)."""
+
+from .embeddings import (
+    PRECOMPUTED_REPO,
+    CacheEntry,
+    EmbeddingCache,
+    default_cache_dir,
+    hash_codes,
+    hub_offline,
+    sanitize_model_name,
+)
+
+__all__ = [
+    "PRECOMPUTED_REPO", "CacheEntry", "EmbeddingCache", "default_cache_dir", "hash_codes",
+    "hub_offline", "sanitize_model_name",
+]

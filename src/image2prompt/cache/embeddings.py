@@ -1,0 +1,197 @@
+"""Embedding cache: one safetensors file per (model, table), in the reference's format.
+
+Files are named ``{model with '/' and '@' -> '_'}_{table}.safetensors`` and hold
+``embeds`` (fp16 [N, D]) and ``hash`` (int8 codes of the sha256 hex digest of the
+labels joined with ","), so caches written by ``clip-interrogator`` are reused and
+vice versa. Files are validated on every read and written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import CacheError
+from ..vocab.tables import PhraseTable
+
+log = logging.getLogger(__name__)
+
+#: Where the reference publishes precomputed table embeddings.
+PRECOMPUTED_REPO = "pharma/ci-preprocess"
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def default_cache_dir() -> Path:
+    """``$IMAGE2PROMPT_CACHE_DIR``, else the per-user cache directory (never the working directory)."""
+    env = os.environ.get("IMAGE2PROMPT_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("image2prompt", appauthor=False)) / "embeddings"
+
+
+def sanitize_model_name(model_name: str) -> str:
+    """The reference's file-name rule ('/' and '@' -> '_'), plus any other unsafe character."""
+    return _UNSAFE.sub("_", model_name.replace("/", "_").replace("@", "_"))
+
+
+def hash_codes(sha256_hex: str) -> np.ndarray:
+    return np.frombuffer(sha256_hex.encode("ascii"), dtype=np.uint8).astype(np.int8)
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    path: Path
+    size_bytes: int
+
+
+class EmbeddingCache:
+    """Reads and writes table embeddings under one directory.
+
+    Safe to share between threads and processes: reads never see a partial file
+    because writes go to a temporary file that is fsynced and then renamed.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None, *, download: bool = True) -> None:
+        self.directory = Path(directory).expanduser() if directory is not None else default_cache_dir()
+        self.download = download
+
+    def __repr__(self) -> str:
+        return f"EmbeddingCache({str(self.directory)!r})"
+
+    def path_for(self, model_key: str, table_name: str) -> Path:
+        return self.directory / f"{sanitize_model_name(model_key)}_{table_name}.safetensors"
+
+    # -- reading -----------------------------------------------------------
+    def load(self, model_key: str, table: PhraseTable, *, dim: int | None = None) -> np.ndarray | None:
+        """Return fp16 embeddings [len(table), D] for ``table``, or None if absent or invalid."""
+        path = self.path_for(model_key, table.name)
+        if not path.exists() and self.download:
+            self._try_download(model_key, table.name, path)
+        if not path.exists():
+            return None
+        embeds = self._read_valid(path, table, dim)
+        if embeds is None:
+            log.warning("embedding cache %s is stale or corrupt; it will be recomputed", path)
+        return embeds
+
+    def _read_valid(self, path: Path, table: PhraseTable, dim: int | None) -> np.ndarray | None:
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            log.debug("cannot read %s: %s", path, e)
+            return None
+        embeds, stored = tensors.get("embeds"), tensors.get("hash")
+        if embeds is None or stored is None or embeds.ndim != 2:
+            return None
+        if dim is not None and embeds.shape[1] != dim:
+            return None
+        if not np.issubdtype(embeds.dtype, np.floating) or not np.isfinite(embeds).all():
+            return None
+        if np.array_equal(stored, hash_codes(table.sha256)) and embeds.shape[0] == len(table):
+            return embeds.astype(np.float16, copy=False)
+        src = table.source
+        if src is not None and np.array_equal(stored, hash_codes(src.sha256)) and embeds.shape[0] == src.size:
+            # A file keyed by the reference's raw list (blank lines and duplicates kept).
+            return embeds[list(src.rows)].astype(np.float16, copy=False)
+        return None
+
+    def _try_download(self, model_key: str, table_name: str, path: Path) -> None:
+        """Fetch the reference's precomputed file; any failure means 'compute it instead'."""
+        if hub_offline():
+            return
+        try:
+            from huggingface_hub import hf_hub_download
+
+            self.directory.mkdir(parents=True, exist_ok=True)
+            hf_hub_download(PRECOMPUTED_REPO, path.name, local_dir=str(self.directory))
+            log.info("downloaded precomputed embeddings %s", path.name)
+        except Exception as e:  # noqa: BLE001 - any failure falls back to computing locally
+            log.info("no precomputed embeddings for %s (%s); computing them", path.name, type(e).__name__)
+
+    # -- writing -----------------------------------------------------------
+    def save(self, model_key: str, table: PhraseTable, embeds: np.ndarray) -> Path:
+        """Write ``embeds`` for ``table`` atomically; return the file's path."""
+        from safetensors.numpy import save
+
+        if embeds.ndim != 2 or embeds.shape[0] != len(table):
+            raise ValueError(f"embeds shape {embeds.shape} does not match table {table.name!r} ({len(table)} labels)")
+        path = self.path_for(model_key, table.name)
+        payload = save({
+            "embeds": np.ascontiguousarray(embeds, dtype=np.float16),
+            "hash": hash_codes(table.sha256),
+        })
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.directory)
+        except OSError as e:
+            raise CacheError(
+                f"{self.directory}: cannot write the embedding cache ({e.strerror or e}); "
+                "pass --cache-dir to use another folder"
+            ) from None
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with _suppress_os_error():
+                os.unlink(tmp)
+            raise
+        _fsync_dir(self.directory)
+        return path
+
+    # -- housekeeping ------------------------------------------------------
+    def entries(self) -> Iterator[CacheEntry]:
+        if not self.directory.is_dir():
+            return
+        for p in sorted(self.directory.glob("*.safetensors")):
+            yield CacheEntry(p, p.stat().st_size)
+
+    def clear(self) -> int:
+        """Delete every cached table; return how many files were removed."""
+        n = 0
+        for entry in list(self.entries()):
+            entry.path.unlink(missing_ok=True)
+            n += 1
+        return n
+
+
+class _suppress_os_error:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
+        return isinstance(exc, OSError)
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

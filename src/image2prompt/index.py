@@ -1,0 +1,131 @@
+"""Phrase tables embedded by one CLIP encoder, built lazily and cached (no torch import here)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from .cache import EmbeddingCache
+from .vocab import VocabularyPack
+from .vocab.tables import PhraseTable
+
+log = logging.getLogger(__name__)
+
+
+class ProgressBar(Protocol):
+    def update(self, n: int) -> None: ...
+    def close(self) -> None: ...
+
+
+#: progress(description, total) -> a bar; front ends pass one, the library default shows nothing.
+ProgressFactory = Callable[[str, int], ProgressBar]
+
+
+class TextEncoder(Protocol):
+    """What the index needs from a CLIP encoder."""
+
+    name: str
+    cache_key: str
+    embed_dim: int
+
+    def encode_texts(self, texts: Sequence[str], *, progress: Callable[[int], None] | None = None) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class MergedView:
+    """The fast/best candidate pool: merged categories, duplicates dropped (first category wins)."""
+
+    labels: tuple[str, ...]
+    categories: tuple[str, ...]
+    rows: np.ndarray  # row of each label in the pack-wide embedding matrix
+
+
+class VocabularyIndex:
+    """Embeddings of every table of a pack for one encoder, in one fp16 matrix.
+
+    Tables are embedded on first use (or read from the cache). Safe to share
+    across threads: building is guarded by a lock, reads are lock-free.
+    """
+
+    def __init__(self, pack: VocabularyPack, encoder: TextEncoder, cache: EmbeddingCache | None,
+                 progress: ProgressFactory | None = None) -> None:
+        self.pack = pack
+        self.encoder = encoder
+        self.cache = cache
+        self.progress = progress
+        self._lock = threading.Lock()
+        self._embeds: dict[str, np.ndarray] = {}
+        self._merged: MergedView | None = None
+        self._merged_embeds: np.ndarray | None = None
+
+    def embeds(self, category: str) -> np.ndarray:
+        """fp16 [N, D] embeddings of the category's labels, in table order."""
+        got = self._embeds.get(category)
+        if got is not None:
+            return got
+        with self._lock:
+            if category not in self._embeds:
+                self._embeds[category] = self._build(self.pack[category])
+            return self._embeds[category]
+
+    def prepare(self, categories: Sequence[str] | None = None) -> None:
+        for c in categories or self.pack.categories():
+            self.embeds(c)
+
+    def _build(self, table: PhraseTable) -> np.ndarray:
+        enc = self.encoder
+        if self.cache is not None:
+            cached = self.cache.load(enc.cache_key, table, dim=enc.embed_dim)
+            if cached is not None:
+                log.debug("table %s for %s read from cache", table.name, enc.name)
+                return cached
+        log.info("embedding %d %s phrases with %s", len(table), table.name, enc.name)
+        bar = self.progress(f"Embedding {table.name}", len(table)) if self.progress and len(table) else None
+        try:
+            feats = enc.encode_texts(list(table.labels), progress=bar.update if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        embeds = feats.astype(np.float16)
+        if self.cache is not None and len(table):
+            self.cache.save(enc.cache_key, table, embeds)
+        return embeds
+
+    # -- merged pool -------------------------------------------------------
+    def merged(self) -> tuple[MergedView, np.ndarray]:
+        if self._merged is None or self._merged_embeds is None:
+            cats = self.pack.merged_categories()
+            blocks = [self.embeds(c) for c in cats]
+            with self._lock:
+                if self._merged is None:
+                    seen: set[str] = set()
+                    labels: list[str] = []
+                    categories: list[str] = []
+                    rows: list[int] = []
+                    offset = 0
+                    for c, block in zip(cats, blocks):
+                        for i, label in enumerate(self.pack[c].labels):
+                            if label not in seen:
+                                seen.add(label)
+                                labels.append(label)
+                                categories.append(c)
+                                rows.append(offset + i)
+                        offset += len(block)
+                    stacked = np.concatenate(blocks, axis=0) if blocks else np.empty((0, self.encoder.embed_dim), np.float16)
+                    idx = np.asarray(rows, dtype=np.int64)
+                    self._merged_embeds = stacked[idx] if len(idx) != len(stacked) else stacked
+                    self._merged = MergedView(tuple(labels), tuple(categories), idx)
+        assert self._merged is not None and self._merged_embeds is not None
+        return self._merged, self._merged_embeds
+
+    def category_of(self) -> dict[str, str]:
+        view, _ = self.merged()
+        return dict(zip(view.labels, view.categories))
+
+
+def describe(obj: Any) -> str:
+    return getattr(obj, "name", type(obj).__name__)

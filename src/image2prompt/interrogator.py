@@ -1,0 +1,346 @@
+"""The Interrogator: orchestration only. It is given its parts (encoders, captioner,
+vocabulary, cache) so tests and servers can pass their own; ``Interrogator.load``
+builds them from names.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .cache import EmbeddingCache
+from .index import ProgressFactory, VocabularyIndex
+from .prompt import SEPARATOR, at_limit, classic_prompt, fast_prompt, fits, truncate_to_fit
+from .results import MODES, Analysis, Phrase, Result
+from .search import greedy_chain, similarities, top_k_of_scores
+from .vocab import HYPOTHESIS_CATEGORIES, VocabularyPack, load_vocabulary
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .models.captioners import Captioner
+    from .models.clip import ClipEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Config:
+    """Settings for :meth:`Interrogator.load`. Every field has a working default."""
+
+    clip_model: str | Sequence[str] = "ViT-L-14/openai"  # one name, or several to score with all of them
+    caption_model: str | None = "blip-large"  # None: captions must be passed in
+    device: str = "auto"  # auto picks cuda, then mps, then cpu
+    precision: str = "auto"  # auto: fp16 on CUDA, fp32 elsewhere; or fp32 / fp16 / bf16
+    cache_dir: str | None = None  # embedding cache; default: the per-user cache directory
+    download_cache: bool = True  # fetch the reference's precomputed tables (skipped offline)
+    vocab: Sequence[str] = ()  # --vocab paths: a folder replaces the pack, .txt files add categories
+    low_vram: bool = False  # keep only one model on the accelerator at a time
+    candidates: int = 2048  # size of the best/negative candidate pool (the reference's intermediate count)
+    min_flavors: int = 8  # best/negative chains always take at least this many steps
+    max_flavors: int = 32  # and at most this many; also fast mode's phrase count
+    classic_flavors: int = 3  # flavors in classic mode
+    max_tokens: int = 77  # the text encoder's window, start and end tokens included
+    token_budget: int | None = None  # text tokens per encoder batch; None: a default per device
+    caption_max_tokens: int = 32
+    caption_batch_size: int = 8
+    image_batch_size: int = 16
+
+    @property
+    def clip_models(self) -> list[str]:
+        return [self.clip_model] if isinstance(self.clip_model, str) else list(self.clip_model)
+
+
+@dataclass
+class _Scored:
+    """A candidate prompt and the phrases it holds."""
+
+    prompt: str
+    phrases: list[Phrase] = field(default_factory=list)
+
+
+class Interrogator:
+    """Turns images into prompt scaffolds. Safe to share across threads."""
+
+    def __init__(
+        self,
+        clip: "ClipEncoder | Sequence[ClipEncoder]",
+        captioner: "Captioner | None" = None,
+        vocab: VocabularyPack | None = None,
+        cache: EmbeddingCache | None = None,
+        config: Config | None = None,
+        *,
+        progress: ProgressFactory | None = None,
+    ) -> None:
+        self.clips: list[ClipEncoder] = [clip] if not isinstance(clip, (list, tuple)) else list(clip)
+        if not self.clips:
+            raise ValueError("at least one CLIP encoder is needed")
+        self.captioner = captioner
+        self.config = config or Config()
+        self.vocab = vocab if vocab is not None else load_vocabulary(self.config.vocab)
+        self.cache = cache
+        self.indexes = [VocabularyIndex(self.vocab, c, cache, progress) for c in self.clips]
+        self._device_lock = threading.RLock()
+
+    @classmethod
+    def load(cls, config: Config | None = None, *, progress: ProgressFactory | None = None,
+             **overrides: Any) -> "Interrogator":
+        """Build an Interrogator from model names (downloads weights on first use when online)."""
+        config = replace(config or Config(), **overrides)
+        from .models.captioners import load_captioner
+        from .models.clip import load_clip
+
+        vocab = load_vocabulary(config.vocab)  # fail fast on a bad --vocab before loading models
+        captioner = None
+        if config.caption_model:
+            captioner = load_captioner(config.caption_model, device=config.device, precision=config.precision,
+                                       max_new_tokens=config.caption_max_tokens)
+            if config.low_vram:
+                captioner.offload()
+        clips = [load_clip(n, device=config.device, precision=config.precision, token_budget=config.token_budget)
+                 for n in config.clip_models]
+        cache = EmbeddingCache(config.cache_dir, download=config.download_cache)
+        return cls(clips, captioner, vocab, cache, config, progress=progress)
+
+    # -- names ---------------------------------------------------------------
+    @property
+    def clip_name(self) -> str:
+        return " + ".join(c.name for c in self.clips)
+
+    @property
+    def caption_name(self) -> str | None:
+        return self.captioner.name if self.captioner is not None else None
+
+    # -- device placement ----------------------------------------------------
+    @contextmanager
+    def _using(self, which: str) -> Iterator[None]:
+        """With low_vram, move the needed model onto the accelerator and the other off it."""
+        if not self.config.low_vram:
+            yield
+            return
+        with self._device_lock:
+            if which == "caption":
+                for c in self.clips:
+                    c.offload()
+                if self.captioner is not None:
+                    self.captioner.activate()
+            else:
+                if self.captioner is not None:
+                    self.captioner.offload()
+                for c in self.clips:
+                    c.activate()
+            yield
+
+    # -- building blocks -----------------------------------------------------
+    def prepare(self) -> None:
+        """Embed (or load from cache) every table now instead of on first use."""
+        with self._using("clip"):
+            for index in self.indexes:
+                index.prepare()
+
+    def caption(self, images: Sequence[Any]) -> list[str]:
+        if self.captioner is None:
+            raise ValueError("no caption model is loaded: pass a caption (--caption TEXT) or load a captioner")
+        with self._using("caption"):
+            return self.captioner.caption(images, batch_size=self.config.caption_batch_size)
+
+    def image_features(self, images: Sequence[Any]) -> list[np.ndarray]:
+        """Per encoder, [N, D] normalised image features."""
+        with self._using("clip"):
+            return [c.encode_images(images, batch_size=self.config.image_batch_size) for c in self.clips]
+
+    def count_tokens(self, text: str) -> int:
+        return max(c.count_tokens(text) for c in self.clips)
+
+    def _fits(self, text: str) -> bool:
+        return all(fits(text, c.count_tokens, self.config.max_tokens) for c in self.clips)
+
+    def _at_limit(self, text: str) -> bool:
+        return any(at_limit(text, c.count_tokens, self.config.max_tokens) for c in self.clips)
+
+    def _truncate(self, text: str) -> str:
+        return truncate_to_fit(text, self.count_tokens, self.config.max_tokens)
+
+    def similarity(self, feats: Sequence[np.ndarray], texts: Sequence[str]) -> np.ndarray:
+        """Mean over encoders of the similarity of each text to the image."""
+        total = np.zeros(len(texts), np.float64)
+        with self._using("clip"):
+            for clip, f in zip(self.clips, feats):
+                total += clip.encode_texts(list(texts)) @ f
+        return total / len(self.clips)
+
+    def _score_extensions(self, feats: Sequence[np.ndarray], prefix: str, phrases: Sequence[str]) -> np.ndarray:
+        return self.similarity(feats, [prefix + SEPARATOR + p for p in phrases])
+
+    def _table_scores(self, category: str, feats: Sequence[np.ndarray]) -> np.ndarray:
+        total = None
+        for index, f in zip(self.indexes, feats):
+            s = similarities(f, index.embeds(category)).astype(np.float64)
+            total = s if total is None else total + s
+        assert total is not None
+        return (total / len(self.indexes)).astype(np.float32)
+
+    def _merged_scores(self, feats: Sequence[np.ndarray]) -> tuple[Any, np.ndarray]:
+        total = None
+        view = None
+        for index, f in zip(self.indexes, feats):
+            view, embeds = index.merged()
+            s = similarities(f, embeds).astype(np.float64)
+            total = s if total is None else total + s
+        assert total is not None and view is not None
+        return view, (total / len(self.indexes)).astype(np.float32)
+
+    def _top(self, category: str, feats: Sequence[np.ndarray], k: int, *, largest: bool = True) -> list[Phrase]:
+        scores = self._table_scores(category, feats)
+        s, idx = top_k_of_scores(scores, k, largest=largest)
+        labels = self.vocab[category].labels
+        return [self._phrase(labels[i], category, float(v)) for v, i in zip(s, idx)]
+
+    def _top_merged(self, feats: Sequence[np.ndarray], k: int) -> list[Phrase]:
+        view, scores = self._merged_scores(feats)
+        s, idx = top_k_of_scores(scores, k)
+        return [self._phrase(view.labels[i], view.categories[i], float(v)) for v, i in zip(s, idx)]
+
+    @staticmethod
+    def _phrase(text: str, category: str, score: float) -> Phrase:
+        return Phrase(text, category, score, hypothesis=category in HYPOTHESIS_CATEGORIES)
+
+    # -- modes -----------------------------------------------------------------
+    def _classic(self, feats: Sequence[np.ndarray], caption: str, n_flavors: int) -> _Scored:
+        medium = self._top("mediums", feats, 1)[0]
+        artist = self._top("artists", feats, 1)[0]
+        trending = self._top("trendings", feats, 1)[0]
+        movement = self._top("movements", feats, 1)[0]
+        flavors = self._top("flavors", feats, n_flavors)
+        full = classic_prompt(caption, medium.text, artist.text, trending.text, movement.text,
+                              [f.text for f in flavors])
+        prompt = self._truncate(full)
+        return _Scored(prompt, _kept(full, prompt, [medium, artist, trending, movement, *flavors], len(caption)))
+
+    def _fast(self, feats: Sequence[np.ndarray], caption: str, n: int) -> _Scored:
+        tops = self._top_merged(feats, n)
+        full = fast_prompt(caption, [p.text for p in tops])
+        prompt = self._truncate(full)
+        return _Scored(prompt, _kept(full, prompt, tops, len(caption)))
+
+    def _best(self, feats: Sequence[np.ndarray], caption: str) -> tuple[_Scored, float]:
+        cfg = self.config
+        pool = self._top_merged(feats, cfg.candidates)
+        by_text = {p.text: p for p in pool}
+        caption_sim = float(self.similarity(feats, [caption])[0])
+        chain = greedy_chain(
+            [p.text for p in pool],
+            lambda prefix, phrases: self._score_extensions(feats, prefix, phrases),
+            self._at_limit,
+            start=caption, start_similarity=caption_sim,
+            min_count=cfg.min_flavors, max_count=cfg.max_flavors,
+        )
+        # As in the reference, the classic candidate here uses max_flavors flavors.
+        candidates = [
+            _Scored(caption),
+            self._classic(feats, caption, cfg.max_flavors),
+            self._fast(feats, caption, cfg.max_flavors),
+            _Scored(chain.prompt, [by_text[t] for t in chain.phrases]),
+        ]
+        sims = self.similarity(feats, [c.prompt for c in candidates])
+        best = int(np.argmax(sims))
+        return candidates[best], float(sims[best])
+
+    def _negative(self, feats: Sequence[np.ndarray]) -> tuple[_Scored, float]:
+        cfg = self.config
+        pool = self._top("flavors", feats, cfg.candidates, largest=False)
+        if "negative" in self.vocab:
+            neg_scores = self._table_scores("negative", feats)
+            pool += [self._phrase(t, "negative", float(s)) for t, s in zip(self.vocab["negative"].labels, neg_scores)]
+        by_text: dict[str, Phrase] = {}
+        for p in pool:
+            by_text.setdefault(p.text, p)
+        chain = greedy_chain(
+            list(by_text),
+            lambda prefix, phrases: self._score_extensions(feats, prefix, phrases),
+            self._at_limit,
+            score_texts=lambda texts: self.similarity(feats, texts),
+            min_count=cfg.min_flavors, max_count=cfg.max_flavors, reverse=True,
+        )
+        return _Scored(chain.prompt, [by_text[t] for t in chain.phrases]), chain.similarity
+
+    # -- public API --------------------------------------------------------------
+    def interrogate(self, image: Any, mode: str = "best", caption: str | None = None) -> Result:
+        """Interrogate one PIL image. ``caption`` skips the captioner."""
+        return next(self.interrogate_batch([image], mode, captions=[caption]))
+
+    def interrogate_batch(
+        self,
+        images: Sequence[Any],
+        mode: str = "best",
+        captions: Sequence[str | None] | None = None,
+        sources: Sequence[str | None] | None = None,
+    ) -> Iterator[Result]:
+        """Interrogate several images; results are yielded one by one, in order.
+
+        Images are captioned and encoded in batches; the per-image search follows.
+        """
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+        n = len(images)
+        caps: list[str | None] = list(captions) if captions is not None else [None] * n
+        if len(caps) != n:
+            raise ValueError(f"{len(caps)} captions given for {n} images")
+        srcs = list(sources) if sources is not None else [None] * n
+        if mode != "negative":
+            missing = [i for i, c in enumerate(caps) if not c]
+            if missing:
+                generated = self.caption([images[i] for i in missing])
+                for i, c in zip(missing, generated):
+                    caps[i] = c
+        feats_all = self.image_features(images)
+        for i in range(n):
+            feats = [f[i] for f in feats_all]
+            yield self._result(feats, mode, caps[i], srcs[i])
+
+    def _result(self, feats: Sequence[np.ndarray], mode: str, caption: str | None, source: str | None) -> Result:
+        cfg = self.config
+        with self._using("clip"):
+            if mode == "negative":
+                scored, sim = self._negative(feats)
+                caption = None
+            else:
+                assert caption is not None
+                if mode == "best":
+                    scored, sim = self._best(feats, caption)
+                else:
+                    scored = (self._classic(feats, caption, cfg.classic_flavors) if mode == "classic"
+                              else self._fast(feats, caption, cfg.max_flavors))
+                    sim = float(self.similarity(feats, [scored.prompt])[0])
+            return Result(
+                prompt=scored.prompt, mode=mode, caption=caption, similarity=sim,
+                clip_model=self.clip_name, caption_model=self.caption_name if mode != "negative" else None,
+                phrases=scored.phrases, source=source, token_count=self.count_tokens(scored.prompt),
+            )
+
+    def analyze(self, image: Any, top_n: int = 5, caption: str | None = None,
+                source: str | None = None) -> Analysis:
+        """The top ``top_n`` phrases of every category, with scores."""
+        feats = [f[0] for f in self.image_features([image])]
+        with self._using("clip"):
+            cats = {c: self._top(c, feats, top_n) for c in self.vocab.categories() if c != "negative"}
+        return Analysis(cats, self.clip_name, caption, source)
+
+
+def _kept(full: str, kept: str, phrases: Iterable[Phrase], start: int) -> list[Phrase]:
+    """The phrases of ``full`` (in order of appearance, after the caption) that survived truncation."""
+    out: list[Phrase] = []
+    pos = start
+    for p in phrases:
+        at = full.find(p.text, pos)
+        if at < 0:
+            continue
+        end = at + len(p.text)
+        if end > len(kept):
+            break
+        out.append(p)
+        pos = end
+    return out

@@ -1,0 +1,277 @@
+"""Load any supported input as a fully decoded RGB ``PIL.Image.Image``.
+
+Only PIL decodes data here (nothing is unpickled). Every failure becomes an
+:class:`~image2prompt.errors.ImageLoadError` with a short, specific reason.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import os
+import threading
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from image2prompt.errors import ImageLoadError
+from image2prompt.io.sources import ImageInput, ImageSource, coerce_source, expand_sources
+
+__all__ = ["DEFAULT_MAX_PIXELS", "MAX_DOWNLOAD_BYTES", "iter_images", "load_image"]
+
+DEFAULT_MAX_PIXELS = 64_000_000
+MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+USER_AGENT = "image2prompt"
+
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+# PIL's bomb limit is a module global; it is only changed (briefly, under this lock)
+# when the caller's max_pixels is looser than it. Reentrant: measuring a bomb nests.
+_PIL_LIMIT_LOCK = threading.RLock()
+
+
+def load_image(
+    source: ImageSource | ImageInput,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    timeout: float = 30.0,
+) -> Image.Image:
+    """Load ``source`` as a new, fully decoded RGB image.
+
+    EXIF orientation is applied, transparency is composited onto white, and
+    animated images give their first frame. Images over ``max_pixels`` are
+    rejected from their header, before decoding; ``None`` lifts the limit.
+    ``timeout`` (seconds) applies to URL downloads.
+
+    Raises:
+        ImageLoadError: the input is missing, unreadable, too large or not a valid image.
+    """
+    src = coerce_source(source)
+    ref = src.ref
+    if src.kind == "pil" and isinstance(ref, Image.Image):
+        return _normalise(ref, src.name, max_pixels)
+    if src.kind == "bytes" and isinstance(ref, (bytes, bytearray, memoryview)):
+        return _decode(io.BytesIO(ref), src.name, max_pixels)
+    if src.kind == "url" and isinstance(ref, str):
+        return _decode(io.BytesIO(_download(ref, timeout)), src.name, max_pixels)
+    if src.kind == "path" and isinstance(ref, (str, os.PathLike)):
+        with _open_file(Path(ref), src.name) as fp:
+            return _decode(fp, src.name, max_pixels)
+    raise TypeError(f"ImageSource of kind {src.kind!r} has a {type(ref).__name__} ref")
+
+
+def iter_images(
+    inputs: Iterable[ImageInput] | ImageInput,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    timeout: float = 30.0,
+) -> Iterator[tuple[ImageSource | str, Image.Image | ImageLoadError]]:
+    """Expand ``inputs`` and load them lazily, one at a time.
+
+    Yields ``(source, image)``, or ``(source, error)`` for an input that failed, so
+    a batch carries on. For inputs that could not even be expanded (a missing
+    path, an empty folder) the first element is the input's name as a string.
+    """
+    for item in expand_sources(inputs):
+        if isinstance(item, ImageLoadError):
+            yield item.source, item
+            continue
+        try:
+            yield item, load_image(item, max_pixels=max_pixels, timeout=timeout)
+        except ImageLoadError as err:
+            yield item, err
+
+
+# --- reading bytes ---------------------------------------------------------------
+
+
+def _open_file(path: Path, name: str) -> IO[bytes]:
+    try:
+        return open(path, "rb")
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageLoadError(name, "no such file") from None
+    except IsADirectoryError:
+        raise ImageLoadError(name, "is a directory") from None
+    except PermissionError:
+        # Windows reports opening a folder as a permission error.
+        reason = "is a directory" if path.is_dir() else "permission denied"
+        raise ImageLoadError(name, reason) from None
+    except OSError as err:
+        raise ImageLoadError(name, f"cannot read file ({err.strerror or err})") from None
+
+
+def _download(url: str, timeout: float) -> bytes:
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            declared = response.headers.get("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > MAX_DOWNLOAD_BYTES:
+                raise ImageLoadError(url, f"download failed: {_too_big_for_download()}")
+            # Read one byte past the cap so a missing or lying Content-Length is caught too.
+            data: bytes = response.read(MAX_DOWNLOAD_BYTES + 1)
+    except urllib.error.HTTPError as err:
+        raise ImageLoadError(url, f"download failed: HTTP {err.code} {err.reason}") from None
+    except urllib.error.URLError as err:
+        raise ImageLoadError(url, f"download failed: {_net_reason(err.reason)}") from None
+    except (OSError, http.client.HTTPException, ValueError) as err:
+        raise ImageLoadError(url, f"download failed: {_net_reason(err)}") from None
+    if len(data) > MAX_DOWNLOAD_BYTES:
+        raise ImageLoadError(url, f"download failed: {_too_big_for_download()}")
+    return data
+
+
+def _too_big_for_download() -> str:
+    return f"larger than the {MAX_DOWNLOAD_BYTES // (1024 * 1024)} MB limit"
+
+
+def _net_reason(reason: object) -> str:
+    if isinstance(reason, TimeoutError):
+        return "timed out"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return str(reason) or type(reason).__name__
+
+
+# --- decoding --------------------------------------------------------------------
+
+
+def _decode(fp: IO[bytes], name: str, max_pixels: int | None) -> Image.Image:
+    with _pil_limit_for(max_pixels):
+        im = _open_header(fp, name, max_pixels)
+        _check_size(im.size, name, max_pixels)
+        try:
+            im.load()
+        except Image.DecompressionBombError:
+            # Raised by formats whose frames or tiles exceed the header size.
+            raise ImageLoadError(name, _too_large(im.size, max_pixels)) from None
+        except MemoryError:
+            raise ImageLoadError(name, "not enough memory to decode the image") from None
+        except Exception as err:  # noqa: BLE001  PIL raises many types on bad data
+            raise ImageLoadError(name, _corrupt(err)) from None
+        return _normalise(im, name, max_pixels)
+
+
+def _open_header(fp: IO[bytes], name: str, max_pixels: int | None) -> Image.Image:
+    """Identify the image and read its header; pixels are not decoded yet."""
+    try:
+        with warnings.catch_warnings():
+            # We check the size ourselves next, with a clearer message.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(fp)
+    except UnidentifiedImageError:
+        raise ImageLoadError(name, "not an image or unsupported format") from None
+    except Image.DecompressionBombError:
+        # PIL refused before we saw the size; it only does so above 2x a limit that is
+        # at least max_pixels, so the image is too large either way.
+        raise ImageLoadError(name, _too_large(_header_size(fp), max_pixels)) from None
+    except Exception as err:  # noqa: BLE001  PIL raises many types on bad headers
+        raise ImageLoadError(name, _corrupt(err)) from None
+
+
+def _header_size(fp: IO[bytes]) -> tuple[int, int] | None:
+    """Reread just the header with PIL's limit lifted, to report the real W×H."""
+    try:
+        fp.seek(0)
+        with _pil_limit(None):
+            return Image.open(fp).size
+    except Exception:  # noqa: BLE001  best effort: only used to word an error
+        return None
+
+
+def _check_size(size: tuple[int, int], name: str, max_pixels: int | None) -> None:
+    if max_pixels is not None and size[0] * size[1] > max_pixels:
+        raise ImageLoadError(name, _too_large(size, max_pixels))
+
+
+def _too_large(size: tuple[int, int] | None, max_pixels: int | None) -> str:
+    dims = f"{size[0]}×{size[1]} pixels, " if size is not None else ""
+    limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+    return f"image too large ({dims}limit {limit}; pass max_pixels=None to lift it)"
+
+
+def _corrupt(err: BaseException) -> str:
+    message = " ".join(str(err).split()) or type(err).__name__
+    if len(message) > 80:
+        message = message[:77] + "..."
+    return f"corrupt or truncated image ({message})"
+
+
+def _pil_limit_for(max_pixels: int | None) -> AbstractContextManager[None]:
+    current = Image.MAX_IMAGE_PIXELS
+    if current is None or (max_pixels is not None and max_pixels <= current):
+        # PIL's own limit is already no stricter than ours: leave the global alone.
+        return nullcontext()
+    return _pil_limit(max_pixels)
+
+
+@contextmanager
+def _pil_limit(max_pixels: int | None) -> Iterator[None]:
+    """Temporarily set PIL's bomb limit; restored on exit, even on error."""
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+# --- colour ----------------------------------------------------------------------
+
+
+def _normalise(im: Image.Image, name: str, max_pixels: int | None) -> Image.Image:
+    """Apply EXIF orientation and convert to RGB, always returning a new image."""
+    _check_size(im.size, name, max_pixels)
+    try:
+        im.load()  # a caller's PIL image may still be lazy
+        oriented = ImageOps.exif_transpose(im)  # a copy even when nothing changes
+        rgb = _to_rgb(oriented, name)
+    except ImageLoadError:
+        raise
+    except MemoryError:
+        raise ImageLoadError(name, "not enough memory to decode the image") from None
+    except Exception as err:  # noqa: BLE001  bad EXIF or pixel data
+        raise ImageLoadError(name, _corrupt(err)) from None
+    return rgb
+
+
+def _to_rgb(im: Image.Image, name: str) -> Image.Image:
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im
+    if mode in ("I", "F") or mode.startswith("I;"):
+        return _high_depth_to_rgb(im)
+    if mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        # Composite instead of dropping alpha: transparent pixels are often black underneath.
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    try:
+        return im.convert("RGB")
+    except ValueError:
+        raise ImageLoadError(name, f"unsupported colour mode {mode}") from None
+
+
+def _high_depth_to_rgb(im: Image.Image) -> Image.Image:
+    """Map 16/32-bit integer and float greyscale to 8 bits (PIL's convert just clips)."""
+    values = np.asarray(im, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and hi <= 65535):
+        scaled = values / 257.0  # 16-bit data: 65535 -> 255
+    elif im.mode == "F" and lo >= 0 and hi <= 1:
+        scaled = values * 255.0
+    elif lo >= 0 and hi <= 255:
+        scaled = values
+    elif hi > lo:
+        scaled = (values - lo) * (255.0 / (hi - lo))
+    else:
+        scaled = np.zeros_like(values)
+    grey = np.clip(np.rint(np.nan_to_num(scaled)), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")

@@ -1,0 +1,45 @@
+"""Models: CLIP encoders and captioners.
+
+Only this package imports torch, open_clip and transformers, and only when a
+model is actually loaded: importing ``image2prompt.models`` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._registry import (
+    CAPTION_MODELS,
+    DEFAULT_CAPTIONER,
+    DEFAULT_CLIP,
+    TARGETS,
+    CaptionSpec,
+    ClipSpec,
+    parse_caption_name,
+    parse_clip_name,
+    resolve_target,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .captioners import Captioner, load_captioner
+    from .clip import ClipEncoder, load_clip
+
+_LAZY = {
+    "ClipEncoder": ".clip", "load_clip": ".clip",
+    "Captioner": ".captioners", "load_captioner": ".captioners",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "CAPTION_MODELS", "DEFAULT_CAPTIONER", "DEFAULT_CLIP", "TARGETS", "CaptionSpec", "ClipSpec",
+    "Captioner", "ClipEncoder", "load_captioner", "load_clip",
+    "parse_caption_name", "parse_clip_name", "resolve_target",
+]

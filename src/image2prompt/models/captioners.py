@@ -1,0 +1,87 @@
+"""Captioners (BLIP, BLIP-2, GIT) via transformers, batched and greedy."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import ModelLoadError
+from ..prompt.caption import clean_caption
+from ._registry import CaptionSpec, parse_caption_name
+from .clip import _hub_hint, _short, require_complete
+from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
+
+log = logging.getLogger(__name__)
+
+class Captioner:
+    """Generates one caption per image; safe to share across threads."""
+
+    def __init__(self, spec: CaptionSpec, model: Any, processor: Any, device: torch.device,
+                 dtype: torch.dtype, max_new_tokens: int = 32) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.model = model
+        self.processor = processor
+        self.device = device
+        self.dtype = dtype
+        self.max_new_tokens = max_new_tokens
+        self._home = device
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"Captioner({self.name!r}, device={self.device}, dtype={dtype_name(self.dtype)})"
+
+    def caption(self, images: Sequence[Any], *, batch_size: int = 8) -> list[str]:
+        out: list[str] = []
+        for start in range(0, len(images), batch_size):
+            out.extend(self._caption_batch(list(images[start : start + batch_size])))
+        return out
+
+    def _caption_batch(self, images: list[Any]) -> list[str]:
+        inputs = self.processor(images=images, return_tensors="pt")
+        with self._lock, torch.inference_mode():
+            inputs = inputs.to(self.device)
+            if "pixel_values" in inputs and self.spec.kind != "git":
+                inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+            tokens = self.model.generate(
+                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1
+            )
+        texts = self.processor.batch_decode(tokens, skip_special_tokens=True)
+        return [clean_caption(t) for t in texts]
+
+    def offload(self) -> None:
+        if self._home.type != "cpu":
+            with self._lock:
+                self.model.to("cpu")
+                self.device = torch.device("cpu")
+
+    def activate(self) -> None:
+        if self.device != self._home:
+            with self._lock:
+                self.model.to(self._home)
+                self.device = self._home
+
+
+def load_captioner(name: str, *, device: DeviceLike = "auto", precision: str = "auto",
+                   max_new_tokens: int = 32) -> Captioner:
+    """Load a captioner by name; failures raise ModelLoadError (never random weights)."""
+    spec = parse_caption_name(name)
+    dev = resolve_device(device)
+    # GIT is numerically fragile in fp16 (the reference keeps it in fp32 too).
+    dtype = torch.float32 if spec.kind == "git" and precision == "auto" else resolve_dtype(dev, precision)
+    log.info("loading captioner %s (%s) on %s as %s", spec.name, spec.kind, dev, dtype_name(dtype))
+    from transformers import AutoModelForCausalLM, AutoProcessor, Blip2ForConditionalGeneration, BlipForConditionalGeneration
+
+    cls = {"blip": BlipForConditionalGeneration, "blip2": Blip2ForConditionalGeneration,
+           "git": AutoModelForCausalLM}[spec.kind]
+    try:
+        model, info = cls.from_pretrained(spec.source, dtype=dtype, output_loading_info=True)
+        processor = AutoProcessor.from_pretrained(spec.source)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"could not load caption model {spec.name!r}: {_short(e)}. {_hub_hint()}") from e
+    require_complete(spec.name, info)
+    model = model.to(dev).eval()
+    return Captioner(spec, model, processor, dev, dtype, max_new_tokens)

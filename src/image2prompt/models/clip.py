@@ -1,0 +1,324 @@
+"""CLIP encoders (open_clip and transformers) behind one interface.
+
+Encoders return L2-normalised float32 numpy arrays. Text is encoded without
+padding beyond each batch's longest sequence when the tower is causal and pools
+at the end token (then tokens after the end token cannot change the output);
+other towers are padded to the full context.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ModelLoadError
+from ._registry import ClipSpec, parse_clip_name
+from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
+from .tokenizers import HFTokenizerAdapter, OpenClipSimpleTokenizer, TextTokenizer, model_ids
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int], None]
+
+#: Tokens per text batch (batch size x padded length) by device type: bounds activation memory.
+DEFAULT_TOKEN_BUDGET = {"cpu": 16_384, "mps": 32_768, "cuda": 131_072}
+MAX_BATCH = 1024
+
+
+def _hub_hint() -> str:
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        HF_HUB_CACHE = "~/.cache/huggingface/hub"
+    return (
+        "Weights are downloaded from the Hugging Face Hub on first use; offline (HF_HUB_OFFLINE=1) "
+        f"they must already be in {HF_HUB_CACHE}. To use weights on disk, pass local-dir:PATH."
+    )
+
+
+class ClipEncoder:
+    """Common behaviour of the CLIP backends; subclasses implement the forward passes."""
+
+    backend: str = ""
+
+    def __init__(self, spec: ClipSpec, device: torch.device, dtype: torch.dtype,
+                 tokenizer: TextTokenizer, embed_dim: int, token_budget: int | None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.cache_key = spec.cache_key
+        self.device = device
+        self.dtype = dtype
+        self.tokenizer = tokenizer
+        self.context_length = tokenizer.context_length
+        self.embed_dim = embed_dim
+        self.token_budget = token_budget or DEFAULT_TOKEN_BUDGET.get(device.type, 16_384)
+        self._lock = threading.RLock()
+        self._home = device  # where the weights live when active (offloading moves them to CPU)
+
+    # -- description -------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, device={self.device}, dtype={dtype_name(self.dtype)})"
+
+    @property
+    def padding_free(self) -> bool:
+        """Whether batches may stop at their longest sequence (causal tower, end-token pooling)."""
+        raise NotImplementedError
+
+    # -- tokens ------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
+
+    def token_ids(self, texts: Iterable[str]) -> list[list[int]]:
+        """Model input ids (with start/end, truncated to the context) for each text."""
+        return [model_ids(self.tokenizer, self.tokenizer.encode(t)) for t in texts]
+
+    # -- encoding ----------------------------------------------------------
+    def encode_texts(self, texts: Sequence[str], *, progress: ProgressFn | None = None) -> np.ndarray:
+        return self.encode_ids(self.token_ids(texts), progress=progress)
+
+    def encode_ids(self, ids: Sequence[Sequence[int]], *, progress: ProgressFn | None = None,
+                   normalize: bool = True) -> np.ndarray:
+        """Encode token-id sequences; the result keeps the input order."""
+        n = len(ids)
+        out = np.empty((n, self.embed_dim), dtype=np.float32)
+        if n == 0:
+            return out
+        lengths = np.fromiter((len(s) for s in ids), dtype=np.int64, count=n)
+        order = np.argsort(lengths, kind="stable")
+        for batch in self._batches(order, lengths):
+            width = int(lengths[batch].max()) if self.padding_free else self.context_length
+            feats = self._encode_padded([ids[i] for i in batch], width)
+            out[batch] = feats
+            if progress is not None:
+                progress(len(batch))
+        if normalize:
+            out /= np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-12)
+        return out
+
+    def _batches(self, order: np.ndarray, lengths: np.ndarray) -> Iterable[np.ndarray]:
+        start = 0
+        n = len(order)
+        while start < n:
+            stop = start
+            while stop < n:
+                width = int(lengths[order[stop]]) if self.padding_free else self.context_length
+                if stop > start and ((stop - start + 1) * width > self.token_budget or stop - start >= MAX_BATCH):
+                    break
+                stop += 1
+            yield order[start:stop]
+            start = stop
+
+    def _encode_padded(self, seqs: list[Sequence[int]], width: int) -> np.ndarray:
+        pad = self.tokenizer.pad_id
+        arr = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            arr[row, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+            mask[row, : len(s)] = 1
+        with self._lock, torch.inference_mode():
+            feats = self._forward_text(arr.to(self.device), mask.to(self.device))
+        return feats.float().cpu().numpy()
+
+    def encode_images(self, images: Sequence[Any], *, batch_size: int = 16) -> np.ndarray:
+        """Encode PIL images; returns [N, D] float32, L2-normalised."""
+        outs = []
+        for start in range(0, len(images), batch_size):
+            pixels = self._preprocess(images[start : start + batch_size])
+            with self._lock, torch.inference_mode():
+                feats = self._forward_images(pixels.to(self.device, self.dtype))
+            outs.append(F.normalize(feats.float(), dim=-1).cpu().numpy())
+        if not outs:
+            return np.empty((0, self.embed_dim), np.float32)
+        return np.concatenate(outs, axis=0)
+
+    # -- placement (low-VRAM offloading) -------------------------------------
+    def offload(self) -> None:
+        if self._home.type != "cpu":
+            with self._lock:
+                self._model().to("cpu")
+                self.device = torch.device("cpu")
+
+    def activate(self) -> None:
+        if self.device != self._home:
+            with self._lock:
+                self._model().to(self._home)
+                self.device = self._home
+
+    # -- backend hooks -----------------------------------------------------
+    def _model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def _forward_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _preprocess(self, images: Sequence[Any]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class OpenClipEncoder(ClipEncoder):
+    backend = "open_clip"
+
+    def __init__(self, spec: ClipSpec, model: Any, preprocess: Any, tokenizer: TextTokenizer,
+                 device: torch.device, dtype: torch.dtype, token_budget: int | None = None) -> None:
+        self.model = model
+        self.preprocess = preprocess
+        embed_dim = int(getattr(model.text_projection, "shape", [0, 0])[1]) if not isinstance(
+            model.text_projection, torch.nn.Linear) else int(model.text_projection.out_features)
+        super().__init__(spec, device, dtype, tokenizer, embed_dim, token_budget)
+        self._builtin_text = all(hasattr(model, a) for a in ("transformer", "token_embedding", "attn_mask"))
+
+    @property
+    def padding_free(self) -> bool:
+        m = self.model
+        return (
+            self._builtin_text
+            and isinstance(self.tokenizer, OpenClipSimpleTokenizer)
+            and m.attn_mask is not None
+            and getattr(m, "text_pool_type", "argmax") in ("argmax", "eos")
+        )
+
+    def _model(self) -> torch.nn.Module:
+        return self.model
+
+    def _forward_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        if not self._builtin_text:
+            return m.encode_text(ids)
+        from open_clip.transformer import text_global_pool
+
+        length = ids.shape[1]
+        cast = m.transformer.get_cast_dtype()
+        x = m.token_embedding(ids).to(cast) + m.positional_embedding[:length].to(cast)
+        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask[:length, :length]))
+        x = text_global_pool(x, ids, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+        proj = m.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+    def _forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def _preprocess(self, images: Sequence[Any]) -> torch.Tensor:
+        return torch.stack([self.preprocess(im) for im in images])
+
+
+class HFClipEncoder(ClipEncoder):
+    backend = "transformers"
+
+    def __init__(self, spec: ClipSpec, model: Any, processor: Any, device: torch.device,
+                 dtype: torch.dtype, token_budget: int | None = None) -> None:
+        self.model = model
+        self.processor = processor
+        tcfg = model.config.text_config
+        tok = HFTokenizerAdapter(processor.tokenizer, int(tcfg.max_position_embeddings))
+        super().__init__(spec, device, dtype, tok, int(model.config.projection_dim), token_budget)
+
+    @property
+    def padding_free(self) -> bool:
+        # CLIPTextTransformer is always causal and pools at the first end token
+        # (or at the argmax id for legacy configs, where the end id is also the largest).
+        return True
+
+    def _model(self) -> torch.nn.Module:
+        return self.model
+
+    def _forward_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = self.model.text_model(input_ids=ids, attention_mask=mask)
+        return self.model.text_projection(out.pooler_output)
+
+    def _forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        out = self.model.vision_model(pixel_values=pixels)
+        return self.model.visual_projection(out.pooler_output)
+
+    def _preprocess(self, images: Sequence[Any]) -> torch.Tensor:
+        return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+
+def load_clip(name: str, *, device: DeviceLike = "auto", precision: str = "auto",
+              token_budget: int | None = None) -> ClipEncoder:
+    """Load a CLIP model by name. Never falls back to random weights: failures raise ModelLoadError."""
+    spec = parse_clip_name(name)
+    dev = resolve_device(device)
+    dtype = resolve_dtype(dev, precision)
+    log.info("loading CLIP %s (%s) on %s as %s", spec.name, spec.backend, dev, dtype_name(dtype))
+    if spec.backend == "open_clip":
+        return _load_open_clip(spec, dev, dtype, token_budget)
+    return _load_hf_clip(spec, dev, dtype, token_budget)
+
+
+def _load_open_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, token_budget: int | None) -> ClipEncoder:
+    import open_clip
+
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            spec.source, pretrained=spec.pretrained, device=dev, jit=False,
+            # open_clip requires pretrained weights when a tag is given and raises otherwise;
+            # local-dir: folders were checked for a weights file when the name was parsed.
+        )
+        tokenizer = open_clip.get_tokenizer(spec.source)
+    except Exception as e:  # noqa: BLE001 - open_clip raises many types; all mean "could not load"
+        raise ModelLoadError(f"could not load CLIP model {spec.name!r}: {_short(e)}. {_hub_hint()}") from e
+    model = model.to(dev, dtype).eval()
+    ctx = int(getattr(tokenizer, "context_length", None) or model.context_length)
+    if isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer):
+        tok: TextTokenizer = OpenClipSimpleTokenizer(tokenizer, ctx)
+    else:
+        tok = _OpenClipOtherTokenizer(tokenizer, ctx)
+    return OpenClipEncoder(spec, model, preprocess, tok, dev, dtype, token_budget)
+
+
+class _OpenClipOtherTokenizer:
+    """Fallback for open_clip tokenizers other than the CLIP BPE one (e.g. HF tokenizers)."""
+
+    def __init__(self, tok: Any, context_length: int) -> None:
+        self._tok = tok
+        inner = getattr(tok, "tokenizer", None)
+        self._inner = inner
+        self.sot_id = int(getattr(inner, "bos_token_id", None) or 0) if inner is not None else 0
+        self.eot_id = int(getattr(inner, "eos_token_id", None) or 0) if inner is not None else 0
+        self.pad_id = int(getattr(inner, "pad_token_id", None) or 0) if inner is not None else 0
+        self.context_length = context_length
+
+    def encode(self, text: str) -> list[int]:
+        if self._inner is not None:
+            return list(self._inner(text, add_special_tokens=False)["input_ids"])
+        row = self._tok([text])[0].tolist()
+        return [t for t in row if t != self.pad_id]
+
+
+def _load_hf_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, token_budget: int | None) -> ClipEncoder:
+    from transformers import CLIPModel, CLIPProcessor
+
+    try:
+        model, info = CLIPModel.from_pretrained(spec.source, dtype=dtype, output_loading_info=True)
+        processor = CLIPProcessor.from_pretrained(spec.source)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"could not load CLIP model {spec.name!r}: {_short(e)}. {_hub_hint()}") from e
+    require_complete(spec.name, info)
+    model = model.to(dev).eval()
+    return HFClipEncoder(spec, model, processor, dev, dtype, token_budget)
+
+
+def require_complete(name: str, loading_info: dict) -> None:
+    """transformers initialises missing weights randomly with only a warning: make that an error."""
+    missing = [k for k in loading_info.get("missing_keys", ()) if "position_ids" not in k]
+    if missing:
+        shown = ", ".join(sorted(missing)[:5])
+        raise ModelLoadError(
+            f"{name}: the checkpoint lacks {len(missing)} weights ({shown}...); "
+            "refusing to run with randomly initialised layers"
+        )
+
+
+def _short(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return msg if len(msg) < 300 else msg[:297] + "..."

@@ -1,0 +1,20 @@
+"""Prompt assembly and token-budget handling (no torch here)."""
+
+from .caption import clean_caption
+from .assemble import (
+    DEFAULT_MAX_TOKENS,
+    SEPARATOR,
+    CountTokens,
+    at_limit,
+    classic_prompt,
+    fast_prompt,
+    fits,
+    split_into_chunks,
+    text_budget,
+    truncate_to_fit,
+)
+
+__all__ = [
+    "DEFAULT_MAX_TOKENS", "SEPARATOR", "CountTokens", "at_limit", "classic_prompt", "clean_caption", "fast_prompt",
+    "fits", "split_into_chunks", "text_budget", "truncate_to_fit",
+]

@@ -1,0 +1,187 @@
+"""Vocabulary packs: named groups of phrase tables.
+
+The default ``classic`` pack is the reference's own lists, read from the installed
+``clip-interrogator`` distribution through :mod:`importlib.metadata` (the module
+itself is never imported, and the files are never copied into this project).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+from ..errors import VocabularyError
+from .tables import PhraseTable
+
+log = logging.getLogger(__name__)
+
+REFERENCE_DISTRIBUTION = "clip-interrogator"
+
+#: The 18 sites the reference expands into its ``trendings`` table.
+TRENDING_SITES: tuple[str, ...] = (
+    "Artstation", "behance", "cg society", "cgsociety", "deviantart", "dribble",
+    "flickr", "instagram", "pexels", "pinterest", "pixabay", "pixiv", "polycount",
+    "reddit", "shutterstock", "tumblr", "unsplash", "zbrush central",
+)
+
+#: Categories that the fast and best modes merge, in the reference's order.
+MERGED_CATEGORIES: tuple[str, ...] = ("artists", "flavors", "mediums", "movements", "trendings")
+
+#: Categories whose phrases name a person: shown as hypotheses, never as facts.
+HYPOTHESIS_CATEGORIES: frozenset[str] = frozenset({"artists"})
+
+
+def expand_artists(names: Iterable[str]) -> list[str]:
+    names = list(names)
+    return [f"by {a}" for a in names] + [f"inspired by {a}" for a in names]
+
+
+def expand_trending(sites: Iterable[str]) -> list[str]:
+    sites = list(sites)
+    return (
+        list(sites)
+        + [f"trending on {s}" for s in sites]
+        + [f"featured on {s}" for s in sites]
+        + [f"{s} contest winner" for s in sites]
+    )
+
+
+def read_list(path: str | os.PathLike[str]) -> list[str]:
+    """Read one phrase per line exactly as the reference does (stripped, raw)."""
+    p = Path(path)
+    try:
+        with open(p, encoding="utf-8", errors="replace") as f:
+            return [line.strip() for line in f.readlines()]
+    except FileNotFoundError:
+        raise VocabularyError(f"{p}: vocabulary list not found") from None
+    except IsADirectoryError:
+        raise VocabularyError(f"{p}: expected a .txt list, found a folder") from None
+    except OSError as e:
+        raise VocabularyError(f"{p}: cannot read vocabulary list ({e.strerror or e})") from None
+
+
+@dataclass(frozen=True)
+class VocabularyPack:
+    """An ordered mapping of category name to :class:`PhraseTable`."""
+
+    name: str
+    tables: Mapping[str, PhraseTable]
+
+    def __getitem__(self, category: str) -> PhraseTable:
+        try:
+            return self.tables[category]
+        except KeyError:
+            raise VocabularyError(
+                f"vocabulary pack {self.name!r} has no {category!r} list "
+                f"(it has: {', '.join(self.tables) or 'nothing'})"
+            ) from None
+
+    def __contains__(self, category: object) -> bool:
+        return category in self.tables
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tables)
+
+    def categories(self) -> list[str]:
+        return list(self.tables)
+
+    def merged_categories(self) -> list[str]:
+        """Categories fast/best modes draw from: the reference's five, then any extra user lists."""
+        base = [c for c in MERGED_CATEGORIES if c in self.tables]
+        extra = [c for c in self.tables if c not in MERGED_CATEGORIES and c != "negative"]
+        return base + extra
+
+    def with_table(self, table: PhraseTable) -> "VocabularyPack":
+        tables = dict(self.tables)
+        tables[table.name] = table
+        return VocabularyPack(self.name, tables)
+
+
+def _table_for_file(category: str, path: Path) -> PhraseTable:
+    lines = read_list(path)
+    if category == "artists":
+        # Artist lists hold bare names; the table holds "by X" and "inspired by X".
+        return PhraseTable.from_lines("artists", expand_artists(lines))
+    return PhraseTable.from_lines(category, lines)
+
+
+def load_folder_pack(folder: str | os.PathLike[str], name: str | None = None) -> VocabularyPack:
+    """Read a folder of ``<category>.txt`` lists, laid out like the reference's data folder.
+
+    ``artists.txt`` holds bare names and is expanded; the ``trendings`` table is the
+    standard 18-site expansion unless the folder has its own ``trendings.txt``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VocabularyError(f"{folder}: vocabulary folder not found")
+    files = sorted(p for p in folder.glob("*.txt") if not p.name.startswith("."))
+    if not files:
+        raise VocabularyError(f"{folder}: no <category>.txt lists in this folder")
+    tables: dict[str, PhraseTable] = {}
+    for path in files:
+        category = path.stem
+        tables[category] = _table_for_file(category, path)
+    if "trendings" not in tables and "flavors" in tables:
+        tables["trendings"] = PhraseTable.from_lines("trendings", expand_trending(TRENDING_SITES))
+    order = [c for c in ("artists", "flavors", "mediums", "movements", "trendings", "negative") if c in tables]
+    ordered = {c: tables[c] for c in order}
+    ordered.update({c: t for c, t in tables.items() if c not in ordered})
+    return VocabularyPack(name or folder.name, ordered)
+
+
+def reference_data_dir() -> Path:
+    """Where the installed ``clip-interrogator`` keeps its lists, found without importing it."""
+    try:
+        dist = importlib.metadata.distribution(REFERENCE_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise VocabularyError(
+            "the default 'classic' vocabulary comes from the clip-interrogator package, "
+            "which is not installed: pip install clip-interrogator (or pass --vocab FOLDER)"
+        ) from None
+    for f in dist.files or ():
+        if f.name == "flavors.txt" and f.parent.name == "data":
+            return Path(str(dist.locate_file(f))).parent
+    raise VocabularyError(
+        f"clip-interrogator {dist.version} is installed but ships no data/flavors.txt; "
+        "reinstall it or pass --vocab FOLDER"
+    )
+
+
+def load_classic_pack() -> VocabularyPack:
+    """The reference's vocabulary: artists, flavors, mediums, movements, trendings, negative."""
+    return load_folder_pack(reference_data_dir(), name="classic")
+
+
+STYLE_PACK_DIR = Path(__file__).resolve().parent.parent / "data" / "style"
+
+
+def load_style_pack() -> VocabularyPack:
+    """This project's own style-only vocabulary (see data/style/README.md)."""
+    return load_folder_pack(STYLE_PACK_DIR, name="style")
+
+
+def load_vocabulary(paths: Iterable[str | os.PathLike[str]] = ()) -> VocabularyPack:
+    """Resolve ``--vocab`` arguments: a folder replaces the pack, a .txt file adds a category.
+
+    With no folder given, single lists are added to the classic pack.
+    """
+    paths = [Path(p) for p in paths]
+    folders = [p for p in paths if p.is_dir()]
+    files = [p for p in paths if not p.is_dir()]
+    if len(folders) > 1:
+        raise VocabularyError(
+            f"only one vocabulary folder can be used at a time (got {', '.join(map(str, folders))})"
+        )
+    pack = load_folder_pack(folders[0]) if folders else load_classic_pack()
+    for f in files:
+        if f.suffix.lower() != ".txt":
+            raise VocabularyError(f"{f}: a vocabulary list must be a .txt file (or pass a folder)")
+        pack = pack.with_table(_table_for_file(f.stem, f))
+    for table in pack.tables.values():
+        if not table.labels:
+            log.warning("vocabulary list %r in pack %r is empty", table.name, pack.name)
+    return pack

@@ -1,0 +1,75 @@
+"""Phrase tables: ordered, de-duplicated label lists with a content hash."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Iterable, Sequence
+
+
+def labels_sha256(labels: Sequence[str]) -> str:
+    """The reference's table hash: sha256 of the labels joined with ","."""
+    return hashlib.sha256(",".join(labels).encode("utf-8")).hexdigest()
+
+
+def clean_labels(lines: Iterable[str]) -> list[str]:
+    """Strip each line, drop blanks and later duplicates, keep the first-seen order."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for line in lines:
+        label = line.strip()
+        if label and label not in seen:
+            seen.add(label)
+            out.append(label)
+    return out
+
+
+@dataclass(frozen=True)
+class SourceLayout:
+    """How a table maps onto the list the reference would have hashed for it.
+
+    The reference keeps blank lines and duplicates, so its cache files (and the
+    precomputed embeddings it publishes) are keyed by the raw list. Keeping the raw
+    hash and the row of each of our labels in it lets us reuse those files.
+    """
+
+    sha256: str  # hash of the raw list, as the reference computes it
+    size: int  # number of rows in a file keyed by that hash
+    rows: tuple[int, ...]  # for each of our labels, its row in such a file
+
+
+@dataclass(frozen=True)
+class PhraseTable:
+    """A named, ordered list of phrases, e.g. ``flavors`` or ``artists``.
+
+    ``name`` is also the cache-file suffix and must match the reference's table
+    names (artists, flavors, mediums, movements, trendings, negative) for
+    caches to be shared.
+    """
+
+    name: str
+    labels: tuple[str, ...]
+    source: SourceLayout | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_lines(cls, name: str, lines: Iterable[str], *, keep_source: bool = True) -> "PhraseTable":
+        raw = [line.strip() for line in lines]
+        labels = clean_labels(raw)
+        source = None
+        if keep_source and raw != labels:
+            first_row: dict[str, int] = {}
+            for i, label in enumerate(raw):
+                first_row.setdefault(label, i)
+            source = SourceLayout(labels_sha256(raw), len(raw), tuple(first_row[lab] for lab in labels))
+        return cls(name, tuple(labels), source)
+
+    @cached_property
+    def sha256(self) -> str:
+        return labels_sha256(self.labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        return f"PhraseTable({self.name!r}, {len(self.labels)} labels)"

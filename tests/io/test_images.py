@@ -1,0 +1,474 @@
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import os
+import random
+import struct
+import subprocess
+import sys
+import threading
+import warnings
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import image2prompt.io.images as images_mod
+from image2prompt.errors import ImageLoadError
+from image2prompt.io import ImageSource, iter_images, load_image
+
+RED = (255, 0, 0)
+BLUE = (0, 0, 255)
+
+
+def _save(image: Image.Image, path: Path, **params: Any) -> Path:
+    image.save(path, **params)
+    return path
+
+
+def _rgb(image: Image.Image, xy: tuple[int, int]) -> tuple[int, ...]:
+    pixel = image.getpixel(xy)
+    assert isinstance(pixel, tuple), pixel
+    return pixel
+
+
+def _gradient(size: tuple[int, int] = (64, 48)) -> Image.Image:
+    w, h = size
+    x = np.linspace(0, 255, w, dtype=np.uint8)[None, :].repeat(h, axis=0)
+    y = np.linspace(0, 255, h, dtype=np.uint8)[:, None].repeat(w, axis=1)
+    return Image.fromarray(np.stack([x, y, 255 - x], axis=-1))
+
+
+def _load_error(source: object, **kwargs: object) -> ImageLoadError:
+    with pytest.raises(ImageLoadError) as info:
+        load_image(source, **kwargs)  # type: ignore[arg-type]
+    return info.value
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height but whose pixel data is a stub."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+    )
+    return path
+
+
+# --- plain loading ---------------------------------------------------------------
+
+
+def test_png_round_trip_is_exact_and_detached(tmp_path: Path) -> None:
+    original = _gradient()
+    path = _save(original, tmp_path / "g.png")
+
+    loaded = load_image(path)
+
+    assert loaded.mode == "RGB"
+    assert loaded.size == original.size
+    assert np.array_equal(np.asarray(loaded), np.asarray(original))
+    path.unlink()  # fully decoded: no lazy reads from the file afterwards
+    assert loaded.getpixel((10, 10)) == original.getpixel((10, 10))
+
+
+def test_accepts_str_image_source_bytes_and_pil(tmp_path: Path) -> None:
+    original = _gradient((8, 8))
+    path = _save(original, tmp_path / "g.png")
+    expected = np.asarray(original)
+
+    sources: list[Any] = [
+        str(path),
+        ImageSource(str(path), "path", path),
+        path.read_bytes(),
+        bytearray(path.read_bytes()),
+        original,
+    ]
+    for source in sources:
+        assert np.array_equal(np.asarray(load_image(source)), expected), type(source)
+
+
+def test_pil_input_is_not_modified(tmp_path: Path) -> None:
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    out = load_image(rgba)
+    assert out is not rgba
+    assert rgba.mode == "RGBA"
+    assert out.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_jpeg_round_trip_of_real_photo(tmp_path: Path) -> None:
+    skdata = pytest.importorskip("skimage.data")
+    photo = Image.fromarray(skdata.astronaut())
+    path = _save(photo, tmp_path / "astronaut.jpg", quality=95)
+
+    loaded = load_image(path)
+
+    assert loaded.mode == "RGB"
+    assert loaded.size == (512, 512)
+    diff = np.abs(np.asarray(loaded, dtype=np.int16) - np.asarray(photo, dtype=np.int16))
+    assert diff.mean() < 3.0
+
+
+# --- colour handling -------------------------------------------------------------
+
+
+def test_transparent_png_is_composited_on_white(tmp_path: Path) -> None:
+    image = Image.new("RGBA", (2, 1))
+    image.putpixel((0, 0), (0, 0, 0, 0))  # fully transparent black
+    image.putpixel((1, 0), (255, 0, 0, 128))  # half-transparent red
+    path = _save(image, tmp_path / "alpha.png")
+
+    loaded = load_image(path)
+
+    assert loaded.mode == "RGB"
+    assert loaded.getpixel((0, 0)) == (255, 255, 255)
+    r, g, b = _rgb(loaded, (1, 0))
+    assert r == 255 and 125 <= g <= 129 and g == b
+
+
+def test_palette_with_transparency_and_la_are_composited(tmp_path: Path) -> None:
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.putpixel((0, 0), 0)
+    palette.putpixel((1, 0), 1)
+    path = _save(palette, tmp_path / "p.png", transparency=0)
+    assert load_image(path).getpixel((0, 0)) == (255, 255, 255)
+    assert load_image(path).getpixel((1, 0)) == BLUE
+
+    la = Image.new("LA", (1, 1), (0, 0))
+    assert load_image(la).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_palette_and_greyscale_become_rgb(tmp_path: Path) -> None:
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    loaded = load_image(_save(palette, tmp_path / "p.gif"))
+    assert loaded.mode == "RGB"
+    assert [loaded.getpixel((0, 0)), loaded.getpixel((1, 0))] == [RED, BLUE]
+
+    grey = load_image(_save(Image.new("L", (3, 3), 77), tmp_path / "l.png"))
+    assert grey.mode == "RGB" and grey.getpixel((1, 1)) == (77, 77, 77)
+
+    bilevel = load_image(Image.new("1", (2, 2), 1))
+    assert bilevel.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path: Path) -> None:
+    cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # pure red in CMYK
+    loaded = load_image(_save(cmyk, tmp_path / "cmyk.jpg", quality=100))
+    assert loaded.mode == "RGB"
+    r, g, b = _rgb(loaded, (4, 4))
+    assert r > 240 and g < 15 and b < 15
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path: Path) -> None:
+    values = np.array([[0, 128 * 257, 65535]], dtype=np.uint16)
+    path = _save(Image.fromarray(values), tmp_path / "deep.png")
+
+    loaded = load_image(path)
+
+    assert loaded.mode == "RGB"
+    assert [loaded.getpixel((x, 0)) for x in range(3)] == [
+        (0, 0, 0),
+        (128, 128, 128),
+        (255, 255, 255),
+    ]
+
+
+def test_float_image_in_unit_range_is_scaled() -> None:
+    image = Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32))
+    assert image.mode == "F"
+    loaded = load_image(image)
+    assert [_rgb(loaded, (x, 0))[0] for x in range(3)] == [0, 128, 255]
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    image = Image.new("RGB", (40, 20), BLUE)
+    image.paste(RED, (0, 0, 20, 20))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    path = _save(image, tmp_path / "rotated.jpg", exif=exif, quality=95)
+
+    loaded = load_image(path)
+
+    assert loaded.size == (20, 40)
+    # Rotating clockwise moves the left (red) half to the top.
+    top, bottom = _rgb(loaded, (10, 5)), _rgb(loaded, (10, 35))
+    assert top[0] > 200 and top[2] < 50
+    assert bottom[2] > 200 and bottom[0] < 50
+
+
+def test_animated_gif_gives_first_frame(tmp_path: Path) -> None:
+    frames = [Image.new("RGB", (8, 8), RED), Image.new("RGB", (8, 8), BLUE)]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    with Image.open(path) as check:
+        assert getattr(check, "n_frames", 1) == 2
+
+    loaded = load_image(path)
+
+    assert loaded.getpixel((4, 4)) == RED
+
+
+def test_animated_webp_gives_first_frame(tmp_path: Path) -> None:
+    frames = [Image.new("RGB", (8, 8), BLUE), Image.new("RGB", (8, 8), RED)]
+    path = tmp_path / "anim.webp"
+    frames[0].save(path, save_all=True, append_images=frames[1:], lossless=True)
+
+    assert load_image(path).getpixel((4, 4)) == BLUE
+
+
+# --- failures --------------------------------------------------------------------
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.png"
+    err = _load_error(missing)
+    assert (err.source, err.reason) == (str(missing), "no such file")
+
+    err = _load_error(tmp_path)
+    assert (err.source, err.reason) == (str(tmp_path), "is a directory")
+
+
+def test_random_bytes_with_jpg_extension(tmp_path: Path) -> None:
+    path = tmp_path / "noise.jpg"
+    path.write_bytes(random.Random(0).randbytes(4096))
+
+    err = _load_error(path)
+
+    assert err.source == str(path)
+    assert str(path) in str(err)
+    assert err.reason == "not an image or unsupported format"
+
+
+def test_text_file_named_png(tmp_path: Path) -> None:
+    path = tmp_path / "fake.png"
+    path.write_text("this is not a picture\n")
+    assert _load_error(path).reason == "not an image or unsupported format"
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_truncated_image_fails_at_load_time(tmp_path: Path, suffix: str) -> None:
+    full = _save(_gradient((128, 128)), tmp_path / f"full{suffix}")
+    cut = tmp_path / f"cut{suffix}"
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+
+    err = _load_error(cut)
+
+    assert err.source == str(cut)
+    assert err.reason.startswith("corrupt or truncated image (")
+
+
+def test_max_pixels_is_enforced(tmp_path: Path) -> None:
+    path = _save(Image.new("RGB", (100, 60)), tmp_path / "big.png")
+
+    err = _load_error(path, max_pixels=5_999)
+    assert err.reason == (
+        "image too large (100×60 pixels, limit 5999; pass max_pixels=None to lift it)"
+    )
+    assert load_image(path, max_pixels=6_000).size == (100, 60)
+    assert load_image(path, max_pixels=None).size == (100, 60)
+    assert _load_error(Image.new("RGB", (100, 60)), max_pixels=10).reason.startswith(
+        "image too large"
+    )
+
+
+def test_size_is_checked_from_header_before_decoding(tmp_path: Path) -> None:
+    # 100M pixels: above PIL's own warning threshold, whose warning must not leak.
+    path = _png_header_only(tmp_path / "bomb.png", 10_000, 10_000)
+    before = Image.MAX_IMAGE_PIXELS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        err = _load_error(path)
+
+    # Had it decoded, the stub pixel data would have been reported as truncated.
+    assert err.reason.startswith("image too large (10000×10000 pixels, limit 64000000;")
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_pil_decompression_bomb_error_is_converted(tmp_path: Path) -> None:
+    # 10^10 pixels: PIL itself refuses to open it; we still report the real size.
+    path = _png_header_only(tmp_path / "huge.png", 100_000, 100_000)
+    before = Image.MAX_IMAGE_PIXELS
+    assert before is not None
+
+    assert _load_error(path).reason.startswith(
+        "image too large (100000×100000 pixels, limit 64000000;"
+    )
+    assert _load_error(path, max_pixels=2 * before).reason.startswith(
+        f"image too large (100000×100000 pixels, limit {2 * before}"
+    )
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_max_pixels_overrides_stricter_pil_limit_temporarily(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _save(_gradient((100, 60)), tmp_path / "g.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # PIL alone would refuse 6000 px
+
+    assert load_image(path).size == (100, 60)
+    assert load_image(path, max_pixels=None).size == (100, 60)
+    assert _load_error(path, max_pixels=5_000).reason.startswith("image too large (100×60")
+    assert Image.MAX_IMAGE_PIXELS == 1_000  # restored after each call
+
+
+# --- URLs --------------------------------------------------------------------------
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    seen_user_agents: list[str] = []
+
+    def do_GET(self) -> None:
+        self.seen_user_agents.append(self.headers.get("User-Agent", ""))
+        super().do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
+    """Serve tmp_path on 127.0.0.1; yields (base URL, folder)."""
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    _QuietHandler.seen_user_agents = []
+    handler = functools.partial(_QuietHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", tmp_path
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_url_download_success(http_root: tuple[str, Path]) -> None:
+    base, root = http_root
+    original = _gradient((16, 12))
+    _save(original, root / "pic.png")
+
+    loaded = load_image(f"{base}/pic.png", timeout=5)
+
+    assert np.array_equal(np.asarray(loaded), np.asarray(original))
+    assert _QuietHandler.seen_user_agents == ["image2prompt"]
+
+
+def test_url_404(http_root: tuple[str, Path]) -> None:
+    base, _ = http_root
+    url = f"{base}/missing.png"
+    err = _load_error(url, timeout=5)
+    assert err.source == url
+    assert err.reason == "download failed: HTTP 404 File not found"
+
+
+def test_url_over_size_cap(http_root: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    base, root = http_root
+    _save(_gradient((64, 64)), root / "pic.png")
+    monkeypatch.setattr(images_mod, "MAX_DOWNLOAD_BYTES", 100)
+
+    err = _load_error(f"{base}/pic.png", timeout=5)
+
+    assert err.reason.startswith("download failed: larger than")
+
+
+def test_url_not_an_image(http_root: tuple[str, Path]) -> None:
+    base, root = http_root
+    (root / "page.png").write_text("<html>nope</html>")
+    assert _load_error(f"{base}/page.png", timeout=5).reason == "not an image or unsupported format"
+
+
+def test_url_connection_refused() -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _QuietHandler)
+    port = server.server_address[1]
+    server.server_close()  # nothing listens on this port any more
+
+    err = _load_error(f"http://127.0.0.1:{port}/x.png", timeout=5)
+
+    assert err.reason.startswith("download failed: ")
+    assert "refused" in err.reason.lower()
+
+
+# --- iter_images -----------------------------------------------------------------
+
+
+def test_iter_images_yields_errors_and_continues(tmp_path: Path) -> None:
+    good = _save(Image.new("RGB", (4, 4), RED), tmp_path / "good.png")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    missing = str(tmp_path / "missing.png")
+
+    results = list(iter_images([good, bad, missing, b"\x00\x01"]))
+
+    assert len(results) == 4
+    (src0, img0), (src1, err1), (src2, err2), (src3, err3) = results
+    assert isinstance(src0, ImageSource) and src0.name == str(good)
+    assert isinstance(img0, Image.Image) and img0.getpixel((0, 0)) == RED
+    assert isinstance(src1, ImageSource) and isinstance(err1, ImageLoadError)
+    assert err1.source == str(bad)
+    assert src2 == missing and isinstance(err2, ImageLoadError)
+    assert err2.reason == "no such file or directory"
+    assert isinstance(err3, ImageLoadError) and err3.source == "<bytes>"
+
+
+def test_iter_images_is_lazy(tmp_path: Path) -> None:
+    first = _save(Image.new("RGB", (2, 2)), tmp_path / "a.png")
+    second = tmp_path / "b.png"  # created only after the first image was yielded
+
+    it = iter_images([first, second])
+    assert next(it)[0].name == str(first)  # type: ignore[union-attr]
+    _save(Image.new("RGB", (2, 2), BLUE), second)
+    _, image = next(it)
+    assert isinstance(image, Image.Image) and image.getpixel((0, 0)) == BLUE
+
+
+def test_iter_images_passes_max_pixels(tmp_path: Path) -> None:
+    path = _save(Image.new("RGB", (10, 10)), tmp_path / "a.png")
+    ((_, result),) = iter_images([path], max_pixels=50)
+    assert isinstance(result, ImageLoadError) and "image too large" in result.reason
+
+
+# --- import hygiene ---------------------------------------------------------------
+
+
+def test_io_layer_does_not_import_heavy_frameworks() -> None:
+    code = (
+        "import sys, image2prompt.io; "
+        "heavy = {'torch', 'open_clip', 'transformers'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_bmp_from_bytes() -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (3, 2), RED).save(buffer, format="BMP")
+    assert load_image(buffer.getvalue()).size == (3, 2)
+
+
+@pytest.mark.skipif(
+    sys.platform == "win32" or os.geteuid() == 0, reason="needs POSIX permissions, not root"
+)
+def test_unreadable_file_is_permission_denied(tmp_path: Path) -> None:
+    path = _save(Image.new("RGB", (2, 2)), tmp_path / "locked.png")
+    path.chmod(0)
+    try:
+        assert _load_error(path).reason == "permission denied"
+    finally:
+        path.chmod(0o644)

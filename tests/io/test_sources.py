@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from image2prompt.errors import ImageLoadError
+from image2prompt.io import IMAGE_EXTENSIONS, ImageSource, expand_sources
+
+
+def _touch(root: Path, rel: str, data: bytes = b"x") -> Path:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _names(items: list[ImageSource | ImageLoadError]) -> list[str]:
+    return [item.name if isinstance(item, ImageSource) else f"ERR {item.source}" for item in items]
+
+
+def _rel(root: Path, items: list[ImageSource | ImageLoadError]) -> list[str]:
+    out = []
+    for item in items:
+        assert isinstance(item, ImageSource), item
+        assert item.kind == "path"
+        out.append(Path(item.name).relative_to(root).as_posix())
+    return out
+
+
+def test_image_extensions_constant() -> None:
+    assert IMAGE_EXTENSIONS == frozenset(
+        {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+    )
+
+
+def test_folder_is_walked_recursively_sorted_and_filtered(tmp_path: Path) -> None:
+    for rel in [
+        "b.Png",
+        "a.JPG",
+        "sub/z.TIFF",
+        "sub/deeper/c.webp",
+        "a/x.jpeg",
+        "notes.txt",
+        "sub/data.npy",
+        "noext",
+        ".hidden.png",
+        ".cache/inside.png",
+        "sub/.git/obj.jpg",
+    ]:
+        _touch(tmp_path, rel)
+
+    items = list(expand_sources([tmp_path]))
+
+    # Sorted by relative POSIX path: "a.JPG" < "a/x.jpeg" because "." < "/".
+    assert _rel(tmp_path, items) == [
+        "a.JPG",
+        "a/x.jpeg",
+        "b.Png",
+        "sub/deeper/c.webp",
+        "sub/z.TIFF",
+    ]
+    first = items[0]
+    assert isinstance(first, ImageSource)
+    assert first.ref == tmp_path / "a.JPG"
+
+
+def test_inputs_keep_their_order_and_kinds(tmp_path: Path) -> None:
+    a = _touch(tmp_path, "a.png")
+    folder = tmp_path / "dir"
+    _touch(folder, "one.jpg")
+    image = Image.new("RGB", (2, 2))
+
+    items = list(expand_sources([str(folder), b"raw-bytes", "https://example.com/x.png", image, a]))
+
+    assert [i.kind for i in items if isinstance(i, ImageSource)] == [
+        "path",
+        "bytes",
+        "url",
+        "pil",
+        "path",
+    ]
+    assert _names(items) == [
+        os.path.join(str(folder), "one.jpg"),
+        "<bytes>",
+        "https://example.com/x.png",
+        "<PIL.Image>",
+        str(a),
+    ]
+    assert items[1].ref == b"raw-bytes"  # type: ignore[union-attr]
+    assert items[3].ref is image  # type: ignore[union-attr]
+
+
+def test_explicit_file_is_kept_whatever_its_extension(tmp_path: Path) -> None:
+    path = _touch(tmp_path, "photo.dat")
+    (item,) = expand_sources([str(path)])
+    assert item == ImageSource(str(path), "path", path)
+
+
+def test_single_string_input_is_not_iterated_per_character(tmp_path: Path) -> None:
+    path = _touch(tmp_path, "one.png")
+    assert _names(list(expand_sources(str(path)))) == [str(path)]
+
+
+def test_url_scheme_is_case_insensitive() -> None:
+    (item,) = expand_sources(["HTTP://127.0.0.1/a.png"])
+    assert isinstance(item, ImageSource) and item.kind == "url"
+
+
+def test_missing_path_yields_error_and_batch_continues(tmp_path: Path) -> None:
+    good = _touch(tmp_path, "good.png")
+    missing = str(tmp_path / "nope.jpg")
+
+    items = list(expand_sources([missing, good]))
+
+    assert isinstance(items[0], ImageLoadError)
+    assert items[0].source == missing
+    assert items[0].reason == "no such file or directory"
+    assert str(items[0]) == f"{missing}: no such file or directory"
+    assert isinstance(items[1], ImageSource) and items[1].ref == good
+
+
+def test_empty_folder_yields_error_listing_extensions(tmp_path: Path) -> None:
+    folder = tmp_path / "empty"
+    _touch(folder, "readme.txt")
+    _touch(folder, ".hidden.jpg")
+
+    (item,) = expand_sources([folder])
+
+    assert isinstance(item, ImageLoadError)
+    assert item.source == str(folder)
+    assert item.reason.startswith("folder contains no images (looked for .jpg, .jpeg, .png,")
+    assert ".tiff" in item.reason
+
+
+def test_glob_is_expanded_sorted_and_filtered(tmp_path: Path) -> None:
+    for rel in ["b.png", "a.PNG", "c.txt", "sub/d.png", "sub/e.jpg"]:
+        _touch(tmp_path, rel)
+
+    flat = list(expand_sources([str(tmp_path / "*")]))
+    assert _rel(tmp_path, flat) == ["a.PNG", "b.png"]
+
+    recursive = list(expand_sources([str(tmp_path / "**" / "*.png")]))
+    assert _rel(tmp_path, recursive) == ["b.png", "sub/d.png"]
+
+    # A folder matched by a pattern is not walked again (no duplicates from "**").
+    everything = list(expand_sources([str(tmp_path / "**")]))
+    assert _rel(tmp_path, everything) == ["a.PNG", "b.png", "sub/d.png", "sub/e.jpg"]
+
+
+def test_glob_matching_nothing_yields_error(tmp_path: Path) -> None:
+    pattern = str(tmp_path / "*.jpg")
+    (item,) = expand_sources([pattern])
+    assert isinstance(item, ImageLoadError)
+    assert item.source == pattern
+    assert item.reason == "pattern matched no files"
+
+
+def test_glob_matching_only_non_images_yields_error(tmp_path: Path) -> None:
+    _touch(tmp_path, "notes.txt")
+    (item,) = expand_sources([str(tmp_path / "*")])
+    assert isinstance(item, ImageLoadError)
+    assert item.reason == "pattern matched no image files"
+
+
+def test_existing_file_with_glob_characters_is_taken_literally(tmp_path: Path) -> None:
+    path = _touch(tmp_path, "shot[1].png")
+    (item,) = expand_sources([str(path)])
+    assert isinstance(item, ImageSource) and item.ref == path
+
+
+def test_unsupported_input_type_raises_type_error() -> None:
+    with pytest.raises(TypeError, match="int"):
+        list(expand_sources([42]))  # type: ignore[list-item]
+
+
+def test_image_source_repr_hides_payload() -> None:
+    source = ImageSource("<bytes>", "bytes", b"\x00" * 10_000)
+    assert repr(source) == "ImageSource(name='<bytes>', kind='bytes')"
