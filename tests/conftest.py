@@ -105,7 +105,7 @@ def make_images(n: int, size: int = 72) -> list[Image.Image]:
 
 @pytest.fixture(scope="session")
 def images() -> list[Image.Image]:
-    return make_images(24)
+    return make_images(28)
 
 
 @pytest.fixture(scope="session")

@@ -170,6 +170,9 @@ def load_vocabulary(paths: Iterable[str | os.PathLike[str]] = ()) -> VocabularyP
     With no folder given, single lists are added to the classic pack.
     """
     paths = [Path(p) for p in paths]
+    for p in paths:
+        if not p.exists():
+            raise VocabularyError(f"{p}: vocabulary folder or list not found")
     folders = [p for p in paths if p.is_dir()]
     files = [p for p in paths if not p.is_dir()]
     if len(folders) > 1:

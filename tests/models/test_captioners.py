@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from image2prompt.errors import ModelLoadError
+from image2prompt.models import parse_caption_name
+from image2prompt.models.captioners import load_captioner
+
+
+def test_tiny_blip_captions_in_batches_like_one_by_one(tiny_blip: Path, images):
+    cap = load_captioner(f"local-dir:{tiny_blip}", device="cpu")
+    batch = cap.caption(images[:3], batch_size=3)
+    single = [cap.caption([im])[0] for im in images[:3]]
+    assert batch == single
+    assert all(isinstance(c, str) and c for c in batch)
+    assert all("arafed" not in c for c in batch)
+
+
+def test_names():
+    assert parse_caption_name("blip-large").source == "Salesforce/blip-image-captioning-large"
+    assert parse_caption_name("blip2-2.7b").kind == "blip2"
+    assert parse_caption_name("git-large-coco").kind == "git"
+    with pytest.raises(ModelLoadError, match="blip-base, blip-large"):
+        parse_caption_name("blip-huge")
+
+
+def test_folder_without_weights_is_an_error(tmp_path: Path, tiny_blip: Path):
+    d = tmp_path / "blip"
+    shutil.copytree(tiny_blip, d)
+    (d / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="could not load caption model"):
+        load_captioner(f"local-dir:{d}", device="cpu")
+
+
+def test_hub_captioner_offline(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE"):
+        load_captioner("blip-base", device="cpu")

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import pytest
+
+from image2prompt.prompt import (
+    at_limit, classic_prompt, clean_caption, fast_prompt, fits, split_into_chunks, truncate_to_fit,
+)
+
+
+def words(text: str) -> int:
+    """A toy tokenizer: one token per word and one per comma."""
+    return len(text.replace(",", " ,").split())
+
+
+def test_truncate_counts_the_separators():
+    # budget 75 text tokens for max_tokens=77
+    caption = " ".join(["w"] * 70)
+    text = caption + ", a b, c, d"
+    # caption(70) + ", a b"(3) = 73 fits; + ", c"(2) = 75 fits; + ", d" = 77 does not.
+    assert truncate_to_fit(text, words) == caption + ", a b, c"
+    assert words(truncate_to_fit(text, words)) <= 75
+
+
+def test_truncate_always_keeps_the_caption_and_respects_max_tokens():
+    assert truncate_to_fit("a b c, d", words, max_tokens=4) == "a b c"
+    assert truncate_to_fit("a, b, c", words, max_tokens=7) == "a, b, c"
+    assert truncate_to_fit("a, b, c", words, max_tokens=6) == "a, b"
+
+
+def test_fits_and_at_limit():
+    assert fits("a b c", words, max_tokens=5)
+    assert not fits("a b c d", words, max_tokens=5)
+    assert at_limit("a b c", words, max_tokens=5)
+    assert not at_limit("a b", words, max_tokens=5)
+    with pytest.raises(ValueError):
+        fits("a", words, max_tokens=2)
+
+
+def test_classic_layout_drops_medium_when_caption_starts_with_it():
+    assert classic_prompt("a dog", "a painting", "by X", "trending", "cubism", ["f1", "f2"]) == \
+        "a dog, a painting by X, trending, cubism, f1, f2"
+    assert classic_prompt("a painting of a dog", "a painting", "by X", "t", "m", ["f"]) == \
+        "a painting of a dog by X, t, m, f"
+
+
+def test_fast_prompt():
+    assert fast_prompt("cap", ["a", "b"]) == "cap, a, b"
+    assert fast_prompt("cap", []) == "cap"
+
+
+def test_split_into_chunks_keeps_parts_whole():
+    text = ", ".join(["a b c"] * 5)
+    chunks = split_into_chunks(text, words, chunk_tokens=8)
+    assert chunks == ["a b c, a b c", "a b c, a b c", "a b c"]
+    assert ", ".join(chunks) == text
+
+
+@pytest.mark.parametrize("raw,clean", [
+    ("arafed man sitting on a bench", "man sitting on a bench"),
+    ("an araffe woman with a hat", "a woman with a hat"),
+    ("a dog dog dog on the the grass", "a dog on the grass"),
+    ("there is a cat", "there is a cat"),
+    ("an apple", "an apple"),
+])
+def test_clean_caption(raw, clean):
+    assert clean_caption(raw) == clean

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from image2prompt import Config, Interrogator, Result
+from image2prompt.cache import EmbeddingCache
+from image2prompt.models.clip import load_clip
+from image2prompt.vocab import load_folder_pack
+
+
+@pytest.fixture(scope="module")
+def interrogator(tiny_open_clip: Path, tiny_blip: Path, small_vocab_dir: Path, tmp_path_factory):
+    return Interrogator.load(Config(
+        clip_model=f"local-dir:{tiny_open_clip}", caption_model=f"local-dir:{tiny_blip}", device="cpu",
+        cache_dir=str(tmp_path_factory.mktemp("cache")), vocab=(str(small_vocab_dir),),
+    ))
+
+
+@pytest.mark.parametrize("mode", ["best", "classic", "fast", "negative"])
+def test_every_mode_gives_a_scored_result(interrogator: Interrogator, images, mode):
+    r = interrogator.interrogate(images[0], mode)
+    assert isinstance(r, Result) and r.mode == mode and r.prompt
+    assert r.token_count is not None and r.token_count <= 75 or mode in ("best", "negative")
+    assert -1.0 <= r.similarity <= 1.0
+    assert all(-1.0 <= p.score <= 1.0 and p.category for p in r.phrases)
+    for p in r.phrases:
+        assert p.text in r.prompt
+        assert p.hypothesis == (p.category == "artists")
+    if mode == "negative":
+        assert r.caption is None
+    else:
+        assert r.caption and r.prompt.startswith(r.caption)
+    doc = json.loads(r.to_json())
+    assert doc["prompt"] == r.prompt and doc["phrases"][0]["score"] == r.phrases[0].score
+
+
+def test_similarity_is_the_final_prompts(interrogator: Interrogator, images):
+    r = interrogator.interrogate(images[1], "fast", caption="a red square")
+    feats = [f[0] for f in interrogator.image_features([images[1]])]
+    assert r.similarity == pytest.approx(float(interrogator.similarity(feats, [r.prompt])[0]), abs=1e-6)
+    assert r.caption == "a red square"
+
+
+def test_negative_terms_are_the_least_similar(interrogator: Interrogator, images):
+    r = interrogator.interrogate(images[2], "negative")
+    pos = interrogator.interrogate(images[2], "fast", caption="x")
+    assert r.similarity < pos.similarity
+    flavor_scores = [p.score for p in interrogator.analyze(images[2], top_n=1000).categories["flavors"]]
+    median = float(np.median(flavor_scores))
+    chosen = [p.score for p in r.phrases if p.category == "flavors"]
+    assert chosen and np.mean(chosen) < median
+
+
+def test_results_are_deterministic_and_batch_independent(interrogator: Interrogator, images):
+    caps = ["a photo", "a drawing", "a painting"]
+    batch = list(interrogator.interrogate_batch(images[:3], "best", captions=caps, sources=["a", "b", "c"]))
+    one = [interrogator.interrogate(im, "best", caption=c) for im, c in zip(images[:3], caps)]
+    assert [r.prompt for r in batch] == [r.prompt for r in one]
+    assert [r.source for r in batch] == ["a", "b", "c"]
+
+
+def test_batch_captions_generated_when_missing(interrogator: Interrogator, images):
+    rs = list(interrogator.interrogate_batch(images[:2], "fast", captions=["given", None]))
+    assert rs[0].caption == "given"
+    assert rs[1].caption == interrogator.caption([images[1]])[0]
+
+
+def test_analyze_reports_every_category(interrogator: Interrogator, images):
+    a = interrogator.analyze(images[0], top_n=3)
+    assert set(a.categories) == {"artists", "flavors", "mediums", "movements", "trendings"}
+    for cat, phrases in a.categories.items():
+        assert len(phrases) == 3
+        scores = [p.score for p in phrases]
+        assert scores == sorted(scores, reverse=True)
+    assert all(p.hypothesis for p in a.categories["artists"])
+
+
+def test_unknown_mode(interrogator: Interrogator, images):
+    with pytest.raises(ValueError, match="unknown mode"):
+        interrogator.interrogate(images[0], "creative")
+
+
+def test_cache_hit_computes_nothing_and_tampering_recomputes(tiny_open_clip: Path, small_vocab_dir: Path,
+                                                             tmp_path: Path, images):
+    enc = load_clip(f"local-dir:{tiny_open_clip}", device="cpu")
+    calls = []
+    original = enc.encode_texts
+
+    def counting(texts, **kw):
+        calls.append(len(texts))
+        return original(texts, **kw)
+
+    enc.encode_texts = counting  # type: ignore[method-assign]
+    pack = load_folder_pack(small_vocab_dir)
+    cache = EmbeddingCache(tmp_path, download=False)
+
+    first = Interrogator(enc, None, pack, cache, Config(caption_model=None))
+    first.prepare()
+    built = sum(calls)
+    assert built == sum(len(pack[c]) for c in pack)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == len(pack.categories())
+
+    calls.clear()
+    second = Interrogator(enc, None, pack, cache, Config(caption_model=None))
+    second.prepare()
+    assert calls == []
+    np.testing.assert_array_equal(second.indexes[0].embeds("flavors"), first.indexes[0].embeds("flavors"))
+
+    flav = next(tmp_path.glob("*_flavors.safetensors"))
+    flav.write_bytes(flav.read_bytes()[:100])  # truncated
+    calls.clear()
+    third = Interrogator(enc, None, pack, cache, Config(caption_model=None))
+    third.prepare()
+    assert calls == [len(pack["flavors"])]
+    np.testing.assert_allclose(third.indexes[0].embeds("flavors"), first.indexes[0].embeds("flavors"), atol=1e-3)
+
+
+def test_transformers_backend_runs_every_mode(tiny_hf_clip: Path, small_vocab_dir: Path, tmp_path: Path, images):
+    ci = Interrogator(load_clip(str(tiny_hf_clip), device="cpu"), None, load_folder_pack(small_vocab_dir),
+                      EmbeddingCache(tmp_path, download=False), Config(caption_model=None))
+    for mode in ("best", "classic", "fast", "negative"):
+        assert ci.interrogate(images[3], mode, caption="a photo").prompt
+
+
+def test_light_modules_import_without_torch():
+    code = (
+        "import sys, image2prompt, image2prompt.vocab, image2prompt.cache, image2prompt.prompt, "
+        "image2prompt.search, image2prompt.io, image2prompt.results, image2prompt.index, image2prompt.models; "
+        "heavy = [m for m in ('torch', 'open_clip', 'transformers') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
