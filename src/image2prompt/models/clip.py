@@ -59,6 +59,7 @@ class ClipEncoder:
         self.token_budget = token_budget or DEFAULT_TOKEN_BUDGET.get(device.type, 16_384)
         self._lock = threading.RLock()
         self._home = device  # where the weights live when active (offloading moves them to CPU)
+        self.tokens_encoded = 0  # token positions run through the text tower (for benchmarks)
 
     # -- description -------------------------------------------------------
     def __repr__(self) -> str:
@@ -122,6 +123,7 @@ class ClipEncoder:
             mask[row, : len(s)] = 1
         with self._lock, torch.inference_mode():
             feats = self._forward_text(arr.to(self.device), mask.to(self.device))
+            self.tokens_encoded += arr.numel()
         return feats.float().cpu().numpy()
 
     def encode_images(self, images: Sequence[Any], *, batch_size: int = 16) -> np.ndarray:
