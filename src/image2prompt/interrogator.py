@@ -15,7 +15,7 @@ import numpy as np
 
 from .cache import EmbeddingCache
 from .index import ProgressFactory, VocabularyIndex
-from .prompt import SEPARATOR, at_limit, classic_prompt, fast_prompt, fits, truncate_to_fit
+from .prompt import at_limit, classic_prompt, fast_prompt, fits, truncate_to_fit
 from .results import MODES, Analysis, Phrase, Result
 from .search import greedy_chain, similarities, top_k_of_scores
 from .vocab import HYPOTHESIS_CATEGORIES, VocabularyPack, load_vocabulary
@@ -173,7 +173,12 @@ class Interrogator:
         return total / len(self.clips)
 
     def _score_extensions(self, feats: Sequence[np.ndarray], prefix: str, phrases: Sequence[str]) -> np.ndarray:
-        return self.similarity(feats, [prefix + SEPARATOR + p for p in phrases])
+        """Similarity of ``prefix + ", " + phrase`` for each phrase (prefix-cached where exact)."""
+        total = np.zeros(len(phrases), np.float64)
+        with self._using("clip"):
+            for clip, f in zip(self.clips, feats):
+                total += clip.encode_extensions(prefix, phrases) @ f
+        return total / len(self.clips)
 
     def _table_scores(self, category: str, feats: Sequence[np.ndarray]) -> np.ndarray:
         total = None

@@ -138,6 +138,30 @@ class ClipEncoder:
             return np.empty((0, self.embed_dim), np.float32)
         return np.concatenate(outs, axis=0)
 
+    def encode_extensions(self, prefix: str, phrases: Sequence[str]) -> np.ndarray:
+        """Normalised features of ``prefix + ", " + phrase`` for each phrase.
+
+        Uses the prefix-cached scorer where the tower allows it (causal, end-token
+        pooled, standard layout); otherwise a full encode.
+        """
+        scorer = self.prefix_scorer()
+        if scorer is None:
+            return self.encode_texts([prefix + ", " + p for p in phrases])
+        return scorer.encode(prefix, phrases)
+
+    def prefix_scorer(self) -> Any:
+        if not hasattr(self, "_prefix_scorer"):
+            from .prefix import PrefixScorer
+
+            parts = self._tower_parts() if self.padding_free and self.prefix_caching else None
+            self._prefix_scorer = PrefixScorer(self, parts) if parts is not None else None
+        return self._prefix_scorer
+
+    prefix_caching = True  # set False to force full encodes (benchmarks, A/B checks)
+
+    def _tower_parts(self) -> Any:
+        return None
+
     # -- placement (low-VRAM offloading) -------------------------------------
     def offload(self) -> None:
         if self._home.type != "cpu":
@@ -209,6 +233,11 @@ class OpenClipEncoder(ClipEncoder):
     def _forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
 
+    def _tower_parts(self) -> Any:
+        from .prefix import open_clip_parts
+
+        return open_clip_parts(self.model) if self._builtin_text else None
+
     def _preprocess(self, images: Sequence[Any]) -> torch.Tensor:
         return torch.stack([self.preprocess(im) for im in images])
 
@@ -236,6 +265,11 @@ class HFClipEncoder(ClipEncoder):
     def _forward_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = self.model.text_model(input_ids=ids, attention_mask=mask)
         return self.model.text_projection(out.pooler_output)
+
+    def _tower_parts(self) -> Any:
+        from .prefix import hf_clip_parts
+
+        return hf_clip_parts(self.model)
 
     def _forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
         out = self.model.vision_model(pixel_values=pixels)

@@ -1,0 +1,95 @@
+"""Prefix-cached scoring must equal a full encode (max abs difference <= 1e-5 in fp32)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from image2prompt.models.clip import load_clip
+
+WORDS = ("dog cat painting oil portrait neon city night forest mist golden hour photo of a the by "
+         "artstation trending detailed 8k render unreal engine soft light moody").split()
+PHRASES = ["highly detailed", "by Claude Monet", "trending on artstation", "8k", "x", "octane render",
+           "!!! very coherent!!!", "(masterpiece)", "'s style", "café au lait", "naïve art", "—dash",
+           "a b c d e f g h i j k l m n o p", "", "1 2 3", "hello,world"]
+
+
+def random_prompt(rng: random.Random, n_words: int) -> str:
+    parts, words = [], 0
+    while words < n_words:
+        k = rng.randint(1, 4)
+        parts.append(" ".join(rng.choice(WORDS) for _ in range(k)))
+        words += k
+    return ", ".join(parts)
+
+
+PREFIXES = [
+    "a photo of a dog",
+    "a photo of a dog!!!",          # punctuation merges with the comma: boundary unsafe
+    "a photo of a dog,",            # ends with a comma
+    "a café in paris",              # non-ASCII prefix: verified phrase by phrase
+    "A Photo   Of  Spaces ",        # case and whitespace clean-up
+    "",
+]
+
+
+@pytest.fixture(scope="module", params=["open_clip", "transformers"])
+def encoder(request, tiny_open_clip: Path, tiny_hf_clip: Path):
+    name = f"local-dir:{tiny_open_clip}" if request.param == "open_clip" else str(tiny_hf_clip)
+    enc = load_clip(name, device="cpu")
+    assert enc.prefix_scorer() is not None
+    return enc
+
+
+def full(enc, prefix, phrases):
+    return enc.encode_texts([prefix + ", " + p for p in phrases])
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_prefix_cached_equals_full_encode(encoder, prefix):
+    got = encoder.encode_extensions(prefix, PHRASES)
+    assert np.abs(got - full(encoder, prefix, PHRASES)).max() <= 1e-5
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_and_long_prompts(encoder, seed):
+    rng = random.Random(seed)
+    prefix = random_prompt(rng, rng.choice([3, 20, 60, 70, 74, 76, 90]))  # some reach or pass 77 tokens
+    phrases = [random_prompt(rng, rng.randint(1, 6)) for _ in range(40)] + PHRASES
+    got = encoder.encode_extensions(prefix, phrases)
+    assert np.abs(got - full(encoder, prefix, phrases)).max() <= 1e-5
+
+
+def test_truncation_matches_the_tokenizer(encoder):
+    prefix = ", ".join(["golden hour"] * 36)  # 107 tokens: every candidate truncates to the same text
+    assert encoder.count_tokens(prefix) > 77
+    got = encoder.encode_extensions(prefix, ["a", "b c d"])
+    ref = full(encoder, prefix, ["a", "b c d"])
+    assert np.abs(got - ref).max() <= 1e-5
+    np.testing.assert_allclose(got[0], got[1], atol=1e-6)
+    near = ", ".join(["golden hour"] * 24)  # 71 tokens: only part of the suffix fits
+    got = encoder.encode_extensions(near, ["a b c d e f g h", "a b c d e f g"])
+    assert np.abs(got - full(encoder, near, ["a b c d e f g h", "a b c d e f g"])).max() <= 1e-5
+
+
+def test_unsafe_boundaries_fall_back_and_safe_ones_do_not(encoder):
+    scorer = encoder.prefix_scorer()
+    before = scorer.fallbacks
+    encoder.encode_extensions("a photo", ["plain", "words"])
+    assert scorer.fallbacks == before
+    encoder.encode_extensions("a photo!!!", ["plain", "words"])
+    assert scorer.fallbacks == before + 2
+
+
+def test_fewer_tokens_than_a_full_encode(encoder):
+    prefix = random_prompt(random.Random(1), 40)
+    phrases = [random_prompt(random.Random(i), 3) for i in range(100)]
+    t0 = encoder.tokens_encoded
+    encoder.encode_extensions(prefix, phrases)
+    cached = encoder.tokens_encoded - t0
+    t0 = encoder.tokens_encoded
+    full(encoder, prefix, phrases)
+    assert cached * 4 < encoder.tokens_encoded - t0
