@@ -1,0 +1,586 @@
+"""The ``image2prompt`` command line.
+
+Only the standard library, click, PIL and numpy are imported up front; torch,
+open_clip and transformers load when a model does, so ``--help``, ``models``
+and ``cache info`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import types
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Callable, NoReturn, TypeVar
+
+import click
+
+from .. import __version__
+from ..cache import EmbeddingCache
+from ..errors import Image2PromptError, ImageLoadError
+from ..io import ImageSource, expand_sources, load_image
+from ..models._registry import (
+    CAPTION_MODELS,
+    DEFAULT_CAPTIONER,
+    DEFAULT_CLIP,
+    TARGET_ALIASES,
+    TARGETS,
+    resolve_target,
+)
+from ..results import MODES
+from .output import FORMATS, ResultWriter, format_analysis, make_writer
+from .progress import PROG, Reporter, progress_enabled, setup_logging, table_progress
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..interrogator import Interrogator
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_COMMAND = "run"
+LOW_VRAM_CAPTIONER = "blip-base"
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+# --- errors -----------------------------------------------------------------------
+
+
+class FatalError(click.ClickException):
+    """A model, vocabulary or configuration problem: one line on stderr, exit status 1."""
+
+    exit_code = 1
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"{PROG}: error: {self.format_message()}", err=True, file=file)
+
+
+@contextmanager
+def fatal_errors(debug: bool, *types_: type[BaseException]) -> Iterator[None]:
+    """Turn library errors into :class:`FatalError`; ``--debug`` keeps the traceback."""
+    caught = (Image2PromptError, *types_)
+    try:
+        yield
+    except caught as err:
+        if debug:
+            raise
+        raise FatalError(str(err)) from None
+
+
+# --- the default-command group -------------------------------------------------------
+
+
+class DefaultGroup(click.Group):
+    """A group that sends its arguments to a default command when they do not start with a
+    command name, so ``image2prompt photo.jpg`` means ``image2prompt run photo.jpg``."""
+
+    def __init__(self, *args: Any, default_command: str = DEFAULT_COMMAND, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.default_command = default_command
+
+    def _own_options(self, ctx: click.Context) -> set[str]:
+        names: set[str] = set()
+        for param in self.get_params(ctx):
+            names.update(param.opts)
+            names.update(param.secondary_opts)
+        return names
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in self._own_options(ctx):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Usage of both forms, the group's text, the default command's options, the commands."""
+        default = self.commands[self.default_command]
+        default_ctx = click.Context(default, info_name=ctx.info_name, parent=None,
+                                    help_option_names=ctx.help_option_names)
+        formatter.write_usage(ctx.command_path, " ".join(default.collect_usage_pieces(default_ctx)))
+        formatter.write_usage(ctx.command_path, "COMMAND [ARGS]...", prefix="   or: ")
+        self.format_help_text(ctx, formatter)
+        records = [rv for p in default.get_params(default_ctx)
+                   if isinstance(p, click.Option) and (rv := p.get_help_record(default_ctx))]
+        records += [rv for p in self.get_params(ctx)
+                    if isinstance(p, click.Option) and not set(p.opts) & set(ctx.help_option_names)
+                    and (rv := p.get_help_record(ctx))]
+        with formatter.section("Options"):
+            formatter.write_dl(records)
+        self.format_commands(ctx, formatter)
+        self.format_epilog(ctx, formatter)
+
+
+@click.group(PROG, cls=DefaultGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", prog_name=PROG, message="%(prog)s %(version)s")
+def cli() -> None:
+    """Turn an image into a Stable Diffusion prompt scaffold, CLIP-Interrogator style.
+
+    A caption model describes the image; CLIP then ranks phrases from a vocabulary
+    (mediums, artists, movements, style flavors) by similarity to it. The output is a
+    scaffold to refine, not the prompt that made the image: many prompts give the same
+    picture, and a high-scoring artist name means the image resembles work tagged with
+    that name, not that the artist made it.
+
+    Without a command name the arguments go to `run` (the options below):
+
+    \b
+      image2prompt photo.jpg
+      image2prompt photos/ --mode fast --format jsonl --output prompts.jsonl
+      image2prompt https://example.com/cat.png --target sdxl
+      image2prompt photo.jpg --caption-model none --caption "a red fox in snow"
+
+    Weights download on first use and are cached (see `image2prompt cache info`).
+    To pass a file named like a command, write `image2prompt run FILE` or `./FILE`.
+    """
+
+
+# --- shared options ---------------------------------------------------------------------
+
+
+def _target_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        resolve_target(value)
+    except Image2PromptError as err:
+        raise click.BadParameter(str(err)) from None
+    return value
+
+
+def model_options(default_captioner_help: str) -> Callable[[F], F]:
+    def decorate(f: F) -> F:
+        for option in reversed([
+            click.option("--target", metavar="|".join(TARGETS), callback=_target_callback,
+                         help="Stable Diffusion family to write for; picks the CLIP backbone its text "
+                              f"encoder uses (sd15 -> {TARGETS['sd15']}). Default: sd15."),
+            click.option("--clip", "clip_name", metavar="NAME",
+                         help="CLIP model: ARCH/TAG (e.g. ViT-L-14/openai), local-dir:PATH, hf-hub:ORG/REPO "
+                              "or hf:ORG/REPO. Wins over --target. `image2prompt models` lists names."),
+            click.option("--caption-model", metavar="NAME|none",
+                         help=f"Captioner: {', '.join(CAPTION_MODELS)}, local-dir:PATH, hf:ORG/REPO, or none "
+                              f"(then give --caption). {default_captioner_help}"),
+            click.option("--caption", metavar="TEXT",
+                         help="Use this caption for every input instead of generating one."),
+            click.option("--vocab", multiple=True, type=click.Path(), metavar="PATH",
+                         help="A folder of .txt lists replaces the vocabulary; a .txt file adds a category "
+                              "named after the file. Repeatable."),
+            click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N|mps",
+                         help="Where models run."),
+            click.option("--precision", default="auto", show_default=True,
+                         type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+                         help="Model weights precision (auto: fp16 on CUDA, fp32 elsewhere)."),
+            click.option("--low-vram", is_flag=True,
+                         help="Keep only one model on the GPU at a time (run also defaults to blip-base captions)."),
+            click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR",
+                         help="Where vocabulary embeddings are cached (default: see `image2prompt cache info`)."),
+        ]):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def verbosity_options(f: F) -> F:
+    for option in reversed([
+        click.option("-q", "--quiet", is_flag=True, help="No progress bars and no warnings."),
+        click.option("-v", "--verbose", is_flag=True, help="Log what is loaded and computed."),
+        click.option("--debug", is_flag=True, help="Debug logging, and full tracebacks on errors."),
+    ]):
+        f = option(f)
+    return f
+
+
+def pick_clip(clip_name: str | None, target: str | None) -> str:
+    if clip_name and target:
+        click.echo(f"{PROG}: warning: --clip {clip_name} overrides --target {target}", err=True)
+    if clip_name:
+        return clip_name
+    return resolve_target(target) if target else DEFAULT_CLIP
+
+
+def pick_captioner(caption_model: str | None, low_vram: bool) -> str | None:
+    """The captioner name, or None for 'none'."""
+    if caption_model is None:
+        return LOW_VRAM_CAPTIONER if low_vram else DEFAULT_CAPTIONER
+    if caption_model.strip().lower() == "none":
+        return None
+    return caption_model
+
+
+def load_interrogator(*, clip: str, captioner: str | None, device: str, precision: str,
+                      cache_dir: str | None, vocab: Sequence[str], low_vram: bool, show_progress: bool,
+                      debug: bool, say: Callable[[str], None] | None = None) -> "Interrogator":
+    """Load the models (the only place torch gets imported)."""
+    if show_progress:
+        what = clip + (f" and {captioner}" if captioner else "")
+        (say or (lambda m: click.echo(m, err=True)))(f"{PROG}: loading {what}...")
+    else:
+        _quiet_library_progress()
+    with fatal_errors(debug, ValueError):
+        from ..interrogator import Config, Interrogator
+
+        config = Config(clip_model=clip, caption_model=captioner, device=device, precision=precision,
+                        cache_dir=cache_dir, vocab=tuple(vocab), low_vram=low_vram)
+        return Interrogator.load(config, progress=table_progress(show_progress))
+
+
+def _quiet_library_progress() -> None:
+    """Silence the download and weight-loading bars of huggingface_hub and transformers
+    (logs and pipes get no carriage-return noise; --quiet means quiet)."""
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        pass
+    if "transformers" in sys.modules:  # it read the hub's setting when it was imported
+        try:
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
+        except AttributeError:  # pragma: no cover
+            pass
+
+
+# --- run (the default command) ----------------------------------------------------------
+
+
+@cli.command(DEFAULT_COMMAND, context_settings=CONTEXT_SETTINGS,
+             short_help="Write a prompt scaffold for each image (the default command).")
+@click.argument("inputs", nargs=-1, required=True, metavar="PATH_OR_URL...")
+@click.option("--mode", type=click.Choice(MODES), default="best", show_default=True,
+              help="best: greedy search for the highest-scoring prompt (slowest); classic: caption, medium, "
+                   "artist, site, movement and 3 flavors; fast: caption and the top phrases; "
+                   "negative: phrases least like the image, for a negative prompt.")
+@model_options("Default: blip-large (blip-base with --low-vram).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
+              help="text: the prompt (SOURCE<TAB>PROMPT lines for several inputs); json: full results; "
+                   "jsonl: one result per line; csv: one row per result.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write results to FILE instead of stdout (written as they are produced).")
+@click.option("--batch-size", type=click.IntRange(min=1), metavar="N", default=8, show_default=True,
+              help="Images loaded and encoded together.")
+@verbosity_options
+def run(inputs: tuple[str, ...], mode: str, target: str | None, clip_name: str | None,
+        caption_model: str | None, caption: str | None, vocab: tuple[str, ...], device: str,
+        precision: str, low_vram: bool, cache_dir: str | None, fmt: str, output: str | None,
+        batch_size: int, quiet: bool, verbose: bool, debug: bool) -> None:
+    """Write a prompt scaffold for each image: a starting point to edit, not a recovered prompt.
+
+    PATH_OR_URL may be image files, folders (searched recursively for .jpg, .png,
+    .webp, .bmp, .gif and .tif files), glob patterns or http(s) URLs. A bad input is
+    reported on stderr and the others carry on; the exit status is 1 if any failed.
+
+    Each result keeps the caption, the CLIP similarity of the prompt to the image and
+    every phrase with its score (see --format json), so you can judge what to keep.
+    Artist names are hypotheses: the image resembles work tagged with that name.
+    """
+    setup_logging(verbose, debug, quiet)
+    clip = pick_clip(clip_name, target)
+    captioner = pick_captioner(caption_model, low_vram)
+    if captioner is None and not caption and mode != "negative":
+        raise click.UsageError("--caption-model none needs --caption TEXT (or use --mode negative)")
+    if caption or mode == "negative":
+        captioner = None  # nothing to caption: do not load a captioner at all
+    items = list(expand_sources(inputs))
+    show_progress = progress_enabled(quiet)
+    with _open_output(output, fmt) as stream:
+        writer = make_writer(fmt, stream, single=len(items) == 1)
+        reporter = Reporter(len(items), show_progress)
+        failures = 0
+        interrogator: Interrogator | None = None
+        try:
+            for start in range(0, len(items), batch_size):
+                images: list[Any] = []
+                names: list[str] = []
+                for item in items[start:start + batch_size]:
+                    try:
+                        if isinstance(item, ImageLoadError):
+                            raise item
+                        images.append(load_image(item))
+                        names.append(item.name)
+                    except ImageLoadError as err:
+                        reporter.error(str(err))
+                        reporter.advance()
+                        failures += 1
+                if not images:
+                    continue
+                if interrogator is None:
+                    interrogator = load_interrogator(
+                        clip=clip, captioner=captioner, device=device, precision=precision,
+                        cache_dir=cache_dir, vocab=vocab, low_vram=low_vram,
+                        show_progress=show_progress, debug=debug, say=reporter.say)
+                failures += _interrogate(interrogator, images, names, mode, caption, writer, reporter, debug)
+        finally:
+            writer.close()
+            reporter.close()
+    if failures:
+        click.get_current_context().exit(1)
+
+
+def _interrogate(interrogator: "Interrogator", images: list[Any], names: list[str], mode: str,
+                 caption: str | None, writer: ResultWriter, reporter: Reporter, debug: bool) -> int:
+    """Interrogate one batch, writing each result as it comes; return how many failed."""
+    done = 0
+    try:
+        for result in interrogator.interrogate_batch(images, mode, captions=[caption] * len(images),
+                                                     sources=names):
+            writer.write(result)
+            reporter.advance()
+            done += 1
+    except Exception as err:
+        if debug:
+            raise
+        reason = " ".join(str(err).split()) or type(err).__name__
+        if len(reason) > 300:
+            reason = reason[:297] + "..."
+        for name in names[done:]:
+            reporter.error(f"{name}: could not interrogate ({reason})")
+            reporter.advance()
+        if isinstance(err, Image2PromptError):
+            # A model, vocabulary or cache problem: the next batch would fail the same way.
+            raise FatalError(f"stopping: {reason}") from None
+        return len(names) - done
+    return 0
+
+
+@contextmanager
+def _open_output(path: str | None, fmt: str) -> Iterator[IO[str]]:
+    if path is None:
+        yield sys.stdout
+        return
+    try:
+        stream = open(path, "w", encoding="utf-8", newline="" if fmt == "csv" else None)
+    except OSError as err:
+        raise FatalError(f"{path}: cannot write output ({err.strerror or err})") from None
+    with stream:
+        yield stream
+
+
+# --- analyze ---------------------------------------------------------------------------
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS, short_help="Show the top phrases of every category, with scores.")
+@click.argument("image", metavar="IMAGE")
+@click.option("--top", "top_n", type=click.IntRange(min=1), metavar="N", default=5, show_default=True,
+              help="Phrases shown per category.")
+@model_options("Default: none (no caption is generated).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@verbosity_options
+def analyze(image: str, top_n: int, target: str | None, clip_name: str | None, caption_model: str | None,
+            caption: str | None, vocab: tuple[str, ...], device: str, precision: str, low_vram: bool,
+            cache_dir: str | None, fmt: str, quiet: bool, verbose: bool, debug: bool) -> None:
+    """Show the top phrases of every vocabulary category for IMAGE, with CLIP scores.
+
+    Use it to see what the scaffold is built from and how close the alternatives are.
+    Scores are CLIP similarities: comparable within one model, not probabilities.
+    Artist names are marked (hypothesis): the image resembles work tagged with them.
+    """
+    setup_logging(verbose, debug, quiet)
+    clip = pick_clip(clip_name, target)
+    captioner = None if caption or caption_model is None else pick_captioner(caption_model, low_vram)
+    sources = list(expand_sources(image))
+    if len(sources) != 1:
+        raise click.UsageError(f"analyze takes one image; {image!r} gave {len(sources)}")
+    try:
+        if isinstance(sources[0], ImageLoadError):
+            raise sources[0]
+        source: ImageSource = sources[0]
+        img = load_image(source)
+    except ImageLoadError as err:
+        raise FatalError(str(err)) from None
+    interrogator = load_interrogator(clip=clip, captioner=captioner, device=device, precision=precision,
+                                     cache_dir=cache_dir, vocab=vocab, low_vram=low_vram,
+                                     show_progress=progress_enabled(quiet), debug=debug)
+    with fatal_errors(debug):
+        if caption is None and interrogator.captioner is not None:
+            caption = interrogator.caption([img])[0]
+        analysis = interrogator.analyze(img, top_n, caption=caption, source=source.name)
+    if fmt == "json":
+        click.echo(json.dumps(analysis.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        click.echo(format_analysis(analysis), nl=False)
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS, short_help="List targets, CLIP models and captioners.")
+def models() -> None:
+    """List the --target names, the caption models, the model name schemes and the CLIP
+    models open_clip knows (ARCH/TAG). Nothing is loaded or downloaded."""
+    out: list[str] = ["Targets (--target): the CLIP backbone of each Stable Diffusion family's text encoder"]
+    width = max(map(len, TARGETS))
+    for name, clip in TARGETS.items():
+        aliases = [a for a, t in TARGET_ALIASES.items() if t == name]
+        extra = "  (default)" if clip == DEFAULT_CLIP else ""
+        extra += f"  also: {', '.join(aliases)}" if aliases else ""
+        out.append(f"  {name:<{width}}  {clip}{extra}")
+    out += ["", "Caption models (--caption-model)"]
+    width = max(map(len, CAPTION_MODELS))
+    for name, repo in CAPTION_MODELS.items():
+        extra = "  (default)" if name == DEFAULT_CAPTIONER else "  (default with --low-vram)" if name == LOW_VRAM_CAPTIONER else ""
+        out.append(f"  {name:<{width}}  {repo}{extra}")
+    out.append(f"  {'none':<{width}}  no captioner: pass --caption TEXT")
+    out += [
+        "",
+        "Name schemes (--clip, --caption-model)",
+        "  ARCH/TAG          an open_clip model and pretrained tag, e.g. ViT-L-14/openai",
+        "  local-dir:PATH    a local folder: open_clip (open_clip_config.json + weights)",
+        "                    or transformers (save_pretrained, config.json)",
+        "  hf-hub:ORG/REPO   an open_clip model on the Hugging Face Hub (--clip)",
+        "  hf:ORG/REPO       a transformers model on the Hub, e.g. hf:openai/clip-vit-large-patch14",
+        "",
+    ]
+    names = open_clip_names()
+    if names is None:
+        out.append("CLIP models (--clip ARCH/TAG): install open_clip_torch to list them.")
+    else:
+        out.append(f"CLIP models known to open_clip (--clip ARCH/TAG), {len(names)}:")
+        out += [f"  {n}" for n in names]
+    click.echo("\n".join(out))
+
+
+def open_clip_names() -> list[str] | None:
+    """open_clip's ARCH/TAG names, or None when open_clip is not installed.
+
+    ``open_clip/__init__.py`` imports torch (seconds), so when open_clip is not loaded
+    yet its table module is read on its own, with safetensors' torch half blocked.
+    """
+    if "open_clip" in sys.modules:
+        return [f"{a}/{t}" for a, t in sys.modules["open_clip"].list_pretrained()]
+    try:
+        spec = importlib.util.find_spec("open_clip")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    pkg_name = "_image2prompt_open_clip_table"
+    blocked = "safetensors.torch"
+    saved = {k: sys.modules[k] for k in (pkg_name,) if k in sys.modules}
+    pkg = types.ModuleType(pkg_name)
+    pkg.__path__ = list(spec.submodule_search_locations)
+    sys.modules[pkg_name] = pkg
+    block = blocked not in sys.modules and "torch" not in sys.modules
+    if block:
+        sys.modules[blocked] = None  # type: ignore[assignment]  # makes `import safetensors.torch` fail
+    try:
+        table = importlib.import_module(f"{pkg_name}.pretrained")
+        pairs = table.list_pretrained()
+    except Exception:  # noqa: BLE001 - another open_clip layout: import it for real
+        pairs = None
+    finally:
+        for k in [k for k in sys.modules if k == pkg_name or k.startswith(pkg_name + ".")]:
+            del sys.modules[k]
+        if block:
+            sys.modules.pop(blocked, None)
+        sys.modules.update(saved)
+    if pairs is None:
+        try:
+            import open_clip
+        except Exception:  # noqa: BLE001
+            return None
+        pairs = open_clip.list_pretrained()
+    return [f"{a}/{t}" for a, t in pairs]
+
+
+# --- cache ----------------------------------------------------------------------------------
+
+
+@cli.group(context_settings=CONTEXT_SETTINGS, short_help="Show or clear the embedding cache.")
+def cache() -> None:
+    """Show where cached data lives, or clear the cached vocabulary embeddings."""
+
+
+cache_dir_option = click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR",
+                                help="The embedding cache to use (default: the per-user cache).")
+
+
+@cache.command("info")
+@cache_dir_option
+def cache_info(cache_dir: str | None) -> None:
+    """Show where vocabulary embeddings and model weights are cached, and their sizes.
+
+    Creates nothing."""
+    emb = EmbeddingCache(cache_dir, download=False)
+    entries = list(emb.entries())
+    total = sum(e.size_bytes for e in entries)
+    state = f"{len(entries)} files, {_size(total)}" if emb.directory.is_dir() else "does not exist yet"
+    click.echo(f"Vocabulary embeddings: {emb.directory}  ({state})")
+    click.echo("  (set IMAGE2PROMPT_CACHE_DIR or pass --cache-dir to move it; `cache clear` empties it)")
+    hub = _hub_cache_dir()
+    if hub.is_dir():
+        state = _size(_tree_size(hub))
+    else:
+        state = "does not exist yet"
+    click.echo(f"Model weights (Hugging Face hub cache, also used by open_clip): {hub}  ({state})")
+    click.echo("  (set HF_HOME or HF_HUB_CACHE to move it; manage it with `hf cache` / `huggingface-cli`)")
+
+
+@cache.command("clear")
+@cache_dir_option
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+def cache_clear(cache_dir: str | None, yes: bool) -> None:
+    """Delete the cached vocabulary embeddings (model weights are kept).
+
+    They are recomputed, or downloaded again, the next time they are needed."""
+    emb = EmbeddingCache(cache_dir, download=False)
+    entries = list(emb.entries())
+    if not entries:
+        click.echo(f"Nothing to clear in {emb.directory}")
+        return
+    total = sum(e.size_bytes for e in entries)
+    if not yes:
+        click.confirm(f"Delete {len(entries)} cached embedding files ({_size(total)}) in {emb.directory}?",
+                      abort=True, err=True)
+    try:
+        removed = emb.clear()
+    except OSError as err:
+        raise FatalError(f"{emb.directory}: cannot delete cache files ({err.strerror or err})") from None
+    click.echo(f"Deleted {removed} files ({_size(total)}) from {emb.directory}")
+
+
+def _hub_cache_dir() -> Path:
+    try:
+        from huggingface_hub import constants
+
+        return Path(constants.HF_HUB_CACHE)
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+        return Path(os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub")).expanduser()
+
+
+def _tree_size(root: Path) -> int:
+    """Bytes of the regular files under ``root`` (the hub's snapshot symlinks are not counted twice)."""
+    total = 0
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if not os.path.islink(os.path.join(dirpath, name)):
+                total += st.st_size
+    return total
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"  # pragma: no cover
+
+
+# --- entry point --------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Console-script entry point: exit 0 on success, 1 on failed inputs or load errors, 2 on usage errors."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name=PROG)
+    raise SystemExit(0)  # pragma: no cover - cli.main always exits in standalone mode
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,130 @@
+"""Result writers for the command line: text, json, jsonl and csv, written incrementally.
+
+Each writer writes one result as soon as it is given and flushes, so nothing
+already produced is lost if a later input fails or the run is interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from typing import IO, Any
+
+from ..results import Analysis, Result
+
+FORMATS = ("text", "json", "jsonl", "csv")
+CSV_COLUMNS = ("source", "mode", "prompt", "caption", "similarity", "clip_model", "caption_model")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class ResultWriter:
+    """Base writer: ``write`` each result, then ``close`` (which does not close the stream)."""
+
+    def __init__(self, stream: IO[str], single: bool) -> None:
+        self.stream = stream
+        self.single = single
+        self.count = 0
+        self.closed = False
+
+    def write(self, result: Result) -> None:
+        self._write(result)
+        self.count += 1
+        self.stream.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._close()
+            self.stream.flush()
+
+    def _write(self, result: Result) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+
+class TextWriter(ResultWriter):
+    """The prompt alone for a single input, else ``SOURCE<TAB>PROMPT`` per line."""
+
+    def _write(self, result: Result) -> None:
+        if self.single:
+            self.stream.write(result.prompt + "\n")
+        else:
+            self.stream.write(f"{_one_line(result.source or '')}\t{_one_line(result.prompt)}\n")
+
+
+class JsonWriter(ResultWriter):
+    """One JSON object for a single input, else a JSON list written item by item."""
+
+    def __init__(self, stream: IO[str], single: bool) -> None:
+        super().__init__(stream, single)
+        if not single:
+            self.stream.write("[\n")
+            self.stream.flush()
+
+    def _write(self, result: Result) -> None:
+        text = json.dumps(result.to_dict(), ensure_ascii=False, indent=2)
+        if self.single:
+            self.stream.write(text + "\n")
+        else:
+            self.stream.write((",\n" if self.count else "") + text)
+
+    def _close(self) -> None:
+        if not self.single:
+            self.stream.write(("\n" if self.count else "") + "]\n")
+
+
+class JsonlWriter(ResultWriter):
+    """One JSON object per line."""
+
+    def _write(self, result: Result) -> None:
+        self.stream.write(result.to_json() + "\n")
+
+
+class CsvWriter(ResultWriter):
+    """A header row, then one row per result."""
+
+    def __init__(self, stream: IO[str], single: bool) -> None:
+        super().__init__(stream, single)
+        self._csv = csv.writer(stream, lineterminator="\n")
+        self._csv.writerow(CSV_COLUMNS)
+        self.stream.flush()
+
+    def _write(self, result: Result) -> None:
+        row: dict[str, Any] = result.to_dict()
+        self._csv.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
+
+
+_WRITERS: dict[str, type[ResultWriter]] = {
+    "text": TextWriter, "json": JsonWriter, "jsonl": JsonlWriter, "csv": CsvWriter,
+}
+
+
+def make_writer(fmt: str, stream: IO[str], single: bool) -> ResultWriter:
+    """A writer for ``fmt``; ``single`` is True when exactly one input was given."""
+    return _WRITERS[fmt](stream, single)
+
+
+def format_analysis(analysis: Analysis) -> str:
+    """Human-readable analysis: each category with its top phrases and scores."""
+    lines: list[str] = []
+    if analysis.source:
+        lines.append(f"source: {analysis.source}")
+    lines.append(f"clip model: {analysis.clip_model}")
+    if analysis.caption:
+        lines.append(f"caption: {analysis.caption}")
+    width = max((len(f"{p.score:.4f}") for ps in analysis.categories.values() for p in ps), default=0)
+    for category, phrases in analysis.categories.items():
+        lines.append("")
+        lines.append(f"{category}:")
+        for p in phrases:
+            note = "  (hypothesis)" if p.hypothesis else ""
+            lines.append(f"  {p.score:>{width}.4f}  {p.text}{note}")
+    if any(p.hypothesis for ps in analysis.categories.values() for p in ps):
+        lines.append("")
+        lines.append("(hypothesis): the image resembles work tagged with this name; it does not say who made it.")
+    return "\n".join(lines) + "\n"

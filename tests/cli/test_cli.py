@@ -1,0 +1,229 @@
+"""The default `run` command end to end, with tiny offline models."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from image2prompt.cli.main import cli
+
+
+@pytest.fixture
+def model_args(tiny_open_clip: Path, tiny_blip: Path, small_vocab_dir: Path, tmp_path: Path) -> list[str]:
+    return ["--clip", f"local-dir:{tiny_open_clip}", "--caption-model", f"local-dir:{tiny_blip}",
+            "--vocab", str(small_vocab_dir), "--device", "cpu", "--cache-dir", str(tmp_path / "emb")]
+
+
+@pytest.fixture
+def image(image_folder: Path) -> Path:
+    return image_folder / "a.png"
+
+
+def invoke(*args: object) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_no_traceback(result: Result) -> None:
+    assert "Traceback" not in result.output
+    assert "Traceback" not in result.stderr
+
+
+def test_fast_json_full_result(image: Path, model_args: list[str]) -> None:
+    result = invoke(image, *model_args, "--format", "json", "--mode", "fast")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert isinstance(data, dict)
+    for key in ("prompt", "caption", "mode", "similarity", "phrases", "clip_model", "caption_model", "source"):
+        assert key in data
+    assert data["mode"] == "fast"
+    assert data["clip_model"].startswith("local-dir:")
+    assert data["caption"] and data["prompt"].startswith(data["caption"])
+    assert isinstance(data["similarity"], float)
+    assert data["phrases"] and all({"text", "category", "score"} <= set(p) for p in data["phrases"])
+    assert data["source"] == str(image)
+
+
+@pytest.mark.parametrize("mode", ["best", "classic", "negative"])
+def test_other_modes(image: Path, model_args: list[str], mode: str) -> None:
+    # --caption skips loading the captioner (test_fast_json_full_result covers captioning)
+    result = invoke(image, *model_args, "--format", "jsonl", "--mode", mode, "--caption", "a test image")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    data = json.loads(lines[0])
+    assert data["mode"] == mode and data["prompt"]
+    if mode == "negative":
+        assert data["caption"] is None and data["caption_model"] is None
+    else:
+        assert data["caption"] == "a test image" and data["prompt"].startswith("a test image")
+
+
+def test_text_single_input_is_the_prompt_alone(image: Path, model_args: list[str]) -> None:
+    result = invoke(image, *model_args, "--mode", "fast", "--caption", "a red square")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("a red square, ")
+    assert "\t" not in result.stdout and len(result.stdout.splitlines()) == 1
+
+
+def test_folder_streams_good_images_and_reports_broken(image_folder: Path, model_args: list[str]) -> None:
+    result = invoke(image_folder, *model_args, "--format", "jsonl", "--mode", "fast", "--batch-size", "2",
+                    "--caption", "x")
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    sources = [json.loads(line)["source"] for line in lines]
+    assert sources == [str(image_folder / "a.png"), str(image_folder / "c.webp"),
+                       str(image_folder / "sub" / "b.JPG")]
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1
+    assert errors[0].startswith("image2prompt: error: ") and "broken.jpg" in errors[0]
+    assert_no_traceback(result)
+
+
+def test_folder_text_format_is_source_tab_prompt(image_folder: Path, model_args: list[str]) -> None:
+    result = invoke(image_folder, *model_args, "--mode", "classic", "--caption", "a test")
+    assert result.exit_code == 1
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert len(rows) == 3 and all(len(r) == 2 and r[1].startswith("a test, ") for r in rows)
+
+
+def test_json_list_is_valid_even_with_failures(image_folder: Path, model_args: list[str]) -> None:
+    result = invoke(image_folder / "a.png", image_folder / "broken.jpg", *model_args,
+                    "--format", "json", "--mode", "fast", "--caption", "x")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert isinstance(data, list) and len(data) == 1
+
+
+def test_missing_file_fails_before_models_load(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.png"
+    # A bogus model name proves no model was loaded: the error is about the file.
+    result = invoke(missing, "--clip", "ViT-L-14/nonsense", "--device", "cpu")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"image2prompt: error: {missing}: no such file or directory"
+    assert result.stdout == ""
+    assert_no_traceback(result)
+
+
+def test_unknown_clip_name_lists_known_tags(image: Path, small_vocab_dir: Path) -> None:
+    result = invoke(image, "--clip", "ViT-L-14/nonsense", "--caption-model", "none", "--caption", "x",
+                    "--vocab", small_vocab_dir, "--device", "cpu")
+    assert result.exit_code == 1
+    assert "ViT-L-14/nonsense" in result.stderr and "openai" in result.stderr
+    assert result.stderr.startswith("image2prompt: error: ")
+    assert_no_traceback(result)
+
+
+def test_local_dir_without_weights(image: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "empty-clip"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text("{}")
+    result = invoke(image, "--clip", f"local-dir:{folder}", "--caption-model", "none", "--caption", "x",
+                    "--device", "cpu")
+    assert result.exit_code == 1
+    assert "no weights" in result.stderr and str(folder) in result.stderr
+    assert_no_traceback(result)
+
+
+def test_bad_device_is_a_clean_error(image: Path, tiny_open_clip: Path, small_vocab_dir: Path) -> None:
+    result = invoke(image, "--clip", f"local-dir:{tiny_open_clip}", "--caption-model", "none", "--caption",
+                    "x", "--vocab", small_vocab_dir, "--device", "tpu")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("image2prompt: error: ") and "tpu" in result.stderr
+    assert_no_traceback(result)
+
+
+def test_caption_model_none_needs_caption(image: Path, tiny_open_clip: Path) -> None:
+    result = invoke(image, "--clip", f"local-dir:{tiny_open_clip}", "--caption-model", "none")
+    assert result.exit_code == 2
+    assert "--caption" in result.stderr
+
+
+def test_caption_model_none_with_caption(image: Path, tiny_open_clip: Path, small_vocab_dir: Path,
+                                         tmp_path: Path) -> None:
+    result = invoke(image, "--clip", f"local-dir:{tiny_open_clip}", "--caption-model", "none",
+                    "--caption", "a red square", "--vocab", small_vocab_dir, "--device", "cpu",
+                    "--cache-dir", tmp_path, "--mode", "classic", "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["caption"] == "a red square"
+    assert data["caption_model"] is None
+
+
+def test_clip_wins_over_target_with_a_warning(image: Path, tiny_open_clip: Path, small_vocab_dir: Path,
+                                              tmp_path: Path) -> None:
+    result = invoke(image, "--target", "sdxl", "--clip", f"local-dir:{tiny_open_clip}", "--caption-model",
+                    "none", "--caption", "x", "--vocab", small_vocab_dir, "--device", "cpu",
+                    "--cache-dir", tmp_path, "--mode", "fast", "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["clip_model"] == f"local-dir:{tiny_open_clip}"
+    assert result.stderr.count("overrides --target") == 1
+
+
+def test_unknown_target_is_a_usage_error(image: Path) -> None:
+    result = invoke(image, "--target", "sd9")
+    assert result.exit_code == 2
+    assert "sd15" in result.stderr
+
+
+def test_output_file_csv(image_folder: Path, model_args: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    result = invoke(image_folder / "a.png", image_folder / "c.webp", *model_args, "--mode", "fast",
+                    "--format", "csv", "--output", out, "--caption", "x")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert rows[0] == ["source", "mode", "prompt", "caption", "similarity", "clip_model", "caption_model"]
+    assert len(rows) == 3
+    assert [r[0] for r in rows[1:]] == [str(image_folder / "a.png"), str(image_folder / "c.webp")]
+    assert all(r[1] == "fast" and float(r[4]) for r in rows[1:])
+
+
+def test_batch_failure_is_reported_per_image_and_run_continues(
+        image_folder: Path, model_args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from image2prompt.interrogator import Interrogator
+
+    real = Interrogator.interrogate_batch
+    calls = {"n": 0}
+
+    def flaky(self, images, mode="best", captions=None, sources=None):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return real(self, images, mode, captions=captions, sources=sources)
+
+    monkeypatch.setattr(Interrogator, "interrogate_batch", flaky)
+    result = invoke(image_folder, *model_args, "--mode", "fast", "--caption", "x", "--format", "jsonl",
+                    "--batch-size", "2")
+    assert result.exit_code == 1
+    # batch 1 = a.png + broken.jpg (broken fails to load, a.png fails on "boom"); batch 2 = c.webp, sub/b.JPG
+    assert [json.loads(line)["source"] for line in result.stdout.splitlines()] == [
+        str(image_folder / "c.webp"), str(image_folder / "sub" / "b.JPG")]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("image2prompt: error:")]
+    assert any("a.png" in e and "boom" in e for e in errors)
+    assert any("broken.jpg" in e for e in errors)
+    assert len(errors) == 2
+    assert_no_traceback(result)
+
+
+def test_debug_shows_traceback(tmp_path: Path, image: Path) -> None:
+    result = CliRunner().invoke(cli, [str(image), "--clip", "ViT-L-14/nonsense", "--caption-model", "none",
+                                      "--caption", "x", "--device", "cpu", "--debug"])
+    assert result.exit_code == 1
+    assert result.exception is not None and "nonsense" in str(result.exception)
+
+
+def test_verbose_logs_to_stderr(image: Path, tiny_open_clip: Path, small_vocab_dir: Path, tmp_path: Path) -> None:
+    result = invoke(image, "--clip", f"local-dir:{tiny_open_clip}", "--caption-model", "none", "--caption", "x",
+                    "--vocab", small_vocab_dir, "--device", "cpu", "--cache-dir", tmp_path, "--mode", "fast",
+                    "--verbose")
+    assert result.exit_code == 0, result.output
+    assert "image2prompt: info: loading CLIP" in result.stderr
+    assert "info" not in result.stdout
+    # the embeddings were cached under --cache-dir
+    assert list(tmp_path.glob("*.safetensors"))
