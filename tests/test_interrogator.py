@@ -67,8 +67,14 @@ def test_results_are_deterministic_and_batch_independent(interrogator: Interroga
 
 def test_batch_captions_generated_when_missing(interrogator: Interrogator, images):
     rs = list(interrogator.interrogate_batch(images[:2], "fast", captions=["given", None]))
-    assert rs[0].caption == "given"
+    assert rs[0].caption == "given" and rs[0].caption_model is None  # not credited to the captioner
     assert rs[1].caption == interrogator.caption([images[1]])[0]
+    assert rs[1].caption_model == interrogator.caption_name is not None
+
+
+def test_batch_arguments_are_checked_at_the_call(interrogator: Interrogator, images):
+    with pytest.raises(ValueError, match="2 captions given for 3 images"):
+        interrogator.interrogate_batch(images[:3], "fast", captions=["a", "b"])
 
 
 def test_analyze_reports_every_category(interrogator: Interrogator, images):

@@ -17,7 +17,7 @@ from .cache import EmbeddingCache
 from .index import ProgressFactory, VocabularyIndex
 from .prompt import at_limit, classic_prompt, fast_prompt, fits, truncate_to_fit
 from .results import MODES, Analysis, Phrase, Result
-from .search import greedy_chain, similarities, top_k_of_scores
+from .search import ChainState, similarities, start_chain, top_k_of_scores
 from .vocab import HYPOTHESIS_CATEGORIES, VocabularyPack, load_vocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,6 +44,7 @@ class Config:
     max_flavors: int = 32  # and at most this many; also fast mode's phrase count
     classic_flavors: int = 3  # flavors in classic mode
     max_tokens: int = 77  # the text encoder's window, start and end tokens included
+    beam: int = 1  # best mode: prompts kept per chain step (1 = the reference's greedy chain)
     token_budget: int | None = None  # text tokens per encoder batch; None: a default per device
     caption_max_tokens: int = 32
     caption_batch_size: int = 8
@@ -172,13 +173,21 @@ class Interrogator:
                 total += clip.encode_texts(list(texts)) @ f
         return total / len(self.clips)
 
-    def _score_extensions(self, feats: Sequence[np.ndarray], prefix: str, phrases: Sequence[str]) -> np.ndarray:
-        """Similarity of ``prefix + ", " + phrase`` for each phrase (prefix-cached where exact)."""
-        total = np.zeros(len(phrases), np.float64)
-        with self._using("clip"):
-            for clip, f in zip(self.clips, feats):
-                total += clip.encode_extensions(prefix, phrases) @ f
-        return total / len(self.clips)
+    def _run_chains(self, jobs: Sequence[tuple[Sequence[np.ndarray], ChainState]]) -> None:
+        """Advance several images' chains in lockstep; each step's extensions share encoder batches."""
+        while True:
+            active = [(feats, state) for feats, state in jobs if not state.done]
+            if not active:
+                return
+            requests = [(j, prefix, rest) for j, (_, state) in enumerate(active) for prefix, rest in state.requests()]
+            totals = [np.zeros(len(rest), np.float64) for _, _, rest in requests]
+            with self._using("clip"):
+                for e, clip in enumerate(self.clips):
+                    outs = clip.encode_extensions_many([(prefix, rest) for _, prefix, rest in requests])
+                    for k, (j, _, _) in enumerate(requests):
+                        totals[k] += outs[k] @ active[j][0][e]
+            for j, (_, state) in enumerate(active):
+                state.advance([totals[k] / len(self.clips) for k, r in enumerate(requests) if r[0] == j])
 
     def _table_scores(self, category: str, feats: Sequence[np.ndarray]) -> np.ndarray:
         total = None
@@ -231,46 +240,63 @@ class Interrogator:
         prompt = self._truncate(full)
         return _Scored(prompt, _kept(full, prompt, tops, len(caption)))
 
-    def _best(self, feats: Sequence[np.ndarray], caption: str) -> tuple[_Scored, float]:
+    def _best_batch(self, feats_list: Sequence[Sequence[np.ndarray]],
+                    captions: Sequence[str]) -> list[tuple[_Scored, float]]:
         cfg = self.config
-        pool = self._top_merged(feats, cfg.candidates)
-        by_text = {p.text: p for p in pool}
-        caption_sim = float(self.similarity(feats, [caption])[0])
-        chain = greedy_chain(
-            [p.text for p in pool],
-            lambda prefix, phrases: self._score_extensions(feats, prefix, phrases),
-            self._at_limit,
-            start=caption, start_similarity=caption_sim,
-            min_count=cfg.min_flavors, max_count=cfg.max_flavors,
-        )
-        # As in the reference, the classic candidate here uses max_flavors flavors.
-        candidates = [
-            _Scored(caption),
-            self._classic(feats, caption, cfg.max_flavors),
-            self._fast(feats, caption, cfg.max_flavors),
-            _Scored(chain.prompt, [by_text[t] for t in chain.phrases]),
-        ]
-        sims = self.similarity(feats, [c.prompt for c in candidates])
-        best = int(np.argmax(sims))
-        return candidates[best], float(sims[best])
+        pools = [self._top_merged(feats, cfg.candidates) for feats in feats_list]
+        jobs = []
+        for feats, caption, pool in zip(feats_list, captions, pools):
+            caption_sim = float(self.similarity(feats, [caption])[0])
+            jobs.append((feats, ChainState(
+                [p.text for p in pool], self._at_limit, start=caption, start_similarity=caption_sim,
+                min_count=cfg.min_flavors, max_count=cfg.max_flavors, beam=cfg.beam,
+            )))
+        self._run_chains(jobs)
+        out = []
+        for (feats, state), caption, pool in zip(jobs, captions, pools):
+            chain = state.result()
+            by_text = {p.text: p for p in pool}
+            # As in the reference, the classic candidate here uses max_flavors flavors.
+            candidates = [
+                _Scored(caption),
+                self._classic(feats, caption, cfg.max_flavors),
+                self._fast(feats, caption, cfg.max_flavors),
+                _Scored(chain.prompt, [by_text[t] for t in chain.phrases]),
+            ]
+            sims = self.similarity(feats, [c.prompt for c in candidates])
+            best = int(np.argmax(sims))
+            out.append((candidates[best], float(sims[best])))
+        return out
 
-    def _negative(self, feats: Sequence[np.ndarray]) -> tuple[_Scored, float]:
+    def _negative_batch(self, feats_list: Sequence[Sequence[np.ndarray]]) -> list[tuple[_Scored, float]]:
         cfg = self.config
-        pool = self._top("flavors", feats, cfg.candidates, largest=False)
-        if "negative" in self.vocab:
-            neg_scores = self._table_scores("negative", feats)
-            pool += [self._phrase(t, "negative", float(s)) for t, s in zip(self.vocab["negative"].labels, neg_scores)]
-        by_text: dict[str, Phrase] = {}
-        for p in pool:
-            by_text.setdefault(p.text, p)
-        chain = greedy_chain(
-            list(by_text),
-            lambda prefix, phrases: self._score_extensions(feats, prefix, phrases),
-            self._at_limit,
-            score_texts=lambda texts: self.similarity(feats, texts),
-            min_count=cfg.min_flavors, max_count=cfg.max_flavors, reverse=True,
-        )
-        return _Scored(chain.prompt, [by_text[t] for t in chain.phrases]), chain.similarity
+        jobs, lookups = [], []
+        for feats in feats_list:
+            pool = self._top("flavors", feats, cfg.candidates, largest=False)
+            if "negative" in self.vocab:
+                neg_scores = self._table_scores("negative", feats)
+                pool += [self._phrase(t, "negative", float(s))
+                         for t, s in zip(self.vocab["negative"].labels, neg_scores)]
+            by_text: dict[str, Phrase] = {}
+            for p in pool:
+                by_text.setdefault(p.text, p)
+            state = start_chain(
+                list(by_text), self._at_limit, score_texts=lambda texts, f=feats: self.similarity(f, texts),
+                min_count=cfg.min_flavors, max_count=cfg.max_flavors, reverse=True,
+            )
+            lookups.append(by_text)
+            if state is not None:
+                jobs.append((feats, state))
+        self._run_chains(jobs)
+        out = []
+        it = iter(jobs)
+        for by_text in lookups:
+            if not by_text:
+                out.append((_Scored(""), 0.0))
+                continue
+            chain = next(it)[1].result()
+            out.append((_Scored(chain.prompt, [by_text[t] for t in chain.phrases]), chain.similarity))
+        return out
 
     # -- public API --------------------------------------------------------------
     def interrogate(self, image: Any, mode: str = "best", caption: str | None = None) -> Result:
@@ -286,7 +312,8 @@ class Interrogator:
     ) -> Iterator[Result]:
         """Interrogate several images; results are yielded one by one, in order.
 
-        Images are captioned and encoded in batches; the per-image search follows.
+        Images are captioned and encoded in batches, and the chains of best and
+        negative modes share encoder batches. Arguments are checked at the call.
         """
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
@@ -295,36 +322,45 @@ class Interrogator:
         if len(caps) != n:
             raise ValueError(f"{len(caps)} captions given for {n} images")
         srcs = list(sources) if sources is not None else [None] * n
+        if len(srcs) != n:
+            raise ValueError(f"{len(srcs)} sources given for {n} images")
+        return self._interrogate_batch(images, mode, caps, srcs)
+
+    def _interrogate_batch(self, images: Sequence[Any], mode: str, caps: list[str | None],
+                           srcs: list[str | None]) -> Iterator[Result]:
+        n = len(images)
+        captioned = [False] * n
         if mode != "negative":
             missing = [i for i, c in enumerate(caps) if not c]
             if missing:
                 generated = self.caption([images[i] for i in missing])
                 for i, c in zip(missing, generated):
-                    caps[i] = c
+                    caps[i], captioned[i] = c, True
         feats_all = self.image_features(images)
-        for i in range(n):
-            feats = [f[i] for f in feats_all]
-            yield self._result(feats, mode, caps[i], srcs[i])
-
-    def _result(self, feats: Sequence[np.ndarray], mode: str, caption: str | None, source: str | None) -> Result:
-        cfg = self.config
+        per_image = [[f[i] for f in feats_all] for i in range(n)]
         with self._using("clip"):
-            if mode == "negative":
-                scored, sim = self._negative(feats)
-                caption = None
+            if mode == "best":
+                scored = self._best_batch(per_image, caps)  # type: ignore[arg-type]
+            elif mode == "negative":
+                scored = self._negative_batch(per_image)
             else:
-                assert caption is not None
-                if mode == "best":
-                    scored, sim = self._best(feats, caption)
-                else:
-                    scored = (self._classic(feats, caption, cfg.classic_flavors) if mode == "classic"
-                              else self._fast(feats, caption, cfg.max_flavors))
-                    sim = float(self.similarity(feats, [scored.prompt])[0])
-            return Result(
-                prompt=scored.prompt, mode=mode, caption=caption, similarity=sim,
-                clip_model=self.clip_name, caption_model=self.caption_name if mode != "negative" else None,
-                phrases=scored.phrases, source=source, token_count=self.count_tokens(scored.prompt),
-            )
+                scored = [self._simple(feats, mode, c) for feats, c in zip(per_image, caps)]  # type: ignore[arg-type]
+        for i, (s, sim) in enumerate(scored):
+            yield self._result(s, sim, mode, caps[i] if mode != "negative" else None, captioned[i], srcs[i])
+
+    def _simple(self, feats: Sequence[np.ndarray], mode: str, caption: str) -> tuple[_Scored, float]:
+        cfg = self.config
+        scored = (self._classic(feats, caption, cfg.classic_flavors) if mode == "classic"
+                  else self._fast(feats, caption, cfg.max_flavors))
+        return scored, float(self.similarity(feats, [scored.prompt])[0])
+
+    def _result(self, scored: _Scored, sim: float, mode: str, caption: str | None, captioned: bool,
+                source: str | None) -> Result:
+        return Result(
+            prompt=scored.prompt, mode=mode, caption=caption, similarity=sim, clip_model=self.clip_name,
+            caption_model=self.caption_name if captioned else None,  # None when the caption was given
+            phrases=scored.phrases, source=source, token_count=self.count_tokens(scored.prompt),
+        )
 
     def analyze(self, image: Any, top_n: int = 5, caption: str | None = None,
                 source: str | None = None) -> Analysis:

@@ -93,3 +93,12 @@ def test_fewer_tokens_than_a_full_encode(encoder):
     t0 = encoder.tokens_encoded
     full(encoder, prefix, phrases)
     assert cached * 4 < encoder.tokens_encoded - t0
+
+
+def test_many_prefixes_share_batches_and_equal_full_encodes(encoder):
+    rng = random.Random(7)
+    requests = [(random_prompt(rng, n), [random_prompt(rng, rng.randint(1, 4)) for _ in range(15)] + PHRASES[:6])
+                for n in (2, 30, 74, 90)] + [("a photo!!!", PHRASES[:4])]
+    outs = encoder.prefix_scorer().encode_many(requests)
+    for (prefix, phrases), got in zip(requests, outs):
+        assert np.abs(got - full(encoder, prefix, phrases)).max() <= 1e-5

@@ -144,10 +144,17 @@ class ClipEncoder:
         Uses the prefix-cached scorer where the tower allows it (causal, end-token
         pooled, standard layout); otherwise a full encode.
         """
+        return self.encode_extensions_many([(prefix, phrases)])[0]
+
+    def encode_extensions_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
+        """:meth:`encode_extensions` for several prefixes; their phrases share encoder batches."""
         scorer = self.prefix_scorer()
-        if scorer is None:
-            return self.encode_texts([prefix + ", " + p for p in phrases])
-        return scorer.encode(prefix, phrases)
+        if scorer is not None:
+            return scorer.encode_many(requests)
+        texts = [prefix + ", " + p for prefix, phrases in requests for p in phrases]
+        feats = self.encode_texts(texts)
+        bounds = np.cumsum([0] + [len(phrases) for _, phrases in requests])
+        return [feats[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def prefix_scorer(self) -> Any:
         if not hasattr(self, "_prefix_scorer"):

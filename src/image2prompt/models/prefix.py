@@ -106,7 +106,7 @@ def hf_clip_parts(model: Any) -> TowerParts | None:
         return model.text_projection(tm.final_layer_norm(x))
 
     return TowerParts(
-        embed=lambda ids, pos: tm.embeddings(input_ids=ids, position_ids=pos.unsqueeze(0)),
+        embed=lambda ids, pos: tm.embeddings(input_ids=ids, position_ids=pos if pos.dim() == 2 else pos.unsqueeze(0)),
         layers=layers, heads=model.config.text_config.num_attention_heads, final=final,
         dtype=next(tm.parameters()).dtype,
     )
@@ -116,28 +116,33 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _attend(layer: _Layer, x: torch.Tensor, heads: int, past: tuple[torch.Tensor, torch.Tensor] | None,
+def _attend(layer: _Layer, x: torch.Tensor, heads: int, past: None,
             keep: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-    """One residual block over x [B, S, W], attending to cached keys/values [1, H, P, hd]."""
+    """One causal residual block over x [B, S, W]; optionally returns its keys/values [B, H, S, hd]."""
     b, s, w = x.shape
     hd = w // heads
     q, k, v = layer.qkv(layer.ln1(x))
     q, k, v = (t.reshape(b, s, heads, hd).transpose(1, 2) for t in (q, k, v))
-    kept = (k, v) if keep else None
-    causal = torch.ones(s, s, dtype=torch.bool, device=x.device).tril()
-    if past is not None:
-        pk, pv = past
-        p = pk.shape[2]
-        k = torch.cat([pk.expand(b, -1, -1, -1), k], dim=2)
-        v = torch.cat([pv.expand(b, -1, -1, -1), v], dim=2)
-        mask = torch.cat([torch.ones(s, p, dtype=torch.bool, device=x.device), causal], dim=1)
-    else:
-        mask = causal
+    mask = torch.ones(s, s, dtype=torch.bool, device=x.device).tril()
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    o = o.transpose(1, 2).reshape(b, s, w)
-    x = x + layer.ls1(layer.out(o))
+    x = x + layer.ls1(layer.out(o.transpose(1, 2).reshape(b, s, w)))
     x = x + layer.ls2(layer.mlp(layer.ln2(x)))
-    return x, kept
+    return x, ((k, v) if keep else None)
+
+
+def _attend_cached(layer: _Layer, x: torch.Tensor, heads: int, pk: torch.Tensor, pv: torch.Tensor,
+                   mask: torch.Tensor) -> torch.Tensor:
+    """One residual block over suffix tokens x [B, S, W] attending to their prefix's keys/values."""
+    b, s, w = x.shape
+    hd = w // heads
+    q, k, v = layer.qkv(layer.ln1(x))
+    q, k, v = (t.reshape(b, s, heads, hd).transpose(1, 2) for t in (q, k, v))
+    k = torch.cat([pk, k], dim=2)
+    v = torch.cat([pv, v], dim=2)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    x = x + layer.ls1(layer.out(o.transpose(1, 2).reshape(b, s, w)))
+    x = x + layer.ls2(layer.mlp(layer.ln2(x)))
+    return x
 
 
 class PrefixScorer:
@@ -167,67 +172,92 @@ class PrefixScorer:
 
     def encode(self, prefix: str, phrases: Sequence[str]) -> np.ndarray:
         """Normalised features [N, D] of ``prefix + ", " + phrase`` for each phrase."""
-        enc = self.encoder
-        n = len(phrases)
-        out = np.empty((n, enc.embed_dim), np.float32)
-        if n == 0:
-            return out
-        ctx = enc.context_length
-        prefix_ids = self.tok.encode(prefix)
-        safe_prefix = self._boundary_safe(prefix, prefix_ids) and prefix.isascii()
-        head = prefix_ids[: ctx - 2]
-        room = ctx - 2 - len(head)
-        suffixes: list[list[int] | None] = []
-        for phrase in phrases:
-            ids = list(self.phrase_ids(phrase))
-            if safe_prefix and phrase.isascii():
-                ok = True
-            else:
-                ok = self.tok.encode(prefix + SEP + phrase) == prefix_ids + self.comma + ids
-            suffixes.append((self.comma + ids)[:room] + [self.tok.eot_id] if ok else None)
+        return self.encode_many([(prefix, phrases)])[0]
 
-        fast = [i for i, s in enumerate(suffixes) if s is not None]
-        slow = [i for i, s in enumerate(suffixes) if s is None]
-        if fast:
-            out[fast] = self._encode_suffixes([self.tok.sot_id, *head], [suffixes[i] for i in fast])  # type: ignore[misc]
+    def encode_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
+        """Like :meth:`encode` for several prefixes at once; their phrases share encoder batches."""
+        enc = self.encoder
+        ctx = enc.context_length
+        outs = [np.empty((len(phrases), enc.embed_dim), np.float32) for _, phrases in requests]
+        prefix_runs: list[list[int]] = []
+        rows: list[tuple[int, list[int]]] = []  # (group, suffix ids)
+        targets: list[tuple[int, int]] = []  # (request, phrase index) of each row
+        slow: list[tuple[int, int, str]] = []
+        for r, (prefix, phrases) in enumerate(requests):
+            prefix_ids = self.tok.encode(prefix)
+            safe_prefix = prefix.isascii() and self._boundary_safe(prefix, prefix_ids)
+            head = prefix_ids[: ctx - 2]
+            room = ctx - 2 - len(head)
+            group = len(prefix_runs)
+            prefix_runs.append([self.tok.sot_id, *head])
+            for i, phrase in enumerate(phrases):
+                ids = list(self.phrase_ids(phrase))
+                ok = (safe_prefix and phrase.isascii()) or \
+                    self.tok.encode(prefix + SEP + phrase) == prefix_ids + self.comma + ids
+                if ok:
+                    rows.append((group, (self.comma + ids)[:room] + [self.tok.eot_id]))
+                    targets.append((r, i))
+                else:
+                    slow.append((r, i, prefix + SEP + phrase))
+        if rows:
+            feats = self._encode_rows(prefix_runs, rows)
+            for (r, i), f in zip(targets, feats):
+                outs[r][i] = f
         if slow:
             self.fallbacks += len(slow)
-            out[slow] = enc.encode_texts([prefix + SEP + phrases[i] for i in slow])
-        return out
+            feats = enc.encode_texts([text for _, _, text in slow])
+            for (r, i, _), f in zip(slow, feats):
+                outs[r][i] = f
+        return outs
 
-    def _encode_suffixes(self, prefix_run: list[int], suffixes: list[list[int]]) -> np.ndarray:
+    def _encode_rows(self, prefix_runs: list[list[int]], rows: list[tuple[int, list[int]]]) -> np.ndarray:
         enc = self.encoder
         parts = self.parts
         dev = enc.device
-        p = len(prefix_run)
-        lengths = np.fromiter((len(s) for s in suffixes), np.int64, count=len(suffixes))
+        g = len(prefix_runs)
+        plen = torch.tensor([len(p) for p in prefix_runs], device=dev)
+        pmax = int(plen.max())
+        lengths = np.fromiter((len(s) for _, s in rows), np.int64, count=len(rows))
         order = np.argsort(lengths, kind="stable")
-        feats = np.empty((len(suffixes), enc.embed_dim), np.float32)
+        feats = np.empty((len(rows), enc.embed_dim), np.float32)
         with enc._lock, torch.inference_mode():
-            x = parts.embed(torch.tensor([prefix_run], device=dev), torch.arange(p, device=dev))
+            # Prefixes are right-padded: under the causal mask padding cannot reach real positions,
+            # and suffix rows mask the padded columns out.
+            pids = torch.zeros((g, pmax), dtype=torch.long)
+            for i, run in enumerate(prefix_runs):
+                pids[i, : len(run)] = torch.as_tensor(run)
+            x = parts.embed(pids.to(dev), torch.arange(pmax, device=dev))
             cache: list[tuple[torch.Tensor, torch.Tensor]] = []
             for layer in parts.layers:
                 x, kv = _attend(layer, x, parts.heads, None, keep=True)
                 assert kv is not None
                 cache.append(kv)
-            enc.tokens_encoded += p
+            enc.tokens_encoded += int(plen.sum())
             budget = enc.token_budget
             start = 0
             while start < len(order):
-                # Sorted by length, so the batch's width is its last member's.
+                # Sorted by length, so a batch's width is its last member's.
                 stop = start + 1
                 while stop < len(order) and stop - start < 1024 and \
-                        (stop - start + 1) * (int(lengths[order[stop]]) + p // 4) <= budget:
+                        (stop - start + 1) * (int(lengths[order[stop]]) + pmax) <= budget:
                     stop += 1
                 idx = order[start:stop]
                 width = int(lengths[idx[-1]])
                 ids = torch.zeros((len(idx), width), dtype=torch.long)
+                grp = torch.empty(len(idx), dtype=torch.long)
                 for row, i in enumerate(idx):
-                    ids[row, : lengths[i]] = torch.as_tensor(suffixes[i])
-                ids = ids.to(dev)
-                h = parts.embed(ids, torch.arange(p, p + width, device=dev))
-                for layer, kv in zip(parts.layers, cache):
-                    h, _ = _attend(layer, h, parts.heads, kv, keep=False)
+                    ids[row, : lengths[i]] = torch.as_tensor(rows[i][1])
+                    grp[row] = rows[i][0]
+                ids, grp = ids.to(dev), grp.to(dev)
+                # Padding after a row's end token can run past the window; it is never read.
+                pos = (plen[grp].unsqueeze(1) + torch.arange(width, device=dev)).clamp(max=enc.context_length - 1)
+                h = parts.embed(ids, pos)
+                prefix_ok = torch.arange(pmax, device=dev).unsqueeze(0) < plen[grp].unsqueeze(1)  # [B, P]
+                causal = torch.ones(width, width, dtype=torch.bool, device=dev).tril()
+                mask = torch.cat([prefix_ok.unsqueeze(1).expand(-1, width, -1),
+                                  causal.unsqueeze(0).expand(len(idx), -1, -1)], dim=2).unsqueeze(1)
+                for layer, (pk, pv) in zip(parts.layers, cache):
+                    h = _attend_cached(layer, h, parts.heads, pk[grp], pv[grp], mask)
                 eot_pos = torch.as_tensor(lengths[idx] - 1, device=dev)
                 pooled = h[torch.arange(len(idx), device=dev), eot_pos]
                 f = F.normalize(parts.final(pooled).float(), dim=-1)

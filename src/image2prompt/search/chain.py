@@ -1,4 +1,4 @@
-"""The greedy phrase chain of best and negative modes (torch-free).
+"""The phrase chain of best, negative and style modes (torch-free).
 
 At each step the chain tries ``current + ", " + phrase`` for every remaining
 phrase and keeps the best. It keeps going while similarity improves, always for
@@ -8,6 +8,12 @@ fixes: candidates are visited in a fixed order (the reference iterates a
 ``set``), ties go to the earlier candidate, and the reverse (negative) chain
 compares like with like (the reference compared a negated similarity against a
 positive one).
+
+The chain is a small state machine (:class:`ChainState`) so that a driver can
+advance the chains of many images in lockstep and score all their extensions
+in shared encoder batches. :func:`greedy_chain` drives one chain to the end.
+With ``beam > 1`` it keeps the ``beam`` best prompts at each step; beam 1 is
+exactly the greedy chain.
 """
 
 from __future__ import annotations
@@ -33,6 +39,75 @@ class ChainResult:
     steps: int = 0
 
 
+@dataclass
+class _Beam:
+    prompt: str
+    sim: float  # signed: higher is better
+    phrases: list[str]
+    remaining: list[str]
+
+
+class ChainState:
+    """One chain, advanced step by step.
+
+    ``requests()`` lists the (prefix, phrases) pairs to score for the next step;
+    ``advance(scores)`` takes their similarities in the same order. ``done`` is
+    True when the chain has finished; ``result()`` gives the best prompt seen.
+    """
+
+    def __init__(self, phrases: Sequence[str], at_limit: Callable[[str], bool], *, start: str,
+                 start_similarity: float, start_phrases: Sequence[str] = (), min_count: int = 8,
+                 max_count: int = 32, reverse: bool = False, beam: int = 1) -> None:
+        if beam < 1:
+            raise ValueError(f"beam must be at least 1, got {beam}")
+        self.sign = -1.0 if reverse else 1.0
+        self.at_limit = at_limit
+        self.min_count, self.max_count, self.beam = min_count, max_count, beam
+        remaining = [p for p in dict.fromkeys(phrases) if p not in set(start_phrases)]
+        sim = float(start_similarity) * self.sign
+        self.beams = [_Beam(start, sim, list(start_phrases), remaining)]
+        self.best = _Beam(start, sim, list(start_phrases), [])
+        self.idx = 0
+        self.steps = 0
+        self.done = max_count <= 0 or not remaining
+
+    def requests(self) -> list[tuple[str, list[str]]]:
+        return [] if self.done else [(b.prompt, b.remaining) for b in self.beams]
+
+    def advance(self, scores: Sequence[np.ndarray]) -> None:
+        idx, self.idx = self.idx, self.idx + 1
+        self.steps += 1
+        options: list[tuple[float, int, int]] = []  # (-signed sim, beam, phrase index)
+        for b, s in enumerate(scores):
+            signed = np.asarray(s, dtype=np.float64) * self.sign
+            if self.beam == 1:
+                j = int(np.argmax(signed))  # first of equal maxima: table order wins ties
+                options.append((-float(signed[j]), b, j))
+            else:
+                top = np.lexsort((np.arange(len(signed)), -signed))[: self.beam]
+                options.extend((-float(signed[j]), b, int(j)) for j in top)
+        options.sort()
+        new_beams: list[_Beam] = []
+        for neg, b, j in options[: self.beam]:
+            parent = self.beams[b]
+            sim = -neg
+            phrase = parent.remaining[j]
+            prompt = parent.prompt + SEPARATOR + phrase
+            if sim > self.best.sim:
+                self.best = _Beam(prompt, sim, parent.phrases + [phrase], [])
+            if sim > parent.sim or idx < self.min_count:
+                rest = parent.remaining[:j] + parent.remaining[j + 1:]
+                child = _Beam(prompt, sim, parent.phrases + [phrase], rest)
+                if not self.at_limit(prompt) and rest:
+                    new_beams.append(child)
+        self.beams = new_beams
+        if not self.beams or self.idx >= self.max_count:
+            self.done = True
+
+    def result(self) -> ChainResult:
+        return ChainResult(self.best.prompt, self.best.sim * self.sign, list(self.best.phrases), self.steps)
+
+
 def greedy_chain(
     phrases: Sequence[str],
     score_extensions: ScoreExtensions,
@@ -44,47 +119,47 @@ def greedy_chain(
     min_count: int = 8,
     max_count: int = 32,
     reverse: bool = False,
+    beam: int = 1,
 ) -> ChainResult:
-    """Run the chain over ``phrases`` (deduplicated, order kept).
+    """Run one chain over ``phrases`` (deduplicated, order kept) to the end.
 
     With no ``start``, the chain begins with the single best phrase, scored by
     ``score_texts``.
     """
-    sign = -1.0 if reverse else 1.0
-    remaining = list(dict.fromkeys(phrases))
+    state = start_chain(phrases, at_limit, start=start, start_similarity=start_similarity,
+                        score_texts=score_texts, min_count=min_count, max_count=max_count,
+                        reverse=reverse, beam=beam)
+    if state is None:
+        return ChainResult("", 0.0)
+    while not state.done:
+        state.advance([score_extensions(prefix, rest) for prefix, rest in state.requests()])
+    return state.result()
+
+
+def start_chain(
+    phrases: Sequence[str],
+    at_limit: Callable[[str], bool],
+    *,
+    start: str | None = None,
+    start_similarity: float | None = None,
+    score_texts: ScoreTexts | None = None,
+    min_count: int = 8,
+    max_count: int = 32,
+    reverse: bool = False,
+    beam: int = 1,
+) -> ChainState | None:
+    """A ChainState; without ``start`` it begins at the best single phrase (None if there are none)."""
+    phrases = list(dict.fromkeys(phrases))
+    first: list[str] = []
     if start is None:
         if score_texts is None:
             raise ValueError("score_texts is needed when the chain has no start")
-        if not remaining:
-            return ChainResult("", 0.0)
-        sims = np.asarray(score_texts(remaining), dtype=np.float64) * sign
-        first = int(np.argmax(sims))
-        best_prompt, best_sim = remaining.pop(first), float(sims[first])
-        best_phrases = [best_prompt]
-    else:
-        if start_similarity is None:
-            raise ValueError("start_similarity is needed with a start prompt")
-        best_prompt, best_sim = start, float(start_similarity) * sign
-        best_phrases = []
-    curr_prompt, curr_sim, curr_phrases = best_prompt, best_sim, list(best_phrases)
-
-    steps = 0
-    for idx in range(max_count):
-        if not remaining:
-            break
-        sims = np.asarray(score_extensions(curr_prompt, remaining), dtype=np.float64) * sign
+        if not phrases:
+            return None
+        sims = np.asarray(score_texts(phrases), dtype=np.float64) * (-1.0 if reverse else 1.0)
         j = int(np.argmax(sims))
-        sim = float(sims[j])
-        phrase = remaining[j]
-        prompt = curr_prompt + SEPARATOR + phrase
-        steps += 1
-        if sim > best_sim:
-            best_prompt, best_sim, best_phrases = prompt, sim, curr_phrases + [phrase]
-        if sim > curr_sim or idx < min_count:
-            curr_prompt, curr_sim, curr_phrases = prompt, sim, curr_phrases + [phrase]
-        else:
-            break
-        if at_limit(curr_prompt):
-            break
-        remaining.pop(j)
-    return ChainResult(best_prompt, best_sim * sign, best_phrases, steps)
+        start, start_similarity, first = phrases[j], float(sims[j]) * (-1.0 if reverse else 1.0), [phrases[j]]
+    elif start_similarity is None:
+        raise ValueError("start_similarity is needed with a start prompt")
+    return ChainState(phrases, at_limit, start=start, start_similarity=start_similarity, start_phrases=first,
+                      min_count=min_count, max_count=max_count, reverse=reverse, beam=beam)
