@@ -79,3 +79,51 @@ def test_max_count_bounds_steps_and_empty_pool_is_safe():
     assert greedy_chain([], ext, lambda t: False, score_texts=texts, reverse=True).prompt == ""
     with pytest.raises(ValueError):
         greedy_chain(["a"], ext, lambda t: False)
+
+
+def pairwise_scorer(weights: dict[str, float], pairs: dict[frozenset, float]):
+    def score(prompt: str) -> float:
+        parts = prompt.split(", ")
+        s = sum(weights.get(p, 0.0) for p in parts)
+        return s + sum(v for k, v in pairs.items() if k <= set(parts))
+
+    return score
+
+
+def test_beam_one_is_the_greedy_chain_and_wider_beams_can_do_better():
+    # "a" looks best alone, but "b" + "c" together are worth more: greedy takes a and misses it.
+    weights = {"a": 0.5, "b": 0.3, "c": 0.1, "d": -0.5}
+    pairs = {frozenset({"b", "c"}): 0.6}
+    score = pairwise_scorer(weights, pairs)
+    ext = lambda prefix, phrases: np.array([score(prefix + ", " + p) for p in phrases])  # noqa: E731
+    kw = dict(start="cap", start_similarity=0.0, min_count=0, max_count=2)
+    greedy = greedy_chain(list(weights), ext, lambda t: False, **kw)
+    beam1 = greedy_chain(list(weights), ext, lambda t: False, beam=1, **kw)
+    beam2 = greedy_chain(list(weights), ext, lambda t: False, beam=2, **kw)
+    assert beam1 == greedy
+    assert greedy.prompt == "cap, a, b"  # 0.8
+    assert beam2.prompt == "cap, b, c" and beam2.similarity == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        greedy_chain(["a"], ext, lambda t: False, beam=0, **kw)
+
+
+def test_lockstep_states_give_the_same_results_as_one_at_a_time():
+    from image2prompt.search import ChainState
+
+    rng = np.random.RandomState(0)
+    vocab = [f"p{i}" for i in range(30)]
+    tables = [dict(zip(vocab, rng.randn(30))) for _ in range(3)]
+
+    def ext_for(w):
+        return lambda prefix, phrases: np.array([sum(w.get(x, 0) for x in (prefix + ", " + p).split(", "))
+                                                 for p in phrases])
+
+    alone = [greedy_chain(vocab, ext_for(w), lambda t: t.count(",") >= 6, start="c", start_similarity=0.0,
+                          min_count=2, max_count=10, beam=2) for w in tables]
+    states = [ChainState(vocab, lambda t: t.count(",") >= 6, start="c", start_similarity=0.0, min_count=2,
+                         max_count=10, beam=2) for _ in tables]
+    while not all(s.done for s in states):
+        for s, w in zip(states, tables):
+            if not s.done:
+                s.advance([ext_for(w)(prefix, rest) for prefix, rest in s.requests()])
+    assert [s.result() for s in states] == alone
