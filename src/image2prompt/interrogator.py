@@ -6,6 +6,7 @@ builds them from names.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -15,10 +16,10 @@ import numpy as np
 
 from .cache import EmbeddingCache
 from .index import ProgressFactory, VocabularyIndex
-from .prompt import at_limit, classic_prompt, fast_prompt, fits, truncate_to_fit
+from .prompt import SEPARATOR, at_limit, classic_prompt, fast_prompt, fits, split_into_chunks, truncate_to_fit
 from .results import MODES, Analysis, Phrase, Result
 from .search import ChainState, similarities, start_chain, top_k_of_scores
-from .vocab import HYPOTHESIS_CATEGORIES, VocabularyPack, load_vocabulary
+from .vocab import HYPOTHESIS_CATEGORIES, VocabularyPack, load_style_pack, load_vocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
     from .models.captioners import Captioner
@@ -45,7 +46,12 @@ class Config:
     classic_flavors: int = 3  # flavors in classic mode
     max_tokens: int = 77  # the text encoder's window, start and end tokens included
     beam: int = 1  # best mode: prompts kept per chain step (1 = the reference's greedy chain)
-    token_budget: int | None = None  # text tokens per encoder batch; None: a default per device
+    memory_budget_mb: int | None = None  # activation memory per text batch; None: a default per device
+    turbo_pool: int = 1024  # turbo: candidate pool size
+    turbo_shortlist: int = 48  # turbo: phrases scored exactly between full passes
+    turbo_refresh: int = 4  # turbo: a full pass over the pool every this many steps
+    style_phrases: int = 12  # style: at most this many phrases
+    weak_z: float = 4.0  # a best flavor less than this many standard deviations above its table's mean is weak
     caption_max_tokens: int = 32
     caption_batch_size: int = 8
     image_batch_size: int = 16
@@ -84,6 +90,8 @@ class Interrogator:
         self.vocab = vocab if vocab is not None else load_vocabulary(self.config.vocab)
         self.cache = cache
         self.indexes = [VocabularyIndex(self.vocab, c, cache, progress) for c in self.clips]
+        self._progress = progress
+        self._style_indexes: list[VocabularyIndex] | None = None
         self._device_lock = threading.RLock()
 
     @classmethod
@@ -101,8 +109,8 @@ class Interrogator:
                                        max_new_tokens=config.caption_max_tokens)
             if config.low_vram:
                 captioner.offload()
-        clips = [load_clip(n, device=config.device, precision=config.precision, token_budget=config.token_budget)
-                 for n in config.clip_models]
+        clips = [load_clip(n, device=config.device, precision=config.precision,
+                           memory_budget_mb=config.memory_budget_mb) for n in config.clip_models]
         cache = EmbeddingCache(config.cache_dir, download=config.download_cache)
         return cls(clips, captioner, vocab, cache, config, progress=progress)
 
@@ -165,6 +173,15 @@ class Interrogator:
     def _truncate(self, text: str) -> str:
         return truncate_to_fit(text, self.count_tokens, self.config.max_tokens)
 
+    @property
+    def window(self) -> int:
+        """The encoders' context window (77 for every Stable Diffusion text encoder)."""
+        return min(c.context_length for c in self.clips)
+
+    def chunks(self, prompt: str, chunk_tokens: int = 75) -> list[str]:
+        """Split a long prompt at ", " into chunks of at most ``chunk_tokens`` text tokens."""
+        return split_into_chunks(prompt, self.count_tokens, chunk_tokens)
+
     def similarity(self, feats: Sequence[np.ndarray], texts: Sequence[str]) -> np.ndarray:
         """Mean over encoders of the similarity of each text to the image."""
         total = np.zeros(len(texts), np.float64)
@@ -189,13 +206,14 @@ class Interrogator:
             for j, (_, state) in enumerate(active):
                 state.advance([totals[k] / len(self.clips) for k, r in enumerate(requests) if r[0] == j])
 
-    def _table_scores(self, category: str, feats: Sequence[np.ndarray]) -> np.ndarray:
+    def _table_scores(self, category: str, feats: Sequence[np.ndarray],
+                      indexes: Sequence[VocabularyIndex] | None = None) -> np.ndarray:
         total = None
-        for index, f in zip(self.indexes, feats):
+        for index, f in zip(indexes or self.indexes, feats):
             s = similarities(f, index.embeds(category)).astype(np.float64)
             total = s if total is None else total + s
         assert total is not None
-        return (total / len(self.indexes)).astype(np.float32)
+        return (total / len(self.clips)).astype(np.float32)
 
     def _merged_scores(self, feats: Sequence[np.ndarray]) -> tuple[Any, np.ndarray]:
         total = None
@@ -240,32 +258,107 @@ class Interrogator:
         prompt = self._truncate(full)
         return _Scored(prompt, _kept(full, prompt, tops, len(caption)))
 
-    def _best_batch(self, feats_list: Sequence[Sequence[np.ndarray]],
-                    captions: Sequence[str]) -> list[tuple[_Scored, float]]:
+    def _best_batch(self, feats_list: Sequence[Sequence[np.ndarray]], captions: Sequence[str],
+                    turbo: bool = False) -> list[tuple[_Scored, float]]:
         cfg = self.config
-        pools = [self._top_merged(feats, cfg.candidates) for feats in feats_list]
-        jobs = []
-        for feats, caption, pool in zip(feats_list, captions, pools):
-            caption_sim = float(self.similarity(feats, [caption])[0])
-            jobs.append((feats, ChainState(
-                [p.text for p in pool], self._at_limit, start=caption, start_similarity=caption_sim,
-                min_count=cfg.min_flavors, max_count=cfg.max_flavors, beam=cfg.beam,
-            )))
+        pool_size = min(cfg.candidates, cfg.turbo_pool) if turbo else cfg.candidates
+        pools = [self._top_merged(feats, pool_size) for feats in feats_list]
+        caption_sims = [float(self.similarity(feats, [c])[0]) for feats, c in zip(feats_list, captions)]
+        jobs = [(feats, ChainState(
+            [p.text for p in pool], self._at_limit, start=caption, start_similarity=sim,
+            min_count=cfg.min_flavors, max_count=cfg.max_flavors, beam=cfg.beam,
+            shortlist=cfg.turbo_shortlist if turbo else None, refresh_every=cfg.turbo_refresh,
+        )) for feats, caption, pool, sim in zip(feats_list, captions, pools, caption_sims)]
         self._run_chains(jobs)
         out = []
         for (feats, state), caption, pool in zip(jobs, captions, pools):
             chain = state.result()
             by_text = {p.text: p for p in pool}
+            chained = _Scored(chain.prompt, [by_text[t] for t in chain.phrases])
+            if cfg.max_tokens > self.window:
+                chained = self._extend_past_window(chained, pool)
             # As in the reference, the classic candidate here uses max_flavors flavors.
             candidates = [
                 _Scored(caption),
                 self._classic(feats, caption, cfg.max_flavors),
                 self._fast(feats, caption, cfg.max_flavors),
-                _Scored(chain.prompt, [by_text[t] for t in chain.phrases]),
+                chained,
             ]
             sims = self.similarity(feats, [c.prompt for c in candidates])
             best = int(np.argmax(sims))
             out.append((candidates[best], float(sims[best])))
+        return out
+
+    def _extend_past_window(self, scored: _Scored, pool: Sequence[Phrase]) -> _Scored:
+        """Past the CLIP window the encoder cannot score additions, so the remaining budget
+        is filled with the pool's next phrases in order of their own scores."""
+        used = {p.text for p in scored.phrases}
+        prompt, phrases = scored.prompt, list(scored.phrases)
+        for p in pool:
+            if p.text in used:
+                continue
+            candidate = prompt + SEPARATOR + p.text
+            if not self._fits(candidate):
+                break
+            prompt = candidate
+            phrases.append(p)
+        return _Scored(prompt, phrases)
+
+    # -- style mode --------------------------------------------------------------
+    def style_indexes(self) -> list[VocabularyIndex]:
+        """Indexes over the style pack plus the active pack's mediums, movements and artists."""
+        if self._style_indexes is None:
+            tables = dict(load_style_pack().tables)
+            for c in ("mediums", "movements", "artists"):
+                if c in self.vocab:
+                    tables[c] = self.vocab[c]
+            pack = VocabularyPack("style", tables)
+            self._style_indexes = [VocabularyIndex(pack, c, self.cache, self._progress) for c in self.clips]
+        return self._style_indexes
+
+    def _style_batch(self, feats_list: Sequence[Sequence[np.ndarray]],
+                     captions: Sequence[str | None]) -> list[tuple[_Scored, float]]:
+        """Style-only prompts: the caption's direction is projected out of the image features,
+        and phrases that restate the caption are excluded (see docs/style.md)."""
+        cfg = self.config
+        indexes = self.style_indexes()
+        pack = indexes[0].pack
+        jobs, lookups, projected = [], [], []
+        for feats, caption in zip(feats_list, captions):
+            cap = [c.encode_texts([caption])[0] for c in self.clips] if caption else None
+            styled = [_project_out(f, c) for f, c in zip(feats, cap)] if cap else list(feats)
+            subject = subject_words(caption or "")
+            pool: list[Phrase] = []
+            for category in pack.categories():
+                scores = self._table_scores(category, styled, indexes)
+                near = self._table_scores(category, cap, indexes) if cap else None
+                for i, label in enumerate(pack[category].labels):
+                    if restates_subject(label, subject) or (near is not None and near[i] >= SUBJECT_COSINE):
+                        continue
+                    pool.append(self._phrase(label, category, float(scores[i])))
+            pool.sort(key=lambda p: -p.score)  # stable: table order breaks ties
+            pool = pool[: cfg.candidates]
+            by_text: dict[str, Phrase] = {}
+            for p in pool:
+                by_text.setdefault(p.text, p)
+            state = start_chain(
+                list(by_text), self._at_limit, score_texts=lambda texts, f=styled: self.similarity(f, texts),
+                min_count=min(4, cfg.style_phrases), max_count=max(0, cfg.style_phrases - 1),
+            )
+            lookups.append(by_text)
+            projected.append(styled)
+            if state is not None:
+                jobs.append((styled, state))
+        self._run_chains(jobs)
+        out = []
+        it = iter(jobs)
+        for feats, by_text in zip(feats_list, lookups):
+            if not by_text:
+                out.append((_Scored(""), 0.0))
+                continue
+            chain = next(it)[1].result()
+            scored = _Scored(chain.prompt, [by_text[t] for t in chain.phrases])
+            out.append((scored, float(self.similarity(feats, [chain.prompt])[0])))
         return out
 
     def _negative_batch(self, feats_list: Sequence[Sequence[np.ndarray]]) -> list[tuple[_Scored, float]]:
@@ -299,9 +392,11 @@ class Interrogator:
         return out
 
     # -- public API --------------------------------------------------------------
-    def interrogate(self, image: Any, mode: str = "best", caption: str | None = None) -> Result:
-        """Interrogate one PIL image. ``caption`` skips the captioner."""
-        return next(self.interrogate_batch([image], mode, captions=[caption]))
+    def interrogate(self, image: Any, mode: str = "best", caption: str | None = None, *,
+                    negative: bool = False) -> Result:
+        """Interrogate one PIL image. ``caption`` skips the captioner; ``negative`` adds the
+        paired negative prompt (``result.negative``), reusing the image features."""
+        return next(self.interrogate_batch([image], mode, captions=[caption], negative=negative))
 
     def interrogate_batch(
         self,
@@ -309,6 +404,8 @@ class Interrogator:
         mode: str = "best",
         captions: Sequence[str | None] | None = None,
         sources: Sequence[str | None] | None = None,
+        *,
+        negative: bool = False,
     ) -> Iterator[Result]:
         """Interrogate several images; results are yielded one by one, in order.
 
@@ -324,13 +421,13 @@ class Interrogator:
         srcs = list(sources) if sources is not None else [None] * n
         if len(srcs) != n:
             raise ValueError(f"{len(srcs)} sources given for {n} images")
-        return self._interrogate_batch(images, mode, caps, srcs)
+        return self._interrogate_batch(images, mode, caps, srcs, negative)
 
     def _interrogate_batch(self, images: Sequence[Any], mode: str, caps: list[str | None],
-                           srcs: list[str | None]) -> Iterator[Result]:
+                           srcs: list[str | None], negative: bool) -> Iterator[Result]:
         n = len(images)
         captioned = [False] * n
-        if mode != "negative":
+        if mode != "negative" and not (mode == "style" and self.captioner is None):
             missing = [i for i, c in enumerate(caps) if not c]
             if missing:
                 generated = self.caption([images[i] for i in missing])
@@ -339,14 +436,22 @@ class Interrogator:
         feats_all = self.image_features(images)
         per_image = [[f[i] for f in feats_all] for i in range(n)]
         with self._using("clip"):
-            if mode == "best":
-                scored = self._best_batch(per_image, caps)  # type: ignore[arg-type]
+            if mode in ("best", "turbo"):
+                scored = self._best_batch(per_image, caps, turbo=mode == "turbo")  # type: ignore[arg-type]
             elif mode == "negative":
                 scored = self._negative_batch(per_image)
+            elif mode == "style":
+                scored = self._style_batch(per_image, caps)
             else:
                 scored = [self._simple(feats, mode, c) for feats, c in zip(per_image, caps)]  # type: ignore[arg-type]
-        for i, (s, sim) in enumerate(scored):
-            yield self._result(s, sim, mode, caps[i] if mode != "negative" else None, captioned[i], srcs[i])
+            paired = self._negative_batch(per_image) if negative and mode != "negative" else None
+        for i, (sc, sim) in enumerate(scored):
+            result = self._result(per_image[i], sc, sim, mode, caps[i] if mode != "negative" else None,
+                                  captioned[i], srcs[i])
+            if paired is not None:
+                result.negative = self._result(per_image[i], paired[i][0], paired[i][1], "negative", None,
+                                               False, srcs[i])
+            yield result
 
     def _simple(self, feats: Sequence[np.ndarray], mode: str, caption: str) -> tuple[_Scored, float]:
         cfg = self.config
@@ -354,13 +459,38 @@ class Interrogator:
                   else self._fast(feats, caption, cfg.max_flavors))
         return scored, float(self.similarity(feats, [scored.prompt])[0])
 
-    def _result(self, scored: _Scored, sim: float, mode: str, caption: str | None, captioned: bool,
-                source: str | None) -> Result:
+    def _result(self, feats: Sequence[np.ndarray], scored: _Scored, sim: float, mode: str,
+                caption: str | None, captioned: bool, source: str | None) -> Result:
+        stats: dict[str, tuple[float, float]] = {}
+
+        def category_stats(category: str) -> tuple[float, float]:
+            if category not in stats:
+                indexes = self.indexes if category in self.vocab else self.style_indexes()
+                scores = self._table_scores(category, feats, indexes)
+                stats[category] = (float(np.median(scores)), float(scores.std()) or 1e-6)
+            return stats[category]
+
+        for p in scored.phrases:
+            median, std = category_stats(p.category)
+            p.margin = p.score - median
+            p.weight = emphasis_weight(p.margin / std) if mode != "negative" else 1.0
+        strength = self._match_strength(feats)
         return Result(
             prompt=scored.prompt, mode=mode, caption=caption, similarity=sim, clip_model=self.clip_name,
             caption_model=self.caption_name if captioned else None,  # None when the caption was given
             phrases=scored.phrases, source=source, token_count=self.count_tokens(scored.prompt),
+            match_strength=strength, weak_match=strength is not None and strength < self.config.weak_z,
         )
+
+    def _match_strength(self, feats: Sequence[np.ndarray]) -> float | None:
+        """z-score of the best flavor within the flavor table (the merged pool without flavors)."""
+        if "flavors" in self.vocab:
+            scores = self._table_scores("flavors", feats)
+        else:
+            scores = self._merged_scores(feats)[1]
+        if scores.size < 2:
+            return None
+        return float((scores.max() - scores.mean()) / (scores.std() or 1e-6))
 
     def analyze(self, image: Any, top_n: int = 5, caption: str | None = None,
                 source: str | None = None) -> Analysis:
@@ -368,6 +498,10 @@ class Interrogator:
         feats = [f[0] for f in self.image_features([image])]
         with self._using("clip"):
             cats = {c: self._top(c, feats, top_n) for c in self.vocab.categories() if c != "negative"}
+            for c, phrases in cats.items():
+                median = float(np.median(self._table_scores(c, feats)))
+                for p in phrases:
+                    p.margin = p.score - median
         return Analysis(cats, self.clip_name, caption, source)
 
 
@@ -385,3 +519,45 @@ def _kept(full: str, kept: str, phrases: Iterable[Phrase], start: int) -> list[P
         out.append(p)
         pos = end
     return out
+
+
+#: Phrases whose embedding is this close to the caption's restate the subject (style mode).
+SUBJECT_COSINE = 0.95
+
+_STOP = frozenset("""a an the of on in with and at to by for from its his her their is are there this that
+these those some two three one very next front side top bottom background foreground close up view shot
+photo photograph picture image painting drawing illustration art style render sitting standing""".split())
+
+
+def subject_words(caption: str) -> frozenset[str]:
+    """Content words of a caption (lowercase, naive singular), excluding generic and style words."""
+    words = re.findall(r"[a-z][a-z'-]+", caption.lower())
+    return frozenset(_singular(w) for w in words if len(w) >= 3 and w not in _STOP)
+
+
+def restates_subject(phrase: str, subject: frozenset[str]) -> bool:
+    return any(_singular(w) in subject for w in re.findall(r"[a-z][a-z'-]+", phrase.lower()))
+
+
+def _singular(word: str) -> str:
+    if len(word) <= 3 or not word.endswith("s") or word.endswith("ss"):
+        return word
+    if word.endswith(("xes", "shes", "ches", "sses", "zes")):
+        return word[:-2]
+    if word.endswith("ies"):
+        return word[:-3] + "y"
+    return word[:-1]
+
+
+def _project_out(image: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Remove the caption's direction from the image features and renormalise."""
+    d = direction / (np.linalg.norm(direction) or 1.0)
+    v = image - float(image @ d) * d
+    return (v / (np.linalg.norm(v) or 1.0)).astype(np.float32)
+
+
+def emphasis_weight(z: float) -> float:
+    """A1111 emphasis from a phrase's z-score within its category (docs/confidence.md):
+    1.0 at z=2, +0.05 per standard deviation, clamped to [0.9, 1.3], in steps of 0.05."""
+    w = 1.0 + 0.05 * (z - 2.0)
+    return round(min(1.3, max(0.9, w)) * 20) / 20

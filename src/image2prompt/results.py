@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-MODES = ("best", "classic", "fast", "negative")
+MODES = ("best", "classic", "fast", "negative", "turbo", "style")
 
 
 @dataclass
@@ -19,8 +19,10 @@ class Phrase:
 
     text: str
     category: str
-    score: float
+    score: float  # CLIP similarity of the phrase alone to the image
     hypothesis: bool = False
+    margin: float | None = None  # score minus the median score of its category for this image
+    weight: float = 1.0  # A1111-style emphasis derived from the margin (see docs/confidence.md)
 
 
 @dataclass
@@ -36,6 +38,9 @@ class Result:
     phrases: list[Phrase] = field(default_factory=list)
     source: str | None = None
     token_count: int | None = None  # text tokens in the prompt (start/end excluded)
+    match_strength: float | None = None  # how far the best flavor stands out: z-score in its table
+    weak_match: bool = False  # True when match_strength is low: treat every phrase with suspicion
+    negative: "Result | None" = None  # the paired negative prompt, when asked for
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

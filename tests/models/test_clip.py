@@ -43,13 +43,14 @@ def test_open_clip_padding_free_equals_full_context(oc):
     assert oc.token_ids([TEXTS[-1]])[0] == tok([TEXTS[-1]])[0].tolist()
 
 
-def test_batches_respect_the_token_budget_and_keep_order(oc):
+def test_batches_respect_the_memory_budget_and_keep_order(oc):
     ref = oc.encode_texts(TEXTS)
-    oc.token_budget, saved = 40, oc.token_budget
+    oc.memory_budget, saved = 200_000, oc.memory_budget
     try:
+        assert oc.rows_for(77) == 1 and oc.rows_for(3) > 1
         small = oc.encode_texts(TEXTS)
     finally:
-        oc.token_budget = saved
+        oc.memory_budget = saved
     assert np.abs(small - ref).max() <= 1e-5
 
 

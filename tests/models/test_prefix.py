@@ -102,3 +102,21 @@ def test_many_prefixes_share_batches_and_equal_full_encodes(encoder):
     outs = encoder.prefix_scorer().encode_many(requests)
     for (prefix, phrases), got in zip(requests, outs):
         assert np.abs(got - full(encoder, prefix, phrases)).max() <= 1e-5
+
+
+def test_suffix_batches_are_bounded_by_the_memory_budget_not_the_candidate_count(encoder):
+    scorer = encoder.prefix_scorer()
+    saved = encoder.memory_budget
+    encoder.memory_budget = 2_000_000
+    try:
+        prefix = random_prompt(random.Random(2), 30)
+        peaks = []
+        for n in (200, 2000):
+            scorer.peak_rows = 0
+            phrases = [f"phrase number {i}" for i in range(n)]
+            encoder.encode_extensions(prefix, phrases)
+            peaks.append(scorer.peak_rows)
+        limit = encoder.rows_for(3, len(encoder.tokenizer.encode(prefix)) + 1)
+        assert peaks[0] == peaks[1] <= limit < 200
+    finally:
+        encoder.memory_budget = saved

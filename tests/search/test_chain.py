@@ -127,3 +127,23 @@ def test_lockstep_states_give_the_same_results_as_one_at_a_time():
             if not s.done:
                 s.advance([ext_for(w)(prefix, rest) for prefix, rest in s.requests()])
     assert [s.result() for s in states] == alone
+
+
+def test_shortlist_scores_fewer_phrases_and_equals_full_when_scores_are_stable():
+    """With additive scores, the last exact scores rank the remaining phrases exactly: turbo = greedy."""
+    rng = np.random.RandomState(3)
+    vocab = [f"p{i}" for i in range(200)]
+    w = dict(zip(vocab, rng.rand(200) * 0.01 + np.linspace(0.2, -0.2, 200)))
+    asked = []
+
+    def ext(prefix, phrases):
+        asked.append(len(phrases))
+        return np.array([sum(w.get(x, 0) for x in (prefix + ", " + p).split(", ")) for p in phrases])
+
+    kw = dict(start="c", start_similarity=0.0, min_count=8, max_count=20)
+    full = greedy_chain(vocab, ext, lambda t: False, **kw)
+    full_cost = sum(asked)
+    asked.clear()
+    turbo = greedy_chain(vocab, ext, lambda t: False, shortlist=16, refresh_every=5, **kw)
+    assert turbo.prompt == full.prompt
+    assert sum(asked) * 3 < full_cost

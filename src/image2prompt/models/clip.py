@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int], None]
 
-#: Tokens per text batch (batch size x padded length) by device type: bounds activation memory.
-DEFAULT_TOKEN_BUDGET = {"cpu": 16_384, "mps": 32_768, "cuda": 131_072}
+#: Activation memory one text batch may use, by device type (``--memory-budget`` overrides it).
+#: Batches are sized from this, so peak memory does not grow with the number of candidates.
+DEFAULT_MEMORY_BUDGET_MB = {"cpu": 512, "mps": 1024, "cuda": 2048}
 MAX_BATCH = 1024
 
 
@@ -47,7 +48,8 @@ class ClipEncoder:
     backend: str = ""
 
     def __init__(self, spec: ClipSpec, device: torch.device, dtype: torch.dtype,
-                 tokenizer: TextTokenizer, embed_dim: int, token_budget: int | None) -> None:
+                 tokenizer: TextTokenizer, embed_dim: int, memory_budget_mb: int | None,
+                 text_width: int, text_heads: int) -> None:
         self.spec = spec
         self.name = spec.name
         self.cache_key = spec.cache_key
@@ -56,7 +58,9 @@ class ClipEncoder:
         self.tokenizer = tokenizer
         self.context_length = tokenizer.context_length
         self.embed_dim = embed_dim
-        self.token_budget = token_budget or DEFAULT_TOKEN_BUDGET.get(device.type, 16_384)
+        mb = memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB.get(device.type, 512)
+        self.memory_budget = int(mb) * 2**20  # bytes
+        self.text_width, self.text_heads = text_width, text_heads
         self._lock = threading.RLock()
         self._home = device  # where the weights live when active (offloading moves them to CPU)
         self.tokens_encoded = 0  # token positions run through the text tower (for benchmarks)
@@ -101,14 +105,27 @@ class ClipEncoder:
             out /= np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-12)
         return out
 
+    def rows_for(self, length: int, prefix: int = 0) -> int:
+        """How many sequences of ``length`` tokens (attending to ``prefix`` cached ones) fit the budget.
+
+        Per row, one layer holds about: keys and values over prefix + sequence, the
+        query/attention output/MLP activations of the sequence (~8 widths), and fp32
+        attention scores. Layers run one after another, so this bounds the peak.
+        """
+        elem = torch.finfo(self.dtype).bits // 8
+        w, h = self.text_width, self.text_heads
+        row = elem * w * (2 * (prefix + length) + 8 * length) + 4 * h * length * (prefix + length)
+        return int(max(1, min(MAX_BATCH, self.memory_budget // max(1, row))))
+
     def _batches(self, order: np.ndarray, lengths: np.ndarray) -> Iterable[np.ndarray]:
         start = 0
         n = len(order)
         while start < n:
-            stop = start
+            stop = start + 1
+            # Sorted by length, so the candidate member sets the batch's width.
             while stop < n:
                 width = int(lengths[order[stop]]) if self.padding_free else self.context_length
-                if stop > start and ((stop - start + 1) * width > self.token_budget or stop - start >= MAX_BATCH):
+                if stop - start + 1 > self.rows_for(width):
                     break
                 stop += 1
             yield order[start:stop]
@@ -200,12 +217,16 @@ class OpenClipEncoder(ClipEncoder):
     backend = "open_clip"
 
     def __init__(self, spec: ClipSpec, model: Any, preprocess: Any, tokenizer: TextTokenizer,
-                 device: torch.device, dtype: torch.dtype, token_budget: int | None = None) -> None:
+                 device: torch.device, dtype: torch.dtype, memory_budget_mb: int | None = None) -> None:
         self.model = model
         self.preprocess = preprocess
         embed_dim = int(getattr(model.text_projection, "shape", [0, 0])[1]) if not isinstance(
             model.text_projection, torch.nn.Linear) else int(model.text_projection.out_features)
-        super().__init__(spec, device, dtype, tokenizer, embed_dim, token_budget)
+        emb = getattr(model, "token_embedding", None)
+        width = int(emb.weight.shape[1]) if emb is not None else 1024
+        blocks = getattr(getattr(model, "transformer", None), "resblocks", None)
+        heads = int(getattr(blocks[0].attn, "num_heads", 16)) if blocks else 16
+        super().__init__(spec, device, dtype, tokenizer, embed_dim, memory_budget_mb, width, heads)
         self._builtin_text = all(hasattr(model, a) for a in ("transformer", "token_embedding", "attn_mask"))
 
     @property
@@ -253,12 +274,13 @@ class HFClipEncoder(ClipEncoder):
     backend = "transformers"
 
     def __init__(self, spec: ClipSpec, model: Any, processor: Any, device: torch.device,
-                 dtype: torch.dtype, token_budget: int | None = None) -> None:
+                 dtype: torch.dtype, memory_budget_mb: int | None = None) -> None:
         self.model = model
         self.processor = processor
         tcfg = model.config.text_config
         tok = HFTokenizerAdapter(processor.tokenizer, int(tcfg.max_position_embeddings))
-        super().__init__(spec, device, dtype, tok, int(model.config.projection_dim), token_budget)
+        super().__init__(spec, device, dtype, tok, int(model.config.projection_dim), memory_budget_mb,
+                         int(tcfg.hidden_size), int(tcfg.num_attention_heads))
 
     @property
     def padding_free(self) -> bool:
@@ -287,18 +309,18 @@ class HFClipEncoder(ClipEncoder):
 
 
 def load_clip(name: str, *, device: DeviceLike = "auto", precision: str = "auto",
-              token_budget: int | None = None) -> ClipEncoder:
+              memory_budget_mb: int | None = None) -> ClipEncoder:
     """Load a CLIP model by name. Never falls back to random weights: failures raise ModelLoadError."""
     spec = parse_clip_name(name)
     dev = resolve_device(device)
     dtype = resolve_dtype(dev, precision)
     log.info("loading CLIP %s (%s) on %s as %s", spec.name, spec.backend, dev, dtype_name(dtype))
     if spec.backend == "open_clip":
-        return _load_open_clip(spec, dev, dtype, token_budget)
-    return _load_hf_clip(spec, dev, dtype, token_budget)
+        return _load_open_clip(spec, dev, dtype, memory_budget_mb)
+    return _load_hf_clip(spec, dev, dtype, memory_budget_mb)
 
 
-def _load_open_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, token_budget: int | None) -> ClipEncoder:
+def _load_open_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, memory_budget_mb: int | None) -> ClipEncoder:
     import open_clip
 
     try:
@@ -316,7 +338,7 @@ def _load_open_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, token
         tok: TextTokenizer = OpenClipSimpleTokenizer(tokenizer, ctx)
     else:
         tok = _OpenClipOtherTokenizer(tokenizer, ctx)
-    return OpenClipEncoder(spec, model, preprocess, tok, dev, dtype, token_budget)
+    return OpenClipEncoder(spec, model, preprocess, tok, dev, dtype, memory_budget_mb)
 
 
 class _OpenClipOtherTokenizer:
@@ -338,7 +360,7 @@ class _OpenClipOtherTokenizer:
         return [t for t in row if t != self.pad_id]
 
 
-def _load_hf_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, token_budget: int | None) -> ClipEncoder:
+def _load_hf_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, memory_budget_mb: int | None) -> ClipEncoder:
     from transformers import CLIPModel, CLIPProcessor
 
     try:
@@ -348,7 +370,7 @@ def _load_hf_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, token_b
         raise ModelLoadError(f"could not load CLIP model {spec.name!r}: {_short(e)}. {_hub_hint()}") from e
     require_complete(spec.name, info)
     model = model.to(dev).eval()
-    return HFClipEncoder(spec, model, processor, dev, dtype, token_budget)
+    return HFClipEncoder(spec, model, processor, dev, dtype, memory_budget_mb)
 
 
 def require_complete(name: str, loading_info: dict) -> None:

@@ -157,6 +157,7 @@ class PrefixScorer:
         self._ids: dict[str, tuple[int, ...]] = {}
         self._lock = threading.Lock()
         self.fallbacks = 0  # phrases that needed a full encode (for tests and benchmarks)
+        self.peak_rows = 0  # largest suffix batch so far (for tests of the memory bound)
 
     def phrase_ids(self, phrase: str) -> tuple[int, ...]:
         """Token ids of a phrase, computed once per phrase and kept."""
@@ -233,14 +234,13 @@ class PrefixScorer:
                 assert kv is not None
                 cache.append(kv)
             enc.tokens_encoded += int(plen.sum())
-            budget = enc.token_budget
             start = 0
             while start < len(order):
                 # Sorted by length, so a batch's width is its last member's.
                 stop = start + 1
-                while stop < len(order) and stop - start < 1024 and \
-                        (stop - start + 1) * (int(lengths[order[stop]]) + pmax) <= budget:
+                while stop < len(order) and stop - start + 1 <= enc.rows_for(int(lengths[order[stop]]), pmax):
                     stop += 1
+                self.peak_rows = max(self.peak_rows, stop - start)
                 idx = order[start:stop]
                 width = int(lengths[idx[-1]])
                 ids = torch.zeros((len(idx), width), dtype=torch.long)

@@ -57,9 +57,16 @@ class ChainState:
 
     def __init__(self, phrases: Sequence[str], at_limit: Callable[[str], bool], *, start: str,
                  start_similarity: float, start_phrases: Sequence[str] = (), min_count: int = 8,
-                 max_count: int = 32, reverse: bool = False, beam: int = 1) -> None:
+                 max_count: int = 32, reverse: bool = False, beam: int = 1,
+                 shortlist: int | None = None, refresh_every: int = 4) -> None:
         if beam < 1:
             raise ValueError(f"beam must be at least 1, got {beam}")
+        # Turbo: between full passes (every refresh_every steps) score only the shortlist
+        # of phrases that scored best the last time they were scored exactly.
+        self.shortlist, self.refresh_every = shortlist, max(1, refresh_every)
+        self._last: dict[str, float] = {}
+        self._asked: list[list[str]] = []
+        self._greedy_alive = True  # whether beams[0] is still the greedy chain
         self.sign = -1.0 if reverse else 1.0
         self.at_limit = at_limit
         self.min_count, self.max_count, self.beam = min_count, max_count, beam
@@ -72,7 +79,18 @@ class ChainState:
         self.done = max_count <= 0 or not remaining
 
     def requests(self) -> list[tuple[str, list[str]]]:
-        return [] if self.done else [(b.prompt, b.remaining) for b in self.beams]
+        if self.done:
+            return []
+        full = self.shortlist is None or self.idx % self.refresh_every == 0 or not self._last
+        if full:
+            self._asked = [b.remaining for b in self.beams]
+        else:
+            floor = float("-inf")
+            self._asked = []
+            for b in self.beams:
+                order = sorted(range(len(b.remaining)), key=lambda i: (-self._last.get(b.remaining[i], floor), i))
+                self._asked.append([b.remaining[i] for i in sorted(order[: self.shortlist])])
+        return [(b.prompt, asked) for b, asked in zip(self.beams, self._asked)]
 
     def advance(self, scores: Sequence[np.ndarray]) -> None:
         idx, self.idx = self.idx, self.idx + 1
@@ -80,6 +98,7 @@ class ChainState:
         options: list[tuple[float, int, int]] = []  # (-signed sim, beam, phrase index)
         for b, s in enumerate(scores):
             signed = np.asarray(s, dtype=np.float64) * self.sign
+            self._last.update(zip(self._asked[b], signed.tolist()))
             if self.beam == 1:
                 j = int(np.argmax(signed))  # first of equal maxima: table order wins ties
                 options.append((-float(signed[j]), b, j))
@@ -87,18 +106,27 @@ class ChainState:
                 top = np.lexsort((np.arange(len(signed)), -signed))[: self.beam]
                 options.extend((-float(signed[j]), b, int(j)) for j in top)
         options.sort()
+        if self.beam > 1 and self._greedy_alive:
+            # Beam 0 follows the greedy chain, so a wider beam never ends below beam 1.
+            greedy = min(o for o in options if o[1] == 0)
+            chosen = [greedy] + [o for o in options if o != greedy][: self.beam - 1]
+        else:
+            chosen = options[: self.beam]
         new_beams: list[_Beam] = []
-        for neg, b, j in options[: self.beam]:
+        self._greedy_alive = False
+        for rank, (neg, b, j) in enumerate(chosen):
             parent = self.beams[b]
             sim = -neg
-            phrase = parent.remaining[j]
+            phrase = self._asked[b][j]
             prompt = parent.prompt + SEPARATOR + phrase
             if sim > self.best.sim:
                 self.best = _Beam(prompt, sim, parent.phrases + [phrase], [])
             if sim > parent.sim or idx < self.min_count:
-                rest = parent.remaining[:j] + parent.remaining[j + 1:]
+                rest = [p for p in parent.remaining if p != phrase]
                 child = _Beam(prompt, sim, parent.phrases + [phrase], rest)
                 if not self.at_limit(prompt) and rest:
+                    if rank == 0 and b == 0 and not new_beams:
+                        self._greedy_alive = True
                     new_beams.append(child)
         self.beams = new_beams
         if not self.beams or self.idx >= self.max_count:
@@ -120,6 +148,8 @@ def greedy_chain(
     max_count: int = 32,
     reverse: bool = False,
     beam: int = 1,
+    shortlist: int | None = None,
+    refresh_every: int = 4,
 ) -> ChainResult:
     """Run one chain over ``phrases`` (deduplicated, order kept) to the end.
 
@@ -128,7 +158,7 @@ def greedy_chain(
     """
     state = start_chain(phrases, at_limit, start=start, start_similarity=start_similarity,
                         score_texts=score_texts, min_count=min_count, max_count=max_count,
-                        reverse=reverse, beam=beam)
+                        reverse=reverse, beam=beam, shortlist=shortlist, refresh_every=refresh_every)
     if state is None:
         return ChainResult("", 0.0)
     while not state.done:
@@ -147,6 +177,8 @@ def start_chain(
     max_count: int = 32,
     reverse: bool = False,
     beam: int = 1,
+    shortlist: int | None = None,
+    refresh_every: int = 4,
 ) -> ChainState | None:
     """A ChainState; without ``start`` it begins at the best single phrase (None if there are none)."""
     phrases = list(dict.fromkeys(phrases))
@@ -162,4 +194,5 @@ def start_chain(
     elif start_similarity is None:
         raise ValueError("start_similarity is needed with a start prompt")
     return ChainState(phrases, at_limit, start=start, start_similarity=start_similarity, start_phrases=first,
-                      min_count=min_count, max_count=max_count, reverse=reverse, beam=beam)
+                      min_count=min_count, max_count=max_count, reverse=reverse, beam=beam,
+                      shortlist=shortlist, refresh_every=refresh_every)
