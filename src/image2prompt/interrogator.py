@@ -56,9 +56,13 @@ class Config:
     caption_batch_size: int = 8
     image_batch_size: int = 16
 
+    chunk_tokens: int | None = None  # set (e.g. 75) to also return the prompt split into chunks
+
     @property
     def clip_models(self) -> list[str]:
-        return [self.clip_model] if isinstance(self.clip_model, str) else list(self.clip_model)
+        from .models._registry import expand_clip_names
+
+        return expand_clip_names([self.clip_model] if isinstance(self.clip_model, str) else list(self.clip_model))
 
 
 @dataclass
@@ -480,6 +484,7 @@ class Interrogator:
             caption_model=self.caption_name if captioned else None,  # None when the caption was given
             phrases=scored.phrases, source=source, token_count=self.count_tokens(scored.prompt),
             match_strength=strength, weak_match=strength is not None and strength < self.config.weak_z,
+            chunks=self.chunks(scored.prompt, self.config.chunk_tokens) if self.config.chunk_tokens else None,
         )
 
     def _match_strength(self, feats: Sequence[np.ndarray]) -> float | None:

@@ -41,6 +41,7 @@ class Result:
     match_strength: float | None = None  # how far the best flavor stands out: z-score in its table
     weak_match: bool = False  # True when match_strength is low: treat every phrase with suspicion
     negative: "Result | None" = None  # the paired negative prompt, when asked for
+    chunks: list[str] | None = None  # the prompt split into <=75-token chunks, when asked for
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

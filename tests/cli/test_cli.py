@@ -178,7 +178,8 @@ def test_output_file_csv(image_folder: Path, model_args: list[str], tmp_path: Pa
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"))))
-    assert rows[0] == ["source", "mode", "prompt", "caption", "similarity", "clip_model", "caption_model"]
+    assert rows[0] == ["source", "mode", "prompt", "caption", "similarity", "clip_model", "caption_model",
+                       "negative_prompt", "weak_match"]
     assert len(rows) == 3
     assert [r[0] for r in rows[1:]] == [str(image_folder / "a.png"), str(image_folder / "c.webp")]
     assert all(r[1] == "fast" and float(r[4]) for r in rows[1:])
@@ -191,11 +192,11 @@ def test_batch_failure_is_reported_per_image_and_run_continues(
     real = Interrogator.interrogate_batch
     calls = {"n": 0}
 
-    def flaky(self, images, mode="best", captions=None, sources=None):  # type: ignore[no-untyped-def]
+    def flaky(self, images, mode="best", captions=None, sources=None, **kw):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("boom")
-        return real(self, images, mode, captions=captions, sources=sources)
+        return real(self, images, mode, captions=captions, sources=sources, **kw)
 
     monkeypatch.setattr(Interrogator, "interrogate_batch", flaky)
     result = invoke(image_folder, *model_args, "--mode", "fast", "--caption", "x", "--format", "jsonl",
@@ -227,3 +228,43 @@ def test_verbose_logs_to_stderr(image: Path, tiny_open_clip: Path, small_vocab_d
     assert "info" not in result.stdout
     # the embeddings were cached under --cache-dir
     assert list(tmp_path.glob("*.safetensors"))
+
+
+def test_issue4_options_together(image: Path, tiny_open_clip: Path, tiny_hf_clip: Path, small_vocab_dir: Path,
+                                 tmp_path: Path) -> None:
+    """Two encoders, turbo, paired negative, beam and weighted output in one run."""
+    result = invoke(
+        str(image), "--clip", f"local-dir:{tiny_open_clip}", "--clip", str(tiny_hf_clip), "--caption", "a thing",
+         "--vocab", str(small_vocab_dir), "--device", "cpu", "--cache-dir", str(tmp_path), "--mode", "turbo",
+         "--negative", "--beam", "2", "--format", "json", "--quiet")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["mode"] == "turbo" and " + " in data["clip_model"]
+    assert data["negative"]["mode"] == "negative" and data["negative"]["prompt"]
+    assert all("margin" in p and "weight" in p for p in data["phrases"])
+    assert isinstance(data["weak_match"], bool)
+    common = [str(image), "--clip", f"local-dir:{tiny_open_clip}", "--caption", "a thing", "--vocab",
+              str(small_vocab_dir), "--device", "cpu", "--cache-dir", str(tmp_path), "--mode", "classic", "--quiet"]
+    plain = json.loads(invoke(*common, "--format", "json").stdout)
+    weighted = invoke(*common, "--format", "weighted", "--negative")
+    assert weighted.exit_code == 0, weighted.output
+    first, second = weighted.stdout.splitlines()[:2]
+    assert first.startswith("a thing")
+    for p in plain["phrases"]:
+        expected = p["text"] if p["weight"] == 1.0 else f"({p['text']}:{p['weight']:.2f})"
+        assert expected in first
+    assert second.startswith("Negative prompt: ")
+
+
+def test_style_mode_and_chunks(image: Path, tiny_open_clip: Path, small_vocab_dir: Path, tmp_path: Path) -> None:
+    style = invoke(str(image), "--clip", f"local-dir:{tiny_open_clip}", "--caption", "a red fox in the snow",
+                    "--vocab", str(small_vocab_dir), "--device", "cpu", "--cache-dir", str(tmp_path),
+                    "--mode", "style", "--format", "json", "--quiet")
+    assert style.exit_code == 0, style.output
+    data = json.loads(style.stdout)
+    assert data["prompt"] and "fox" not in data["prompt"] and "a red fox" not in data["prompt"]
+    long = invoke(str(image), "--clip", f"local-dir:{tiny_open_clip}", "--caption", "a thing " * 40,
+                   "--vocab", str(small_vocab_dir), "--device", "cpu", "--cache-dir", str(tmp_path),
+                   "--mode", "fast", "--max-tokens", "150", "--chunks", "--quiet")
+    assert long.exit_code == 0, long.output
+    assert " BREAK " in long.stdout

@@ -79,9 +79,10 @@ def test_csv_rows() -> None:
     w.write(r)
     w.close()
     rows = list(csv.reader(io.StringIO(out.getvalue())))
-    assert rows[0] == ["source", "mode", "prompt", "caption", "similarity", "clip_model", "caption_model"]
+    assert rows[0] == ["source", "mode", "prompt", "caption", "similarity", "clip_model", "caption_model",
+                       "negative_prompt", "weak_match"]
     assert rows[1] == ["img0.png", "fast", "a cat 0, oil painting", 'a "quoted", caption', "0.25",
-                       "ViT-L-14/openai", ""]
+                       "ViT-L-14/openai", "", "", "False"]
 
 
 def test_format_analysis() -> None:

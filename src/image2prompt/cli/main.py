@@ -26,10 +26,12 @@ from ..errors import Image2PromptError, ImageLoadError
 from ..io import ImageSource, expand_sources, load_image
 from ..models._registry import (
     CAPTION_MODELS,
+    CLIP_PRESETS,
     DEFAULT_CAPTIONER,
     DEFAULT_CLIP,
     TARGET_ALIASES,
     TARGETS,
+    expand_clip_names,
     resolve_target,
 )
 from ..results import MODES
@@ -155,9 +157,10 @@ def model_options(default_captioner_help: str) -> Callable[[F], F]:
             click.option("--target", metavar="|".join(TARGETS), callback=_target_callback,
                          help="Stable Diffusion family to write for; picks the CLIP backbone its text "
                               f"encoder uses (sd15 -> {TARGETS['sd15']}). Default: sd15."),
-            click.option("--clip", "clip_name", metavar="NAME",
+            click.option("--clip", "clip_name", metavar="NAME", multiple=True,
                          help="CLIP model: ARCH/TAG (e.g. ViT-L-14/openai), local-dir:PATH, hf-hub:ORG/REPO "
-                              "or hf:ORG/REPO. Wins over --target. `image2prompt models` lists names."),
+                              "or hf:ORG/REPO. Repeat it (or use the preset sdxl-dual) to score with several "
+                              "models at once. Wins over --target. `image2prompt models` lists names."),
             click.option("--caption-model", metavar="NAME|none",
                          help=f"Captioner: {', '.join(CAPTION_MODELS)}, local-dir:PATH, hf:ORG/REPO, or none "
                               f"(then give --caption). {default_captioner_help}"),
@@ -192,12 +195,12 @@ def verbosity_options(f: F) -> F:
     return f
 
 
-def pick_clip(clip_name: str | None, target: str | None) -> str:
-    if clip_name and target:
-        click.echo(f"{PROG}: warning: --clip {clip_name} overrides --target {target}", err=True)
-    if clip_name:
-        return clip_name
-    return resolve_target(target) if target else DEFAULT_CLIP
+def pick_clip(clip_names: Sequence[str], target: str | None) -> list[str]:
+    if clip_names and target:
+        click.echo(f"{PROG}: warning: --clip {' '.join(clip_names)} overrides --target {target}", err=True)
+    if clip_names:
+        return expand_clip_names(list(clip_names))
+    return [resolve_target(target) if target else DEFAULT_CLIP]
 
 
 def pick_captioner(caption_model: str | None, low_vram: bool) -> str | None:
@@ -209,20 +212,21 @@ def pick_captioner(caption_model: str | None, low_vram: bool) -> str | None:
     return caption_model
 
 
-def load_interrogator(*, clip: str, captioner: str | None, device: str, precision: str,
+def load_interrogator(*, clip: Sequence[str], captioner: str | None, device: str, precision: str,
                       cache_dir: str | None, vocab: Sequence[str], low_vram: bool, show_progress: bool,
-                      debug: bool, say: Callable[[str], None] | None = None) -> "Interrogator":
-    """Load the models (the only place torch gets imported)."""
+                      debug: bool, say: Callable[[str], None] | None = None,
+                      **settings: Any) -> "Interrogator":
+    """Load the models (the only place torch gets imported). ``settings`` are further Config fields."""
     if show_progress:
-        what = clip + (f" and {captioner}" if captioner else "")
+        what = " + ".join(clip) + (f" and {captioner}" if captioner else "")
         (say or (lambda m: click.echo(m, err=True)))(f"{PROG}: loading {what}...")
     else:
         _quiet_library_progress()
     with fatal_errors(debug, ValueError):
         from ..interrogator import Config, Interrogator
 
-        config = Config(clip_model=clip, caption_model=captioner, device=device, precision=precision,
-                        cache_dir=cache_dir, vocab=tuple(vocab), low_vram=low_vram)
+        config = Config(clip_model=list(clip), caption_model=captioner, device=device, precision=precision,
+                        cache_dir=cache_dir, vocab=tuple(vocab), low_vram=low_vram, **settings)
         return Interrogator.load(config, progress=table_progress(show_progress))
 
 
@@ -249,19 +253,34 @@ def _quiet_library_progress() -> None:
              short_help="Write a prompt scaffold for each image (the default command).")
 @click.argument("inputs", nargs=-1, required=True, metavar="PATH_OR_URL...")
 @click.option("--mode", type=click.Choice(MODES), default="best", show_default=True,
-              help="best: greedy search for the highest-scoring prompt (slowest); classic: caption, medium, "
-                   "artist, site, movement and 3 flavors; fast: caption and the top phrases; "
-                   "negative: phrases least like the image, for a negative prompt.")
+              help="best: greedy search for the highest-scoring prompt (slowest); turbo: the same search "
+                   "scoring a shortlist between full passes (several times faster); classic: caption, "
+                   "medium, artist, site, movement and 3 flavors; fast: caption and the top phrases; "
+                   "negative: phrases least like the image, for a negative prompt; style: only the "
+                   "aesthetic (lighting, colour, medium, technique...), no caption or subject.")
+@click.option("--negative", "with_negative", is_flag=True,
+              help="Also write the paired negative prompt, from the same image features.")
+@click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="best/turbo: keep N prompts per search step (1 is the reference's greedy search).")
+@click.option("--max-tokens", type=click.IntRange(min=3), default=77, show_default=True, metavar="N",
+              help="Token budget of the prompt, start and end tokens included. Past 77, CLIP cannot score "
+                   "additions: the rest is filled in order of the phrases' own scores.")
+@click.option("--chunks", is_flag=True,
+              help="Split long prompts into 75-token chunks joined with BREAK (A1111/ComfyUI style).")
+@click.option("--memory-budget", type=click.IntRange(min=16), metavar="MB",
+              help="Activation memory for one text batch (default: 512 on CPU, 2048 on CUDA).")
 @model_options("Default: blip-large (blip-base with --low-vram).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
-              help="text: the prompt (SOURCE<TAB>PROMPT lines for several inputs); json: full results; "
-                   "jsonl: one result per line; csv: one row per result.")
+              help="text: the prompt (SOURCE<TAB>PROMPT lines for several inputs); weighted: the same with "
+                   "A1111 emphasis (phrase:1.15) from the scores; json: full results with every phrase's "
+                   "score; jsonl: one result per line; csv: one row per result.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write results to FILE instead of stdout (written as they are produced).")
 @click.option("--batch-size", type=click.IntRange(min=1), metavar="N", default=8, show_default=True,
               help="Images loaded and encoded together.")
 @verbosity_options
-def run(inputs: tuple[str, ...], mode: str, target: str | None, clip_name: str | None,
+def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_tokens: int, chunks: bool,
+        memory_budget: int | None, target: str | None, clip_name: tuple[str, ...],
         caption_model: str | None, caption: str | None, vocab: tuple[str, ...], device: str,
         precision: str, low_vram: bool, cache_dir: str | None, fmt: str, output: str | None,
         batch_size: int, quiet: bool, verbose: bool, debug: bool) -> None:
@@ -278,7 +297,7 @@ def run(inputs: tuple[str, ...], mode: str, target: str | None, clip_name: str |
     setup_logging(verbose, debug, quiet)
     clip = pick_clip(clip_name, target)
     captioner = pick_captioner(caption_model, low_vram)
-    if captioner is None and not caption and mode != "negative":
+    if captioner is None and not caption and mode not in ("negative", "style"):
         raise click.UsageError("--caption-model none needs --caption TEXT (or use --mode negative)")
     if caption or mode == "negative":
         captioner = None  # nothing to caption: do not load a captioner at all
@@ -309,8 +328,11 @@ def run(inputs: tuple[str, ...], mode: str, target: str | None, clip_name: str |
                     interrogator = load_interrogator(
                         clip=clip, captioner=captioner, device=device, precision=precision,
                         cache_dir=cache_dir, vocab=vocab, low_vram=low_vram,
-                        show_progress=show_progress, debug=debug, say=reporter.say)
-                failures += _interrogate(interrogator, images, names, mode, caption, writer, reporter, debug)
+                        show_progress=show_progress, debug=debug, say=reporter.say,
+                        beam=beam, max_tokens=max_tokens, memory_budget_mb=memory_budget,
+                        chunk_tokens=75 if chunks else None)
+                failures += _interrogate(interrogator, images, names, mode, caption, writer, reporter, debug,
+                                         with_negative)
         finally:
             writer.close()
             reporter.close()
@@ -319,12 +341,13 @@ def run(inputs: tuple[str, ...], mode: str, target: str | None, clip_name: str |
 
 
 def _interrogate(interrogator: "Interrogator", images: list[Any], names: list[str], mode: str,
-                 caption: str | None, writer: ResultWriter, reporter: Reporter, debug: bool) -> int:
+                 caption: str | None, writer: ResultWriter, reporter: Reporter, debug: bool,
+                 negative: bool = False) -> int:
     """Interrogate one batch, writing each result as it comes; return how many failed."""
     done = 0
     try:
         for result in interrogator.interrogate_batch(images, mode, captions=[caption] * len(images),
-                                                     sources=names):
+                                                     sources=names, negative=negative):
             writer.write(result)
             reporter.advance()
             done += 1
@@ -367,7 +390,7 @@ def _open_output(path: str | None, fmt: str) -> Iterator[IO[str]]:
 @model_options("Default: none (no caption is generated).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @verbosity_options
-def analyze(image: str, top_n: int, target: str | None, clip_name: str | None, caption_model: str | None,
+def analyze(image: str, top_n: int, target: str | None, clip_name: tuple[str, ...], caption_model: str | None,
             caption: str | None, vocab: tuple[str, ...], device: str, precision: str, low_vram: bool,
             cache_dir: str | None, fmt: str, quiet: bool, verbose: bool, debug: bool) -> None:
     """Show the top phrases of every vocabulary category for IMAGE, with CLIP scores.
@@ -430,6 +453,9 @@ def models() -> None:
         "                    or transformers (save_pretrained, config.json)",
         "  hf-hub:ORG/REPO   an open_clip model on the Hugging Face Hub (--clip)",
         "  hf:ORG/REPO       a transformers model on the Hub, e.g. hf:openai/clip-vit-large-patch14",
+        "",
+        "Presets (--clip NAME): several models scored together (mean similarity)",
+        *[f"  {name:<16}  {' + '.join(models)}" for name, models in CLIP_PRESETS.items()],
         "",
     ]
     names = open_clip_names()

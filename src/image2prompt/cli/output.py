@@ -10,10 +10,13 @@ import csv
 import json
 from typing import IO, Any
 
+from ..prompt.assemble import weighted_prompt
 from ..results import Analysis, Result
 
-FORMATS = ("text", "json", "jsonl", "csv")
-CSV_COLUMNS = ("source", "mode", "prompt", "caption", "similarity", "clip_model", "caption_model")
+FORMATS = ("text", "weighted", "json", "jsonl", "csv")
+CSV_COLUMNS = ("source", "mode", "prompt", "caption", "similarity", "clip_model", "caption_model",
+               "negative_prompt", "weak_match")
+CHUNK_SEPARATOR = " BREAK "  # how A1111 and ComfyUI prompt front ends mark a new 75-token chunk
 
 
 def _one_line(text: str) -> str:
@@ -48,13 +51,34 @@ class ResultWriter:
 
 
 class TextWriter(ResultWriter):
-    """The prompt alone for a single input, else ``SOURCE<TAB>PROMPT`` per line."""
+    """The prompt alone for a single input, else ``SOURCE<TAB>PROMPT`` per line.
+
+    A paired negative prompt follows as ``Negative prompt: ...`` (one input) or a
+    third column; chunked prompts are joined with `` BREAK ``.
+    """
+
+    def render(self, result: Result) -> str:
+        return CHUNK_SEPARATOR.join(result.chunks) if result.chunks else result.prompt
 
     def _write(self, result: Result) -> None:
+        prompt = self.render(result)
+        negative = result.negative.prompt if result.negative is not None else None
         if self.single:
-            self.stream.write(result.prompt + "\n")
+            self.stream.write(prompt + "\n")
+            if negative is not None:
+                self.stream.write(f"Negative prompt: {negative}\n")
         else:
-            self.stream.write(f"{_one_line(result.source or '')}\t{_one_line(result.prompt)}\n")
+            cols = [_one_line(result.source or ""), _one_line(prompt)]
+            if negative is not None:
+                cols.append(_one_line(negative))
+            self.stream.write("\t".join(cols) + "\n")
+
+
+class WeightedWriter(TextWriter):
+    """Like text, with A1111 emphasis ``(phrase:1.15)`` from each phrase's weight."""
+
+    def render(self, result: Result) -> str:
+        return weighted_prompt(result)
 
 
 class JsonWriter(ResultWriter):
@@ -96,11 +120,12 @@ class CsvWriter(ResultWriter):
 
     def _write(self, result: Result) -> None:
         row: dict[str, Any] = result.to_dict()
+        row["negative_prompt"] = result.negative.prompt if result.negative is not None else None
         self._csv.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
 
 
 _WRITERS: dict[str, type[ResultWriter]] = {
-    "text": TextWriter, "json": JsonWriter, "jsonl": JsonlWriter, "csv": CsvWriter,
+    "text": TextWriter, "weighted": WeightedWriter, "json": JsonWriter, "jsonl": JsonlWriter, "csv": CsvWriter,
 }
 
 
@@ -123,7 +148,8 @@ def format_analysis(analysis: Analysis) -> str:
         lines.append(f"{category}:")
         for p in phrases:
             note = "  (hypothesis)" if p.hypothesis else ""
-            lines.append(f"  {p.score:>{width}.4f}  {p.text}{note}")
+            margin = f"  {p.margin:+.4f} vs median" if p.margin is not None else ""
+            lines.append(f"  {p.score:>{width}.4f}{margin}  {p.text}{note}")
     if any(p.hypothesis for ps in analysis.categories.values() for p in ps):
         lines.append("")
         lines.append("(hypothesis): the image resembles work tagged with this name; it does not say who made it.")

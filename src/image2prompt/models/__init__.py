@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from ._registry import (
     CAPTION_MODELS,
+    CLIP_PRESETS,
     DEFAULT_CAPTIONER,
     DEFAULT_CLIP,
     TARGETS,
     CaptionSpec,
     ClipSpec,
+    expand_clip_names,
     parse_caption_name,
     parse_clip_name,
     resolve_target,
@@ -39,7 +41,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "CAPTION_MODELS", "DEFAULT_CAPTIONER", "DEFAULT_CLIP", "TARGETS", "CaptionSpec", "ClipSpec",
+    "CAPTION_MODELS", "CLIP_PRESETS", "DEFAULT_CAPTIONER", "expand_clip_names", "DEFAULT_CLIP", "TARGETS", "CaptionSpec", "ClipSpec",
     "Captioner", "ClipEncoder", "load_captioner", "load_clip",
     "parse_caption_name", "parse_clip_name", "resolve_target",
 ]

@@ -26,6 +26,12 @@ TARGETS: dict[str, str] = {
     "sd2": "ViT-H-14/laion2b_s32b_b79k",
     "sdxl": "ViT-bigG-14/laion2b_s39b_b160k",
 }
+#: Named sets of CLIP models scored together (the mean similarity), for --clip.
+CLIP_PRESETS: dict[str, tuple[str, ...]] = {
+    # SDXL conditions on both OpenAI ViT-L/14 and OpenCLIP ViT-bigG/14 text encoders.
+    "sdxl-dual": ("ViT-L-14/openai", "ViT-bigG-14/laion2b_s39b_b160k"),
+}
+
 TARGET_ALIASES: dict[str, str] = {"sd1": "sd15", "sd1.5": "sd15", "sd21": "sd2", "sd2.1": "sd2"}
 
 #: Captioner short names -> Hugging Face repositories (the reference's table).
@@ -70,6 +76,16 @@ class CaptionSpec:
     kind: CaptionKind
     source: str
     local_path: Path | None = None
+
+
+def expand_clip_names(names: "list[str] | tuple[str, ...]") -> list[str]:
+    """Expand presets such as ``sdxl-dual``; keep order, drop repeats."""
+    out: list[str] = []
+    for name in names:
+        for n in CLIP_PRESETS.get(name.strip().lower(), (name,)):
+            if n not in out:
+                out.append(n)
+    return out
 
 
 def resolve_target(target: str) -> str:
