@@ -1,0 +1,162 @@
+"""Benchmark our own search variants against our best mode: turbo, beam 2/4, and precision.
+
+For each model size (random-weight open_clip models at ViT-B/32 and ViT-L/14
+tower sizes), the same images, captions and vocabulary sample, it reports per
+variant: seconds per image, text-tower token positions per image, the mean CLIP
+similarity of the final prompts, and their ratio to best mode's; for reduced
+precision (bf16 on CPU, fp16 on CUDA) also how often the chosen prompt differs
+from fp32's.
+
+Random weights give valid speed figures and a valid equivalence check, but the
+similarity ratios describe these random models' score landscapes, not a real
+CLIP's. See docs/benchmarks.md.
+
+    python bench/modes.py --sizes b32,l14 --images 20 --candidates 2048
+    python bench/modes.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    CAPTIONS, REPO_ROOT, command_line, ensure_models, machine_info, make_images, markdown_table, offline_env,
+    write_vocab_sample,
+)
+
+VARIANTS = {
+    "best": dict(mode="best"),
+    "turbo": dict(mode="turbo"),
+    "best beam 2": dict(mode="best", beam=2),
+    "best beam 4": dict(mode="best", beam=4),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="b32,l14", help="comma-separated: b32, l14")
+    p.add_argument("--images", type=int, default=20)
+    p.add_argument("--candidates", type=int, default=2048, help="best/turbo candidate pool")
+    p.add_argument("--vocab-size", type=int, default=None, help="flavors sampled (default: all)")
+    p.add_argument("--artists", type=int, default=None, help="artists sampled (default: all)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS))
+    p.add_argument("--precision-check", default="auto", help="auto (bf16 on CPU, fp16 on CUDA), none, or a dtype")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=str(REPO_ROOT / ".bench-out"), help="work folder (models, caches)")
+    p.add_argument("--markdown-out", default=None)
+    p.add_argument("--quick", action="store_true", help="smoke run: b32, 2 images, 64 candidates, 300 flavors")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.sizes, a.images, a.candidates, a.vocab_size, a.artists = "b32", 2, 64, 300, 50
+    return a
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_size(size: str, model_dir: Path, vocab_dir: Path, cache_dir: Path, args: argparse.Namespace) -> list[list]:
+    import numpy as np
+
+    from image2prompt import Config, Interrogator
+    from image2prompt.cache import EmbeddingCache
+    from image2prompt.models.clip import load_clip
+    from image2prompt.vocab import load_folder_pack
+
+    images = make_images(args.images)
+    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(len(images))]
+    pack = load_folder_pack(vocab_dir)
+    enc = load_clip(f"local-dir:{model_dir}", device=args.device, precision="fp32")
+    cache = EmbeddingCache(cache_dir / size / "fp32", download=False)
+
+    def make(**cfg) -> Interrogator:
+        return Interrogator(enc, None, pack, cache, Config(caption_model=None, candidates=args.candidates, **cfg))
+
+    make().prepare()  # tables are built (or read) before anything is timed
+    rows, results = [], {}
+    for name in args.variants.split(","):
+        spec = dict(VARIANTS[name])
+        mode = spec.pop("mode")
+        ci = make(**spec)
+        ci.interrogate(images[0], mode, caption=captions[0])  # warm-up
+        t0, tok0 = time.perf_counter(), enc.tokens_encoded
+        _sync(args.device)
+        out = [ci.interrogate(img, mode, caption=c) for img, c in zip(images, captions)]
+        _sync(args.device)
+        secs = (time.perf_counter() - t0) / len(images)
+        toks = (enc.tokens_encoded - tok0) / len(images)
+        results[name] = (secs, toks, out)
+        print(f"  {size} {name}: {secs:.3f} s/image", flush=True)
+    base_s, _, base = results.get("best", next(iter(results.values())))
+    base_sim = float(np.mean([r.similarity for r in base]))
+    for name, (secs, toks, out) in results.items():
+        sim = float(np.mean([r.similarity for r in out]))
+        same = sum(a.prompt == b.prompt for a, b in zip(out, base))
+        rows.append([size, name, "fp32", f"{secs:.3f}", f"{toks:,.0f}", f"{sim:.4f}", f"{sim / base_sim:.4f}",
+                     f"{base_s / secs:.2f}x", f"{same}/{len(out)}"])
+
+    precision = args.precision_check
+    if precision == "auto":
+        precision = "fp16" if args.device.startswith("cuda") else "bf16"
+    if precision != "none":
+        low = load_clip(f"local-dir:{model_dir}", device=args.device, precision=precision)
+        ci = Interrogator(low, None, pack, EmbeddingCache(cache_dir / size / precision, download=False),
+                          Config(caption_model=None, candidates=args.candidates))
+        ci.prepare()
+        ci.interrogate(images[0], "best", caption=captions[0])
+        t0, tok0 = time.perf_counter(), low.tokens_encoded
+        out = [ci.interrogate(img, "best", caption=c) for img, c in zip(images, captions)]
+        _sync(args.device)
+        secs = (time.perf_counter() - t0) / len(images)
+        # Score the low-precision prompts with the fp32 model, so similarities are comparable.
+        f32 = make()
+        sims = []
+        for img, r in zip(images, out):
+            feats = [f[0] for f in f32.image_features([img])]
+            sims.append(float(f32.similarity(feats, [r.prompt])[0]))
+        sim = float(np.mean(sims))
+        same = sum(a.prompt == b.prompt for a, b in zip(out, base))
+        rows.append([size, "best", precision, f"{secs:.3f}", f"{(low.tokens_encoded - tok0) / len(images):,.0f}",
+                     f"{sim:.4f}", f"{sim / base_sim:.4f}", f"{base_s / secs:.2f}x", f"{same}/{len(out)}"])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    offline_env()
+    from image2prompt.vocab import reference_data_dir
+
+    out = Path(args.out)
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    models = ensure_models(out / "models", sizes)
+    vocab_dir = out / f"vocab-modes-{args.vocab_size or 'all'}-{args.artists or 'all'}"
+    counts = write_vocab_sample(vocab_dir, reference_data_dir(), flavors=args.vocab_size, artists=args.artists)
+    info = machine_info(args.device)
+    rows: list[list] = []
+    for size in sizes:
+        rows += run_size(size, models[size], vocab_dir, out / "cache-modes", args)
+    headers = ["size", "variant", "precision", "s/image", "tokens/image", "mean similarity",
+               "vs best", "speed vs best", "same prompt as best"]
+    text = "\n".join([
+        f"command: `{command_line()}`",
+        "machine: " + ", ".join(f"{k}: {v}" for k, v in info.items()),
+        f"vocabulary: {counts} (flavors sampled from clip-interrogator's lists); "
+        f"images: {args.images}; candidates: {args.candidates}",
+        "",
+        markdown_table(headers, rows),
+    ])
+    print(text)
+    if args.markdown_out:
+        Path(args.markdown_out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
