@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -60,7 +60,6 @@ class VocabularyIndex:
         self._lock = threading.Lock()
         self._embeds: dict[str, np.ndarray] = {}
         self._merged: MergedView | None = None
-        self._merged_embeds: np.ndarray | None = None
 
     def embeds(self, category: str) -> np.ndarray:
         """fp16 [N, D] embeddings of the category's labels, in table order."""
@@ -96,10 +95,13 @@ class VocabularyIndex:
         return embeds
 
     # -- merged pool -------------------------------------------------------
-    def merged(self) -> tuple[MergedView, np.ndarray]:
-        if self._merged is None or self._merged_embeds is None:
-            cats = self.pack.merged_categories()
-            blocks = [self.embeds(c) for c in cats]
+    def merged(self) -> MergedView:
+        """The fast/best pool: merged categories in order, later duplicates dropped.
+
+        ``rows`` index the concatenation of the categories' tables, so merged
+        scores are a gather of per-category scores: no second copy of the embeddings.
+        """
+        if self._merged is None:
             with self._lock:
                 if self._merged is None:
                     seen: set[str] = set()
@@ -107,25 +109,14 @@ class VocabularyIndex:
                     categories: list[str] = []
                     rows: list[int] = []
                     offset = 0
-                    for c, block in zip(cats, blocks):
-                        for i, label in enumerate(self.pack[c].labels):
+                    for c in self.pack.merged_categories():
+                        table = self.pack[c]
+                        for i, label in enumerate(table.labels):
                             if label not in seen:
                                 seen.add(label)
                                 labels.append(label)
                                 categories.append(c)
                                 rows.append(offset + i)
-                        offset += len(block)
-                    stacked = np.concatenate(blocks, axis=0) if blocks else np.empty((0, self.encoder.embed_dim), np.float16)
-                    idx = np.asarray(rows, dtype=np.int64)
-                    self._merged_embeds = stacked[idx] if len(idx) != len(stacked) else stacked
-                    self._merged = MergedView(tuple(labels), tuple(categories), idx)
-        assert self._merged is not None and self._merged_embeds is not None
-        return self._merged, self._merged_embeds
-
-    def category_of(self) -> dict[str, str]:
-        view, _ = self.merged()
-        return dict(zip(view.labels, view.categories))
-
-
-def describe(obj: Any) -> str:
-    return getattr(obj, "name", type(obj).__name__)
+                        offset += len(table)
+                    self._merged = MergedView(tuple(labels), tuple(categories), np.asarray(rows, dtype=np.int64))
+        return self._merged

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from .cache import EmbeddingCache
-from .index import ProgressFactory, VocabularyIndex
+from .index import MergedView, ProgressFactory, VocabularyIndex
 from .prompt import SEPARATOR, at_limit, classic_prompt, fast_prompt, fits, split_into_chunks, truncate_to_fit
 from .results import MODES, Analysis, Phrase, Result
 from .search import ChainState, similarities, start_chain, top_k_of_scores
@@ -63,6 +63,15 @@ class Config:
         from .models._registry import expand_clip_names
 
         return expand_clip_names([self.clip_model] if isinstance(self.clip_model, str) else list(self.clip_model))
+
+
+class ImageFeatures(list):  # type: ignore[type-arg]
+    """One image's features, one array per encoder, with a memo of its table scores:
+    a mode and its confidence figures need the same table scores several times."""
+
+    def __init__(self, vectors: Iterable[np.ndarray] = ()) -> None:
+        super().__init__(vectors)
+        self.memo: dict[tuple[str, int], np.ndarray] = {}
 
 
 @dataclass
@@ -212,22 +221,27 @@ class Interrogator:
 
     def _table_scores(self, category: str, feats: Sequence[np.ndarray],
                       indexes: Sequence[VocabularyIndex] | None = None) -> np.ndarray:
+        """Mean over encoders of each label's similarity; memoised per image (see ImageFeatures)."""
+        indexes = indexes or self.indexes
+        memo = getattr(feats, "memo", None)
+        key = (category, id(indexes))
+        if memo is not None and key in memo:
+            return memo[key]
         total = None
-        for index, f in zip(indexes or self.indexes, feats):
+        for index, f in zip(indexes, feats):
             s = similarities(f, index.embeds(category)).astype(np.float64)
             total = s if total is None else total + s
         assert total is not None
-        return (total / len(self.clips)).astype(np.float32)
+        scores = (total / len(self.clips)).astype(np.float32)
+        if memo is not None:
+            memo[key] = scores
+        return scores
 
-    def _merged_scores(self, feats: Sequence[np.ndarray]) -> tuple[Any, np.ndarray]:
-        total = None
-        view = None
-        for index, f in zip(self.indexes, feats):
-            view, embeds = index.merged()
-            s = similarities(f, embeds).astype(np.float64)
-            total = s if total is None else total + s
-        assert total is not None and view is not None
-        return view, (total / len(self.indexes)).astype(np.float32)
+    def _merged_scores(self, feats: Sequence[np.ndarray]) -> tuple[MergedView, np.ndarray]:
+        view = self.indexes[0].merged()
+        cats = self.vocab.merged_categories()
+        every = np.concatenate([self._table_scores(c, feats) for c in cats]) if cats else np.empty(0, np.float32)
+        return view, every[view.rows]
 
     def _top(self, category: str, feats: Sequence[np.ndarray], k: int, *, largest: bool = True) -> list[Phrase]:
         scores = self._table_scores(category, feats)
@@ -438,7 +452,7 @@ class Interrogator:
                 for i, c in zip(missing, generated):
                     caps[i], captioned[i] = c, True
         feats_all = self.image_features(images)
-        per_image = [[f[i] for f in feats_all] for i in range(n)]
+        per_image = [ImageFeatures(f[i] for f in feats_all) for i in range(n)]
         with self._using("clip"):
             if mode in ("best", "turbo"):
                 scored = self._best_batch(per_image, caps, turbo=mode == "turbo")  # type: ignore[arg-type]
@@ -500,7 +514,7 @@ class Interrogator:
     def analyze(self, image: Any, top_n: int = 5, caption: str | None = None,
                 source: str | None = None) -> Analysis:
         """The top ``top_n`` phrases of every category, with scores."""
-        feats = [f[0] for f in self.image_features([image])]
+        feats = ImageFeatures(f[0] for f in self.image_features([image]))
         with self._using("clip"):
             cats = {c: self._top(c, feats, top_n) for c in self.vocab.categories() if c != "negative"}
             for c, phrases in cats.items():
