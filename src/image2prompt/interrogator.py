@@ -341,7 +341,7 @@ class Interrogator:
         cfg = self.config
         indexes = self.style_indexes()
         pack = indexes[0].pack
-        jobs, lookups, projected = [], [], []
+        pools: list[tuple[Sequence[np.ndarray], list[Phrase]]] = []
         for feats, caption in zip(feats_list, captions):
             cap = [c.encode_texts([caption])[0] for c in self.clips] if caption else None
             styled = [_project_out(f, c) for f, c in zip(feats, cap)] if cap else list(feats)
@@ -355,59 +355,50 @@ class Interrogator:
                         continue
                     pool.append(self._phrase(label, category, float(scores[i])))
             pool.sort(key=lambda p: -p.score)  # stable: table order breaks ties
-            pool = pool[: cfg.candidates]
+            pools.append((styled, pool[: cfg.candidates]))
+        chains = self._chains_from_best_phrase(pools, min_count=min(4, cfg.style_phrases),
+                                               max_count=max(0, cfg.style_phrases - 1))
+        # Report the similarity to the image itself, comparable with the other modes.
+        return [(scored, float(self.similarity(feats, [scored.prompt])[0]) if scored.prompt else 0.0)
+                for feats, (scored, _) in zip(feats_list, chains)]
+
+    def _chains_from_best_phrase(self, pools: Sequence[tuple[Sequence[np.ndarray], list[Phrase]]], *,
+                                 min_count: int, max_count: int,
+                                 reverse: bool = False) -> list[tuple[_Scored, float]]:
+        """For each (features, phrase pool), a chain that starts at the pool's best single phrase."""
+        jobs, states = [], []
+        for feats, pool in pools:
             by_text: dict[str, Phrase] = {}
             for p in pool:
                 by_text.setdefault(p.text, p)
-            state = start_chain(
-                list(by_text), self._at_limit, score_texts=lambda texts, f=styled: self.similarity(f, texts),
-                min_count=min(4, cfg.style_phrases), max_count=max(0, cfg.style_phrases - 1),
-            )
-            lookups.append(by_text)
-            projected.append(styled)
+            state = start_chain(list(by_text), self._at_limit,
+                                score_texts=lambda texts, f=feats: self.similarity(f, texts),
+                                min_count=min_count, max_count=max_count, reverse=reverse)
+            states.append((by_text, state))
             if state is not None:
-                jobs.append((styled, state))
+                jobs.append((feats, state))
         self._run_chains(jobs)
         out = []
-        it = iter(jobs)
-        for feats, by_text in zip(feats_list, lookups):
-            if not by_text:
+        for by_text, state in states:
+            if state is None:
                 out.append((_Scored(""), 0.0))
                 continue
-            chain = next(it)[1].result()
-            scored = _Scored(chain.prompt, [by_text[t] for t in chain.phrases])
-            out.append((scored, float(self.similarity(feats, [chain.prompt])[0])))
+            chain = state.result()
+            out.append((_Scored(chain.prompt, [by_text[t] for t in chain.phrases]), chain.similarity))
         return out
 
     def _negative_batch(self, feats_list: Sequence[Sequence[np.ndarray]]) -> list[tuple[_Scored, float]]:
         cfg = self.config
-        jobs, lookups = [], []
+        pools = []
         for feats in feats_list:
             pool = self._top("flavors", feats, cfg.candidates, largest=False)
             if "negative" in self.vocab:
                 neg_scores = self._table_scores("negative", feats)
                 pool += [self._phrase(t, "negative", float(s))
                          for t, s in zip(self.vocab["negative"].labels, neg_scores)]
-            by_text: dict[str, Phrase] = {}
-            for p in pool:
-                by_text.setdefault(p.text, p)
-            state = start_chain(
-                list(by_text), self._at_limit, score_texts=lambda texts, f=feats: self.similarity(f, texts),
-                min_count=cfg.min_flavors, max_count=cfg.max_flavors, reverse=True,
-            )
-            lookups.append(by_text)
-            if state is not None:
-                jobs.append((feats, state))
-        self._run_chains(jobs)
-        out = []
-        it = iter(jobs)
-        for by_text in lookups:
-            if not by_text:
-                out.append((_Scored(""), 0.0))
-                continue
-            chain = next(it)[1].result()
-            out.append((_Scored(chain.prompt, [by_text[t] for t in chain.phrases]), chain.similarity))
-        return out
+            pools.append((feats, pool))
+        return self._chains_from_best_phrase(pools, min_count=cfg.min_flavors, max_count=cfg.max_flavors,
+                                             reverse=True)
 
     # -- public API --------------------------------------------------------------
     def interrogate(self, image: Any, mode: str = "best", caption: str | None = None, *,

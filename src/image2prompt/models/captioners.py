@@ -8,10 +8,9 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import ModelLoadError
 from ..prompt.caption import clean_caption
 from ._registry import CaptionSpec, parse_caption_name
-from .clip import _hub_hint, _short, require_complete
+from .clip import load_transformers
 from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -77,11 +76,6 @@ def load_captioner(name: str, *, device: DeviceLike = "auto", precision: str = "
 
     cls = {"blip": BlipForConditionalGeneration, "blip2": Blip2ForConditionalGeneration,
            "git": AutoModelForCausalLM}[spec.kind]
-    try:
-        model, info = cls.from_pretrained(spec.source, dtype=dtype, output_loading_info=True)
-        processor = AutoProcessor.from_pretrained(spec.source)
-    except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"could not load caption model {spec.name!r}: {_short(e)}. {_hub_hint()}") from e
-    require_complete(spec.name, info)
-    model = model.to(dev).eval()
+    model, processor = load_transformers(cls, AutoProcessor, spec.source, dtype, dev,
+                                         what=f"caption model {spec.name!r}")
     return Captioner(spec, model, processor, dev, dtype, max_new_tokens)

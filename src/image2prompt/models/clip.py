@@ -363,14 +363,21 @@ class _OpenClipOtherTokenizer:
 def _load_hf_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, memory_budget_mb: int | None) -> ClipEncoder:
     from transformers import CLIPModel, CLIPProcessor
 
-    try:
-        model, info = CLIPModel.from_pretrained(spec.source, dtype=dtype, output_loading_info=True)
-        processor = CLIPProcessor.from_pretrained(spec.source)
-    except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"could not load CLIP model {spec.name!r}: {_short(e)}. {_hub_hint()}") from e
-    require_complete(spec.name, info)
-    model = model.to(dev).eval()
+    model, processor = load_transformers(CLIPModel, CLIPProcessor, spec.source, dtype, dev,
+                                         what=f"CLIP model {spec.name!r}")
     return HFClipEncoder(spec, model, processor, dev, dtype, memory_budget_mb)
+
+
+def load_transformers(model_cls: Any, processor_cls: Any, source: str, dtype: torch.dtype, dev: torch.device,
+                      what: str) -> tuple[Any, Any]:
+    """from_pretrained for a model and its processor; any failure or missing weight is a ModelLoadError."""
+    try:
+        model, info = model_cls.from_pretrained(source, dtype=dtype, output_loading_info=True)
+        processor = processor_cls.from_pretrained(source)
+    except Exception as e:  # noqa: BLE001 - transformers raises many types; all mean "could not load"
+        raise ModelLoadError(f"could not load {what}: {_short(e)}. {_hub_hint()}") from e
+    require_complete(what, info)
+    return model.to(dev).eval(), processor
 
 
 def require_complete(name: str, loading_info: dict) -> None:

@@ -19,7 +19,7 @@ exactly the greedy chain.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -136,29 +136,14 @@ class ChainState:
         return ChainResult(self.best.prompt, self.best.sim * self.sign, list(self.best.phrases), self.steps)
 
 
-def greedy_chain(
-    phrases: Sequence[str],
-    score_extensions: ScoreExtensions,
-    at_limit: Callable[[str], bool],
-    *,
-    start: str | None = None,
-    start_similarity: float | None = None,
-    score_texts: ScoreTexts | None = None,
-    min_count: int = 8,
-    max_count: int = 32,
-    reverse: bool = False,
-    beam: int = 1,
-    shortlist: int | None = None,
-    refresh_every: int = 4,
-) -> ChainResult:
+def greedy_chain(phrases: Sequence[str], score_extensions: ScoreExtensions, at_limit: Callable[[str], bool],
+                 **options: Any) -> ChainResult:
     """Run one chain over ``phrases`` (deduplicated, order kept) to the end.
 
-    With no ``start``, the chain begins with the single best phrase, scored by
-    ``score_texts``.
+    ``options`` are :func:`start_chain`'s: with no ``start``, the chain begins
+    with the single best phrase, scored by ``score_texts``.
     """
-    state = start_chain(phrases, at_limit, start=start, start_similarity=start_similarity,
-                        score_texts=score_texts, min_count=min_count, max_count=max_count,
-                        reverse=reverse, beam=beam, shortlist=shortlist, refresh_every=refresh_every)
+    state = start_chain(phrases, at_limit, **options)
     if state is None:
         return ChainResult("", 0.0)
     while not state.done:
