@@ -258,3 +258,20 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def emit_report(device: str, notes: Sequence[str], headers: Sequence[str], rows: Sequence[Sequence[Any]],
+                markdown_out: str | None) -> str:
+    """Print (and optionally write) a report: command, machine, notes, then a Markdown table."""
+    info = machine_info(device)
+    text = "\n".join([
+        f"command: `{command_line()}`",
+        "machine: " + ", ".join(f"{k}: {v}" for k, v in info.items()),
+        *notes,
+        "",
+        markdown_table(headers, rows),
+    ])
+    print(text)
+    if markdown_out:
+        Path(markdown_out).write_text(text + "\n")
+    return text

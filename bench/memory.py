@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CAPTIONS, REPO_ROOT, command_line, ensure_models, machine_info, make_images, markdown_table, offline_env  # noqa: E402,E501
+from _common import REPO_ROOT, emit_report, ensure_models, make_images, offline_env  # noqa: E402
 
 
 def make_blip_base(out: Path) -> Path:
@@ -135,18 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                     note = "out of memory"
             rows.append(["clip-interrogator 0.6.0", pool, f"{peak_gib():.2f}", note])
             print(rows[-1], flush=True)
-    info = machine_info(args.device)
-    text = "\n".join([
-        f"command: `{command_line()}`",
-        "machine: " + ", ".join(f"{k}: {v}" for k, v in info.items()),
+    emit_report(args.device, [
         f"models: random-weight {args.size} CLIP ({'fp16' if cuda else 'fp32'}) + BLIP-base-size captioner; "
         f"vocabulary: {'full classic' if not args.flavors else f'{args.flavors} sampled flavors'}",
-        "",
-        markdown_table(["implementation", "candidate pool", "peak GPU memory (GiB)", "s/image"], rows),
-    ])
-    print(text)
-    if args.markdown_out:
-        Path(args.markdown_out).write_text(text + "\n")
+    ], ["implementation", "candidate pool", "peak GPU memory (GiB)", "s/image"], rows, args.markdown_out)
     return 0
 
 

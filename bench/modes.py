@@ -24,8 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    CAPTIONS, REPO_ROOT, command_line, ensure_models, machine_info, make_images, markdown_table, offline_env,
-    write_vocab_sample,
+    CAPTIONS, REPO_ROOT, emit_report, ensure_models, make_images, offline_env, write_vocab_sample,
 )
 
 VARIANTS = {
@@ -138,23 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     models = ensure_models(out / "models", sizes)
     vocab_dir = out / f"vocab-modes-{args.vocab_size or 'all'}-{args.artists or 'all'}"
     counts = write_vocab_sample(vocab_dir, reference_data_dir(), flavors=args.vocab_size, artists=args.artists)
-    info = machine_info(args.device)
     rows: list[list] = []
     for size in sizes:
         rows += run_size(size, models[size], vocab_dir, out / "cache-modes", args)
     headers = ["size", "variant", "precision", "s/image", "tokens/image", "mean similarity",
                "vs best", "speed vs best", "same prompt as best"]
-    text = "\n".join([
-        f"command: `{command_line()}`",
-        "machine: " + ", ".join(f"{k}: {v}" for k, v in info.items()),
+    emit_report(args.device, [
         f"vocabulary: {counts} (flavors sampled from clip-interrogator's lists); "
         f"images: {args.images}; candidates: {args.candidates}",
-        "",
-        markdown_table(headers, rows),
-    ])
-    print(text)
-    if args.markdown_out:
-        Path(args.markdown_out).write_text(text + "\n")
+    ], headers, rows, args.markdown_out)
     return 0
 
 
