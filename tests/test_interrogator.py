@@ -96,13 +96,13 @@ def test_cache_hit_computes_nothing_and_tampering_recomputes(tiny_open_clip: Pat
                                                              tmp_path: Path, images):
     enc = load_clip(f"local-dir:{tiny_open_clip}", device="cpu")
     calls = []
-    original = enc.encode_texts
+    original = enc.embed_labels
 
     def counting(texts, **kw):
         calls.append(len(texts))
         return original(texts, **kw)
 
-    enc.encode_texts = counting  # type: ignore[method-assign]
+    enc.embed_labels = counting  # type: ignore[method-assign]
     pack = load_folder_pack(small_vocab_dir)
     cache = EmbeddingCache(tmp_path, download=False)
 

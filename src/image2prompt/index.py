@@ -32,7 +32,10 @@ class TextEncoder(Protocol):
     cache_key: str
     embed_dim: int
 
-    def encode_texts(self, texts: Sequence[str], *, progress: Callable[[int], None] | None = None) -> np.ndarray: ...
+    def embed_labels(self, labels: Sequence[str], *, progress: Callable[[int], None] | None = None
+                     ) -> tuple[np.ndarray, list[list[int]]]: ...
+
+    def remember_token_ids(self, labels: Sequence[str], ids: Sequence[Sequence[int]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -78,20 +81,22 @@ class VocabularyIndex:
     def _build(self, table: PhraseTable) -> np.ndarray:
         enc = self.encoder
         if self.cache is not None:
-            cached = self.cache.load(enc.cache_key, table, dim=enc.embed_dim)
+            cached = self.cache.load_table(enc.cache_key, table, dim=enc.embed_dim)
             if cached is not None:
                 log.debug("table %s for %s read from cache", table.name, enc.name)
-                return cached
+                if cached.token_ids is not None:
+                    enc.remember_token_ids(table.labels, cached.token_ids)
+                return cached.embeds
         log.info("embedding %d %s phrases with %s", len(table), table.name, enc.name)
         bar = self.progress(f"Embedding {table.name}", len(table)) if self.progress and len(table) else None
         try:
-            feats = enc.encode_texts(list(table.labels), progress=bar.update if bar else None)
+            feats, token_ids = enc.embed_labels(list(table.labels), progress=bar.update if bar else None)
         finally:
             if bar is not None:
                 bar.close()
         embeds = feats.astype(np.float16)
         if self.cache is not None and len(table):
-            self.cache.save(enc.cache_key, table, embeds)
+            self.cache.save(enc.cache_key, table, embeds, token_ids=token_ids)
         return embeds
 
     # -- merged pool -------------------------------------------------------

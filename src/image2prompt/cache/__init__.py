@@ -3,6 +3,7 @@
 from .embeddings import (
     PRECOMPUTED_REPO,
     CacheEntry,
+    CachedTable,
     EmbeddingCache,
     default_cache_dir,
     hash_codes,
@@ -11,6 +12,6 @@ from .embeddings import (
 )
 
 __all__ = [
-    "PRECOMPUTED_REPO", "CacheEntry", "EmbeddingCache", "default_cache_dir", "hash_codes",
+    "PRECOMPUTED_REPO", "CacheEntry", "CachedTable", "EmbeddingCache", "default_cache_dir", "hash_codes",
     "hub_offline", "sanitize_model_name",
 ]

@@ -53,6 +53,12 @@ def hub_offline() -> bool:
 
 
 @dataclass(frozen=True)
+class CachedTable:
+    embeds: np.ndarray  # fp16 [N, D]
+    token_ids: list[list[int]] | None  # per label, when the file carries them (ours do; the reference's don't)
+
+
+@dataclass(frozen=True)
 class CacheEntry:
     path: Path
     size_bytes: int
@@ -78,17 +84,22 @@ class EmbeddingCache:
     # -- reading -----------------------------------------------------------
     def load(self, model_key: str, table: PhraseTable, *, dim: int | None = None) -> np.ndarray | None:
         """Return fp16 embeddings [len(table), D] for ``table``, or None if absent or invalid."""
+        cached = self.load_table(model_key, table, dim=dim)
+        return cached.embeds if cached is not None else None
+
+    def load_table(self, model_key: str, table: PhraseTable, *, dim: int | None = None) -> CachedTable | None:
+        """Embeddings and, when stored, token ids for ``table``; None if absent or invalid."""
         path = self.path_for(model_key, table.name)
         if not path.exists() and self.download:
             self._try_download(model_key, table.name, path)
         if not path.exists():
             return None
-        embeds = self._read_valid(path, table, dim)
-        if embeds is None:
+        cached = self._read_valid(path, table, dim)
+        if cached is None:
             log.warning("embedding cache %s is stale or corrupt; it will be recomputed", path)
-        return embeds
+        return cached
 
-    def _read_valid(self, path: Path, table: PhraseTable, dim: int | None) -> np.ndarray | None:
+    def _read_valid(self, path: Path, table: PhraseTable, dim: int | None) -> CachedTable | None:
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
@@ -105,11 +116,11 @@ class EmbeddingCache:
         if not np.issubdtype(embeds.dtype, np.floating) or not np.isfinite(embeds).all():
             return None
         if np.array_equal(stored, hash_codes(table.sha256)) and embeds.shape[0] == len(table):
-            return embeds.astype(np.float16, copy=False)
+            return CachedTable(embeds.astype(np.float16, copy=False), _unpack_ids(tensors, len(table)))
         src = table.source
         if src is not None and np.array_equal(stored, hash_codes(src.sha256)) and embeds.shape[0] == src.size:
             # A file keyed by the reference's raw list (blank lines and duplicates kept).
-            return embeds[list(src.rows)].astype(np.float16, copy=False)
+            return CachedTable(embeds[list(src.rows)].astype(np.float16, copy=False), None)
         return None
 
     def _try_download(self, model_key: str, table_name: str, path: Path) -> None:
@@ -126,17 +137,25 @@ class EmbeddingCache:
             log.info("no precomputed embeddings for %s (%s); computing them", path.name, type(e).__name__)
 
     # -- writing -----------------------------------------------------------
-    def save(self, model_key: str, table: PhraseTable, embeds: np.ndarray) -> Path:
-        """Write ``embeds`` for ``table`` atomically; return the file's path."""
+    def save(self, model_key: str, table: PhraseTable, embeds: np.ndarray,
+             token_ids: list[list[int]] | None = None) -> Path:
+        """Write ``embeds`` (and optionally each label's token ids) for ``table`` atomically.
+
+        Token ids go in two extra tensors that the reference ignores, so the file
+        stays readable by clip-interrogator.
+        """
         from safetensors.numpy import save
 
         if embeds.ndim != 2 or embeds.shape[0] != len(table):
             raise ValueError(f"embeds shape {embeds.shape} does not match table {table.name!r} ({len(table)} labels)")
         path = self.path_for(model_key, table.name)
-        payload = save({
-            "embeds": np.ascontiguousarray(embeds, dtype=np.float16),
-            "hash": hash_codes(table.sha256),
-        })
+        tensors = {"embeds": np.ascontiguousarray(embeds, dtype=np.float16), "hash": hash_codes(table.sha256)}
+        if token_ids is not None:
+            if len(token_ids) != len(table):
+                raise ValueError(f"{len(token_ids)} token-id lists for {len(table)} labels")
+            tensors["token_offsets"] = np.cumsum([0] + [len(t) for t in token_ids]).astype(np.int64)
+            tensors["token_ids"] = np.fromiter((i for t in token_ids for i in t), dtype=np.int32)
+        payload = save(tensors)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.directory)
@@ -172,6 +191,17 @@ class EmbeddingCache:
             entry.path.unlink(missing_ok=True)
             n += 1
         return n
+
+
+def _unpack_ids(tensors: dict[str, np.ndarray], n: int) -> list[list[int]] | None:
+    offsets, flat = tensors.get("token_offsets"), tensors.get("token_ids")
+    if offsets is None or flat is None or offsets.shape != (n + 1,) or offsets[-1] != flat.shape[0]:
+        return None
+    if n and (offsets[0] != 0 or np.any(np.diff(offsets) < 0)):
+        return None
+    values = flat.tolist()
+    bounds = offsets.tolist()
+    return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 class _suppress_os_error:

@@ -86,6 +86,20 @@ class ClipEncoder:
     def encode_texts(self, texts: Sequence[str], *, progress: ProgressFn | None = None) -> np.ndarray:
         return self.encode_ids(self.token_ids(texts), progress=progress)
 
+    def embed_labels(self, labels: Sequence[str], *,
+                     progress: ProgressFn | None = None) -> tuple[np.ndarray, list[list[int]]]:
+        """Embed a phrase table; also return each label's token ids (no start/end, untruncated),
+        which the prefix scorer reuses so chain steps need no tokenizing."""
+        bpe = [self.tokenizer.encode(t) for t in labels]
+        feats = self.encode_ids([model_ids(self.tokenizer, b) for b in bpe], progress=progress)
+        self.remember_token_ids(labels, bpe)
+        return feats, bpe
+
+    def remember_token_ids(self, labels: Sequence[str], ids: Sequence[Sequence[int]]) -> None:
+        scorer = self.prefix_scorer()
+        if scorer is not None:
+            scorer.remember(labels, ids)
+
     def encode_ids(self, ids: Sequence[Sequence[int]], *, progress: ProgressFn | None = None,
                    normalize: bool = True) -> np.ndarray:
         """Encode token-id sequences; the result keeps the input order."""

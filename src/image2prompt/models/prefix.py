@@ -154,18 +154,28 @@ class PrefixScorer:
         tok = encoder.tokenizer
         self.tok = tok
         self.comma = tok.encode(",")
-        self._ids: dict[str, tuple[int, ...]] = {}
-        self._lock = threading.Lock()
+        # phrase -> (", " + phrase + end-token ids, whether the phrase tokenises the same after ", ")
+        self._suffix: dict[str, tuple[np.ndarray, bool]] = {}
         self.fallbacks = 0  # phrases that needed a full encode (for tests and benchmarks)
         self.peak_rows = 0  # largest suffix batch so far (for tests of the memory bound)
 
-    def phrase_ids(self, phrase: str) -> tuple[int, ...]:
-        """Token ids of a phrase, computed once per phrase and kept."""
-        ids = self._ids.get(phrase)
-        if ids is None:
-            ids = tuple(self.tok.encode(phrase))
-            self._ids[phrase] = ids
-        return ids
+    def remember(self, phrases: Sequence[str], ids: Sequence[Sequence[int]]) -> None:
+        """Keep token ids computed elsewhere (when a table is embedded or read from the cache)."""
+        for phrase, bpe in zip(phrases, ids):
+            if phrase not in self._suffix:
+                self._suffix[phrase] = self._make_suffix(phrase, list(bpe))
+
+    def _make_suffix(self, phrase: str, bpe: list[int]) -> tuple[np.ndarray, bool]:
+        # ASCII phrases tokenise the same after ", " (the BPE splits words at spaces and
+        # character classes first); others are checked once, in a neutral context.
+        free = phrase.isascii() or self.tok.encode("a" + SEP + phrase) == self.tok.encode("a") + self.comma + bpe
+        return np.asarray(self.comma + bpe + [self.tok.eot_id], dtype=np.int64), free
+
+    def suffix(self, phrase: str) -> tuple[np.ndarray, bool]:
+        got = self._suffix.get(phrase)
+        if got is None:
+            got = self._suffix[phrase] = self._make_suffix(phrase, self.tok.encode(phrase))
+        return got
 
     def _boundary_safe(self, prefix: str, prefix_ids: list[int]) -> bool:
         probe = self.tok.encode(prefix + SEP + "a")
@@ -179,27 +189,32 @@ class PrefixScorer:
         """Like :meth:`encode` for several prefixes at once; their phrases share encoder batches."""
         enc = self.encoder
         ctx = enc.context_length
+        eot = self.tok.eot_id
         outs = [np.empty((len(phrases), enc.embed_dim), np.float32) for _, phrases in requests]
         prefix_runs: list[list[int]] = []
-        rows: list[tuple[int, list[int]]] = []  # (group, suffix ids)
+        rows: list[tuple[int, np.ndarray]] = []  # (group, suffix ids)
         targets: list[tuple[int, int]] = []  # (request, phrase index) of each row
         slow: list[tuple[int, int, str]] = []
         for r, (prefix, phrases) in enumerate(requests):
             prefix_ids = self.tok.encode(prefix)
-            safe_prefix = prefix.isascii() and self._boundary_safe(prefix, prefix_ids)
+            safe_prefix = self._boundary_safe(prefix, prefix_ids)
+            ascii_prefix = prefix.isascii()
             head = prefix_ids[: ctx - 2]
             room = ctx - 2 - len(head)
             group = len(prefix_runs)
             prefix_runs.append([self.tok.sot_id, *head])
             for i, phrase in enumerate(phrases):
-                ids = list(self.phrase_ids(phrase))
-                ok = (safe_prefix and phrase.isascii()) or \
-                    self.tok.encode(prefix + SEP + phrase) == prefix_ids + self.comma + ids
-                if ok:
-                    rows.append((group, (self.comma + ids)[:room] + [self.tok.eot_id]))
-                    targets.append((r, i))
-                else:
+                suffix, free = self.suffix(phrase)
+                ok = safe_prefix and free and (ascii_prefix or phrase.isascii() or
+                                               self.tok.encode(prefix + SEP + phrase)
+                                               == prefix_ids + suffix[:-1].tolist())
+                if not ok:
                     slow.append((r, i, prefix + SEP + phrase))
+                    continue
+                if len(suffix) - 1 > room:  # the tokenizer keeps the first ctx-2 text tokens, then the end
+                    suffix = np.append(suffix[:room], eot)
+                rows.append((group, suffix))
+                targets.append((r, i))
         if rows:
             feats = self._encode_rows(prefix_runs, rows)
             for (r, i), f in zip(targets, feats):
@@ -211,7 +226,7 @@ class PrefixScorer:
                 outs[r][i] = f
         return outs
 
-    def _encode_rows(self, prefix_runs: list[list[int]], rows: list[tuple[int, list[int]]]) -> np.ndarray:
+    def _encode_rows(self, prefix_runs: list[list[int]], rows: list[tuple[int, np.ndarray]]) -> np.ndarray:
         enc = self.encoder
         parts = self.parts
         dev = enc.device
@@ -234,21 +249,28 @@ class PrefixScorer:
                 assert kv is not None
                 cache.append(kv)
             enc.tokens_encoded += int(plen.sum())
+            groups = np.fromiter((g for g, _ in rows), np.int64, count=len(rows))
+            fits = {}  # rows allowed per batch, by width
             start = 0
             while start < len(order):
                 # Sorted by length, so a batch's width is its last member's.
                 stop = start + 1
-                while stop < len(order) and stop - start + 1 <= enc.rows_for(int(lengths[order[stop]]), pmax):
+                while stop < len(order):
+                    w = int(lengths[order[stop]])
+                    if w not in fits:
+                        fits[w] = enc.rows_for(w, pmax)
+                    if stop - start + 1 > fits[w]:
+                        break
                     stop += 1
                 self.peak_rows = max(self.peak_rows, stop - start)
                 idx = order[start:stop]
                 width = int(lengths[idx[-1]])
-                ids = torch.zeros((len(idx), width), dtype=torch.long)
-                grp = torch.empty(len(idx), dtype=torch.long)
+                mat = np.zeros((len(idx), width), dtype=np.int64)
                 for row, i in enumerate(idx):
-                    ids[row, : lengths[i]] = torch.as_tensor(rows[i][1])
-                    grp[row] = rows[i][0]
-                ids, grp = ids.to(dev), grp.to(dev)
+                    suffix = rows[i][1]
+                    mat[row, : len(suffix)] = suffix
+                ids = torch.from_numpy(mat).to(dev)
+                grp = torch.from_numpy(groups[idx]).to(dev)
                 # Padding after a row's end token can run past the window; it is never read.
                 pos = (plen[grp].unsqueeze(1) + torch.arange(width, device=dev)).clamp(max=enc.context_length - 1)
                 h = parts.embed(ids, pos)
