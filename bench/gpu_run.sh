@@ -2,7 +2,7 @@
 # Every GPU measurement in docs/benchmarks.md, in one run (one device-tool call).
 # From the repository root, with the extra wheels in .whl/ (open_clip_torch, ftfy, wcwidth,
 # clip-interrogator, platformdirs, transformers, tokenizers, typer: see docs/benchmarks.md):
-#     bash bench/gpu_run.sh OUTDIR
+#     bash bench/gpu_run.sh OUTDIR           (PARTS="modes-turbo compare" to run some parts only)
 # Each part has its own time limit and writes OUTDIR/<part>.md; all output goes to OUTDIR/all.log.
 set -u
 out=${1:-.bench-out/gpu}
@@ -15,8 +15,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 python3 -c "import torch, transformers, open_clip; print('torch', torch.__version__, '| transformers',
 transformers.__version__, '| open_clip', open_clip.__version__)" | tee -a "$out/gpu.txt"
 
+parts=${PARTS:-modes-turbo compare memory beams}  # PARTS="..." runs a subset
 part() {  # part NAME SECONDS SCRIPT ARGS...
     local name=$1 limit=$2; shift 2
+    case " $parts " in *" $name "*) ;; *) return 0 ;; esac
     echo "=== $name (limit ${limit}s): $*"
     local t0=$SECONDS
     timeout "$limit" python3 "$@" --markdown-out "$out/$name.md"
