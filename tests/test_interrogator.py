@@ -143,3 +143,18 @@ def test_light_modules_import_without_torch():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_shared_across_threads_gives_the_same_results(tiny_open_clip: Path, small_vocab_dir: Path, tmp_path: Path,
+                                                       images):
+    """One Interrogator used from several threads at once (tables built lazily under contention)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ci = Interrogator(load_clip(f"local-dir:{tiny_open_clip}", device="cpu"), None,
+                      load_folder_pack(small_vocab_dir), EmbeddingCache(tmp_path, download=False),
+                      Config(caption_model=None))
+    jobs = [(img, mode) for img in images[:3] for mode in ("fast", "classic", "best", "negative")]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = list(pool.map(lambda job: ci.interrogate(job[0], job[1], caption="a thing").prompt, jobs))
+    sequential = [ci.interrogate(img, mode, caption="a thing").prompt for img, mode in jobs]
+    assert parallel == sequential
