@@ -65,7 +65,12 @@ class VocabularyIndex:
         self._merged: MergedView | None = None
 
     def embeds(self, category: str) -> np.ndarray:
-        """fp16 [N, D] embeddings of the category's labels, in table order."""
+        """float32 [N, D] embeddings of the category's labels, in table order.
+
+        Stored as fp16 in the cache (the reference's format) and widened once here:
+        scoring a 112k-label table from fp16 costs ~7x more on CPU, because numpy
+        converts half floats without SIMD on every product.
+        """
         got = self._embeds.get(category)
         if got is not None:
             return got
@@ -86,7 +91,7 @@ class VocabularyIndex:
                 log.debug("table %s for %s read from cache", table.name, enc.name)
                 if cached.token_ids is not None:
                     enc.remember_token_ids(table.labels, cached.token_ids)
-                return cached.embeds
+                return cached.embeds.astype(np.float32)
         log.info("embedding %d %s phrases with %s", len(table), table.name, enc.name)
         bar = self.progress(f"Embedding {table.name}", len(table)) if self.progress and len(table) else None
         try:
@@ -94,10 +99,10 @@ class VocabularyIndex:
         finally:
             if bar is not None:
                 bar.close()
-        embeds = feats.astype(np.float16)
+        embeds = feats.astype(np.float16)  # rounded as stored, so a cache hit gives the same scores
         if self.cache is not None and len(table):
             self.cache.save(enc.cache_key, table, embeds, token_ids=token_ids)
-        return embeds
+        return embeds.astype(np.float32)
 
     # -- merged pool -------------------------------------------------------
     def merged(self) -> MergedView:
