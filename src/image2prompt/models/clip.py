@@ -31,6 +31,33 @@ DEFAULT_MEMORY_BUDGET_MB = {"cpu": 512, "mps": 1024, "cuda": 2048}
 MAX_BATCH = 1024
 
 
+#: A batch may pad at most this share of its token positions (sequences are sorted by length,
+#: so this only splits batches whose lengths spread widely).
+MAX_PADDING = 0.25
+
+
+def plan_batches(widths: np.ndarray, rows_for: Callable[[int], int]) -> list[tuple[int, int]]:
+    """Split length-sorted sequences into [start, stop) batches that fit the memory budget
+    (``rows_for(width)`` rows of that width) and waste at most MAX_PADDING on padding."""
+    out: list[tuple[int, int]] = []
+    fits: dict[int, int] = {}
+    n, start = len(widths), 0
+    while start < n:
+        stop, real = start + 1, int(widths[start])
+        while stop < n:
+            w = int(widths[stop])
+            if w not in fits:
+                fits[w] = rows_for(w)
+            count = stop - start + 1
+            if count > fits[w] or count * w > (real + w) * (1 + MAX_PADDING):
+                break
+            real += w
+            stop += 1
+        out.append((start, stop))
+        start = stop
+    return out
+
+
 def _hub_hint() -> str:
     try:
         from huggingface_hub.constants import HF_HUB_CACHE
@@ -132,18 +159,9 @@ class ClipEncoder:
         return int(max(1, min(MAX_BATCH, self.memory_budget // max(1, row))))
 
     def _batches(self, order: np.ndarray, lengths: np.ndarray) -> Iterable[np.ndarray]:
-        start = 0
-        n = len(order)
-        while start < n:
-            stop = start + 1
-            # Sorted by length, so the candidate member sets the batch's width.
-            while stop < n:
-                width = int(lengths[order[stop]]) if self.padding_free else self.context_length
-                if stop - start + 1 > self.rows_for(width):
-                    break
-                stop += 1
+        widths = lengths[order] if self.padding_free else np.full(len(order), self.context_length)
+        for start, stop in plan_batches(widths, self.rows_for):
             yield order[start:stop]
-            start = stop
 
     def _encode_padded(self, seqs: list[Sequence[int]], width: int) -> np.ndarray:
         pad = self.tokenizer.pad_id

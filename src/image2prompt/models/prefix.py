@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .clip import plan_batches
+
 SEP = ", "
 
 
@@ -250,18 +252,7 @@ class PrefixScorer:
                 cache.append(kv)
             enc.tokens_encoded += int(plen.sum())
             groups = np.fromiter((g for g, _ in rows), np.int64, count=len(rows))
-            fits = {}  # rows allowed per batch, by width
-            start = 0
-            while start < len(order):
-                # Sorted by length, so a batch's width is its last member's.
-                stop = start + 1
-                while stop < len(order):
-                    w = int(lengths[order[stop]])
-                    if w not in fits:
-                        fits[w] = enc.rows_for(w, pmax)
-                    if stop - start + 1 > fits[w]:
-                        break
-                    stop += 1
+            for start, stop in plan_batches(lengths[order], lambda w: enc.rows_for(w, pmax)):
                 self.peak_rows = max(self.peak_rows, stop - start)
                 idx = order[start:stop]
                 width = int(lengths[idx[-1]])
@@ -285,5 +276,4 @@ class PrefixScorer:
                 f = F.normalize(parts.final(pooled).float(), dim=-1)
                 feats[idx] = f.cpu().numpy()
                 enc.tokens_encoded += ids.numel()
-                start = stop
         return feats
