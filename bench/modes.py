@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(REPO_ROOT / ".bench-out"), help="work folder (models, caches)")
     p.add_argument("--markdown-out", default=None)
+    p.add_argument("--throughput", action="store_true",
+                   help="instead: images/s of fast and classic, one image at a time vs interrogate_batch")
+    p.add_argument("--batch-size", type=int, default=16, help="batch size for --throughput")
     p.add_argument("--quick", action="store_true", help="smoke run: b32, 2 images, 64 candidates, 300 flavors")
     a = p.parse_args(argv)
     if a.quick:
@@ -127,6 +130,38 @@ def run_size(size: str, model_dir: Path, vocab_dir: Path, cache_dir: Path, args:
     return rows
 
 
+def run_throughput(size: str, model_dir: Path, vocab_dir: Path, cache_dir: Path, args: argparse.Namespace) -> list[list]:
+    """fast and classic: images/s one image at a time vs batched through interrogate_batch."""
+    from image2prompt import Config, Interrogator
+    from image2prompt.cache import EmbeddingCache
+    from image2prompt.models.clip import load_clip
+    from image2prompt.vocab import load_folder_pack
+
+    images = make_images(args.images)
+    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(len(images))]
+    enc = load_clip(f"local-dir:{model_dir}", device=args.device, precision="fp32")
+    ci = Interrogator(enc, None, load_folder_pack(vocab_dir), EmbeddingCache(cache_dir / size / "fp32", download=False),
+                      Config(caption_model=None, image_batch_size=args.batch_size))
+    ci.prepare()
+    rows = []
+    for mode in ("fast", "classic"):
+        ci.interrogate(images[0], mode, caption=captions[0])  # warm-up
+        t0 = time.perf_counter()
+        single = [ci.interrogate(im, mode, caption=c).prompt for im, c in zip(images, captions)]
+        _sync(args.device)
+        t1 = time.perf_counter()
+        batched = []
+        for start in range(0, len(images), args.batch_size):
+            batched += [r.prompt for r in ci.interrogate_batch(images[start:start + args.batch_size], mode,
+                                                               captions=captions[start:start + args.batch_size])]
+        _sync(args.device)
+        t2 = time.perf_counter()
+        assert batched == single, "batched prompts differ from one-at-a-time prompts"
+        n = len(images)
+        rows.append([size, mode, f"{n / (t1 - t0):.1f}", f"{n / (t2 - t1):.1f}", args.batch_size, "yes"])
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     offline_env()
@@ -138,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     vocab_dir = out / f"vocab-modes-{args.vocab_size or 'all'}-{args.artists or 'all'}"
     counts = write_vocab_sample(vocab_dir, reference_data_dir(), flavors=args.vocab_size, artists=args.artists)
     rows: list[list] = []
+    if args.throughput:
+        for size in sizes:
+            rows += run_throughput(size, models[size], vocab_dir, out / "cache-modes", args)
+        emit_report(args.device, [f"vocabulary: {counts}; images: {args.images}"],
+                    ["size", "mode", "images/s one at a time", "images/s batched", "batch size",
+                     "same prompts"], rows, args.markdown_out)
+        return 0
     for size in sizes:
         rows += run_size(size, models[size], vocab_dir, out / "cache-modes", args)
     headers = ["size", "variant", "precision", "s/image", "tokens/image", "mean similarity",
