@@ -71,7 +71,7 @@ class ImageFeatures(list):  # type: ignore[type-arg]
 
     def __init__(self, vectors: Iterable[np.ndarray] = ()) -> None:
         super().__init__(vectors)
-        self.memo: dict[tuple[str, int], np.ndarray] = {}
+        self.memo: dict[tuple[str, Any], Any] = {}  # (category, indexes id) -> scores; ("stats", category) -> (median, std)
 
 
 @dataclass
@@ -470,17 +470,8 @@ class Interrogator:
 
     def _result(self, feats: Sequence[np.ndarray], scored: _Scored, sim: float, mode: str,
                 caption: str | None, captioned: bool, source: str | None) -> Result:
-        stats: dict[str, tuple[float, float]] = {}
-
-        def category_stats(category: str) -> tuple[float, float]:
-            if category not in stats:
-                indexes = self.indexes if category in self.vocab else self.style_indexes()
-                scores = self._table_scores(category, feats, indexes)
-                stats[category] = (float(np.median(scores)), float(scores.std()) or 1e-6)
-            return stats[category]
-
         for p in scored.phrases:
-            median, std = category_stats(p.category)
+            median, std = self._category_stats(p.category, feats)
             p.margin = p.score - median
             p.weight = emphasis_weight(p.margin / std) if mode != "negative" else 1.0
         strength = self._match_strength(feats)
@@ -491,6 +482,19 @@ class Interrogator:
             match_strength=strength, weak_match=strength is not None and strength < self.config.weak_z,
             chunks=self.chunks(scored.prompt, self.config.chunk_tokens) if self.config.chunk_tokens else None,
         )
+
+    def _category_stats(self, category: str, feats: Sequence[np.ndarray]) -> tuple[float, float]:
+        """Median and standard deviation of a category's scores for this image (memoised like the scores)."""
+        memo = getattr(feats, "memo", None)
+        key = ("stats", category)
+        if memo is not None and key in memo:
+            return memo[key]
+        indexes = self.indexes if category in self.vocab else self.style_indexes()
+        scores = self._table_scores(category, feats, indexes)
+        stats = (float(np.median(scores)), float(scores.std()) or 1e-6)
+        if memo is not None:
+            memo[key] = stats
+        return stats
 
     def _match_strength(self, feats: Sequence[np.ndarray]) -> float | None:
         """z-score of the best flavor within the flavor table (the merged pool without flavors)."""
@@ -509,7 +513,7 @@ class Interrogator:
         with self._using("clip"):
             cats = {c: self._top(c, feats, top_n) for c in self.vocab.categories() if c != "negative"}
             for c, phrases in cats.items():
-                median = float(np.median(self._table_scores(c, feats)))
+                median, _ = self._category_stats(c, feats)
                 for p in phrases:
                     p.margin = p.score - median
         return Analysis(cats, self.clip_name, caption, source)

@@ -8,6 +8,7 @@ vice versa. Files are validated on every read and written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -171,7 +172,7 @@ class EmbeddingCache:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
-            with _suppress_os_error():
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
         _fsync_dir(self.directory)
@@ -202,14 +203,6 @@ def _unpack_ids(tensors: dict[str, np.ndarray], n: int) -> list[list[int]] | Non
     values = flat.tolist()
     bounds = offsets.tolist()
     return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-class _suppress_os_error:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
-        return isinstance(exc, OSError)
 
 
 def _fsync_dir(directory: Path) -> None:

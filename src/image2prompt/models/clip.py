@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelLoadError
+from ..prompt.assemble import SEPARATOR
 from ._registry import ClipSpec, parse_clip_name
 from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
 from .tokenizers import HFTokenizerAdapter, OpenClipSimpleTokenizer, TextTokenizer, model_ids
@@ -200,7 +201,7 @@ class ClipEncoder:
         scorer = self.prefix_scorer()
         if scorer is not None:
             return scorer.encode_many(requests)
-        texts = [prefix + ", " + p for prefix, phrases in requests for p in phrases]
+        texts = [prefix + SEPARATOR + p for prefix, phrases in requests for p in phrases]
         feats = self.encode_texts(texts)
         bounds = np.cumsum([0] + [len(phrases) for _, phrases in requests])
         return [feats[a:b] for a, b in zip(bounds[:-1], bounds[1:])]

@@ -23,7 +23,6 @@ Exactness conditions, each checked rather than assumed:
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -31,9 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..prompt.assemble import SEPARATOR as SEP
 from .clip import plan_batches
-
-SEP = ", "
 
 
 @dataclass
@@ -118,33 +116,20 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _attend(layer: _Layer, x: torch.Tensor, heads: int, past: None,
-            keep: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-    """One causal residual block over x [B, S, W]; optionally returns its keys/values [B, H, S, hd]."""
+def _block(layer: _Layer, x: torch.Tensor, heads: int, mask: torch.Tensor,
+           past: tuple[torch.Tensor, torch.Tensor] | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One residual block over x [B, S, W], attending to ``past`` keys/values [B, H, P, hd]
+    (the cached prefix) and then to x itself under ``mask``. Returns x and x's own keys/values."""
     b, s, w = x.shape
     hd = w // heads
     q, k, v = layer.qkv(layer.ln1(x))
     q, k, v = (t.reshape(b, s, heads, hd).transpose(1, 2) for t in (q, k, v))
-    mask = torch.ones(s, s, dtype=torch.bool, device=x.device).tril()
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    keys, values = (k, v) if past is None else (torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2))
+    o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
     x = x + layer.ls1(layer.out(o.transpose(1, 2).reshape(b, s, w)))
     x = x + layer.ls2(layer.mlp(layer.ln2(x)))
-    return x, ((k, v) if keep else None)
-
-
-def _attend_cached(layer: _Layer, x: torch.Tensor, heads: int, pk: torch.Tensor, pv: torch.Tensor,
-                   mask: torch.Tensor) -> torch.Tensor:
-    """One residual block over suffix tokens x [B, S, W] attending to their prefix's keys/values."""
-    b, s, w = x.shape
-    hd = w // heads
-    q, k, v = layer.qkv(layer.ln1(x))
-    q, k, v = (t.reshape(b, s, heads, hd).transpose(1, 2) for t in (q, k, v))
-    k = torch.cat([pk, k], dim=2)
-    v = torch.cat([pv, v], dim=2)
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    x = x + layer.ls1(layer.out(o.transpose(1, 2).reshape(b, s, w)))
-    x = x + layer.ls2(layer.mlp(layer.ln2(x)))
-    return x
+    return x, k, v
 
 
 class PrefixScorer:
@@ -245,11 +230,11 @@ class PrefixScorer:
             for i, run in enumerate(prefix_runs):
                 pids[i, : len(run)] = torch.as_tensor(run)
             x = parts.embed(pids.to(dev), torch.arange(pmax, device=dev))
+            causal_prefix = torch.ones(pmax, pmax, dtype=torch.bool, device=dev).tril()
             cache: list[tuple[torch.Tensor, torch.Tensor]] = []
             for layer in parts.layers:
-                x, kv = _attend(layer, x, parts.heads, None, keep=True)
-                assert kv is not None
-                cache.append(kv)
+                x, k, v = _block(layer, x, parts.heads, causal_prefix)
+                cache.append((k, v))
             enc.tokens_encoded += int(plen.sum())
             groups = np.fromiter((g for g, _ in rows), np.int64, count=len(rows))
             for start, stop in plan_batches(lengths[order], lambda w: enc.rows_for(w, pmax)):
@@ -270,7 +255,7 @@ class PrefixScorer:
                 mask = torch.cat([prefix_ok.unsqueeze(1).expand(-1, width, -1),
                                   causal.unsqueeze(0).expand(len(idx), -1, -1)], dim=2).unsqueeze(1)
                 for layer, (pk, pv) in zip(parts.layers, cache):
-                    h = _attend_cached(layer, h, parts.heads, pk[grp], pv[grp], mask)
+                    h, _, _ = _block(layer, h, parts.heads, mask, past=(pk[grp], pv[grp]))
                 eot_pos = torch.as_tensor(lengths[idx] - 1, device=dev)
                 pooled = h[torch.arange(len(idx), device=dev), eot_pos]
                 f = F.normalize(parts.final(pooled).float(), dim=-1)

@@ -73,8 +73,3 @@ def similarities(query: np.ndarray, embeds: np.ndarray, *, chunk_rows: int = DEF
         stop = min(start + chunk_rows, embeds.shape[0])
         out[start:stop] = embeds[start:stop].astype(np.float32, copy=False) @ q
     return out
-
-
-def argmax_first(scores: np.ndarray) -> int:
-    """Index of the largest score; the first one on ties (np.argmax's rule, stated)."""
-    return int(np.argmax(scores))
