@@ -252,6 +252,24 @@ def worker_images(spec: dict) -> dict:
     out.update(prompts=prompts, seconds=secs, tokens=toks, peak_rss_mb=peak_rss_mb(),
                loadavg_after=os.getloadavg()[0])
 
+    if impl == "ours" and mode in ("fast", "classic"):
+        # The same again without scoring the final prompt (Config.score_prompt=False, what the CLI does
+        # for text output): the reference does not compute that similarity, so this is equal work.
+        from dataclasses import replace
+
+        unscored = type(ours)(ours.clips, None, ours.vocab, ours.cache, replace(ours.config, score_prompt=False))
+        unscored.prepare()
+        unscored.interrogate(warm, mode, caption=caps[n])
+        u_prompts, u_secs, u_toks = [], [], []
+        for img, cap in zip(timed, caps):
+            t_before = tokens()
+            t0 = time.perf_counter()
+            u_prompts.append(unscored.interrogate(img, mode, caption=cap).prompt)
+            _sync(spec["device"])
+            u_secs.append(time.perf_counter() - t0)
+            u_toks.append(tokens() - t_before)
+        out.update(unscored_seconds=u_secs, unscored_tokens=u_toks, unscored_same=u_prompts == prompts)
+
     if impl == "reference" and mode in ("fast", "classic"):
         # Untimed, after the RSS reading: the phrases the reference picked, slot by slot, with its own
         # (chunked, when a table is larger than chunk_size) ranking.
@@ -605,6 +623,12 @@ def main(argv: list[str] | None = None) -> int:
                                 mismatches.append((size, mode, i, a, b, d))
                     rows.append([size, mode, name, _fmt_s(s), f"{_mean(r['tokens']):,.0f}",
                                  f"{r['peak_rss_mb']:,.0f}", ident, speed])
+                    if name == "image2prompt" and r.get("unscored_seconds"):
+                        u = _mean(r["unscored_seconds"])
+                        rows.append([size, mode, "image2prompt, unscored", _fmt_s(u),
+                                     f"{_mean(r['unscored_tokens']):,.0f}", "—",
+                                     "same prompts" if r["unscored_same"] else "PROMPTS DIFFER",
+                                     f"{ref_s / u:.1f}x" if u > 0 and "error" not in ref else "—"])
                 loads = [r.get(k) for r in (ref, ours) for k in ("loadavg_before", "loadavg_after")]
                 max_load = max((x for x in loads if x is not None), default=0.0)
                 max_loads.append(max_load)

@@ -47,6 +47,22 @@ def test_similarity_is_the_final_prompts(interrogator: Interrogator, images):
     assert r.caption == "a red square"
 
 
+@pytest.mark.parametrize("mode", ["fast", "classic"])
+def test_unscored_prompts_are_the_same_and_skip_the_text_encode(interrogator: Interrogator, images, mode):
+    quiet = Interrogator(interrogator.clips, None, interrogator.vocab, interrogator.cache,
+                         Config(caption_model=None, score_prompt=False))
+    quiet.prepare()  # tables come from the shared cache, before anything is counted
+    enc = interrogator.clips[0]
+    before = enc.tokens_encoded
+    scored = interrogator.interrogate(images[1], mode, caption="a red square")
+    middle = enc.tokens_encoded
+    unscored = quiet.interrogate(images[1], mode, caption="a red square")
+    assert unscored.similarity is None and scored.similarity is not None
+    assert unscored.prompt == scored.prompt
+    assert [p.text for p in unscored.phrases] == [p.text for p in scored.phrases]
+    assert middle - before > 0 and enc.tokens_encoded == middle  # the only text encode was the score
+
+
 def test_negative_terms_are_the_least_similar(interrogator: Interrogator, images):
     r = interrogator.interrogate(images[2], "negative")
     pos = interrogator.interrogate(images[2], "fast", caption="x")

@@ -48,9 +48,11 @@ class Config:
     beam: int = 1  # best mode: prompts kept per chain step (1 = the reference's greedy chain)
     memory_budget_mb: int | None = None  # activation memory per text batch; None: a default per device
     turbo_pool: int = 1024  # turbo: candidate pool size
-    turbo_shortlist: int = 48  # turbo: phrases scored exactly between full passes
-    turbo_refresh: int = 4  # turbo: a full pass over the pool every this many steps
+    turbo_shortlist: int = 48  # turbo: phrases scored per lazy round, highest stale gain first
+    turbo_rounds: int = 2  # turbo: at most this many lazy rounds per chain step
+    turbo_refresh: int = 8  # turbo: rescore the whole pool every this many steps (0: only the first)
     style_phrases: int = 12  # style: at most this many phrases
+    score_prompt: bool = True  # fast/classic: compute Result.similarity (one text encode per image)
     weak_z: float = 4.0  # a best flavor less than this many standard deviations above its table's mean is weak
     caption_max_tokens: int = 32
     caption_batch_size: int = 8
@@ -211,11 +213,12 @@ class Interrogator:
                 return
             requests = [(j, prefix, rest) for j, (_, state) in enumerate(active) for prefix, rest in state.requests()]
             totals = [np.zeros(len(rest), np.float64) for _, _, rest in requests]
+            asked = [k for k, (_, _, rest) in enumerate(requests) if rest]  # turbo rounds may skip a beam
             with self._using("clip"):
                 for e, clip in enumerate(self.clips):
-                    outs = clip.encode_extensions_many([(prefix, rest) for _, prefix, rest in requests])
-                    for k, (j, _, _) in enumerate(requests):
-                        totals[k] += outs[k] @ active[j][0][e]
+                    outs = clip.encode_extensions_many([requests[k][1:] for k in asked])
+                    for k, out in zip(asked, outs):
+                        totals[k] += out @ active[requests[k][0]][0][e]
             for j, (_, state) in enumerate(active):
                 state.advance([totals[k] / len(self.clips) for k, r in enumerate(requests) if r[0] == j])
 
@@ -286,6 +289,7 @@ class Interrogator:
             [p.text for p in pool], self._at_limit, start=caption, start_similarity=sim,
             min_count=cfg.min_flavors, max_count=cfg.max_flavors, beam=cfg.beam,
             shortlist=cfg.turbo_shortlist if turbo else None, refresh_every=cfg.turbo_refresh,
+            max_rounds=cfg.turbo_rounds,
         )) for feats, caption, pool, sim in zip(feats_list, captions, pools, caption_sims)]
         self._run_chains(jobs)
         out = []
@@ -445,6 +449,7 @@ class Interrogator:
         feats_all = self.image_features(images)
         per_image = [ImageFeatures(f[i] for f in feats_all) for i in range(n)]
         with self._using("clip"):
+            scored: Sequence[tuple[_Scored, float | None]]
             if mode in ("best", "turbo"):
                 scored = self._best_batch(per_image, caps, turbo=mode == "turbo")  # type: ignore[arg-type]
             elif mode == "negative":
@@ -462,13 +467,15 @@ class Interrogator:
                                                False, srcs[i])
             yield result
 
-    def _simple(self, feats: Sequence[np.ndarray], mode: str, caption: str) -> tuple[_Scored, float]:
+    def _simple(self, feats: Sequence[np.ndarray], mode: str, caption: str) -> tuple[_Scored, float | None]:
         cfg = self.config
         scored = (self._classic(feats, caption, cfg.classic_flavors) if mode == "classic"
                   else self._fast(feats, caption, cfg.max_flavors))
+        if not cfg.score_prompt:
+            return scored, None
         return scored, float(self.similarity(feats, [scored.prompt])[0])
 
-    def _result(self, feats: Sequence[np.ndarray], scored: _Scored, sim: float, mode: str,
+    def _result(self, feats: Sequence[np.ndarray], scored: _Scored, sim: float | None, mode: str,
                 caption: str | None, captioned: bool, source: str | None) -> Result:
         for p in scored.phrases:
             median, std = self._category_stats(p.category, feats)

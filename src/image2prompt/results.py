@@ -32,7 +32,7 @@ class Result:
     prompt: str
     mode: str
     caption: str | None
-    similarity: float  # CLIP similarity of the final prompt to the image
+    similarity: float | None  # CLIP similarity of the final prompt to the image (None: not scored)
     clip_model: str
     caption_model: str | None
     phrases: list[Phrase] = field(default_factory=list)

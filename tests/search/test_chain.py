@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from image2prompt.search import greedy_chain
+from image2prompt.search.chain import start_chain
 
 
 def additive_scorer(weights: dict[str, float], base: float = 0.0):
@@ -147,3 +148,72 @@ def test_shortlist_scores_fewer_phrases_and_equals_full_when_scores_are_stable()
     turbo = greedy_chain(vocab, ext, lambda t: False, shortlist=16, refresh_every=5, **kw)
     assert turbo.prompt == full.prompt
     assert sum(asked) * 3 < full_cost
+
+
+def _coverage(seed: int, n: int = 400, topics: int = 12):
+    """A weighted coverage function: submodular, with gains that shrink at different rates."""
+    rng = np.random.RandomState(seed)
+    vocab = [f"q{i}" for i in range(n)]
+    cover = dict(zip(vocab, rng.rand(n, topics) ** 4))  # each phrase covers a few topics well
+    value = rng.rand(topics)
+
+    def f(prompt: str) -> float:
+        left = np.ones(topics)
+        for p in prompt.split(", ")[1:]:
+            left *= 1.0 - cover[p]
+        return float(value @ (1.0 - left))
+
+    return vocab, f
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lazy_greedy_equals_greedy_on_submodular_scores(seed):
+    """With shrinking gains a stale gain bounds the current one, so enough lazy rounds pick
+    exactly the phrase a full pass would; the settle rule stops each step early."""
+    vocab, f = _coverage(seed)
+    scored = []
+
+    def ext(prefix, phrases):
+        scored.append(len(phrases))
+        return np.array([f(prefix + ", " + p) for p in phrases])
+
+    kw = dict(start="c", start_similarity=0.0, min_count=4, max_count=15)
+    full = greedy_chain(vocab, ext, lambda t: False, **kw)
+    full_cost, scored[:] = sum(scored), []
+    lazy = greedy_chain(vocab, ext, lambda t: False, shortlist=8, max_rounds=100, refresh_every=0, **kw)
+    assert lazy.prompt == full.prompt and lazy.similarity == pytest.approx(full.similarity)
+    assert sum(scored) * 1.5 < full_cost
+
+
+def test_lazy_rounds_are_capped_and_refresh_rescores_the_pool():
+    rng = np.random.RandomState(0)
+    vocab = [f"r{i}" for i in range(64)]
+    sizes = []
+
+    def ext(prefix, phrases):  # no structure: stale gains say nothing about the next step
+        sizes.append(len(phrases))
+        return rng.rand(len(phrases))
+
+    state = start_chain(vocab, lambda t: False, start="c", start_similarity=0.0, min_count=12, max_count=12,
+                        shortlist=5, max_rounds=3, refresh_every=6)
+    per_step: list[list[int]] = []
+    while not state.done:
+        step = state.steps
+        asked = [len(rest) for _, rest in state.requests()]
+        if len(per_step) <= step:
+            per_step.append([])
+        per_step[step] += asked
+        state.advance([ext(p, rest) for p, rest in state.requests()])
+    assert per_step[0] == [64] and per_step[6] == [64 - 6]  # full passes: the first and every 6th step
+    assert all(1 <= len(r) <= 3 and all(n <= 5 for n in r) for i, r in enumerate(per_step) if i not in (0, 6))
+    assert state.rounds == sum(len(r) for r in per_step) and state.steps == 12
+
+
+def test_lazy_ties_go_to_the_earlier_phrase_in_table_order():
+    vocab = ["a", "b", "c", "d"]
+    ext = lambda prefix, phrases: np.array([1.0 if p in ("b", "d") else 0.0 for p in phrases])  # noqa: E731
+    state = start_chain(vocab, lambda t: False, start="c0", start_similarity=0.0, min_count=1, max_count=1,
+                        shortlist=2)
+    while not state.done:
+        state.advance([ext(p, rest) for p, rest in state.requests()])
+    assert state.result().phrases == ["b"]

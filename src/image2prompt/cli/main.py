@@ -253,8 +253,8 @@ def _quiet_library_progress() -> None:
              short_help="Write a prompt scaffold for each image (the default command).")
 @click.argument("inputs", nargs=-1, required=True, metavar="PATH_OR_URL...")
 @click.option("--mode", type=click.Choice(MODES), default="best", show_default=True,
-              help="best: greedy search for the highest-scoring prompt (slowest); turbo: the same search "
-                   "scoring a shortlist between full passes (several times faster); classic: caption, "
+              help="best: greedy search for the highest-scoring prompt (slowest); turbo: the same search, "
+                   "done lazily on a shortlist of phrases at each step (several times faster); classic: caption, "
                    "medium, artist, site, movement and 3 flavors; fast: caption and the top phrases; "
                    "negative: phrases least like the image, for a negative prompt; style: only the "
                    "aesthetic (lighting, colour, medium, technique...), no caption or subject.")
@@ -273,7 +273,8 @@ def _quiet_library_progress() -> None:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
               help="text: the prompt (SOURCE<TAB>PROMPT lines for several inputs); weighted: the same with "
                    "A1111 emphasis (phrase:1.15) from the scores; json: full results with every phrase's "
-                   "score; jsonl: one result per line; csv: one row per result.")
+                   "score and the prompt's similarity; jsonl: one result per line; csv: one row per result. "
+                   "(fast and classic score the final prompt only for json, jsonl and csv.)")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write results to FILE instead of stdout (written as they are produced).")
 @click.option("--batch-size", type=click.IntRange(min=1), metavar="N", default=8, show_default=True,
@@ -330,7 +331,10 @@ def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_
                         cache_dir=cache_dir, vocab=vocab, low_vram=low_vram,
                         show_progress=show_progress, debug=debug, say=reporter.say,
                         beam=beam, max_tokens=max_tokens, memory_budget_mb=memory_budget,
-                        chunk_tokens=75 if chunks else None)
+                        chunk_tokens=75 if chunks else None,
+                        # text and weighted output do not show the prompt's similarity, so fast and
+                        # classic skip the one text encode per image that computes it
+                        score_prompt=fmt not in ("text", "weighted"))
                 failures += _interrogate(interrogator, images, names, mode, caption, writer, reporter, debug,
                                          with_negative)
         finally:

@@ -50,22 +50,38 @@ class _Beam:
 class ChainState:
     """One chain, advanced step by step.
 
-    ``requests()`` lists the (prefix, phrases) pairs to score for the next step;
+    ``requests()`` lists the (prefix, phrases) pairs to score next;
     ``advance(scores)`` takes their similarities in the same order. ``done`` is
     True when the chain has finished; ``result()`` gives the best prompt seen.
+
+    With ``shortlist`` (turbo mode) a step is a *lazy greedy* search (Minoux's
+    accelerated greedy): every phrase keeps the gain it had the last time it
+    was scored exactly (its score minus the score of the prompt it extended).
+    Adding phrases mostly dilutes the others' effect, so a stale gain is taken
+    as an upper bound on the phrase's gain now. A step scores phrases in rounds
+    of ``shortlist``, highest stale gain first, and ends as soon as the best
+    exact score found reaches the best bound still unscored, so that round's
+    winner is the phrase best mode would pick whenever gains do shrink. At most
+    ``max_rounds`` rounds are run per step, and every ``refresh_every`` steps
+    (0: only the first) the whole pool is rescored, which catches phrases whose
+    gain grew. One ``requests()``/``advance()`` pair is one round, so a step
+    may take several.
     """
 
     def __init__(self, phrases: Sequence[str], at_limit: Callable[[str], bool], *, start: str,
                  start_similarity: float, start_phrases: Sequence[str] = (), min_count: int = 8,
                  max_count: int = 32, reverse: bool = False, beam: int = 1,
-                 shortlist: int | None = None, refresh_every: int = 4) -> None:
+                 shortlist: int | None = None, refresh_every: int = 8, max_rounds: int = 2) -> None:
         if beam < 1:
             raise ValueError(f"beam must be at least 1, got {beam}")
-        # Turbo: between full passes (every refresh_every steps) score only the shortlist
-        # of phrases that scored best the last time they were scored exactly.
-        self.shortlist, self.refresh_every = shortlist, max(1, refresh_every)
-        self._last: dict[str, float] = {}
-        self._asked: list[list[str]] = []
+        if shortlist is not None and shortlist < 1:
+            raise ValueError(f"shortlist must be at least 1, got {shortlist}")
+        self.shortlist, self.refresh_every, self.max_rounds = shortlist, max(0, refresh_every), max(1, max_rounds)
+        self._gain: dict[str, float] = {}  # turbo: each phrase's gain when last scored exactly
+        self._asked: list[list[str]] = []  # this round's phrases, per beam
+        self._pending: list[list[str]] = []  # turbo: phrases not yet scored this step, best bound first
+        self._found: list[list[tuple[str, float]]] = []  # (phrase, signed score) scored this step, per beam
+        self._round = 0
         self._greedy_alive = True  # whether beams[0] is still the greedy chain
         self.sign = -1.0 if reverse else 1.0
         self.at_limit = at_limit
@@ -76,35 +92,67 @@ class ChainState:
         self.best = _Beam(start, sim, list(start_phrases), [])
         self.idx = 0
         self.steps = 0
+        self.rounds = 0  # requests()/advance() pairs so far
+        self.scored = 0  # phrases scored so far
         self.done = max_count <= 0 or not remaining
+
+    def _full_step(self) -> bool:
+        if self.shortlist is None or not self._gain:
+            return True
+        return self.refresh_every > 0 and self.idx % self.refresh_every == 0
 
     def requests(self) -> list[tuple[str, list[str]]]:
         if self.done:
             return []
-        full = self.shortlist is None or self.idx % self.refresh_every == 0 or not self._last
-        if full:
-            self._asked = [b.remaining for b in self.beams]
-        else:
-            floor = float("-inf")
-            self._asked = []
-            for b in self.beams:
-                order = sorted(range(len(b.remaining)), key=lambda i: (-self._last.get(b.remaining[i], floor), i))
-                self._asked.append([b.remaining[i] for i in sorted(order[: self.shortlist])])
+        if self._round == 0:
+            self._found = [[] for _ in self.beams]
+            if self._full_step():
+                self._pending = [[] for _ in self.beams]
+                self._asked = [list(b.remaining) for b in self.beams]
+            else:
+                top = float("inf")  # a phrase never scored is tried first
+                self._pending = [sorted(b.remaining, key=lambda p: -self._gain.get(p, top)) for b in self.beams]
+                self._asked = [[] for _ in self.beams]
+        if self._pending and any(self._pending):
+            k = self.shortlist or 0
+            self._asked = [[] if self._settled(b) else pend[:k] for b, pend in enumerate(self._pending)]
+            self._pending = [pend[len(asked):] for pend, asked in zip(self._pending, self._asked)]
         return [(b.prompt, asked) for b, asked in zip(self.beams, self._asked)]
 
+    def _settled(self, b: int) -> bool:
+        """Whether beam ``b``'s step is decided: no unscored phrase can beat what was found."""
+        pend, found = self._pending[b], self._found[b]
+        if not pend or self._round >= self.max_rounds:
+            return True
+        if len(found) < min(self.beam, len(found) + len(pend)):
+            return False
+        kth = sorted((s for _, s in found), reverse=True)[min(self.beam, len(found)) - 1]
+        return kth >= self.beams[b].sim + self._gain.get(pend[0], float("inf"))
+
     def advance(self, scores: Sequence[np.ndarray]) -> None:
+        self.rounds += 1
+        self._round += 1
+        for b, s in enumerate(scores):
+            signed = (np.asarray(s, dtype=np.float64) * self.sign).tolist()
+            self.scored += len(signed)
+            base = self.beams[b].sim
+            for phrase, v in zip(self._asked[b], signed):
+                self._gain[phrase] = v - base
+                self._found[b].append((phrase, v))
+        if not all(self._settled(b) for b in range(len(self.beams))):
+            return  # another round for this step
+        self._round = 0
+        self._finish_step()
+
+    def _finish_step(self) -> None:
         idx, self.idx = self.idx, self.idx + 1
         self.steps += 1
-        options: list[tuple[float, int, int]] = []  # (-signed sim, beam, phrase index)
-        for b, s in enumerate(scores):
-            signed = np.asarray(s, dtype=np.float64) * self.sign
-            self._last.update(zip(self._asked[b], signed.tolist()))
-            if self.beam == 1:
-                j = int(np.argmax(signed))  # first of equal maxima: table order wins ties
-                options.append((-float(signed[j]), b, j))
-            else:
-                top = np.lexsort((np.arange(len(signed)), -signed))[: self.beam]
-                options.extend((-float(signed[j]), b, int(j)) for j in top)
+        options: list[tuple[float, int, int, str]] = []  # (-signed sim, beam, table position, phrase)
+        for b, found in enumerate(self._found):
+            # Table order among what was scored, so ties go to the earlier phrase as in a full pass.
+            pos = {p: i for i, p in enumerate(self.beams[b].remaining)}
+            ranked = sorted(((-v, pos[p], p) for p, v in found))
+            options.extend((neg, b, i, p) for neg, i, p in ranked[: self.beam])
         options.sort()
         if self.beam > 1 and self._greedy_alive:
             # Beam 0 follows the greedy chain, so a wider beam never ends below beam 1.
@@ -114,10 +162,9 @@ class ChainState:
             chosen = options[: self.beam]
         new_beams: list[_Beam] = []
         self._greedy_alive = False
-        for rank, (neg, b, j) in enumerate(chosen):
+        for rank, (neg, b, _, phrase) in enumerate(chosen):
             parent = self.beams[b]
             sim = -neg
-            phrase = self._asked[b][j]
             prompt = parent.prompt + SEPARATOR + phrase
             if sim > self.best.sim:
                 self.best = _Beam(prompt, sim, parent.phrases + [phrase], [])
@@ -147,7 +194,8 @@ def greedy_chain(phrases: Sequence[str], score_extensions: ScoreExtensions, at_l
     if state is None:
         return ChainResult("", 0.0)
     while not state.done:
-        state.advance([score_extensions(prefix, rest) for prefix, rest in state.requests()])
+        state.advance([score_extensions(prefix, rest) if rest else np.empty(0)
+                       for prefix, rest in state.requests()])
     return state.result()
 
 
@@ -163,7 +211,8 @@ def start_chain(
     reverse: bool = False,
     beam: int = 1,
     shortlist: int | None = None,
-    refresh_every: int = 4,
+    refresh_every: int = 8,
+    max_rounds: int = 2,
 ) -> ChainState | None:
     """A ChainState; without ``start`` it begins at the best single phrase (None if there are none)."""
     phrases = list(dict.fromkeys(phrases))
@@ -180,4 +229,4 @@ def start_chain(
         raise ValueError("start_similarity is needed with a start prompt")
     return ChainState(phrases, at_limit, start=start, start_similarity=start_similarity, start_phrases=first,
                       min_count=min_count, max_count=max_count, reverse=reverse, beam=beam,
-                      shortlist=shortlist, refresh_every=refresh_every)
+                      shortlist=shortlist, refresh_every=refresh_every, max_rounds=max_rounds)
