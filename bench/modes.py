@@ -12,6 +12,7 @@ similarity ratios describe these random models' score landscapes, not a real
 CLIP's. See docs/benchmarks.md.
 
     python bench/modes.py --sizes b32,l14 --images 20 --candidates 2048
+    python bench/modes.py --sizes b32 --images 20 --candidates 512 --variants best,turbo --precision-check none
     python bench/modes.py --quick
 """
 
@@ -39,7 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="b32,l14", help="comma-separated: b32, l14")
     p.add_argument("--images", type=int, default=20)
-    p.add_argument("--candidates", type=int, default=2048, help="best/turbo candidate pool")
+    p.add_argument("--candidates", type=int, default=2048, help="best mode's candidate pool")
+    p.add_argument("--turbo-pool", type=int, default=None,
+                   help="turbo's pool (default: half of --candidates, as turbo's 1,024 is half of best's 2,048)")
     p.add_argument("--vocab-size", type=int, default=None, help="flavors sampled (default: all)")
     p.add_argument("--artists", type=int, default=None, help="artists sampled (default: all)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS))
@@ -78,8 +81,11 @@ def run_size(size: str, model_dir: Path, vocab_dir: Path, cache_dir: Path, args:
     enc = load_clip(f"local-dir:{model_dir}", device=args.device, precision="fp32")
     cache = EmbeddingCache(cache_dir / size / "fp32", download=False)
 
+    turbo_pool = args.turbo_pool or max(1, args.candidates // 2)
+
     def make(**cfg) -> Interrogator:
-        return Interrogator(enc, None, pack, cache, Config(caption_model=None, candidates=args.candidates, **cfg))
+        return Interrogator(enc, None, pack, cache, Config(caption_model=None, candidates=args.candidates,
+                                                           turbo_pool=turbo_pool, **cfg))
 
     make().prepare()  # tables are built (or read) before anything is timed
     rows, results = [], {}
@@ -186,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                "vs best", "speed vs best", "same prompt as best"]
     emit_report(args.device, [
         f"vocabulary: {counts} (flavors sampled from clip-interrogator's lists); "
-        f"images: {args.images}; candidates: {args.candidates}",
+        f"images: {args.images}; candidates: {args.candidates} (turbo's pool: "
+        f"{args.turbo_pool or max(1, args.candidates // 2)})",
     ], headers, rows, args.markdown_out)
     return 0
 
