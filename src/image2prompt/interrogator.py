@@ -108,6 +108,7 @@ class Interrogator:
         self._progress = progress
         self._style_indexes: list[VocabularyIndex] | None = None
         self._device_lock = threading.RLock()
+        self._style_lock = threading.Lock()
 
     @classmethod
     def load(cls, config: Config | None = None, *, progress: ProgressFactory | None = None,
@@ -205,6 +206,15 @@ class Interrogator:
                 total += clip.encode_texts(list(texts)) @ f
         return total / len(self.clips)
 
+    def _similarities(self, feats_list: Sequence[Sequence[np.ndarray]], texts: Sequence[str]) -> list[float]:
+        """The similarity of each image to its own text, with one text batch per encoder."""
+        total = np.zeros(len(texts), np.float64)
+        with self._using("clip"):
+            for e, clip in enumerate(self.clips):
+                emb = clip.encode_texts(list(texts))
+                total += np.einsum("nd,nd->n", emb, np.stack([f[e] for f in feats_list]))
+        return (total / len(self.clips)).tolist()
+
     def _run_chains(self, jobs: Sequence[tuple[Sequence[np.ndarray], ChainState]]) -> None:
         """Advance several images' chains in lockstep; each step's extensions share encoder batches."""
         while True:
@@ -284,7 +294,7 @@ class Interrogator:
         cfg = self.config
         pool_size = min(cfg.candidates, cfg.turbo_pool) if turbo else cfg.candidates
         pools = [self._top_merged(feats, pool_size) for feats in feats_list]
-        caption_sims = [float(self.similarity(feats, [c])[0]) for feats, c in zip(feats_list, captions)]
+        caption_sims = self._similarities(feats_list, captions)
         jobs = [(feats, ChainState(
             [p.text for p in pool], self._at_limit, start=caption, start_similarity=sim,
             min_count=cfg.min_flavors, max_count=cfg.max_flavors, beam=cfg.beam,
@@ -329,14 +339,15 @@ class Interrogator:
     # -- style mode --------------------------------------------------------------
     def style_indexes(self) -> list[VocabularyIndex]:
         """Indexes over the style pack plus the active pack's mediums, movements and artists."""
-        if self._style_indexes is None:
-            tables = dict(load_style_pack().tables)
-            for c in ("mediums", "movements", "artists"):
-                if c in self.vocab:
-                    tables[c] = self.vocab[c]
-            pack = VocabularyPack("style", tables)
-            self._style_indexes = [VocabularyIndex(pack, c, self.cache, self._progress) for c in self.clips]
-        return self._style_indexes
+        with self._style_lock:  # built once, even when threads ask at the same time
+            if self._style_indexes is None:
+                tables = dict(load_style_pack().tables)
+                for c in ("mediums", "movements", "artists"):
+                    if c in self.vocab:
+                        tables[c] = self.vocab[c]
+                pack = VocabularyPack("style", tables)
+                self._style_indexes = [VocabularyIndex(pack, c, self.cache, self._progress) for c in self.clips]
+            return self._style_indexes
 
     def _style_batch(self, feats_list: Sequence[Sequence[np.ndarray]],
                      captions: Sequence[str | None]) -> list[tuple[_Scored, float]]:
@@ -457,7 +468,7 @@ class Interrogator:
             elif mode == "style":
                 scored = self._style_batch(per_image, caps)
             else:
-                scored = [self._simple(feats, mode, c) for feats, c in zip(per_image, caps)]  # type: ignore[arg-type]
+                scored = self._simple_batch(per_image, mode, caps)  # type: ignore[arg-type]
             paired = self._negative_batch(per_image) if negative and mode != "negative" else None
         for i, (sc, sim) in enumerate(scored):
             result = self._result(per_image[i], sc, sim, mode, caps[i] if mode != "negative" else None,
@@ -467,13 +478,15 @@ class Interrogator:
                                                False, srcs[i])
             yield result
 
-    def _simple(self, feats: Sequence[np.ndarray], mode: str, caption: str) -> tuple[_Scored, float | None]:
+    def _simple_batch(self, feats_list: Sequence[Sequence[np.ndarray]], mode: str,
+                      captions: Sequence[str]) -> list[tuple[_Scored, float | None]]:
+        """Classic or fast prompts; their similarities (when scored) in one text batch."""
         cfg = self.config
-        scored = (self._classic(feats, caption, cfg.classic_flavors) if mode == "classic"
-                  else self._fast(feats, caption, cfg.max_flavors))
+        scored = [self._classic(feats, caption, cfg.classic_flavors) if mode == "classic"
+                  else self._fast(feats, caption, cfg.max_flavors) for feats, caption in zip(feats_list, captions)]
         if not cfg.score_prompt:
-            return scored, None
-        return scored, float(self.similarity(feats, [scored.prompt])[0])
+            return [(s, None) for s in scored]
+        return list(zip(scored, self._similarities(feats_list, [s.prompt for s in scored])))
 
     def _result(self, feats: Sequence[np.ndarray], scored: _Scored, sim: float | None, mode: str,
                 caption: str | None, captioned: bool, source: str | None) -> Result:
