@@ -9,10 +9,15 @@ from fp32's.
 
 Random weights give valid speed figures and a valid equivalence check, but the
 similarity ratios describe these random models' score landscapes, not a real
-CLIP's. See docs/benchmarks.md.
+CLIP's. ``--targets text`` replaces each image by the text embedding of a hidden
+prompt, which gives the search a structured landscape at the same tower sizes;
+``--clip NAME --image-dir DIR`` runs the same comparison on a real model and real
+images (captions stay the fixed ones: both variants start from the same caption).
+See docs/benchmarks.md.
 
     python bench/modes.py --sizes b32,l14 --images 20 --candidates 2048
     python bench/modes.py --sizes b32 --images 20 --candidates 512 --variants best,turbo --precision-check none
+    python bench/modes.py --sizes l14 --clip ViT-L-14/openai --image-dir photos/ --variants best,turbo
     python bench/modes.py --quick
 """
 
@@ -46,6 +51,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vocab-size", type=int, default=None, help="flavors sampled (default: all)")
     p.add_argument("--artists", type=int, default=None, help="artists sampled (default: all)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS))
+    p.add_argument("--clip", default=None, metavar="NAME",
+                   help="a real CLIP model (any image2prompt name, e.g. ViT-L-14/openai) instead of the "
+                        "random-weight ones; --sizes then only names the row; downloads are allowed")
+    p.add_argument("--image-dir", default=None, metavar="DIR",
+                   help="interrogate the first --images images of DIR instead of synthetic ones")
+    p.add_argument("--targets", choices=("images", "text"), default="images",
+                   help="images: the synthetic test images; text: each 'image' is the text embedding of a "
+                        "hidden prompt (a caption plus 6 random flavors), a landscape with the structure real "
+                        "image-text models have and random-weight image towers lack (see docs/benchmarks.md)")
     p.add_argument("--precision-check", default="auto", help="auto (bf16 on CPU, fp16 on CUDA), none, or a dtype")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(REPO_ROOT / ".bench-out"), help="work folder (models, caches)")
@@ -67,18 +81,63 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_size(size: str, model_dir: Path, vocab_dir: Path, cache_dir: Path, args: argparse.Namespace) -> list[list]:
+class TextTarget:
+    """A stand-in image: the interrogator sees the text embedding of ``text`` as its image features."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def text_targets(pack, n: int, seed: int = 7) -> tuple[list[TextTarget], list[str]]:
+    """Hidden prompts (a caption + 6 random flavors) and their captions; deterministic."""
     import numpy as np
 
-    from image2prompt import Config, Interrogator
+    rng = np.random.RandomState(seed)
+    flavors = list(pack["flavors"].labels)
+    caps = [CAPTIONS[i % len(CAPTIONS)] for i in range(n)]
+    return [TextTarget(", ".join([c, *rng.choice(flavors, 6, replace=False)])) for c in caps], caps
+
+
+def interrogator_class(targets: str):
+    import numpy as np
+
+    from image2prompt import Interrogator
+
+    if targets == "images":
+        return Interrogator
+
+    class TextTargetInterrogator(Interrogator):
+        def image_features(self, images):
+            feats = [c.encode_texts([t.text for t in images]) for c in self.clips]
+            return [f / np.linalg.norm(f, axis=1, keepdims=True) for f in feats]
+
+    return TextTargetInterrogator
+
+
+def load_images(args: argparse.Namespace) -> list:
+    if not args.image_dir:
+        return make_images(args.images)
+    from image2prompt.io import expand_sources, load_image
+
+    return [load_image(src) for src in list(expand_sources([args.image_dir]))[: args.images]]
+
+
+def run_size(size: str, model: str, vocab_dir: Path, cache_dir: Path, args: argparse.Namespace) -> list[list]:
+    import numpy as np
+
+    from image2prompt import Config
     from image2prompt.cache import EmbeddingCache
     from image2prompt.models.clip import load_clip
     from image2prompt.vocab import load_folder_pack
 
-    images = make_images(args.images)
-    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(len(images))]
     pack = load_folder_pack(vocab_dir)
-    enc = load_clip(f"local-dir:{model_dir}", device=args.device, precision="fp32")
+    if args.targets == "text":
+        images, captions = text_targets(pack, args.images)
+    else:
+        images = load_images(args)
+        captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(len(images))]
+    Interrogator = interrogator_class(args.targets)  # noqa: N806 - a class
+    enc = load_clip(model, device=args.device, precision="fp32")
     cache = EmbeddingCache(cache_dir / size / "fp32", download=False)
 
     turbo_pool = args.turbo_pool or max(1, args.candidates // 2)
@@ -114,7 +173,7 @@ def run_size(size: str, model_dir: Path, vocab_dir: Path, cache_dir: Path, args:
     if precision == "auto":
         precision = "fp16" if args.device.startswith("cuda") else "bf16"
     if precision != "none":
-        low = load_clip(f"local-dir:{model_dir}", device=args.device, precision=precision)
+        low = load_clip(model, device=args.device, precision=precision)
         ci = Interrogator(low, None, pack, EmbeddingCache(cache_dir / size / precision, download=False),
                           Config(caption_model=None, candidates=args.candidates))
         ci.prepare()
@@ -136,16 +195,16 @@ def run_size(size: str, model_dir: Path, vocab_dir: Path, cache_dir: Path, args:
     return rows
 
 
-def run_throughput(size: str, model_dir: Path, vocab_dir: Path, cache_dir: Path, args: argparse.Namespace) -> list[list]:
+def run_throughput(size: str, model: str, vocab_dir: Path, cache_dir: Path, args: argparse.Namespace) -> list[list]:
     """fast and classic: images/s one image at a time vs batched through interrogate_batch."""
     from image2prompt import Config, Interrogator
     from image2prompt.cache import EmbeddingCache
     from image2prompt.models.clip import load_clip
     from image2prompt.vocab import load_folder_pack
 
-    images = make_images(args.images)
+    images = load_images(args)
     captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(len(images))]
-    enc = load_clip(f"local-dir:{model_dir}", device=args.device, precision="fp32")
+    enc = load_clip(model, device=args.device, precision="fp32")
     ci = Interrogator(enc, None, load_folder_pack(vocab_dir), EmbeddingCache(cache_dir / size / "fp32", download=False),
                       Config(caption_model=None, image_batch_size=args.batch_size))
     ci.prepare()
@@ -170,12 +229,17 @@ def run_throughput(size: str, model_dir: Path, vocab_dir: Path, cache_dir: Path,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    offline_env()
+    if not args.clip:
+        offline_env()
     from image2prompt.vocab import reference_data_dir
 
     out = Path(args.out)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    models = ensure_models(out / "models", sizes)
+    if args.clip:
+        models = {sizes[0]: args.clip}
+        sizes = sizes[:1]
+    else:
+        models = {s: f"local-dir:{d}" for s, d in ensure_models(out / "models", sizes).items()}
     vocab_dir = out / f"vocab-modes-{args.vocab_size or 'all'}-{args.artists or 'all'}"
     counts = write_vocab_sample(vocab_dir, reference_data_dir(), flavors=args.vocab_size, artists=args.artists)
     rows: list[list] = []
@@ -192,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                "vs best", "speed vs best", "same prompt as best"]
     emit_report(args.device, [
         f"vocabulary: {counts} (flavors sampled from clip-interrogator's lists); "
-        f"images: {args.images}; candidates: {args.candidates} (turbo's pool: "
+        f"{'hidden text prompts' if args.targets == 'text' else 'images'}: {args.images}; candidates: {args.candidates} (turbo's pool: "
         f"{args.turbo_pool or max(1, args.candidates // 2)})",
     ], headers, rows, args.markdown_out)
     return 0
