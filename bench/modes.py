@@ -9,9 +9,7 @@ from fp32's.
 
 Random weights give valid speed figures and a valid equivalence check, but the
 similarity ratios describe these random models' score landscapes, not a real
-CLIP's. ``--targets text`` replaces each image by the text embedding of a hidden
-prompt, which gives the search a structured landscape at the same tower sizes;
-``--clip NAME --image-dir DIR`` runs the same comparison on a real model and real
+CLIP's. ``--clip NAME --image-dir DIR`` runs the same comparison on a real model and real
 images (captions stay the fixed ones: both variants start from the same caption).
 See docs/benchmarks.md.
 
@@ -56,10 +54,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "random-weight ones; --sizes then only names the row; downloads are allowed")
     p.add_argument("--image-dir", default=None, metavar="DIR",
                    help="interrogate the first --images images of DIR instead of synthetic ones")
-    p.add_argument("--targets", choices=("images", "text"), default="images",
-                   help="images: the synthetic test images; text: each 'image' is the text embedding of a "
-                        "hidden prompt (a caption plus 6 random flavors), a landscape with the structure real "
-                        "image-text models have and random-weight image towers lack (see docs/benchmarks.md)")
     p.add_argument("--precision-check", default="auto", help="auto (bf16 on CPU, fp16 on CUDA), none, or a dtype")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(REPO_ROOT / ".bench-out"), help="work folder (models, caches)")
@@ -81,39 +75,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-class TextTarget:
-    """A stand-in image: the interrogator sees the text embedding of ``text`` as its image features."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-
-def text_targets(pack, n: int, seed: int = 7) -> tuple[list[TextTarget], list[str]]:
-    """Hidden prompts (a caption + 6 random flavors) and their captions; deterministic."""
-    import numpy as np
-
-    rng = np.random.RandomState(seed)
-    flavors = list(pack["flavors"].labels)
-    caps = [CAPTIONS[i % len(CAPTIONS)] for i in range(n)]
-    return [TextTarget(", ".join([c, *rng.choice(flavors, 6, replace=False)])) for c in caps], caps
-
-
-def interrogator_class(targets: str):
-    import numpy as np
-
-    from image2prompt import Interrogator
-
-    if targets == "images":
-        return Interrogator
-
-    class TextTargetInterrogator(Interrogator):
-        def image_features(self, images):
-            feats = [c.encode_texts([t.text for t in images]) for c in self.clips]
-            return [f / np.linalg.norm(f, axis=1, keepdims=True) for f in feats]
-
-    return TextTargetInterrogator
-
-
 def load_images(args: argparse.Namespace) -> list:
     if not args.image_dir:
         return make_images(args.images)
@@ -125,18 +86,14 @@ def load_images(args: argparse.Namespace) -> list:
 def run_size(size: str, model: str, vocab_dir: Path, cache_dir: Path, args: argparse.Namespace) -> list[list]:
     import numpy as np
 
-    from image2prompt import Config
+    from image2prompt import Config, Interrogator
     from image2prompt.cache import EmbeddingCache
     from image2prompt.models.clip import load_clip
     from image2prompt.vocab import load_folder_pack
 
     pack = load_folder_pack(vocab_dir)
-    if args.targets == "text":
-        images, captions = text_targets(pack, args.images)
-    else:
-        images = load_images(args)
-        captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(len(images))]
-    Interrogator = interrogator_class(args.targets)  # noqa: N806 - a class
+    images = load_images(args)
+    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(len(images))]
     enc = load_clip(model, device=args.device, precision="fp32")
     cache = EmbeddingCache(cache_dir / size / "fp32", download=False)
 
@@ -256,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                "vs best", "speed vs best", "same prompt as best"]
     emit_report(args.device, [
         f"vocabulary: {counts} (flavors sampled from clip-interrogator's lists); "
-        f"{'hidden text prompts' if args.targets == 'text' else 'images'}: {args.images}; candidates: {args.candidates} (turbo's pool: "
+        f"images: {args.images}; candidates: {args.candidates} (turbo's pool: "
         f"{args.turbo_pool or max(1, args.candidates // 2)})",
     ], headers, rows, args.markdown_out)
     return 0
