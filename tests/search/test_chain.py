@@ -217,3 +217,27 @@ def test_lazy_ties_go_to_the_earlier_phrase_in_table_order():
     while not state.done:
         state.advance([ext(p, rest) for p, rest in state.requests()])
     assert state.result().phrases == ["b"]
+
+
+def test_lazy_chain_stops_only_when_no_phrase_at_all_improves():
+    """Stale gains point away from the one phrase that still helps; before stopping, the
+    lazy step scores every phrase, so the chain goes on exactly as best mode's does."""
+    vocab = ["a", "b", "c", "d", "e", "f", "g", "h"]
+    step0 = {"a": 0.5, "b": 0.3, "c": 0.2, "d": 0.1, "e": 0.1, "f": 0.1, "g": 0.1, "h": -0.4}
+
+    def ext(prefix, phrases):
+        n = prefix.count(", ")
+        if n == 0:
+            return np.array([step0[p] for p in phrases])
+        return np.array([0.9 if (n == 1 and p == "h") else 0.0 for p in phrases])
+
+    kw = dict(start="c0", start_similarity=0.0, min_count=0, max_count=10)
+    full = greedy_chain(vocab, ext, lambda t: False, **kw)
+    state = start_chain(vocab, lambda t: False, shortlist=2, max_rounds=1, refresh_every=0, **kw)
+    sizes = []
+    while not state.done:
+        reqs = state.requests()
+        sizes.append([len(rest) for _, rest in reqs])
+        state.advance([ext(p, rest) for p, rest in reqs])
+    assert full.prompt == "c0, a, h" and state.result().prompt == full.prompt
+    assert sizes[:3] == [[8], [2], [5]]  # full first pass, one lazy round, then the rest before stopping

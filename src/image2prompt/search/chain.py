@@ -62,10 +62,11 @@ class ChainState:
     of ``shortlist``, highest stale gain first, and ends as soon as the best
     exact score found reaches the best bound still unscored, so that round's
     winner is the phrase best mode would pick whenever gains do shrink. At most
-    ``max_rounds`` rounds are run per step, and every ``refresh_every`` steps
-    (0: only the first) the whole pool is rescored, which catches phrases whose
-    gain grew. One ``requests()``/``advance()`` pair is one round, so a step
-    may take several.
+    ``max_rounds`` rounds are run per step, except that a step which would end
+    the chain scores all its phrases first, as best mode's does; every
+    ``refresh_every`` steps (0: only the first) the whole pool is rescored,
+    which catches phrases whose gain grew. One ``requests()``/``advance()``
+    pair is one round, so a step may take several.
     """
 
     def __init__(self, phrases: Sequence[str], at_limit: Callable[[str], bool], *, start: str,
@@ -114,20 +115,32 @@ class ChainState:
                 self._pending = [sorted(b.remaining, key=lambda p: -self._gain.get(p, top)) for b in self.beams]
                 self._asked = [[] for _ in self.beams]
         if self._pending and any(self._pending):
-            k = self.shortlist or 0
+            # After max_rounds, a beam that is still undecided gets the rest of its phrases at once.
+            k = (self.shortlist or 0) if self._round < self.max_rounds else None
             self._asked = [[] if self._settled(b) else pend[:k] for b, pend in enumerate(self._pending)]
             self._pending = [pend[len(asked):] for pend, asked in zip(self._pending, self._asked)]
         return [(b.prompt, asked) for b, asked in zip(self.beams, self._asked)]
 
     def _settled(self, b: int) -> bool:
-        """Whether beam ``b``'s step is decided: no unscored phrase can beat what was found."""
+        """Whether beam ``b``'s step is decided.
+
+        It is when every phrase was scored, or when no unscored phrase's stale gain could
+        beat what was found. After ``max_rounds`` rounds the best found is accepted, except
+        where it would end the chain (no improvement past ``min_count``): best mode stops
+        only when no phrase at all improves, so the rest are scored before stopping.
+        """
         pend, found = self._pending[b], self._found[b]
-        if not pend or self._round >= self.max_rounds:
+        if not pend:
             return True
-        if len(found) < min(self.beam, len(found) + len(pend)):
+        if len(found) >= min(self.beam, len(found) + len(pend)):
+            kth = sorted((s for _, s in found), reverse=True)[min(self.beam, len(found)) - 1]
+            if kth >= self.beams[b].sim + self._gain.get(pend[0], float("inf")):
+                return True
+        if self._round < self.max_rounds:
             return False
-        kth = sorted((s for _, s in found), reverse=True)[min(self.beam, len(found)) - 1]
-        return kth >= self.beams[b].sim + self._gain.get(pend[0], float("inf"))
+        would_stop = self.idx >= self.min_count and max((s for _, s in found), default=float("-inf")) \
+            <= self.beams[b].sim
+        return not would_stop
 
     def advance(self, scores: Sequence[np.ndarray]) -> None:
         self.rounds += 1
