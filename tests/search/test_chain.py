@@ -199,11 +199,12 @@ def test_lazy_rounds_are_capped_and_refresh_rescores_the_pool():
     per_step: list[list[int]] = []
     while not state.done:
         step = state.steps
-        asked = [len(rest) for _, rest in state.requests()]
+        reqs = state.requests()
+        assert state.requests() == reqs  # a query: asking twice changes nothing
         if len(per_step) <= step:
             per_step.append([])
-        per_step[step] += asked
-        state.advance([ext(p, rest) for p, rest in state.requests()])
+        per_step[step] += [len(rest) for _, rest in reqs]
+        state.advance([ext(p, rest) for p, rest in reqs])
     assert per_step[0] == [64] and per_step[6] == [64 - 6]  # full passes: the first and every 6th step
     assert all(1 <= len(r) <= 3 and all(n <= 5 for n in r) for i, r in enumerate(per_step) if i not in (0, 6))
     assert state.rounds == sum(len(r) for r in per_step) and state.steps == 12

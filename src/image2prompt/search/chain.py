@@ -94,8 +94,9 @@ class ChainState:
         self.idx = 0
         self.steps = 0
         self.rounds = 0  # requests()/advance() pairs so far
-        self.scored = 0  # phrases scored so far
         self.done = max_count <= 0 or not remaining
+        if not self.done:
+            self._next_round()
 
     def _full_step(self) -> bool:
         if self.shortlist is None or not self._gain:
@@ -103,8 +104,13 @@ class ChainState:
         return self.refresh_every > 0 and self.idx % self.refresh_every == 0
 
     def requests(self) -> list[tuple[str, list[str]]]:
+        """The (prefix, phrases) pairs of this round, one per beam (a beam may have none)."""
         if self.done:
             return []
+        return [(b.prompt, asked) for b, asked in zip(self.beams, self._asked)]
+
+    def _next_round(self) -> None:
+        """Choose what the next round scores: the pool, or a lazy round of the best stale gains."""
         if self._round == 0:
             self._found = [[] for _ in self.beams]
             if self._full_step():
@@ -119,7 +125,6 @@ class ChainState:
             k = (self.shortlist or 0) if self._round < self.max_rounds else None
             self._asked = [[] if self._settled(b) else pend[:k] for b, pend in enumerate(self._pending)]
             self._pending = [pend[len(asked):] for pend, asked in zip(self._pending, self._asked)]
-        return [(b.prompt, asked) for b, asked in zip(self.beams, self._asked)]
 
     def _settled(self, b: int) -> bool:
         """Whether beam ``b``'s step is decided.
@@ -147,15 +152,15 @@ class ChainState:
         self._round += 1
         for b, s in enumerate(scores):
             signed = (np.asarray(s, dtype=np.float64) * self.sign).tolist()
-            self.scored += len(signed)
             base = self.beams[b].sim
             for phrase, v in zip(self._asked[b], signed):
                 self._gain[phrase] = v - base
                 self._found[b].append((phrase, v))
-        if not all(self._settled(b) for b in range(len(self.beams))):
-            return  # another round for this step
-        self._round = 0
-        self._finish_step()
+        if all(self._settled(b) for b in range(len(self.beams))):
+            self._round = 0
+            self._finish_step()
+        if not self.done:
+            self._next_round()
 
     def _finish_step(self) -> None:
         idx, self.idx = self.idx, self.idx + 1
