@@ -60,14 +60,21 @@ def test_style_mode_excludes_the_caption_and_subject_phrases(enc, small_vocab_di
     for index in idx:
         index.pack = pack
     caption = "a red fox in the snow"
+    singles = []
     for img in images[:4]:
         r = ci.interrogate(img, "style", caption=caption)
+        singles.append(r)
         assert r.mode == "style" and r.prompt
+        feats = [f[0] for f in ci.image_features([img])]  # the image itself, not the projected features
+        assert r.similarity == pytest.approx(float(ci.similarity(feats, [r.prompt])[0]), abs=1e-6)
         assert caption not in r.prompt
         texts = [p.text for p in r.phrases]
         assert "a red fox in the snow" not in texts and "fox fur texture" not in texts and "snowy field" not in texts
         assert all(not restates_subject(t, subject_words(caption)) for t in texts)
         assert {p.category for p in r.phrases} <= set(pack.categories())
+    batch = list(ci.interrogate_batch(images[:4], "style", captions=[caption] * 4))
+    assert [r.prompt for r in batch] == [r.prompt for r in singles]
+    assert [r.similarity for r in batch] == pytest.approx([r.similarity for r in singles], abs=1e-6)
 
 
 def test_subject_words():

@@ -208,6 +208,8 @@ class Interrogator:
 
     def _similarities(self, feats_list: Sequence[Sequence[np.ndarray]], texts: Sequence[str]) -> list[float]:
         """The similarity of each image to its own text, with one text batch per encoder."""
+        if not texts:
+            return []
         total = np.zeros(len(texts), np.float64)
         with self._using("clip"):
             for e, clip in enumerate(self.clips):
@@ -373,9 +375,11 @@ class Interrogator:
             pools.append((styled, pool[: cfg.candidates]))
         chains = self._chains_from_best_phrase(pools, min_count=min(4, cfg.style_phrases),
                                                max_count=max(0, cfg.style_phrases - 1))
-        # Report the similarity to the image itself, comparable with the other modes.
-        return [(scored, float(self.similarity(feats, [scored.prompt])[0]) if scored.prompt else 0.0)
-                for feats, (scored, _) in zip(feats_list, chains)]
+        # Report the similarity to the image itself, comparable with the other modes (one text batch).
+        filled = [i for i, (scored, _) in enumerate(chains) if scored.prompt]
+        sims = dict(zip(filled, self._similarities([feats_list[i] for i in filled],
+                                                   [chains[i][0].prompt for i in filled])))
+        return [(scored, sims.get(i, 0.0)) for i, (scored, _) in enumerate(chains)]
 
     def _chains_from_best_phrase(self, pools: Sequence[tuple[Sequence[np.ndarray], list[Phrase]]], *,
                                  min_count: int, max_count: int,
