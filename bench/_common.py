@@ -73,21 +73,61 @@ def make_images(n: int, size: int = 256, seed: int = 1234) -> list[Any]:
 
 # -- models ------------------------------------------------------------------
 SIZES = {"b32": ("VIT_B_32", "ViT-B-32"), "l14": ("VIT_L_14", "ViT-L-14")}
+#: what ``--sizes`` accepts: each size, and its bag-of-words-text variant
+SIZE_NAMES = (*SIZES, *(f"{s}-bow" for s in SIZES))
 
 
 def ensure_models(models_dir: Path, sizes: Sequence[str], seed: int = 0, log=print) -> dict[str, Path]:
-    """Random-weight open_clip ``local-dir:`` folders at real tower sizes, built once and reused."""
+    """Random-weight open_clip ``local-dir:`` folders at real tower sizes, built once and reused.
+
+    A size ending in ``-bow`` (``b32-bow``, ``l14-bow``) is the same random model with a
+    bag-of-words text tower: see :func:`bag_of_words_text`.
+    """
     from tests.support import tiny_models
 
     out: dict[str, Path] = {}
     for size in sizes:
-        cfg_name, _ = SIZES[size]
+        base, bow = size.removesuffix("-bow"), size.endswith("-bow")
+        if base not in SIZES:
+            raise SystemExit(f"unknown size {size!r}: choose from {', '.join(SIZE_NAMES)}")
+        cfg_name, _ = SIZES[base]
         d = models_dir / f"{size}-seed{seed}"
         if not ((d / "open_clip_config.json").exists() and (d / "open_clip_model.safetensors").exists()):
-            log(f"building random-weight {cfg_name} model in {d} (seed {seed})")
-            tiny_models.make_open_clip_dir(d, getattr(tiny_models, cfg_name), seed=seed)
+            if bow:
+                src = ensure_models(models_dir, [base], seed, log)[base]
+                log(f"building the bag-of-words variant of {src} in {d}")
+                bag_of_words_text(src, d)
+            else:
+                log(f"building random-weight {cfg_name} model in {d} (seed {seed})")
+                tiny_models.make_open_clip_dir(d, getattr(tiny_models, cfg_name), seed=seed)
         out[size] = d
     return out
+
+
+def bag_of_words_text(src: Path, dst: Path) -> Path:
+    """Copy a random open_clip model with its text tower's query and key projections zeroed.
+
+    Every attention score is then 0, so each text position attends uniformly to the
+    positions before it: the EOT embedding is built from averages of the tokens, not
+    from their order. Real CLIP text towers behave much like bags of words (Yuksekgonul
+    et al., "When and why vision-language models behave like bags-of-words", ICLR 2023),
+    which a fully random tower does not: there, one chain step's gains barely predict the
+    next (``bench/landscape.py``). The image tower is untouched.
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src / "open_clip_config.json", dst / "open_clip_config.json")
+    state = load_file(str(src / "open_clip_model.safetensors"))
+    for key, value in state.items():
+        if key.startswith("transformer.") and key.endswith("attn.in_proj_weight"):
+            value[: 2 * value.shape[1]] = 0  # rows of q and k; v is kept
+        elif key.startswith("transformer.") and key.endswith("attn.in_proj_bias"):
+            value[: 2 * (value.shape[0] // 3)] = 0
+    save_file({k: v.contiguous() for k, v in state.items()}, str(dst / "open_clip_model.safetensors"))
+    return dst
 
 
 # -- vocabulary samples --------------------------------------------------------

@@ -1,9 +1,11 @@
 """Benchmark our own search variants against our best mode: turbo, beam 2/4, and precision.
 
 For each model size (random-weight open_clip models at ViT-B/32 and ViT-L/14
-tower sizes), the same images, captions and vocabulary sample, it reports per
-variant: seconds per image, text-tower token positions per image, the mean CLIP
-similarity of the final prompts, and their ratio to best mode's; for reduced
+tower sizes, optionally with a bag-of-words text tower: ``b32-bow``, ``l14-bow``),
+the same images, captions and vocabulary sample, it reports per variant: seconds
+per image, text-tower token positions per image, the mean CLIP similarity of the
+final prompts, their ratio to best mode's with a 95% bootstrap interval over the
+images, and on how many images the variant did at least as well; for reduced
 precision (bf16 on CPU, fp16 on CUDA) also how often the chosen prompt differs
 from fp32's.
 
@@ -15,6 +17,7 @@ See docs/benchmarks.md.
 
     python bench/modes.py --sizes b32,l14 --images 20 --candidates 2048
     python bench/modes.py --sizes b32 --images 20 --candidates 512 --variants best,turbo --precision-check none
+    python bench/modes.py --sizes b32-bow --images 20 --candidates 512 --variants best,turbo --precision-check none
     python bench/modes.py --sizes l14 --clip ViT-L-14/openai --image-dir photos/ --variants best,turbo
     python bench/modes.py --quick
 """
@@ -41,7 +44,9 @@ VARIANTS = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default="b32,l14", help="comma-separated: b32, l14")
+    p.add_argument("--sizes", default="b32,l14",
+                   help="comma-separated: b32, l14, or b32-bow, l14-bow (the same random models with a "
+                        "bag-of-words text tower, whose landscape has the structure turbo relies on)")
     p.add_argument("--images", type=int, default=20)
     p.add_argument("--candidates", type=int, default=2048, help="best mode's candidate pool")
     p.add_argument("--turbo-pool", type=int, default=None,
@@ -83,6 +88,26 @@ def load_images(args: argparse.Namespace) -> list:
     return [load_image(src) for src in list(expand_sources([args.image_dir]))[: args.images]]
 
 
+def ratio_with_interval(sims, base_sims, resamples: int = 10_000, seed: int = 0) -> str:
+    """mean(sims) / mean(base_sims), with a 95% paired bootstrap interval over the images.
+
+    On random-weight models a variant's chain often ends in a different prompt than
+    best mode's, and the per-image ratios spread widely (from 0.85 to 1.17 over 8
+    images of a tuning run), so a mean over 20 images is uncertain by a few percent;
+    the interval says how much.
+    """
+    import numpy as np
+
+    sims, base_sims = np.asarray(sims, dtype=np.float64), np.asarray(base_sims, dtype=np.float64)
+    ratio = sims.mean() / base_sims.mean()
+    if len(sims) < 2:
+        return f"{ratio:.4f}"
+    idx = np.random.default_rng(seed).integers(0, len(sims), size=(resamples, len(sims)))
+    boot = sims[idx].mean(axis=1) / base_sims[idx].mean(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return f"{ratio:.4f} ({lo:.3f} to {hi:.3f})"
+
+
 def run_size(size: str, model: str, vocab_dir: Path, cache_dir: Path, args: argparse.Namespace) -> list[list]:
     import numpy as np
 
@@ -119,11 +144,12 @@ def run_size(size: str, model: str, vocab_dir: Path, cache_dir: Path, args: argp
         results[name] = (secs, toks, out)
         print(f"  {size} {name}: {secs:.3f} s/image", flush=True)
     base_s, _, base = results.get("best", next(iter(results.values())))
-    base_sim = float(np.mean([r.similarity for r in base]))
+    base_sims = np.array([r.similarity for r in base])
     for name, (secs, toks, out) in results.items():
-        sim = float(np.mean([r.similarity for r in out]))
+        sims = np.array([r.similarity for r in out])
         same = sum(a.prompt == b.prompt for a, b in zip(out, base))
-        rows.append([size, name, "fp32", f"{secs:.3f}", f"{toks:,.0f}", f"{sim:.4f}", f"{sim / base_sim:.4f}",
+        rows.append([size, name, "fp32", f"{secs:.3f}", f"{toks:,.0f}", f"{sims.mean():.4f}",
+                     ratio_with_interval(sims, base_sims), f"{int((sims >= base_sims).sum())}/{len(out)}",
                      f"{base_s / secs:.2f}x", f"{same}/{len(out)}"])
 
     precision = args.precision_check
@@ -145,10 +171,12 @@ def run_size(size: str, model: str, vocab_dir: Path, cache_dir: Path, args: argp
         for img, r in zip(images, out):
             feats = [f[0] for f in f32.image_features([img])]
             sims.append(float(f32.similarity(feats, [r.prompt])[0]))
-        sim = float(np.mean(sims))
+        low_sims = np.array(sims)
         same = sum(a.prompt == b.prompt for a, b in zip(out, base))
         rows.append([size, "best", precision, f"{secs:.3f}", f"{(low.tokens_encoded - tok0) / len(images):,.0f}",
-                     f"{sim:.4f}", f"{sim / base_sim:.4f}", f"{base_s / secs:.2f}x", f"{same}/{len(out)}"])
+                     f"{low_sims.mean():.4f}", ratio_with_interval(low_sims, base_sims),
+                     f"{int((low_sims >= base_sims).sum())}/{len(out)}", f"{base_s / secs:.2f}x",
+                     f"{same}/{len(out)}"])
     return rows
 
 
@@ -210,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         rows += run_size(size, models[size], vocab_dir, out / "cache-modes", args)
     headers = ["size", "variant", "precision", "s/image", "tokens/image", "mean similarity",
-               "vs best", "speed vs best", "same prompt as best"]
+               "vs best (95% CI)", "images >= best", "speed vs best", "same prompt as best"]
     emit_report(args.device, [
         f"vocabulary: {counts} (flavors sampled from clip-interrogator's lists); "
         f"images: {args.images}; candidates: {args.candidates} (turbo's pool: "

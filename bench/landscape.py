@@ -1,0 +1,106 @@
+"""How well one chain step's gains predict the next: the structure turbo mode relies on.
+
+Runs best mode's greedy chain with every phrase scored at every step (the same
+random-weight models, images, captions and vocabulary sample as ``modes.py``)
+and, from the second step on, compares each phrase's gain at this step with its
+gain at the step before (gain: the extended prompt's similarity minus the
+prompt's). It reports:
+
+- the Pearson correlation of the two steps' gains (median and range over steps);
+- how often best mode's pick is among the ``--shortlist`` highest stale gains,
+  which is what turbo's first lazy round scores;
+- how often gains shrank (the lazy upper bound held), median over steps.
+
+Where gains carry over from step to step, turbo finds best mode's picks cheaply;
+where they do not, the chain is close to a maximum over noise and turbo's
+result depends on how many phrases it scores. See docs/benchmarks.md.
+
+    python bench/landscape.py --sizes b32,l14,b32-bow,l14-bow --images 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    CAPTIONS, REPO_ROOT, SIZE_NAMES, emit_report, ensure_models, make_images, offline_env, write_vocab_sample,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="b32,l14,b32-bow,l14-bow", help="comma-separated: " + ", ".join(SIZE_NAMES))
+    p.add_argument("--images", type=int, default=4)
+    p.add_argument("--candidates", type=int, default=256, help="the chain's pool")
+    p.add_argument("--shortlist", type=int, default=48, help="turbo's lazy round size")
+    p.add_argument("--vocab-size", type=int, default=2000, help="flavors sampled")
+    p.add_argument("--artists", type=int, default=200, help="artists sampled")
+    p.add_argument("--out", default=str(REPO_ROOT / ".bench-out"), help="work folder (models, caches)")
+    p.add_argument("--markdown-out", default=None)
+    return p.parse_args(argv)
+
+
+def measure(size: str, model_dir: Path, vocab_dir: Path, cache_dir: Path, args: argparse.Namespace) -> list:
+    import numpy as np
+
+    from image2prompt import Config, Interrogator
+    from image2prompt.cache import EmbeddingCache
+    from image2prompt.models.clip import load_clip
+    from image2prompt.search.chain import ChainState
+    from image2prompt.vocab import load_folder_pack
+
+    enc = load_clip(f"local-dir:{model_dir}", device="cpu", precision="fp32")
+    ci = Interrogator(enc, None, load_folder_pack(vocab_dir), EmbeddingCache(cache_dir / size / "fp32", download=False),
+                      Config(caption_model=None, candidates=args.candidates))
+    ci.prepare()
+    corr, in_short, shrank = [], [], []
+    for i, img in enumerate(make_images(args.images)):
+        caption = CAPTIONS[i % len(CAPTIONS)]
+        feats = [f[0] for f in ci.image_features([img])]
+        pool = [p.text for p in ci._top_merged(feats, args.candidates)]
+        state = ChainState(pool, ci._at_limit, start=caption, start_similarity=float(ci.similarity(feats, [caption])[0]))
+        previous: dict[str, float] = {}
+        while not state.done:
+            (prefix, rest), = state.requests()
+            scores = enc.encode_extensions_many([(prefix, rest)])[0] @ feats[0]
+            gains = scores - state.beams[0].sim
+            common = [k for k, p in enumerate(rest) if p in previous]
+            if len(common) > 2:
+                old, new = np.array([previous[rest[k]] for k in common]), gains[common]
+                corr.append(float(np.corrcoef(old, new)[0, 1]))
+                in_short.append(int((old > old[int(np.argmax(new))]).sum()) < args.shortlist)
+                shrank.append(float((new <= old).mean()))
+            previous = dict(zip(rest, gains.tolist()))
+            state.advance([scores])
+    c = np.array(corr)
+    return [size, len(c), f"{np.median(c):.2f} ({c.min():.2f} to {c.max():.2f})",
+            f"{100 * np.mean(in_short):.0f}%", f"{100 * np.median(shrank):.0f}%"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    offline_env()
+    from image2prompt.vocab import reference_data_dir
+
+    out = Path(args.out)
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    models = ensure_models(out / "models", sizes)
+    vocab_dir = out / f"vocab-modes-{args.vocab_size}-{args.artists}"
+    counts = write_vocab_sample(vocab_dir, reference_data_dir(), flavors=args.vocab_size, artists=args.artists)
+    rows = []
+    for size in sizes:
+        rows.append(measure(size, models[size], vocab_dir, out / "cache-modes", args))
+        print(f"  {rows[-1]}", flush=True)
+    emit_report("cpu", [f"vocabulary: {counts}; images: {args.images}; chain pool: {args.candidates}, "
+                        "every phrase scored at every step"],
+                ["size", "steps compared", "gain correlation, step to step: median (range)",
+                 f"best's pick among the {args.shortlist} highest stale gains", "gains that shrank (median)"],
+                rows, args.markdown_out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
