@@ -149,3 +149,33 @@ def test_bf16_on_cpu_is_close_to_fp32(tiny_open_clip: Path, oc):
     assert bf.dtype == torch.bfloat16
     a, b = oc.encode_texts(TEXTS[:3]), bf.encode_texts(TEXTS[:3])
     assert np.abs(a - b).max() < 0.05
+
+
+def test_open_clip_with_a_transformers_tokenizer_matches_open_clip(tmp_path: Path, tiny_hf_clip: Path):
+    """An open_clip model whose config names a transformers tokenizer (not the CLIP BPE one)
+    takes the generic path: full-context encodes of the tokenizer's ids, the same features
+    as open_clip's own tokenize-and-encode, extra whitespace and truncation included."""
+    import copy
+
+    import open_clip
+
+    from tests.support import tiny_models
+
+    cfg = copy.deepcopy(tiny_models.TINY_OPEN_CLIP)
+    cfg["text_cfg"]["hf_tokenizer_name"] = str(tiny_hf_clip)
+    model_dir = tiny_models.make_open_clip_dir(tmp_path / "hf-tokenizer", cfg)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+        shutil.copy(tiny_hf_clip / name, model_dir / name)  # local-dir: reads the tokenizer from the folder
+    enc = load_clip(f"local-dir:{model_dir}", device="cpu", precision="fp32")
+    assert enc.backend == "open_clip" and not enc.padding_free
+    texts = [*TEXTS, "an  oil painting,\tby   someone ", "  leading and trailing  "]
+    tok = open_clip.get_tokenizer(f"local-dir:{model_dir}")
+    assert isinstance(tok, open_clip.tokenizer.HFTokenizer)
+    with torch.inference_mode():
+        full = torch.nn.functional.normalize(enc.model.encode_text(tok(texts)).float(), dim=-1).numpy()
+    np.testing.assert_allclose(enc.encode_texts(texts), full, atol=1e-5)
+    # Token counts (the 77-token budget check) agree with the tokenizer's own ids.
+    ids = tok(texts)
+    for text, row in zip(texts, ids.tolist()):
+        n = row.index(enc.tokenizer.eot_id) + 1
+        assert len(enc.token_ids([text])[0]) == n, text
