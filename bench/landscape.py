@@ -61,7 +61,8 @@ def measure(size: str, model_dir: Path, vocab_dir: Path, cache_dir: Path, args: 
         caption = CAPTIONS[i % len(CAPTIONS)]
         feats = [f[0] for f in ci.image_features([img])]
         pool = [p.text for p in ci._top_merged(feats, args.candidates)]
-        state = ChainState(pool, ci._at_limit, start=caption, start_similarity=float(ci.similarity(feats, [caption])[0]))
+        start_sim = float(ci.similarity(feats, [caption])[0])
+        state = ChainState(pool, ci._at_limit, start=caption, start_similarity=start_sim)
         previous: dict[str, float] = {}
         while not state.done:
             (prefix, rest), = state.requests()
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = write_vocab_sample(vocab_dir, reference_data_dir(), flavors=args.vocab_size, artists=args.artists)
     rows = []
     for size in sizes:
-        rows.append(measure(size, models[size], vocab_dir, out / "cache-modes", args))
+        rows.append(measure(size, models[size], vocab_dir, out / "cache-modes" / vocab_dir.name, args))
         print(f"  {rows[-1]}", flush=True)
     emit_report("cpu", [f"vocabulary: {counts}; images: {args.images}; chain pool: {args.candidates}, "
                         "every phrase scored at every step"],

@@ -241,13 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[list] = []
     if args.throughput:
         for size in sizes:
-            rows += run_throughput(size, models[size], vocab_dir, out / "cache-modes", args)
+            rows += run_throughput(size, models[size], vocab_dir, out / "cache-modes" / vocab_dir.name, args)
         emit_report(args.device, [f"vocabulary: {counts}; images: {args.images}"],
                     ["size", "mode", "images/s one at a time", "images/s batched", "batch size",
                      "same prompts"], rows, args.markdown_out)
         return 0
     for size in sizes:
-        rows += run_size(size, models[size], vocab_dir, out / "cache-modes", args)
+        rows += run_size(size, models[size], vocab_dir, out / "cache-modes" / vocab_dir.name, args)
     headers = ["size", "variant", "precision", "s/image", "tokens/image", "mean similarity",
                "vs best (95% CI)", "images >= best", "speed vs best", "same prompt as best"]
     emit_report(args.device, [
