@@ -180,6 +180,19 @@ def write_vocab_sample(out_dir: Path, data_dir: Path, *, flavors: int | None, ar
     return {k: len(v) for k, v in lists.items()}
 
 
+def modes_sample(out: Path, flavors: int | None, artists: int | None) -> tuple[Path, dict[str, int], Path]:
+    """The vocabulary sample that modes.py and landscape.py share, its counts, and its table-cache root.
+
+    Both scripts name the sample by its sizes and keep one cache folder per sample, so
+    their runs reuse each other's tables and samples of different sizes never collide.
+    """
+    from image2prompt.vocab import reference_data_dir
+
+    vocab_dir = out / f"vocab-modes-{flavors or 'all'}-{artists or 'all'}"
+    counts = write_vocab_sample(vocab_dir, reference_data_dir(), flavors=flavors, artists=artists)
+    return vocab_dir, counts, out / "cache-modes" / vocab_dir.name
+
+
 def table_label_count(counts: dict[str, int]) -> int:
     """Labels in all tables built from such a folder (artists doubled, plus 72 trending labels)."""
     return 2 * counts["artists"] + counts["flavors"] + counts["mediums"] + counts["movements"] \

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    CAPTIONS, REPO_ROOT, SIZE_NAMES, emit_report, ensure_models, make_images, offline_env, write_vocab_sample,
+    CAPTIONS, REPO_ROOT, SIZE_NAMES, emit_report, ensure_models, make_images, modes_sample, offline_env,
 )
 
 
@@ -84,16 +84,13 @@ def measure(size: str, model_dir: Path, vocab_dir: Path, cache_dir: Path, args: 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     offline_env()
-    from image2prompt.vocab import reference_data_dir
-
     out = Path(args.out)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     models = ensure_models(out / "models", sizes)
-    vocab_dir = out / f"vocab-modes-{args.vocab_size}-{args.artists}"
-    counts = write_vocab_sample(vocab_dir, reference_data_dir(), flavors=args.vocab_size, artists=args.artists)
+    vocab_dir, counts, cache_root = modes_sample(out, args.vocab_size, args.artists)
     rows = []
     for size in sizes:
-        rows.append(measure(size, models[size], vocab_dir, out / "cache-modes" / vocab_dir.name, args))
+        rows.append(measure(size, models[size], vocab_dir, cache_root, args))
         print(f"  {rows[-1]}", flush=True)
     emit_report("cpu", [f"vocabulary: {counts}; images: {args.images}; chain pool: {args.candidates}, "
                         "every phrase scored at every step"],

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    CAPTIONS, REPO_ROOT, emit_report, ensure_models, make_images, offline_env, write_vocab_sample,
+    CAPTIONS, REPO_ROOT, emit_report, ensure_models, make_images, modes_sample, offline_env,
 )
 
 VARIANTS = {
@@ -227,8 +227,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.clip:
         offline_env()
-    from image2prompt.vocab import reference_data_dir
-
     out = Path(args.out)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     if args.clip:
@@ -236,18 +234,17 @@ def main(argv: list[str] | None = None) -> int:
         sizes = sizes[:1]
     else:
         models = {s: f"local-dir:{d}" for s, d in ensure_models(out / "models", sizes).items()}
-    vocab_dir = out / f"vocab-modes-{args.vocab_size or 'all'}-{args.artists or 'all'}"
-    counts = write_vocab_sample(vocab_dir, reference_data_dir(), flavors=args.vocab_size, artists=args.artists)
+    vocab_dir, counts, cache_root = modes_sample(out, args.vocab_size, args.artists)
     rows: list[list] = []
     if args.throughput:
         for size in sizes:
-            rows += run_throughput(size, models[size], vocab_dir, out / "cache-modes" / vocab_dir.name, args)
+            rows += run_throughput(size, models[size], vocab_dir, cache_root, args)
         emit_report(args.device, [f"vocabulary: {counts}; images: {args.images}"],
                     ["size", "mode", "images/s one at a time", "images/s batched", "batch size",
                      "same prompts"], rows, args.markdown_out)
         return 0
     for size in sizes:
-        rows += run_size(size, models[size], vocab_dir, out / "cache-modes" / vocab_dir.name, args)
+        rows += run_size(size, models[size], vocab_dir, cache_root, args)
     headers = ["size", "variant", "precision", "s/image", "tokens/image", "mean similarity",
                "vs best (95% CI)", "images >= best", "speed vs best", "same prompt as best"]
     emit_report(args.device, [
