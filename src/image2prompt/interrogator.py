@@ -48,7 +48,7 @@ class Config:
     beam: int = 1  # best mode: prompts kept per chain step (1 = the reference's greedy chain)
     memory_budget_mb: int | None = None  # activation memory per text batch; None: a default per device
     turbo_pool: int = 1024  # turbo: candidate pool size
-    turbo_shortlist: int = 48  # turbo: phrases scored per lazy round, highest stale gain first
+    turbo_shortlist: int = 48  # turbo: phrases scored per lazy round, highest mean past gain first
     turbo_rounds: int = 2  # turbo: at most this many lazy rounds per chain step
     turbo_refresh: int = 8  # turbo: rescore the whole pool every this many steps (0: only the first)
     style_phrases: int = 12  # style: at most this many phrases

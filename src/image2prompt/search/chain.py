@@ -55,18 +55,20 @@ class ChainState:
     True when the chain has finished; ``result()`` gives the best prompt seen.
 
     With ``shortlist`` (turbo mode) a step is a *lazy greedy* search (Minoux's
-    accelerated greedy): every phrase keeps the gain it had the last time it
-    was scored exactly (its score minus the score of the prompt it extended).
-    Adding phrases mostly dilutes the others' effect, so a stale gain is taken
-    as an upper bound on the phrase's gain now. A step scores phrases in rounds
-    of ``shortlist``, highest stale gain first, and ends as soon as the best
-    exact score found reaches the best bound still unscored, so that round's
-    winner is the phrase best mode would pick whenever gains do shrink. At most
-    ``max_rounds`` rounds are run per step, except that a step which would end
-    the chain scores all its phrases first, as best mode's does; every
-    ``refresh_every`` steps (0: only the first) the whole pool is rescored,
-    which catches phrases whose gain grew. One ``requests()``/``advance()``
-    pair is one round, so a step may take several.
+    accelerated greedy). A phrase's gain is its score minus the score of the
+    prompt it extended; each phrase keeps the gains it had whenever it was
+    scored exactly. A step scores phrases in rounds of ``shortlist``, highest
+    mean past gain first, and ends as soon as the best exact score found
+    reaches the highest latest gain still unscored. Where adding phrases only
+    dilutes the others' effect, a phrase's latest gain bounds its gain now, so
+    the step ends on the phrase best mode would pick. Where gains do not only
+    shrink, a gain is a lasting part plus noise from step to step, and the mean
+    of past gains ranks phrases by the lasting part better than the latest gain
+    does (bench/landscape.py). At most ``max_rounds`` rounds are run per step,
+    except that a step which would end the chain scores all its phrases first,
+    as best mode's does; every ``refresh_every`` steps (0: only the first) the
+    whole pool is rescored, which catches phrases whose gain grew. One
+    ``requests()``/``advance()`` pair is one round, so a step may take several.
     """
 
     def __init__(self, phrases: Sequence[str], at_limit: Callable[[str], bool], *, start: str,
@@ -78,9 +80,11 @@ class ChainState:
         if shortlist is not None and shortlist < 1:
             raise ValueError(f"shortlist must be at least 1, got {shortlist}")
         self.shortlist, self.refresh_every, self.max_rounds = shortlist, max(0, refresh_every), max(1, max_rounds)
-        self._gain: dict[str, float] = {}  # turbo: each phrase's gain when last scored exactly
+        self._gain_sum: dict[str, float] = {}  # turbo: the sum of each phrase's exact gains so far
+        self._gain_n: dict[str, int] = {}  # turbo: how many times each phrase was scored exactly
+        self._gain_last: dict[str, float] = {}  # turbo: each phrase's gain when last scored exactly
         self._asked: list[list[str]] = []  # this round's phrases, per beam
-        self._pending: list[list[str]] = []  # turbo: phrases not yet scored this step, best bound first
+        self._pending: list[list[str]] = []  # turbo: phrases not yet scored this step, highest mean gain first
         self._found: list[list[tuple[str, float]]] = []  # (phrase, signed score) scored this step, per beam
         self._round = 0
         self._greedy_alive = True  # whether beams[0] is still the greedy chain
@@ -99,7 +103,7 @@ class ChainState:
             self._next_round()
 
     def _full_step(self) -> bool:
-        if self.shortlist is None or not self._gain:
+        if self.shortlist is None or not self._gain_n:
             return True
         return self.refresh_every > 0 and self.idx % self.refresh_every == 0
 
@@ -117,14 +121,18 @@ class ChainState:
                 self._pending = [[] for _ in self.beams]
                 self._asked = [list(b.remaining) for b in self.beams]
             else:
-                top = float("inf")  # a phrase never scored is tried first
-                self._pending = [sorted(b.remaining, key=lambda p: -self._gain.get(p, top)) for b in self.beams]
+                self._pending = [sorted(b.remaining, key=lambda p: -self._stale_gain(p)) for b in self.beams]
                 self._asked = [[] for _ in self.beams]
         if self._pending and any(self._pending):
             # After max_rounds, a beam that is still undecided gets the rest of its phrases at once.
             k = (self.shortlist or 0) if self._round < self.max_rounds else None
             self._asked = [[] if self._settled(b) else pend[:k] for b, pend in enumerate(self._pending)]
             self._pending = [pend[len(asked):] for pend, asked in zip(self._pending, self._asked)]
+
+    def _stale_gain(self, phrase: str) -> float:
+        """The mean of the phrase's exact gains so far; a phrase never scored is tried first."""
+        n = self._gain_n.get(phrase, 0)
+        return self._gain_sum[phrase] / n if n else float("inf")
 
     def _settled(self, b: int) -> bool:
         """Whether beam ``b``'s step is decided.
@@ -139,7 +147,8 @@ class ChainState:
             return True
         if len(found) >= min(self.beam, len(found) + len(pend)):
             kth = sorted((s for _, s in found), reverse=True)[min(self.beam, len(found)) - 1]
-            if kth >= self.beams[b].sim + self._gain.get(pend[0], float("inf")):
+            bound = max(self._gain_last.get(p, float("inf")) for p in pend)
+            if kth >= self.beams[b].sim + bound:
                 return True
         if self._round < self.max_rounds:
             return False
@@ -154,7 +163,9 @@ class ChainState:
             signed = (np.asarray(s, dtype=np.float64) * self.sign).tolist()
             base = self.beams[b].sim
             for phrase, v in zip(self._asked[b], signed):
-                self._gain[phrase] = v - base
+                self._gain_sum[phrase] = self._gain_sum.get(phrase, 0.0) + (v - base)
+                self._gain_n[phrase] = self._gain_n.get(phrase, 0) + 1
+                self._gain_last[phrase] = v - base
                 self._found[b].append((phrase, v))
         if all(self._settled(b) for b in range(len(self.beams))):
             self._round = 0
