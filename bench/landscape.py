@@ -75,7 +75,8 @@ def measure(size: str, model_dir: Path, vocab_dir: Path, cache_dir: Path, args: 
             common = [k for k, p in enumerate(rest) if p in previous]
             if len(common) > 2:
                 old, new = np.array([previous[rest[k]] for k in common]), gains[common]
-                corr.append(float(np.corrcoef(old, new)[0, 1]))
+                if old.std() > 0 and new.std() > 0:  # at the token window every extension can score the same
+                    corr.append(float(np.corrcoef(old, new)[0, 1]))
                 pick = int(np.argmax(new))
                 in_short.append(int((old > old[pick]).sum()) < args.shortlist)
                 mean = np.array([total[rest[k]] / count[rest[k]] for k in common])
@@ -87,7 +88,7 @@ def measure(size: str, model_dir: Path, vocab_dir: Path, cache_dir: Path, args: 
                 count[p] = count.get(p, 0) + 1
             state.advance([scores])
     c = np.array(corr)
-    return [size, len(c), f"{np.median(c):.2f} ({c.min():.2f} to {c.max():.2f})",
+    return [size, len(in_short), f"{np.median(c):.2f} ({c.min():.2f} to {c.max():.2f})",
             f"{100 * np.mean(in_short):.0f}%", f"{100 * np.mean(in_short_mean):.0f}%",
             f"{100 * np.median(shrank):.0f}%"]
 
