@@ -185,6 +185,16 @@ def test_lazy_greedy_equals_greedy_on_submodular_scores(seed):
     assert sum(scored) < full_cost
 
 
+def _drive(state, ext) -> list[list[list[str]]]:
+    """Run a chain to the end; the phrases asked in each round, per beam."""
+    asked = []
+    while not state.done:
+        reqs = state.requests()
+        asked.append([rest for _, rest in reqs])
+        state.advance([ext(p, rest) for p, rest in reqs])
+    return asked
+
+
 def test_lazy_rounds_rank_by_the_mean_of_past_gains():
     """A phrase whose gain dipped once is still tried before ones whose only gains were lower:
     the mean of past gains ranks the shortlist, not the latest gain alone."""
@@ -198,11 +208,7 @@ def test_lazy_rounds_rank_by_the_mean_of_past_gains():
     kw = dict(start="c0", start_similarity=0.0, min_count=0, max_count=3)
     full = greedy_chain(vocab, ext, lambda t: False, **kw)
     state = start_chain(vocab, lambda t: False, shortlist=2, max_rounds=1, refresh_every=0, **kw)
-    asked = []
-    while not state.done:
-        reqs = state.requests()
-        asked.append([rest for _, rest in reqs])
-        state.advance([ext(p, rest) for p, rest in reqs])
+    asked = _drive(state, ext)
     assert full.prompt == "c0, a, b, c" and state.result().prompt == full.prompt
     # c's mean gain (0.25) ranks above d's (0.2) and f's (0.1); its latest (0.05) would not.
     assert asked[1:] == [[["b", "c"]], [["c", "d"]]]
@@ -258,10 +264,6 @@ def test_lazy_chain_stops_only_when_no_phrase_at_all_improves():
     kw = dict(start="c0", start_similarity=0.0, min_count=0, max_count=10)
     full = greedy_chain(vocab, ext, lambda t: False, **kw)
     state = start_chain(vocab, lambda t: False, shortlist=2, max_rounds=1, refresh_every=0, **kw)
-    sizes = []
-    while not state.done:
-        reqs = state.requests()
-        sizes.append([len(rest) for _, rest in reqs])
-        state.advance([ext(p, rest) for p, rest in reqs])
+    sizes = [[len(rest) for rest in round_] for round_ in _drive(state, ext)]
     assert full.prompt == "c0, a, h" and state.result().prompt == full.prompt
     assert sizes[:3] == [[8], [2], [5]]  # full first pass, one lazy round, then the rest before stopping
