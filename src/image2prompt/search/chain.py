@@ -121,7 +121,7 @@ class ChainState:
                 self._pending = [[] for _ in self.beams]
                 self._asked = [list(b.remaining) for b in self.beams]
             else:
-                self._pending = [sorted(b.remaining, key=lambda p: -self._stale_gain(p)) for b in self.beams]
+                self._pending = [sorted(b.remaining, key=lambda p: -self._mean_gain(p)) for b in self.beams]
                 self._asked = [[] for _ in self.beams]
         if self._pending and any(self._pending):
             # After max_rounds, a beam that is still undecided gets the rest of its phrases at once.
@@ -129,7 +129,7 @@ class ChainState:
             self._asked = [[] if self._settled(b) else pend[:k] for b, pend in enumerate(self._pending)]
             self._pending = [pend[len(asked):] for pend, asked in zip(self._pending, self._asked)]
 
-    def _stale_gain(self, phrase: str) -> float:
+    def _mean_gain(self, phrase: str) -> float:
         """The mean of the phrase's exact gains so far; a phrase never scored is tried first."""
         n = self._gain_n.get(phrase, 0)
         return self._gain_sum[phrase] / n if n else float("inf")
