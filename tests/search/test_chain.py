@@ -182,7 +182,7 @@ def test_lazy_greedy_equals_greedy_on_submodular_scores(seed):
     full_cost, scored[:] = sum(scored), []
     lazy = greedy_chain(vocab, ext, lambda t: False, shortlist=8, max_rounds=100, refresh_every=0, **kw)
     assert lazy.prompt == full.prompt and lazy.similarity == pytest.approx(full.similarity)
-    assert sum(scored) < full_cost
+    assert sum(scored) * 1.1 < full_cost  # 1.13x to 1.18x fewer: the settle rule ends steps early
 
 
 def _drive(state, ext) -> list[list[list[str]]]:
