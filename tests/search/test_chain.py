@@ -267,3 +267,28 @@ def test_lazy_chain_stops_only_when_no_phrase_at_all_improves():
     sizes = [[len(rest) for rest in round_] for round_ in _drive(state, ext)]
     assert full.prompt == "c0, a, h" and state.result().prompt == full.prompt
     assert sizes[:3] == [[8], [2], [5]]  # full first pass, one lazy round, then the rest before stopping
+
+
+def test_keep_narrows_the_pool_to_the_highest_first_gains():
+    """After the full first pass only the ``keep`` phrases with the highest gains there are
+    ever scored again, and with additive scores the chain is still exactly greedy's."""
+    rng = np.random.RandomState(5)
+    vocab = [f"k{i}" for i in range(120)]
+    w = dict(zip(vocab, rng.randn(120)))  # table order is not gain order
+    asked: list[list[str]] = []
+
+    def ext(prefix, phrases):
+        asked.append(list(phrases))
+        return np.array([sum(w.get(x, 0) for x in (prefix + ", " + p).split(", ")) for p in phrases])
+
+    kw = dict(start="c", start_similarity=0.0, min_count=6, max_count=6)
+    full = greedy_chain(vocab, ext, lambda t: False, **kw)
+    asked.clear()
+    kept = greedy_chain(vocab, ext, lambda t: False, shortlist=4, refresh_every=3, keep=10, **kw)
+    assert kept.prompt == full.prompt
+    assert asked[0] == vocab  # the first step scores the whole pool
+    ranked = sorted(vocab, key=lambda p: -w[p])  # gain order; the first is the first step's pick
+    later = {p for a in asked[1:] for p in a}
+    assert later == set(ranked[1:11])  # the 10 kept; the refresh at step 3 rescored every one left
+    with pytest.raises(ValueError, match="keep"):
+        start_chain(vocab, lambda t: False, keep=0, **kw)

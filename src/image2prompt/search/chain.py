@@ -69,17 +69,26 @@ class ChainState:
     as best mode's does; every ``refresh_every`` steps (0: only the first) the
     whole pool is rescored, which catches phrases whose gain grew. One
     ``requests()``/``advance()`` pair is one round, so a step may take several.
+
+    With ``keep`` (turbo) the first step still scores every phrase, as best mode's
+    does, and then only the ``keep`` phrases with the highest gains there stay in
+    the pool: the pool is narrowed by each phrase's effect on this prompt rather
+    than by its score on its own, which is how it was chosen.
     """
 
     def __init__(self, phrases: Sequence[str], at_limit: Callable[[str], bool], *, start: str,
                  start_similarity: float, start_phrases: Sequence[str] = (), min_count: int = 8,
                  max_count: int = 32, reverse: bool = False, beam: int = 1,
-                 shortlist: int | None = None, refresh_every: int = 8, max_rounds: int = 2) -> None:
+                 shortlist: int | None = None, refresh_every: int = 8, max_rounds: int = 2,
+                 keep: int | None = None) -> None:
         if beam < 1:
             raise ValueError(f"beam must be at least 1, got {beam}")
         if shortlist is not None and shortlist < 1:
             raise ValueError(f"shortlist must be at least 1, got {shortlist}")
+        if keep is not None and keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}")
         self.shortlist, self.refresh_every, self.max_rounds = shortlist, max(0, refresh_every), max(1, max_rounds)
+        self.keep = keep
         self._gain_sum: dict[str, float] = {}  # turbo: the sum of each phrase's exact gains so far
         self._gain_n: dict[str, int] = {}  # turbo: how many times each phrase was scored exactly
         self._gain_last: dict[str, float] = {}  # turbo: each phrase's gain when last scored exactly
@@ -199,6 +208,9 @@ class ChainState:
                 self.best = _Beam(prompt, sim, parent.phrases + [phrase], [])
             if sim > parent.sim or idx < self.min_count:
                 rest = [p for p in parent.remaining if p != phrase]
+                if idx == 0 and self.keep is not None and len(rest) > self.keep:
+                    kept = set(sorted(rest, key=lambda p: -self._gain_last[p])[: self.keep])  # stable: table order
+                    rest = [p for p in rest if p in kept]
                 child = _Beam(prompt, sim, parent.phrases + [phrase], rest)
                 if not self.at_limit(prompt) and rest:
                     if rank == 0 and b == 0 and not new_beams:
@@ -242,6 +254,7 @@ def start_chain(
     shortlist: int | None = None,
     refresh_every: int = 8,
     max_rounds: int = 2,
+    keep: int | None = None,
 ) -> ChainState | None:
     """A ChainState; without ``start`` it begins at the best single phrase (None if there are none)."""
     phrases = list(dict.fromkeys(phrases))
@@ -258,4 +271,4 @@ def start_chain(
         raise ValueError("start_similarity is needed with a start prompt")
     return ChainState(phrases, at_limit, start=start, start_similarity=start_similarity, start_phrases=first,
                       min_count=min_count, max_count=max_count, reverse=reverse, beam=beam,
-                      shortlist=shortlist, refresh_every=refresh_every, max_rounds=max_rounds)
+                      shortlist=shortlist, refresh_every=refresh_every, max_rounds=max_rounds, keep=keep)
