@@ -46,6 +46,19 @@ def test_turbo_scores_fewer_tokens_and_stays_close_to_best(ci, enc, images):
     assert np.mean(sims_turbo) >= np.mean(sims_best) - 0.02 * abs(np.mean(sims_best))
 
 
+def test_turbo_keep_narrows_the_search_after_the_first_step(enc, small_vocab_dir: Path, tmp_path: Path, images):
+    """Config.turbo_keep reaches the chain: with 3 phrases kept after the first step, the search
+    scores far fewer tokens than with the whole pool."""
+    wide = make(enc, small_vocab_dir, tmp_path)
+    narrow = make(enc, small_vocab_dir, tmp_path, turbo_keep=3)
+    t0 = enc.tokens_encoded
+    a = wide.interrogate(images[0], "turbo", caption="a picture")
+    t1 = enc.tokens_encoded
+    b = narrow.interrogate(images[0], "turbo", caption="a picture")
+    assert enc.tokens_encoded - t1 < (t1 - t0) / 2
+    assert a.mode == b.mode == "turbo" and b.prompt.startswith("a picture")
+
+
 def test_style_mode_excludes_the_caption_and_subject_phrases(enc, small_vocab_dir: Path, tmp_path: Path, images):
     # A user style list that contains the subject itself and phrases that restate it.
     style_extra = tmp_path / "props.txt"

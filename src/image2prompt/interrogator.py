@@ -48,6 +48,7 @@ class Config:
     beam: int = 1  # best mode: prompts kept per chain step (1 = the reference's greedy chain)
     memory_budget_mb: int | None = None  # activation memory per text batch; None: a default per device
     turbo_pool: int = 1024  # turbo: candidate pool size
+    turbo_keep: int | None = None  # turbo: after the first step, keep only this many phrases, highest gain first
     turbo_shortlist: int = 48  # turbo: phrases scored per lazy round, highest mean past gain first
     turbo_rounds: int = 2  # turbo: at most this many lazy rounds per chain step
     turbo_refresh: int = 8  # turbo: rescore the whole pool every this many steps (0: only the first)
@@ -301,7 +302,7 @@ class Interrogator:
             [p.text for p in pool], self._at_limit, start=caption, start_similarity=sim,
             min_count=cfg.min_flavors, max_count=cfg.max_flavors, beam=cfg.beam,
             shortlist=cfg.turbo_shortlist if turbo else None, refresh_every=cfg.turbo_refresh,
-            max_rounds=cfg.turbo_rounds,
+            max_rounds=cfg.turbo_rounds, keep=cfg.turbo_keep if turbo else None,
         )) for feats, caption, pool, sim in zip(feats_list, captions, pools, caption_sims)]
         self._run_chains(jobs)
         out = []
