@@ -19,6 +19,8 @@ See docs/benchmarks.md.
     python bench/modes.py --sizes b32 --images 20 --candidates 512 --variants best,turbo --precision-check none
     python bench/modes.py --sizes b32-bow --images 20 --candidates 512 --variants best,turbo --precision-check none
     python bench/modes.py --sizes l14 --clip ViT-L-14/openai --image-dir photos/ --variants best,turbo
+    python bench/modes.py --sizes b32 --images 20 --image-offset 60 --candidates 512 --variants best,turbo \
+        --turbo-variant keep128:turbo_pool=512,turbo_keep=128 --precision-check none
     python bench/modes.py --quick
 """
 
@@ -51,6 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--candidates", type=int, default=2048, help="best mode's candidate pool")
     p.add_argument("--turbo-pool", type=int, default=None,
                    help="turbo's pool (default: half of --candidates, as turbo's 1,024 is half of best's 2,048)")
+    p.add_argument("--turbo-variant", action="append", default=[], metavar="NAME:KEY=N,...",
+                   help="also run turbo with these Config fields, e.g. 'keep128:turbo_pool=512,turbo_keep=128' "
+                        "(repeatable; each is added to --variants)")
+    p.add_argument("--image-offset", type=int, default=0,
+                   help="skip this many synthetic images first: a set held out from the default one, for tuning")
     p.add_argument("--vocab-size", type=int, default=None, help="flavors sampled (default: all)")
     p.add_argument("--artists", type=int, default=None, help="artists sampled (default: all)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS))
@@ -68,6 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16, help="batch size for --throughput")
     p.add_argument("--quick", action="store_true", help="smoke run: b32, 2 images, 64 candidates, 300 flavors")
     a = p.parse_args(argv)
+    for spec in a.turbo_variant:
+        name, _, fields = spec.partition(":")
+        VARIANTS[name] = dict(mode="turbo", **{k: int(v) for k, v in (f.split("=") for f in fields.split(",") if f)})
+        a.variants += "," + name
     if a.quick:
         a.sizes, a.images, a.candidates, a.vocab_size, a.artists = "b32", 2, 64, 300, 50
     return a
@@ -80,12 +91,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def load_images(args: argparse.Namespace) -> list:
-    if not args.image_dir:
-        return make_images(args.images)
-    from image2prompt.io import expand_sources, load_image
+def load_images(args: argparse.Namespace) -> tuple[list, list[str]]:
+    """The images (``--image-offset`` on, ``--images`` of them) and the fixed caption of each."""
+    first, last = args.image_offset, args.image_offset + args.images
+    if args.image_dir:
+        from image2prompt.io import expand_sources, load_image
 
-    return [load_image(src) for src in list(expand_sources([args.image_dir]))[: args.images]]
+        images = [load_image(src) for src in list(expand_sources([args.image_dir]))[first:last]]
+    else:
+        images = make_images(last)[first:]
+    return images, [CAPTIONS[i % len(CAPTIONS)] for i in range(first, first + len(images))]
 
 
 def ratio_with_interval(sims, base_sims, resamples: int = 10_000, seed: int = 0) -> str:
@@ -128,16 +143,15 @@ def run_size(size: str, model: str, vocab_dir: Path, cache_dir: Path, args: argp
     from image2prompt.vocab import load_folder_pack
 
     pack = load_folder_pack(vocab_dir)
-    images = load_images(args)
-    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(len(images))]
+    images, captions = load_images(args)
     enc = load_clip(model, device=args.device, precision="fp32")
     cache = EmbeddingCache(cache_dir / size / "fp32", download=False)
 
     turbo_pool = args.turbo_pool or max(1, args.candidates // 2)
 
     def make(**cfg) -> Interrogator:
-        return Interrogator(enc, None, pack, cache, Config(caption_model=None, candidates=args.candidates,
-                                                           turbo_pool=turbo_pool, **cfg))
+        fields = dict(caption_model=None, candidates=args.candidates, turbo_pool=turbo_pool)
+        return Interrogator(enc, None, pack, cache, Config(**{**fields, **cfg}))
 
     make().prepare()  # tables are built (or read) before anything is timed
     rows, results = [], {}
@@ -198,8 +212,7 @@ def run_throughput(size: str, model: str, vocab_dir: Path, cache_dir: Path, args
     from image2prompt.models.clip import load_clip
     from image2prompt.vocab import load_folder_pack
 
-    images = load_images(args)
-    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(len(images))]
+    images, captions = load_images(args)
     enc = load_clip(model, device=args.device, precision="fp32")
     ci = Interrogator(enc, None, load_folder_pack(vocab_dir), EmbeddingCache(cache_dir / size / "fp32", download=False),
                       Config(caption_model=None, image_batch_size=args.batch_size))
@@ -250,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     emit_report(args.device, [
         f"vocabulary: {counts} (flavors sampled from clip-interrogator's lists); "
         f"images: {args.images}; candidates: {args.candidates} (turbo's pool: "
-        f"{args.turbo_pool or max(1, args.candidates // 2)})",
+        f"{args.turbo_pool or max(1, args.candidates // 2)}); image offset: {args.image_offset}",
     ], headers, rows, args.markdown_out)
     return 0
 
