@@ -76,12 +76,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: b32, 2 images, 64 candidates, 300 flavors")
     a = p.parse_args(argv)
     for spec in a.turbo_variant:
-        name, _, fields = spec.partition(":")
-        VARIANTS[name] = dict(mode="turbo", **{k: int(v) for k, v in (f.split("=") for f in fields.split(",") if f)})
+        name = spec.partition(":")[0]
+        VARIANTS[name] = dict(mode="turbo", **_turbo_fields(p, spec))
         a.variants += "," + name
     if a.quick:
         a.sizes, a.images, a.candidates, a.vocab_size, a.artists = "b32", 2, 64, 300, 50
+    a.turbo_pool = a.turbo_pool or max(1, a.candidates // 2)
     return a
+
+
+def _turbo_fields(p: argparse.ArgumentParser, spec: str) -> dict[str, int]:
+    """The Config fields of a ``--turbo-variant NAME:KEY=N,...``; a malformed one stops the parser."""
+    from dataclasses import fields
+
+    from image2prompt import Config
+
+    known = {f.name for f in fields(Config)}
+    out = {}
+    for item in filter(None, spec.partition(":")[2].split(",")):
+        key, _, value = item.partition("=")
+        if key not in known or not value.lstrip("-").isdigit():
+            p.error(f"--turbo-variant {spec!r}: {item!r} is not KEY=N with KEY a Config field")
+        out[key] = int(value)
+    return out
 
 
 def _sync(device: str) -> None:
@@ -147,10 +164,8 @@ def run_size(size: str, model: str, vocab_dir: Path, cache_dir: Path, args: argp
     enc = load_clip(model, device=args.device, precision="fp32")
     cache = EmbeddingCache(cache_dir / size / "fp32", download=False)
 
-    turbo_pool = args.turbo_pool or max(1, args.candidates // 2)
-
     def make(**cfg) -> Interrogator:
-        fields = dict(caption_model=None, candidates=args.candidates, turbo_pool=turbo_pool)
+        fields = dict(caption_model=None, candidates=args.candidates, turbo_pool=args.turbo_pool)
         return Interrogator(enc, None, pack, cache, Config(**{**fields, **cfg}))
 
     make().prepare()  # tables are built (or read) before anything is timed
@@ -263,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     emit_report(args.device, [
         f"vocabulary: {counts} (flavors sampled from clip-interrogator's lists); "
         f"images: {args.images}; candidates: {args.candidates} (turbo's pool: "
-        f"{args.turbo_pool or max(1, args.candidates // 2)}); image offset: {args.image_offset}",
+        f"{args.turbo_pool}); image offset: {args.image_offset}",
     ], headers, rows, args.markdown_out)
     return 0
 
