@@ -51,7 +51,8 @@ def test_turbo_keep_narrows_the_search_after_the_first_step(enc, small_vocab_dir
     scores far fewer tokens than with the whole pool."""
     wide = make(enc, small_vocab_dir, tmp_path)
     narrow = make(enc, small_vocab_dir, tmp_path, turbo_keep=3)
-    wide.prepare(), narrow.prepare()  # tables first, so only the searches are counted
+    wide.prepare()  # tables first, so only the searches are counted
+    narrow.prepare()
     t0 = enc.tokens_encoded
     a = wide.interrogate(images[0], "turbo", caption="a picture")
     t1 = enc.tokens_encoded
