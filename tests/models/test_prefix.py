@@ -28,7 +28,9 @@ def random_prompt(rng: random.Random, n_words: int) -> str:
 
 PREFIXES = [
     "a photo of a dog",
-    "a photo of a dog!!!",          # punctuation merges with the comma: boundary unsafe
+    "a photo of a dog!!!",          # punctuation merges with the comma: "!!!," is run with each phrase
+    "a photo, ( ( brown skin ) )",  # the vocabulary's weighted phrases end in ")", which merges too
+    "a photo, walt disney (1937)",
     "a photo of a dog,",            # ends with a comma
     "a café in paris",              # non-ASCII prefix: verified phrase by phrase
     "A Photo   Of  Spaces ",        # case and whitespace clean-up
@@ -75,13 +77,29 @@ def test_truncation_matches_the_tokenizer(encoder):
     assert np.abs(got - full(encoder, near, ["a b c d e f g h", "a b c d e f g"])).max() <= 1e-5
 
 
-def test_unsafe_boundaries_fall_back_and_safe_ones_do_not(encoder):
+def test_a_prefix_ending_in_punctuation_is_cached_not_encoded_in_full(encoder):
     scorer = encoder.prefix_scorer()
     before = scorer.fallbacks
-    encoder.encode_extensions("a photo", ["plain", "words"])
+    for prefix in ("a photo", "a photo!!!", "a photo, ( ( brown skin ) )"):
+        got = encoder.encode_extensions(prefix, ["plain", "words"])
+        assert np.abs(got - full(encoder, prefix, ["plain", "words"])).max() <= 1e-5
     assert scorer.fallbacks == before
-    encoder.encode_extensions("a photo!!!", ["plain", "words"])
+    # The prefix's tokens are run once, not once per phrase: a full encode of both texts
+    # would run about twice the prefix's length.
+    prefix = "a photo of a dog in a park at night, ( ( brown skin ) )"
+    n_prefix = encoder.count_tokens(prefix)
+    t0 = encoder.tokens_encoded
+    encoder.encode_extensions(prefix, ["plain", "words"])
+    assert encoder.tokens_encoded - t0 < 2 * n_prefix
+
+
+def test_a_prefix_without_a_clean_split_falls_back_to_full_encodes(encoder, monkeypatch):
+    scorer = encoder.prefix_scorer()
+    monkeypatch.setattr(scorer, "_split", lambda prefix, ids: None)
+    before = scorer.fallbacks
+    got = encoder.encode_extensions("a photo!!!", ["plain", "words"])
     assert scorer.fallbacks == before + 2
+    assert np.abs(got - full(encoder, "a photo!!!", ["plain", "words"])).max() <= 1e-5
 
 
 def test_fewer_tokens_than_a_full_encode(encoder):

@@ -9,13 +9,19 @@ computation as a full encode, reordered (differences are float rounding).
 
 Exactness conditions, each checked rather than assumed:
 
-* Tokenisation: ids(prefix + ", " + phrase) must equal ids(prefix) + ids(",")
-  + ids(phrase). The CLIP BPE splits words on whitespace and character class
-  before merging, so the phrase side is context-free for ASCII text; the prefix
-  side is checked once per step (a prefix ending in punctuation merges with the
-  comma). Non-ASCII prefixes or phrases (where ftfy's clean-up could act across
-  the boundary) are verified one by one with the full tokenizer. Any failure
-  falls back to a full encode for that phrase.
+* Tokenisation: ids(prefix + ", " + phrase) must equal head + bridge +
+  ids(phrase), where head is a start of ids(prefix) and bridge the tokens
+  between it and the phrase. The CLIP BPE splits words on whitespace and
+  character class before merging, so the phrase side is context-free for ASCII
+  text. On the prefix side the comma usually stands alone (bridge = ids(",")),
+  but after punctuation it merges with it: "( ( brown skin ) )" + ", " ends in
+  the token ")," and not in ")" + ",". So head and bridge are read, once per
+  step, off the tokenizer's own output for ``prefix + ", a"``: head is what
+  that output shares with ids(prefix), and bridge the rest before "a". Only
+  head is cached; bridge runs with each phrase. Non-ASCII prefixes or phrases
+  (where ftfy's clean-up could act across the boundary) are verified one by one
+  with the full tokenizer. Any failure falls back to a full encode for that
+  phrase.
 * Truncation: a full sequence longer than the window keeps the first
   ``context - 2`` text tokens and then the end token; the suffix is cut the
   same way.
@@ -141,6 +147,7 @@ class PrefixScorer:
         tok = encoder.tokenizer
         self.tok = tok
         self.comma = tok.encode(",")
+        self._a = tok.encode("a")
         # phrase -> (", " + phrase + end-token ids, whether the phrase tokenises the same after ", ")
         self._suffix: dict[str, tuple[np.ndarray, bool]] = {}
         self.fallbacks = 0  # phrases that needed a full encode (for tests and benchmarks)
@@ -164,9 +171,19 @@ class PrefixScorer:
             got = self._suffix[phrase] = self._make_suffix(phrase, self.tok.encode(phrase))
         return got
 
-    def _boundary_safe(self, prefix: str, prefix_ids: list[int]) -> bool:
+    def _split(self, prefix: str, prefix_ids: list[int]) -> tuple[list[int], list[int]] | None:
+        """(head, bridge): ids(prefix + ", " + phrase) = head + bridge + ids(phrase), head a
+        start of ids(prefix); None if the tokenizer's output for ``prefix + ", a"`` has no such split."""
         probe = self.tok.encode(prefix + SEP + "a")
-        return probe == prefix_ids + self.comma + self.tok.encode("a")
+        if probe[len(probe) - len(self._a):] != self._a:
+            return None
+        probe = probe[: len(probe) - len(self._a)]
+        k = 0
+        for x, y in zip(probe, prefix_ids):
+            if x != y:
+                break
+            k += 1
+        return prefix_ids[:k], probe[k:]
 
     def encode(self, prefix: str, phrases: Sequence[str]) -> np.ndarray:
         """Normalised features [N, D] of ``prefix + ", " + phrase`` for each phrase."""
@@ -184,17 +201,21 @@ class PrefixScorer:
         slow: list[tuple[int, int, str]] = []
         for r, (prefix, phrases) in enumerate(requests):
             prefix_ids = self.tok.encode(prefix)
-            safe_prefix = self._boundary_safe(prefix, prefix_ids)
+            split = self._split(prefix, prefix_ids)
+            whole_head, bridge = split or (prefix_ids, self.comma)
+            retie = np.asarray(bridge, dtype=np.int64) if bridge != self.comma else None
             ascii_prefix = prefix.isascii()
-            head = prefix_ids[: ctx - 2]
+            head = whole_head[: ctx - 2]
             room = ctx - 2 - len(head)
             group = len(prefix_runs)
             prefix_runs.append([self.tok.sot_id, *head])
             for i, phrase in enumerate(phrases):
                 suffix, free = self.suffix(phrase)
-                ok = safe_prefix and free and (ascii_prefix or phrase.isascii() or
-                                               self.tok.encode(prefix + SEP + phrase)
-                                               == prefix_ids + suffix[:-1].tolist())
+                if retie is not None:  # the comma merged with the prefix's end: run the merged tokens here
+                    suffix = np.concatenate([retie, suffix[len(self.comma):]])
+                ok = split is not None and free and (ascii_prefix or phrase.isascii() or
+                                                     self.tok.encode(prefix + SEP + phrase)
+                                                     == whole_head + suffix[:-1].tolist())
                 if not ok:
                     slow.append((r, i, prefix + SEP + phrase))
                     continue
