@@ -33,9 +33,20 @@ class CacheError(Image2PromptError):
     """The embedding cache location cannot be used."""
 
 
-class MissingDependencyError(Image2PromptError):
-    """An optional dependency is needed for the requested feature."""
+class SettingsError(Image2PromptError, ValueError):
+    """Search settings that cannot run (a count below its minimum, an unknown mode)."""
 
-    def __init__(self, package: str, feature: str, extra: str | None = None) -> None:
-        hint = f"pip install 'image2prompt[{extra}]'" if extra else f"pip install {package}"
-        super().__init__(f"{feature} needs the '{package}' package: {hint}")
+
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` on one line, whitespace collapsed, cut at a word boundary to ``limit`` characters.
+
+    The one truncator for every message that quotes another library's error.
+    """
+    flat = " ".join(str(text).split())
+    if len(flat) <= limit:
+        return flat
+    cut = flat[: limit - 3]
+    space = cut.rfind(" ")
+    if space > limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:.") + "..."

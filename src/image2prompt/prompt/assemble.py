@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 CountTokens = Callable[[str], int]
 
-SEPARATOR = ", "
+from ..syntax import SEPARATOR
 DEFAULT_MAX_TOKENS = 77
 
 

@@ -1,0 +1,108 @@
+"""Per-call search settings: frozen, hashable, validated when built (no torch here).
+
+Load-time settings (models, device, precision, cache, vocabulary) live in
+:class:`image2prompt.Config`; everything a single search may vary lives here and is
+passed per call, so one loaded :class:`~image2prompt.Interrogator` serves any mix of
+modes and budgets. Each knob has one name in every layer: the CLI flag, this field
+and the search code use the same word.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from .errors import SettingsError
+
+#: The modes built into the package (plugins may register more, see image2prompt.modes).
+BUILTIN_MODES = ("best", "classic", "fast", "negative", "turbo", "style")
+
+#: Text tokens per chunk when a long prompt is split (A1111's BREAK, ComfyUI's concat):
+#: one 77-token window less its start and end tokens.
+CHUNK_TOKENS = 75
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How one search runs. Every field has a working default (the reference's best mode)."""
+
+    mode: str = "best"
+    candidates: int = 2048  # best/negative/style: size of the candidate pool
+    min_flavors: int = 8  # chains always take at least this many steps
+    max_flavors: int = 32  # and at most this many; also fast mode's phrase count
+    classic_flavors: int = 3  # flavors in classic mode
+    max_tokens: int = 77  # the prompt's token budget, start and end tokens included
+    beam: int = 1  # best/turbo: prompts kept per chain step (1 = the reference's greedy chain)
+    turbo_pool: int = 1024  # turbo: candidate pool size (at most `candidates`)
+    keep: int | None = None  # turbo: after the first step keep only this many phrases, highest gain first
+    shortlist: int = 48  # turbo: phrases scored per lazy round, highest mean past gain first
+    max_rounds: int = 2  # turbo: at most this many lazy rounds per chain step
+    refresh_every: int = 8  # turbo: rescore the whole pool every this many steps (0: only the first)
+    style_phrases: int = 12  # style: at most this many phrases
+    chunks: bool = False  # also return the prompt split into CHUNK_TOKENS-token chunks
+    negative: bool = False  # also return the paired negative prompt, from the same features
+    score_prompt: bool = True  # fast/classic: compute Result.similarity (one text encode per image)
+    weak_z: float = 4.0  # a best flavor less than this many standard deviations above its table's mean is weak
+    trace: bool = False  # record each chain step and the top phrases per category (Result.trace)
+    trace_top: int = 10  # phrases per category in the trace
+
+    def __post_init__(self) -> None:
+        problems = _problems(self)
+        if problems:
+            raise SettingsError("invalid search settings: " + "; ".join(problems))
+
+    # -- conversion ----------------------------------------------------------------
+    def replace(self, **changes: Any) -> "SearchSettings":
+        """A copy with ``changes`` applied (validated like any new instance)."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise SettingsError(f"unknown search setting(s): {', '.join(unknown)}")
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchSettings":
+        """Settings from a mapping (a JSON body, a stored record); unknown keys are an error."""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise SettingsError(f"unknown search setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def digest(self) -> str:
+        """A short, stable hash of these settings alone (see Interrogator.fingerprint)."""
+        return stable_hash(self.to_dict())
+
+
+def stable_hash(data: Any, length: int = 16) -> str:
+    """sha256 of canonical JSON (sorted keys, no spaces), cut to ``length`` hex digits."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def _problems(s: SearchSettings) -> list[str]:
+    out: list[str] = []
+    if not isinstance(s.mode, str) or not s.mode:
+        out.append(f"mode must be a mode name, got {s.mode!r}")
+    ints = {"candidates": 1, "min_flavors": 0, "max_flavors": 0, "classic_flavors": 0, "max_tokens": 3,
+            "beam": 1, "turbo_pool": 1, "shortlist": 1, "max_rounds": 1, "refresh_every": 0,
+            "style_phrases": 1, "trace_top": 1}
+    for name, low in ints.items():
+        value = getattr(s, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            out.append(f"{name} must be an integer, got {value!r}")
+        elif value < low:
+            out.append(f"{name} must be at least {low}, got {value}")
+    if s.keep is not None and (isinstance(s.keep, bool) or not isinstance(s.keep, int) or s.keep < 1):
+        out.append(f"keep must be a positive integer or None, got {s.keep!r}")
+    for name in ("chunks", "negative", "score_prompt", "trace"):
+        if not isinstance(getattr(s, name), bool):
+            out.append(f"{name} must be true or false, got {getattr(s, name)!r}")
+    if isinstance(s.weak_z, bool) or not isinstance(s.weak_z, (int, float)):
+        out.append(f"weak_z must be a number, got {s.weak_z!r}")
+    if not out and s.min_flavors > s.max_flavors:
+        out.append(f"min_flavors ({s.min_flavors}) is more than max_flavors ({s.max_flavors})")
+    return out
