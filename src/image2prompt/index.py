@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from types import MappingProxyType
+from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -33,9 +34,9 @@ class TextEncoder(Protocol):
     embed_dim: int
 
     def embed_labels(self, labels: Sequence[str], *, progress: Callable[[int], None] | None = None
-                     ) -> tuple[np.ndarray, list[list[int]]]: ...
-
-    def remember_token_ids(self, labels: Sequence[str], ids: Sequence[Sequence[int]]) -> None: ...
+                     ) -> tuple[np.ndarray, list[list[int]]]:
+        """Features [N, D] and each label's token ids (no start/end tokens, untruncated)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,9 @@ class MergedView:
 class VocabularyIndex:
     """Embeddings of every table of a pack for one encoder, in one fp16 matrix.
 
-    Tables are embedded on first use (or read from the cache). Safe to share
-    across threads: building is guarded by a lock, reads are lock-free.
+    Tables are embedded on first use (or read from the cache). Each table's token
+    ids are kept too (:meth:`token_ids`), for the encoder's prefix-cached scoring.
+    Safe to share across threads: building is guarded by a lock, reads are lock-free.
     """
 
     def __init__(self, pack: VocabularyPack, encoder: TextEncoder, cache: EmbeddingCache | None,
@@ -62,6 +64,8 @@ class VocabularyIndex:
         self.progress = progress
         self._lock = threading.Lock()
         self._embeds: dict[str, np.ndarray] = {}
+        self._token_ids: dict[str, Sequence[int]] = {}
+        self._token_ids_view: Mapping[str, Sequence[int]] = MappingProxyType(self._token_ids)
         self._merged: MergedView | None = None
 
     def embeds(self, category: str) -> np.ndarray:
@@ -79,6 +83,15 @@ class VocabularyIndex:
                 self._embeds[category] = self._build(self.pack[category])
             return self._embeds[category]
 
+    def token_ids(self) -> Mapping[str, Sequence[int]]:
+        """label -> its token ids (no start/end tokens, untruncated), for every table built so far.
+
+        A live read-only view: tables built later appear in it. Labels of cache files
+        written without ids (the reference's) are missing; encoders tokenize those.
+        Pass it to ``encode_extensions_many(..., phrase_ids=index.token_ids())``.
+        """
+        return self._token_ids_view
+
     def prepare(self, categories: Sequence[str] | None = None) -> None:
         for c in categories or self.pack.categories():
             self.embeds(c)
@@ -90,7 +103,7 @@ class VocabularyIndex:
             if cached is not None:
                 log.debug("table %s for %s read from cache", table.name, enc.name)
                 if cached.token_ids is not None:
-                    enc.remember_token_ids(table.labels, cached.token_ids)
+                    self._keep_token_ids(table.labels, cached.token_ids)
                 return cached.embeds.astype(np.float32)
         log.info("embedding %d %s phrases with %s", len(table), table.name, enc.name)
         bar = self.progress(f"Embedding {table.name}", len(table)) if self.progress and len(table) else None
@@ -100,9 +113,17 @@ class VocabularyIndex:
             if bar is not None:
                 bar.close()
         embeds = feats.astype(np.float16)  # rounded as stored, so a cache hit gives the same scores
+        self._keep_token_ids(table.labels, token_ids)
         if self.cache is not None and len(table):
             self.cache.save(enc.cache_key, table, embeds, token_ids=token_ids)
         return embeds.astype(np.float32)
+
+    def _keep_token_ids(self, labels: Sequence[str], ids: Sequence[Sequence[int]]) -> None:
+        if len(ids) != len(labels):
+            log.warning("%d token-id lists for %d labels; ignoring them", len(ids), len(labels))
+            return
+        for label, row in zip(labels, ids):
+            self._token_ids.setdefault(label, row)
 
     # -- merged pool -------------------------------------------------------
     def merged(self) -> MergedView:

@@ -39,3 +39,18 @@ def test_hub_captioner_offline(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE"):
         load_captioner("blip-base", device="cpu")
+
+
+def test_captions_are_the_raw_decoded_text(tiny_blip: Path, images, monkeypatch: pytest.MonkeyPatch):
+    """Cleaning captions is the caller's job: the captioner returns what the model decoded."""
+    cap = load_captioner(f"local-dir:{tiny_blip}", device="cpu")
+    raw = ["arafed dog sitting on a table ", "there is a cat  in the street"]
+    monkeypatch.setattr(cap.processor, "batch_decode", lambda tokens, skip_special_tokens: raw[: len(tokens)])
+    assert cap.caption(images[:2], batch_size=2) == raw
+
+
+def test_captioners_follow_the_plugin_protocol(tiny_blip: Path):
+    from image2prompt.models import CaptionerLike
+
+    cap = load_captioner(f"local-dir:{tiny_blip}", device="cpu")
+    assert isinstance(cap, CaptionerLike) and callable(cap.offload) and callable(cap.activate)

@@ -138,3 +138,74 @@ def test_suffix_batches_are_bounded_by_the_memory_budget_not_the_candidate_count
         assert peaks[0] == peaks[1] <= limit < 200
     finally:
         encoder.memory_budget = saved
+
+
+class CountingTokenizer:
+    """The encoder's tokenizer, recording every text it is asked to tokenize."""
+
+    def __init__(self, tok) -> None:
+        self._tok = tok
+        self.texts: list[str] = []
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+    def encode(self, text: str) -> list[int]:
+        self.texts.append(text)
+        return self._tok.encode(text)
+
+
+def test_phrase_ids_from_the_caller_are_used_not_retokenized(encoder, monkeypatch):
+    scorer = encoder.prefix_scorer()
+    counting = CountingTokenizer(scorer.tok)
+    monkeypatch.setattr(scorer, "tok", counting)
+    prefix = "a photo of a dog"
+    # The ids given for a phrase are the ones scored: here, on purpose, another phrase's ids.
+    ids = {"zq-placeholder-one": encoder.tokenizer.encode("golden hour"),
+           "zq-placeholder-two": encoder.tokenizer.encode("by Claude Monet")}
+    got = encoder.encode_extensions(prefix, list(ids) + ["zq-not-given"], phrase_ids=ids)
+    ref = full(encoder, prefix, ["golden hour", "by Claude Monet", "zq-not-given"])
+    assert np.abs(got - ref).max() <= 1e-5
+    assert "zq-placeholder-one" not in counting.texts and "zq-placeholder-two" not in counting.texts
+    assert "zq-not-given" in counting.texts  # phrases missing from phrase_ids are tokenized
+    outs = encoder.encode_extensions_many([(prefix, ["zq-placeholder-one"]), ("", ["zq-placeholder-two"])],
+                                          phrase_ids=ids)
+    assert np.abs(outs[0] - ref[:1]).max() <= 1e-5
+    assert np.abs(outs[1] - full(encoder, "", ["by Claude Monet"])).max() <= 1e-5
+
+
+def test_the_encoder_keeps_no_token_ids_behind_the_callers_back(encoder):
+    scorer = encoder.prefix_scorer()
+    assert not hasattr(encoder, "remember_token_ids") and not hasattr(scorer, "remember")
+    before = dict(scorer._suffix)
+    feats, ids = encoder.embed_labels(["zq never seen one", "zq never seen two"])
+    assert feats.shape == (2, encoder.embed_dim)
+    assert ids == [encoder.tokenizer.encode("zq never seen one"), encoder.tokenizer.encode("zq never seen two")]
+    assert dict(scorer._suffix).keys() == before.keys()
+
+
+def test_the_suffix_cache_is_a_bounded_lru(encoder, monkeypatch):
+    from collections import OrderedDict
+
+    from image2prompt.models.prefix import SUFFIX_CACHE_SIZE
+
+    scorer = encoder.prefix_scorer()
+    assert SUFFIX_CACHE_SIZE == 65_536 and scorer.cache_size == SUFFIX_CACHE_SIZE
+    monkeypatch.setattr(scorer, "cache_size", 50)
+    monkeypatch.setattr(scorer, "_suffix", OrderedDict())
+    prefix = "a photo of a dog"
+    for step in range(4):
+        phrases = [f"phrase {step} {i}" for i in range(60)]
+        got = encoder.encode_extensions(prefix, phrases)
+        assert len(scorer._suffix) <= 50
+        assert np.abs(got - full(encoder, prefix, phrases)).max() <= 1e-5
+    # Least recently used goes first: a phrase used again survives newer ones.
+    keep = next(iter(scorer._suffix))
+    encoder.encode_extensions(prefix, [keep])
+    encoder.encode_extensions(prefix, [f"newer {i}" for i in range(49)])
+    assert keep in scorer._suffix and len(scorer._suffix) == 50
+    encoder.encode_extensions(prefix, [keep])  # used again: now the newest
+    encoder.encode_extensions(prefix, ["newest"])
+    assert keep in scorer._suffix and "newer 0" not in scorer._suffix and len(scorer._suffix) == 50
+    encoder.encode_extensions(prefix, [f"later {i}" for i in range(50)])
+    assert keep not in scorer._suffix and len(scorer._suffix) == 50

@@ -119,3 +119,58 @@ def make_blip_dir(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
     BlipForConditionalGeneration(cfg).save_pretrained(out)
     BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": 64, "width": 64}), tokenizer=tok).save_pretrained(out)
     return out
+
+
+def make_custom_text_open_clip_dir(out_dir: str | os.PathLike[str], text_cfg: dict | None = None,
+                                   seed: int = 0, embed_dim: int = 32) -> Path:
+    """An open_clip ``local-dir:`` folder for a random ``CustomTextCLIP`` (``"custom_text": true``).
+
+    ``text_cfg`` is merged over the tiny text config: e.g. SigLIP-like
+    ``{"no_causal_mask": True, "pool_type": "last"}``, or a tower from transformers
+    with ``hf_model_name`` (a local config folder) and ``hf_tokenizer_name``. The
+    folder then loads through open_clip's factory exactly as a downloaded one does.
+    """
+    import copy
+
+    import open_clip
+    import torch
+    from open_clip.model import CustomTextCLIP
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = copy.deepcopy(TINY_OPEN_CLIP)
+    cfg["embed_dim"] = embed_dim
+    cfg["text_cfg"].update(text_cfg or {})
+    cfg["custom_text"] = True
+    json.dump(
+        {"model_cfg": cfg, "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN),
+                                              "std": list(open_clip.OPENAI_DATASET_STD)}},
+        open(out / "open_clip_config.json", "w"),
+    )
+    torch.manual_seed(seed)
+    model_cfg = {k: v for k, v in cfg.items() if k != "custom_text"}
+    if "hf_model_name" in model_cfg["text_cfg"]:
+        model_cfg["text_cfg"] = {**model_cfg["text_cfg"], "hf_model_pretrained": False}
+    model = CustomTextCLIP(**model_cfg)
+    state = model.state_dict()
+    if model.text.__class__.__name__ == "TextTransformer":
+        # open_clip initialises positions with std 0.01: make them matter more,
+        # so a wrongly placed position or pooled token cannot hide in the rounding.
+        with torch.no_grad():
+            state["text.positional_embedding"].normal_(std=0.5)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "open_clip_model.safetensors"))
+    return out
+
+
+def make_bert_text_config_dir(out_dir: str | os.PathLike[str], pad_token_id: int, vocab_size: int = 49408,
+                              context_length: int = 77) -> Path:
+    """A transformers config folder for a tiny BERT text tower (open_clip's ``hf_model_name``)."""
+    from transformers import BertConfig
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    BertConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+               num_attention_heads=2, max_position_embeddings=context_length,
+               pad_token_id=pad_token_id).save_pretrained(out)
+    return out

@@ -2,6 +2,7 @@
 
 Only this package imports torch, open_clip and transformers, and only when a
 model is actually loaded: importing ``image2prompt.models`` stays light.
+Other packages add models through plugins (see :mod:`image2prompt.models._registry`).
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ from ._registry import (
     CLIP_PRESETS,
     DEFAULT_CAPTIONER,
     DEFAULT_CLIP,
+    PLUGIN_GROUP,
     TARGETS,
+    CaptionerLike,
     CaptionSpec,
     ClipSpec,
     expand_clip_names,
+    load_plugins,
     parse_caption_name,
     parse_clip_name,
+    register_captioner,
+    register_clip_backend,
     resolve_target,
 )
 
@@ -42,6 +48,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CAPTION_MODELS", "CLIP_PRESETS", "DEFAULT_CAPTIONER", "expand_clip_names", "DEFAULT_CLIP", "TARGETS", "CaptionSpec", "ClipSpec",
-    "Captioner", "ClipEncoder", "load_captioner", "load_clip",
-    "parse_caption_name", "parse_clip_name", "resolve_target",
+    "Captioner", "CaptionerLike", "ClipEncoder", "load_captioner", "load_clip", "load_plugins", "PLUGIN_GROUP",
+    "parse_caption_name", "parse_clip_name", "register_captioner", "register_clip_backend", "resolve_target",
 ]

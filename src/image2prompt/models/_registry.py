@@ -1,21 +1,62 @@
-"""Model names: parsing, targets and the captioner table (no torch here).
+"""Model names: parsing, targets, the captioner table and model plugins (no torch here).
 
 CLIP names follow open_clip: ``ARCH/TAG`` (``ViT-L-14/openai``), ``local-dir:PATH``
 and ``hf-hub:ORG/REPO``. The transformers backend is ``hf:ORG/REPO`` or a
 ``save_pretrained`` folder. Names carry their source, so the model name and its
 weights are never confused (``local-dir:`` paths contain slashes).
+
+Plugins
+-------
+Other packages add CLIP backends and captioners by registering loaders::
+
+    from image2prompt.models import register_captioner, register_clip_backend
+
+    @register_captioner("my-captioner")            # claims exactly this name
+    def load(name, *, device, precision, max_new_tokens, **options):
+        return MyCaptioner(...)                    # any CaptionerLike
+
+    @register_clip_backend("myclip:")              # claims every name starting with "myclip:"
+    def load(name, *, device, precision, memory_budget_mb, **options):
+        return MyEncoder(...)                      # a ClipEncoder subclass
+
+A key ending in ``:`` is a scheme and claims every name with that prefix (the
+longest matching scheme wins); any other key claims exactly that name. Loaders get
+the name as the user wrote it, ``device`` and ``precision`` as strings (``"auto"``
+by default) and raise :class:`~image2prompt.errors.ModelLoadError` when they
+cannot load; other exceptions are turned into one. ``load_clip`` and
+``load_captioner`` ask the plugins first, so a plugin may also replace a built-in
+short name (the ``local-dir:``, ``hf-hub:`` and ``hf:`` schemes are reserved).
+
+A captioner is any object with ``name: str`` and
+``caption(images, *, batch_size) -> list[str]`` (:class:`CaptionerLike`); it may
+also have ``offload()`` and ``activate()``, which are called only when present.
+Captions are returned raw: the caller cleans them.
+
+Packages announce plugins with an entry point in the group ``image2prompt.plugins``
+(``[project.entry-points."image2prompt.plugins"] myplug = "myplug.register"``):
+a module, imported for its registrations, or a callable, called with no
+arguments. They are loaded once, at the first registry lookup
+(:func:`load_plugins`); one that fails is logged as a single warning and skipped.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import json
+import logging
 import os
+import sys
+import threading
+import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal, Protocol, Sequence, TypeVar, runtime_checkable
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, one_line
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CLIP = "ViT-L-14/openai"
 DEFAULT_CAPTIONER = "blip-large"
@@ -47,8 +88,142 @@ LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
 HF_TRANSFORMERS = "hf:"
 
-ClipBackendName = Literal["open_clip", "transformers"]
-CaptionKind = Literal["blip", "blip2", "git"]
+ClipBackendName = Literal["open_clip", "transformers", "plugin"]
+CaptionKind = Literal["blip", "blip2", "git", "plugin"]
+
+#: Entry-point group of plugin modules (or callables) that register loaders when loaded.
+PLUGIN_GROUP = "image2prompt.plugins"
+_RESERVED_SCHEMES = (LOCAL_DIR, HF_HUB, HF_TRANSFORMERS)
+
+Loader = Callable[..., Any]
+L = TypeVar("L", bound=Loader)
+
+
+@runtime_checkable
+class CaptionerLike(Protocol):
+    """What a captioner is: a name and batched captioning of PIL images.
+
+    ``caption`` returns the raw decoded text, one string per image, in order.
+    Objects may also define ``offload()`` (move weights off the accelerator) and
+    ``activate()`` (move them back); callers use them only when present.
+    """
+
+    name: str
+
+    def caption(self, images: Sequence[Any], *, batch_size: int = ...) -> list[str]: ...
+
+
+_CLIP_PLUGINS: dict[str, Loader] = {}
+_CAPTIONER_PLUGINS: dict[str, Loader] = {}
+_plugins_loaded = False
+_plugins_lock = threading.RLock()
+
+
+def _check_key(key: str, what: str) -> str:
+    if not isinstance(key, str) or not key.strip() or key != key.strip():
+        raise ValueError(f"{what} plugin name must be a non-empty string without surrounding spaces, not {key!r}")
+    return key
+
+
+def register_clip_backend(scheme: str) -> Callable[[L], L]:
+    """Decorator: register ``loader(name, *, device, precision, memory_budget_mb, **options)``
+    for CLIP names starting with ``scheme`` (when it ends in ``:``) or equal to it."""
+    _check_key(scheme, "CLIP")
+    if scheme in _RESERVED_SCHEMES:
+        raise ValueError(f"the {scheme!r} scheme is built in and cannot be taken by a plugin")
+
+    def decorate(loader: L) -> L:
+        if scheme in _CLIP_PLUGINS and _CLIP_PLUGINS[scheme] is not loader:
+            log.debug("CLIP plugin %r registered again; the later loader wins", scheme)
+        _CLIP_PLUGINS[scheme] = loader
+        return loader
+
+    return decorate
+
+
+def register_captioner(name: str) -> Callable[[L], L]:
+    """Decorator: register ``loader(name, *, device, precision, max_new_tokens, **options)``
+    for the captioner ``name`` (or, ending in ``:``, every name with that prefix)."""
+    _check_key(name, "captioner")
+    if name in _RESERVED_SCHEMES:
+        raise ValueError(f"the {name!r} scheme is built in and cannot be taken by a plugin")
+
+    def decorate(loader: L) -> L:
+        if name in _CAPTIONER_PLUGINS and _CAPTIONER_PLUGINS[name] is not loader:
+            log.debug("captioner plugin %r registered again; the later loader wins", name)
+        _CAPTIONER_PLUGINS[name] = loader
+        return loader
+
+    return decorate
+
+
+def load_plugins() -> None:
+    """Load the ``image2prompt.plugins`` entry points, once per process.
+
+    Each names a module (imported: its decorators register loaders) or a callable
+    (called with no arguments). A plugin that fails is logged as one warning and skipped.
+    """
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    with _plugins_lock:
+        if _plugins_loaded:
+            return
+        _plugins_loaded = True  # first, so a plugin that looks names up does not recurse
+        from importlib.metadata import entry_points
+
+        try:
+            eps = list(entry_points(group=PLUGIN_GROUP))
+        except Exception as e:  # noqa: BLE001 - a broken installed distribution must not stop us
+            log.warning("image2prompt plugins could not be listed: %s", one_line(e) or type(e).__name__)
+            return
+        seen: set[tuple[str, str]] = set()
+        for ep in eps:
+            if (ep.name, ep.value) in seen:  # the same distribution reachable twice on sys.path
+                continue
+            seen.add((ep.name, ep.value))
+            try:
+                obj = ep.load()
+                if callable(obj) and not isinstance(obj, types.ModuleType):
+                    obj()
+            except Exception as e:  # noqa: BLE001 - a plugin's failure is its own, never ours
+                log.warning("image2prompt plugin %r (%s) failed to load and is skipped: %s",
+                            ep.name, ep.value, one_line(e) or type(e).__name__)
+
+
+def _lookup(table: dict[str, Loader], name: str) -> tuple[str, Loader] | None:
+    load_plugins()
+    if name in table:
+        return name, table[name]
+    schemes = [k for k in table if k.endswith(":") and name.startswith(k)]
+    if not schemes:
+        return None
+    key = max(schemes, key=len)
+    return key, table[key]
+
+
+def clip_plugin(name: str) -> Loader | None:
+    """The plugin loader claiming CLIP model ``name``, or None."""
+    found = _lookup(_CLIP_PLUGINS, name.strip())
+    return found[1] if found else None
+
+
+def captioner_plugin(name: str) -> Loader | None:
+    """The plugin loader claiming captioner ``name``, or None."""
+    found = _lookup(_CAPTIONER_PLUGINS, name.strip())
+    return found[1] if found else None
+
+
+def clip_plugin_names() -> list[str]:
+    """Names and schemes registered by CLIP plugins."""
+    load_plugins()
+    return sorted(_CLIP_PLUGINS)
+
+
+def captioner_plugin_names() -> list[str]:
+    """Names and schemes registered by captioner plugins."""
+    load_plugins()
+    return sorted(_CAPTIONER_PLUGINS)
 
 
 @dataclass(frozen=True)
@@ -144,6 +319,8 @@ def parse_clip_name(name: str) -> ClipSpec:
     name = name.strip()
     if not name:
         raise ModelLoadError("empty CLIP model name")
+    if clip_plugin(name) is not None:
+        return ClipSpec(name, "plugin", name)
     if name.startswith(LOCAL_DIR):
         raw = name[len(LOCAL_DIR):]
         if not raw:
@@ -179,17 +356,61 @@ def parse_clip_name(name: str) -> ClipSpec:
 
 
 def known_open_clip_pairs() -> set[tuple[str, str]] | None:
-    """open_clip's (arch, tag) pairs, or None when open_clip is not installed."""
-    try:
-        import open_clip
-    except ImportError:
+    """open_clip's (arch, tag) pairs, or None when open_clip is not installed (no torch import)."""
+    names = open_clip_names()
+    if names is None:
         return None
-    return {(a, t) for a, t in open_clip.list_pretrained()}
+    return {(a, t) for a, t in (n.split("/", 1) for n in names)}
+
+
+def open_clip_names() -> list[str] | None:
+    """open_clip's ARCH/TAG names, or None when open_clip is not installed.
+
+    ``open_clip/__init__.py`` imports torch (seconds), so when open_clip is not loaded
+    yet its table module is read on its own, with safetensors' torch half blocked.
+    """
+    if "open_clip" in sys.modules:
+        return [f"{a}/{t}" for a, t in sys.modules["open_clip"].list_pretrained()]
+    try:
+        spec = importlib.util.find_spec("open_clip")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    pkg_name = "_image2prompt_open_clip_table"
+    blocked = "safetensors.torch"
+    saved = {k: sys.modules[k] for k in (pkg_name,) if k in sys.modules}
+    pkg = types.ModuleType(pkg_name)
+    pkg.__path__ = list(spec.submodule_search_locations)
+    sys.modules[pkg_name] = pkg
+    block = blocked not in sys.modules and "torch" not in sys.modules
+    if block:
+        sys.modules[blocked] = None  # type: ignore[assignment]  # makes `import safetensors.torch` fail
+    try:
+        table = importlib.import_module(f"{pkg_name}.pretrained")
+        pairs = table.list_pretrained()
+    except Exception:  # noqa: BLE001 - another open_clip layout: import it for real
+        pairs = None
+    finally:
+        for k in [k for k in sys.modules if k == pkg_name or k.startswith(pkg_name + ".")]:
+            del sys.modules[k]
+        if block:
+            sys.modules.pop(blocked, None)
+        sys.modules.update(saved)
+    if pairs is None:
+        try:
+            import open_clip
+        except Exception:  # noqa: BLE001
+            return None
+        pairs = open_clip.list_pretrained()
+    return [f"{a}/{t}" for a, t in pairs]
 
 
 def parse_caption_name(name: str) -> CaptionSpec:
     """Parse a captioner name: a short name, ``local-dir:PATH``, a folder, or ``hf:ORG/REPO``."""
     name = name.strip()
+    if captioner_plugin(name) is not None:
+        return CaptionSpec(name, "plugin", name)
     if name in CAPTION_MODELS:
         repo = CAPTION_MODELS[name]
         kind: CaptionKind = "git" if name.startswith("git-") else "blip2" if name.startswith("blip2-") else "blip"
@@ -205,8 +426,10 @@ def parse_caption_name(name: str) -> CaptionSpec:
         lowered = repo.lower()
         kind = "git" if "/git-" in lowered else "blip2" if "blip2" in lowered else "blip"
         return CaptionSpec(name, kind, repo)
+    plugins = captioner_plugin_names()
+    shown = ", ".join([*CAPTION_MODELS, *(p + ("..." if p.endswith(":") else "") for p in plugins)])
     raise ModelLoadError(
-        f"unknown caption model {name!r}; choose one of: {', '.join(CAPTION_MODELS)}, "
+        f"unknown caption model {name!r}; choose one of: {shown}, "
         "'local-dir:PATH', 'hf:ORG/REPO', or 'none' with --caption TEXT"
     )
 

@@ -1,4 +1,4 @@
-"""Captioners (BLIP, BLIP-2, GIT) via transformers, batched and greedy."""
+"""Captioners (BLIP, BLIP-2, GIT) via transformers, batched and greedy; plugins add others."""
 
 from __future__ import annotations
 
@@ -8,15 +8,24 @@ from typing import Any, Sequence
 
 import torch
 
-from ..prompt.caption import clean_caption
-from ._registry import CaptionSpec, parse_caption_name
-from .clip import load_transformers
+from ..errors import ModelLoadError, one_line
+from ._registry import CaptionerLike, CaptionSpec, captioner_plugin, parse_caption_name
 from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
+from .loading import load_transformers
 
 log = logging.getLogger(__name__)
 
+
 class Captioner:
-    """Generates one caption per image; safe to share across threads."""
+    """Generates one caption per image; safe to share across threads.
+
+    This is the built-in implementation of the captioner protocol
+    (:class:`~image2prompt.models._registry.CaptionerLike`): ``name`` and
+    ``caption(images, *, batch_size) -> list[str]``, plus the optional
+    ``offload()``/``activate()`` that callers use only when present. Captions are
+    the raw decoded text (special tokens skipped, nothing else changed); cleaning
+    them (``image2prompt.prompt.clean_caption``) is the caller's job.
+    """
 
     def __init__(self, spec: CaptionSpec, model: Any, processor: Any, device: torch.device,
                  dtype: torch.dtype, max_new_tokens: int = 32) -> None:
@@ -48,8 +57,7 @@ class Captioner:
             tokens = self.model.generate(
                 **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1
             )
-        texts = self.processor.batch_decode(tokens, skip_special_tokens=True)
-        return [clean_caption(t) for t in texts]
+        return list(self.processor.batch_decode(tokens, skip_special_tokens=True))
 
     def offload(self) -> None:
         if self._home.type != "cpu":
@@ -65,8 +73,17 @@ class Captioner:
 
 
 def load_captioner(name: str, *, device: DeviceLike = "auto", precision: str = "auto",
-                   max_new_tokens: int = 32) -> Captioner:
-    """Load a captioner by name; failures raise ModelLoadError (never random weights)."""
+                   max_new_tokens: int = 32, **options: Any) -> CaptionerLike:
+    """Load a captioner by name; failures raise ModelLoadError (never random weights).
+
+    Plugin captioners are asked first; ``options`` are passed on to a plugin's loader
+    (the built-in captioners take none).
+    """
+    plugin = captioner_plugin(name)
+    if plugin is not None:
+        return _load_plugin(plugin, name.strip(), device, precision, max_new_tokens, options)
+    if options:
+        raise TypeError(f"unexpected options for the built-in captioners: {', '.join(options)}")
     spec = parse_caption_name(name)
     dev = resolve_device(device)
     # GIT is numerically fragile in fp16 (the reference keeps it in fp32 too).
@@ -79,3 +96,21 @@ def load_captioner(name: str, *, device: DeviceLike = "auto", precision: str = "
     model, processor = load_transformers(cls, AutoProcessor, spec.source, dtype, dev,
                                          what=f"caption model {spec.name!r}")
     return Captioner(spec, model, processor, dev, dtype, max_new_tokens)
+
+
+def _load_plugin(loader: Any, name: str, device: DeviceLike, precision: str, max_new_tokens: int,
+                 options: dict[str, Any]) -> CaptionerLike:
+    dev = "auto" if device is None else str(device)
+    log.info("loading captioner %s from plugin %s", name, getattr(loader, "__module__", "?"))
+    try:
+        cap = loader(name, device=dev, precision=precision, max_new_tokens=max_new_tokens, **options)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a plugin may raise anything; all mean "could not load"
+        raise ModelLoadError(f"could not load caption model {name!r}: {one_line(e) or type(e).__name__}") from e
+    if not isinstance(getattr(cap, "name", None), str) or not callable(getattr(cap, "caption", None)):
+        raise ModelLoadError(
+            f"caption model {name!r}: the plugin returned {type(cap).__name__}, which lacks "
+            "name: str and caption(images, *, batch_size)"
+        )
+    return cap

@@ -1,73 +1,43 @@
-"""CLIP encoders (open_clip and transformers) behind one interface.
+"""CLIP encoders (open_clip and transformers) behind one interface; plugins add backends.
 
 Encoders return L2-normalised float32 numpy arrays. Text is encoded without
 padding beyond each batch's longest sequence when the tower is causal and pools
-at the end token (then tokens after the end token cannot change the output);
-other towers are padded to the full context.
+at the end token (then tokens after the end token cannot change the output).
+open_clip towers that are not the standard causal CLIP one (SigLIP, towers
+from transformers such as XLM-RoBERTa, bidirectional or CLS-pooled ones) are
+given exactly what open_clip would give them: its own tokenizer's padded ids,
+through ``model.encode_text``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ModelLoadError
-from ..prompt.assemble import SEPARATOR
-from ._registry import ClipSpec, parse_clip_name
+from ..errors import ModelLoadError, one_line
+from ..syntax import SEPARATOR
+from ._registry import ClipSpec, clip_plugin, parse_clip_name
+from .batching import plan_batches
 from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
+from .loading import hub_hint, load_transformers
+from .prefix import PrefixScorer, TowerParts, hf_clip_parts, open_clip_parts
 from .tokenizers import HFTokenizerAdapter, OpenClipSimpleTokenizer, TextTokenizer, model_ids
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int], None]
+#: label -> token ids without start/end tokens, untruncated (what ``embed_labels`` returns).
+PhraseIds = Mapping[str, Sequence[int]]
 
 #: Activation memory one text batch may use, by device type (``--memory-budget`` overrides it).
 #: Batches are sized from this, so peak memory does not grow with the number of candidates.
 DEFAULT_MEMORY_BUDGET_MB = {"cpu": 512, "mps": 1024, "cuda": 2048}
 MAX_BATCH = 1024
-
-
-#: A batch may pad at most this share of its token positions (sequences are sorted by length,
-#: so this only splits batches whose lengths spread widely).
-MAX_PADDING = 0.25
-
-
-def plan_batches(widths: np.ndarray, rows_for: Callable[[int], int]) -> list[tuple[int, int]]:
-    """Split length-sorted sequences into [start, stop) batches that fit the memory budget
-    (``rows_for(width)`` rows of that width) and waste at most MAX_PADDING on padding."""
-    out: list[tuple[int, int]] = []
-    fits: dict[int, int] = {}
-    n, start = len(widths), 0
-    while start < n:
-        stop, real = start + 1, int(widths[start])
-        while stop < n:
-            w = int(widths[stop])
-            if w not in fits:
-                fits[w] = rows_for(w)
-            count = stop - start + 1
-            if count > fits[w] or count * w > (real + w) * (1 + MAX_PADDING):
-                break
-            real += w
-            stop += 1
-        out.append((start, stop))
-        start = stop
-    return out
-
-
-def _hub_hint() -> str:
-    try:
-        from huggingface_hub.constants import HF_HUB_CACHE
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        HF_HUB_CACHE = "~/.cache/huggingface/hub"
-    return (
-        "Weights are downloaded from the Hugging Face Hub on first use; offline (HF_HUB_OFFLINE=1) "
-        f"they must already be in {HF_HUB_CACHE}. To use weights on disk, pass local-dir:PATH."
-    )
 
 
 class ClipEncoder:
@@ -102,6 +72,10 @@ class ClipEncoder:
         """Whether batches may stop at their longest sequence (causal tower, end-token pooling)."""
         raise NotImplementedError
 
+    #: Texts go through the backend's own tokenizer and text forward, padded as it pads
+    #: them: for towers where our ids and batching would not give exactly its features.
+    native_text = False
+
     # -- tokens ------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
@@ -112,21 +86,24 @@ class ClipEncoder:
 
     # -- encoding ----------------------------------------------------------
     def encode_texts(self, texts: Sequence[str], *, progress: ProgressFn | None = None) -> np.ndarray:
+        if self.native_text:
+            return self._encode_native(texts, progress=progress)
         return self.encode_ids(self.token_ids(texts), progress=progress)
 
     def embed_labels(self, labels: Sequence[str], *,
                      progress: ProgressFn | None = None) -> tuple[np.ndarray, list[list[int]]]:
-        """Embed a phrase table; also return each label's token ids (no start/end, untruncated),
-        which the prefix scorer reuses so chain steps need no tokenizing."""
-        bpe = [self.tokenizer.encode(t) for t in labels]
-        feats = self.encode_ids([model_ids(self.tokenizer, b) for b in bpe], progress=progress)
-        self.remember_token_ids(labels, bpe)
-        return feats, bpe
+        """Embed a phrase table; also return each label's token ids (no start/end, untruncated).
 
-    def remember_token_ids(self, labels: Sequence[str], ids: Sequence[Sequence[int]]) -> None:
-        scorer = self.prefix_scorer()
-        if scorer is not None:
-            scorer.remember(labels, ids)
+        Callers keep the ids (the index does, and the cache stores them) and hand them
+        back to :meth:`encode_extensions_many` as ``phrase_ids``, so chain steps need no
+        tokenizing. The encoder itself keeps nothing.
+        """
+        bpe = [self.tokenizer.encode(t) for t in labels]
+        if self.native_text:
+            feats = self._encode_native(labels, progress=progress)
+        else:
+            feats = self.encode_ids([model_ids(self.tokenizer, b) for b in bpe], progress=progress)
+        return feats, bpe
 
     def encode_ids(self, ids: Sequence[Sequence[int]], *, progress: ProgressFn | None = None,
                    normalize: bool = True) -> np.ndarray:
@@ -188,36 +165,44 @@ class ClipEncoder:
             return np.empty((0, self.embed_dim), np.float32)
         return np.concatenate(outs, axis=0)
 
-    def encode_extensions(self, prefix: str, phrases: Sequence[str]) -> np.ndarray:
-        """Normalised features of ``prefix + ", " + phrase`` for each phrase.
+    def encode_extensions(self, prefix: str, phrases: Sequence[str], *,
+                          phrase_ids: PhraseIds | None = None) -> np.ndarray:
+        """Normalised features [N, D] of ``prefix + ", " + phrase`` for each phrase.
 
         Uses the prefix-cached scorer where the tower allows it (causal, end-token
-        pooled, standard layout); otherwise a full encode.
+        pooled, standard layout); otherwise a full encode. ``phrase_ids`` maps phrases
+        to their token ids (no start/end tokens), as :meth:`embed_labels` returned them
+        (``VocabularyIndex.token_ids()``); phrases missing from it are tokenized here.
         """
-        return self.encode_extensions_many([(prefix, phrases)])[0]
+        return self.encode_extensions_many([(prefix, phrases)], phrase_ids=phrase_ids)[0]
 
-    def encode_extensions_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
-        """:meth:`encode_extensions` for several prefixes; their phrases share encoder batches."""
+    def encode_extensions_many(self, requests: Sequence[tuple[str, Sequence[str]]], *,
+                               phrase_ids: PhraseIds | None = None) -> list[np.ndarray]:
+        """:meth:`encode_extensions` for several ``(prefix, phrases)`` requests, in order;
+        their phrases share encoder batches. One [len(phrases), D] array per request."""
         scorer = self.prefix_scorer()
         if scorer is not None:
-            return scorer.encode_many(requests)
+            return scorer.encode_many(requests, phrase_ids=phrase_ids)
         texts = [prefix + SEPARATOR + p for prefix, phrases in requests for p in phrases]
         feats = self.encode_texts(texts)
         bounds = np.cumsum([0] + [len(phrases) for _, phrases in requests])
         return [feats[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def prefix_scorer(self) -> Any:
+    def prefix_scorer(self) -> PrefixScorer | None:
+        """The prefix-cached scorer, or None where it would not be exact (or is turned off)."""
         if not hasattr(self, "_prefix_scorer"):
-            from .prefix import PrefixScorer
-
             parts = self._tower_parts() if self.padding_free and self.prefix_caching else None
             self._prefix_scorer = PrefixScorer(self, parts) if parts is not None else None
         return self._prefix_scorer
 
     prefix_caching = True  # set False to force full encodes (benchmarks, A/B checks)
 
-    def _tower_parts(self) -> Any:
+    def _tower_parts(self) -> TowerParts | None:
         return None
+
+    def _encode_native(self, texts: Sequence[str], *, progress: ProgressFn | None = None) -> np.ndarray:
+        """Encode texts the backend's own way (for ``native_text`` towers)."""
+        raise NotImplementedError
 
     # -- placement (low-VRAM offloading) -------------------------------------
     def offload(self) -> None:
@@ -246,58 +231,150 @@ class ClipEncoder:
         raise NotImplementedError
 
 
+def text_tower(model: Any) -> Any:
+    """The module holding an open_clip model's text tower: ``model.text`` for
+    ``CustomTextCLIP`` (SigLIP, towers from transformers), else the model itself."""
+    text = getattr(model, "text", None)
+    return text if isinstance(text, torch.nn.Module) else model
+
+
+def tower_pool_type(tower: Any) -> str | None:
+    """How the tower pools: ``text_pool_type`` (CLIP) or ``pool_type`` (TextTransformer)."""
+    pool = getattr(tower, "text_pool_type", None) or getattr(tower, "pool_type", None)
+    return pool if isinstance(pool, str) else None
+
+
+def tower_eos_id(tower: Any) -> int | None:
+    eos = getattr(tower, "text_eos_id", None)
+    if eos is None:
+        eos = getattr(tower, "eos_id", None)
+    return int(eos) if eos is not None else None
+
+
+def is_standard_text_tower(tower: Any, tokenizer: Any, native_tokenizer: Any = None) -> bool:
+    """Whether our ids and padding-free batching give exactly open_clip's features.
+
+    That holds for the classic CLIP layout: token and position embeddings, a
+    transformer under a causal mask, a final norm, pooling at the end token
+    (``argmax`` with the CLIP BPE, whose end id is the largest, or ``eos`` at that
+    id), no appended CLS token, and open_clip's ``SimpleTokenizer`` truncating
+    (not reducing) long texts.
+    """
+    if not all(hasattr(tower, a) for a in ("token_embedding", "positional_embedding", "transformer",
+                                            "ln_final", "attn_mask")):
+        return False
+    if tower.attn_mask is None or getattr(tower, "cls_emb", None) is not None:
+        return False
+    if getattr(tower, "use_pad_mask", False) or not isinstance(tokenizer, OpenClipSimpleTokenizer):
+        return False
+    if native_tokenizer is not None and getattr(native_tokenizer, "reduction_fn", None) is not None:
+        return False
+    pool = tower_pool_type(tower)
+    if pool == "argmax":
+        return tokenizer.eot_id > tokenizer.sot_id  # the end id is the largest one in a sequence
+    if pool == "eos":
+        return tower_eos_id(tower) == tokenizer.eot_id
+    return False
+
+
+def _tower_width_heads(tower: Any) -> tuple[int, int]:
+    """Width and head count of a text tower, for sizing batches (safe fallbacks)."""
+    emb = getattr(tower, "token_embedding", None)
+    cfg = getattr(tower, "config", None)
+    width = (int(emb.weight.shape[1]) if isinstance(emb, torch.nn.Embedding)
+             else getattr(tower, "width", None) or getattr(cfg, "hidden_size", None) or 1024)
+    blocks = getattr(getattr(tower, "transformer", None), "resblocks", None)
+    heads = getattr(getattr(blocks[0], "attn", None), "num_heads", None) if blocks else None
+    heads = heads or getattr(tower, "heads", None) or getattr(cfg, "num_attention_heads", None) or 16
+    return int(width), int(heads)
+
+
+def _tower_embed_dim(tower: Any, width: int) -> int | None:
+    """The text features' size, read off the projection; None when it cannot be read."""
+    if hasattr(tower, "text_projection"):
+        proj = tower.text_projection
+        if proj is None:
+            return width
+        if isinstance(proj, torch.nn.Linear):
+            return int(proj.out_features)
+        if isinstance(proj, torch.Tensor) and proj.dim() == 2:
+            return int(proj.shape[1])
+        return None
+    dim = getattr(tower, "output_dim", None)
+    return int(dim) if isinstance(dim, int) and dim > 0 else None
+
+
 class OpenClipEncoder(ClipEncoder):
     backend = "open_clip"
 
     def __init__(self, spec: ClipSpec, model: Any, preprocess: Any, tokenizer: TextTokenizer,
-                 device: torch.device, dtype: torch.dtype, memory_budget_mb: int | None = None) -> None:
+                 device: torch.device, dtype: torch.dtype, memory_budget_mb: int | None = None,
+                 native_tokenizer: Any = None) -> None:
         self.model = model
         self.preprocess = preprocess
-        embed_dim = int(getattr(model.text_projection, "shape", [0, 0])[1]) if not isinstance(
-            model.text_projection, torch.nn.Linear) else int(model.text_projection.out_features)
-        emb = getattr(model, "token_embedding", None)
-        width = int(emb.weight.shape[1]) if emb is not None else 1024
-        blocks = getattr(getattr(model, "transformer", None), "resblocks", None)
-        heads = int(getattr(blocks[0].attn, "num_heads", 16)) if blocks else 16
+        self.tower = text_tower(model)
+        #: open_clip's own tokenizer (``texts -> [N, context] ids``), for non-standard towers.
+        self.native_tokenizer = native_tokenizer
+        self.standard_text = is_standard_text_tower(self.tower, tokenizer, native_tokenizer)
+        if not self.standard_text and native_tokenizer is None:
+            raise ModelLoadError(f"{spec.name}: this text tower needs open_clip's own tokenizer")
+        self.native_text = not self.standard_text
+        width, heads = _tower_width_heads(self.tower)
+        embed_dim = _tower_embed_dim(self.tower, width)
+        if embed_dim is None:  # read it off one encode
+            with torch.inference_mode():
+                embed_dim = int(model.encode_text(native_tokenizer([""]).to(device)).shape[-1])
         super().__init__(spec, device, dtype, tokenizer, embed_dim, memory_budget_mb, width, heads)
-        self._builtin_text = all(hasattr(model, a) for a in ("transformer", "token_embedding", "attn_mask"))
 
     @property
     def padding_free(self) -> bool:
-        m = self.model
-        return (
-            self._builtin_text
-            and isinstance(self.tokenizer, OpenClipSimpleTokenizer)
-            and m.attn_mask is not None
-            and getattr(m, "text_pool_type", "argmax") in ("argmax", "eos")
-        )
+        return self.standard_text
 
     def _model(self) -> torch.nn.Module:
         return self.model
 
     def _forward_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        if not self._builtin_text:
-            return m.encode_text(ids)
+        if not self.standard_text:
+            return self.model.encode_text(ids)
         from open_clip.transformer import text_global_pool
 
+        t = self.tower
         length = ids.shape[1]
-        cast = m.transformer.get_cast_dtype()
-        x = m.token_embedding(ids).to(cast) + m.positional_embedding[:length].to(cast)
-        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask[:length, :length]))
-        x = text_global_pool(x, ids, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
-        proj = m.text_projection
+        cast = t.transformer.get_cast_dtype()
+        x = t.token_embedding(ids).to(cast) + t.positional_embedding[:length].to(cast)
+        x = t.ln_final(t.transformer(x, attn_mask=t.attn_mask[:length, :length]))
+        x = text_global_pool(x, ids, tower_pool_type(t), eos_token_id=tower_eos_id(t))
+        proj = t.text_projection
         if proj is None:
             return x
         return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
 
+    def _encode_native(self, texts: Sequence[str], *, progress: ProgressFn | None = None) -> np.ndarray:
+        n = len(texts)
+        out = np.empty((n, self.embed_dim), dtype=np.float32)
+        step = self.rows_for(self.context_length)
+        for start in range(0, n, step):
+            chunk = [str(t) for t in texts[start : start + step]]
+            ids = self.native_tokenizer(chunk)
+            with self._lock, torch.inference_mode():
+                feats = self.model.encode_text(ids.to(self.device))
+                self.tokens_encoded += ids.numel()
+            out[start : start + len(chunk)] = feats.float().cpu().numpy()
+            if progress is not None:
+                progress(len(chunk))
+        out /= np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-12)
+        return out
+
     def _forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
 
-    def _tower_parts(self) -> Any:
-        from .prefix import open_clip_parts
-
-        return open_clip_parts(self.model) if self._builtin_text else None
+    def _tower_parts(self) -> TowerParts | None:
+        if not self.standard_text:
+            return None
+        clean = getattr(getattr(self.native_tokenizer, "clean_fn", None), "__name__", "")
+        if "canonicalize" in clean:  # strips punctuation: the comma need not survive as a token
+            return None
+        return open_clip_parts(self.tower)
 
     def _preprocess(self, images: Sequence[Any]) -> torch.Tensor:
         return torch.stack([self.preprocess(im) for im in images])
@@ -328,9 +405,7 @@ class HFClipEncoder(ClipEncoder):
         out = self.model.text_model(input_ids=ids, attention_mask=mask)
         return self.model.text_projection(out.pooler_output)
 
-    def _tower_parts(self) -> Any:
-        from .prefix import hf_clip_parts
-
+    def _tower_parts(self) -> TowerParts | None:
         return hf_clip_parts(self.model)
 
     def _forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -342,8 +417,17 @@ class HFClipEncoder(ClipEncoder):
 
 
 def load_clip(name: str, *, device: DeviceLike = "auto", precision: str = "auto",
-              memory_budget_mb: int | None = None) -> ClipEncoder:
-    """Load a CLIP model by name. Never falls back to random weights: failures raise ModelLoadError."""
+              memory_budget_mb: int | None = None, **options: Any) -> ClipEncoder:
+    """Load a CLIP model by name. Never falls back to random weights: failures raise ModelLoadError.
+
+    Plugin backends are asked first; ``options`` are passed on to a plugin's loader
+    (the built-in backends take none).
+    """
+    plugin = clip_plugin(name)
+    if plugin is not None:
+        return _load_plugin(plugin, name.strip(), device, precision, memory_budget_mb, options)
+    if options:
+        raise TypeError(f"unexpected options for the built-in CLIP backends: {', '.join(options)}")
     spec = parse_clip_name(name)
     dev = resolve_device(device)
     dtype = resolve_dtype(dev, precision)
@@ -351,6 +435,21 @@ def load_clip(name: str, *, device: DeviceLike = "auto", precision: str = "auto"
     if spec.backend == "open_clip":
         return _load_open_clip(spec, dev, dtype, memory_budget_mb)
     return _load_hf_clip(spec, dev, dtype, memory_budget_mb)
+
+
+def _load_plugin(loader: Any, name: str, device: DeviceLike, precision: str, memory_budget_mb: int | None,
+                 options: dict[str, Any]) -> ClipEncoder:
+    dev = "auto" if device is None else str(device)
+    log.info("loading CLIP %s from plugin %s", name, getattr(loader, "__module__", "?"))
+    try:
+        enc = loader(name, device=dev, precision=precision, memory_budget_mb=memory_budget_mb, **options)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a plugin may raise anything; all mean "could not load"
+        raise ModelLoadError(f"could not load CLIP model {name!r}: {one_line(e) or type(e).__name__}") from e
+    if not isinstance(enc, ClipEncoder):
+        raise ModelLoadError(f"CLIP model {name!r}: the plugin returned {type(enc).__name__}, not a ClipEncoder")
+    return enc
 
 
 def _load_open_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, memory_budget_mb: int | None) -> ClipEncoder:
@@ -364,14 +463,23 @@ def _load_open_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, memor
         )
         tokenizer = open_clip.get_tokenizer(spec.source)
     except Exception as e:  # noqa: BLE001 - open_clip raises many types; all mean "could not load"
-        raise ModelLoadError(f"could not load CLIP model {spec.name!r}: {_short(e)}. {_hub_hint()}") from e
+        raise ModelLoadError(
+            f"could not load CLIP model {spec.name!r}: {one_line(e) or type(e).__name__}. {hub_hint()}"
+        ) from e
     model = model.to(dev, dtype).eval()
     ctx = int(getattr(tokenizer, "context_length", None) or model.context_length)
     if isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer):
         tok: TextTokenizer = OpenClipSimpleTokenizer(tokenizer, ctx)
     else:
         tok = _OpenClipOtherTokenizer(tokenizer, ctx)
-    return OpenClipEncoder(spec, model, preprocess, tok, dev, dtype, memory_budget_mb)
+    try:
+        return OpenClipEncoder(spec, model, preprocess, tok, dev, dtype, memory_budget_mb, native_tokenizer=tokenizer)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an open_clip layout we do not know: say so on one line
+        raise ModelLoadError(
+            f"CLIP model {spec.name!r}: its text tower is not supported ({one_line(e) or type(e).__name__})"
+        ) from e
 
 
 class _OpenClipOtherTokenizer:
@@ -399,31 +507,3 @@ def _load_hf_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, memory_
     model, processor = load_transformers(CLIPModel, CLIPProcessor, spec.source, dtype, dev,
                                          what=f"CLIP model {spec.name!r}")
     return HFClipEncoder(spec, model, processor, dev, dtype, memory_budget_mb)
-
-
-def load_transformers(model_cls: Any, processor_cls: Any, source: str, dtype: torch.dtype, dev: torch.device,
-                      what: str) -> tuple[Any, Any]:
-    """from_pretrained for a model and its processor; any failure or missing weight is a ModelLoadError."""
-    try:
-        model, info = model_cls.from_pretrained(source, dtype=dtype, output_loading_info=True)
-        processor = processor_cls.from_pretrained(source)
-    except Exception as e:  # noqa: BLE001 - transformers raises many types; all mean "could not load"
-        raise ModelLoadError(f"could not load {what}: {_short(e)}. {_hub_hint()}") from e
-    require_complete(what, info)
-    return model.to(dev).eval(), processor
-
-
-def require_complete(name: str, loading_info: dict) -> None:
-    """transformers initialises missing weights randomly with only a warning: make that an error."""
-    missing = [k for k in loading_info.get("missing_keys", ()) if "position_ids" not in k]
-    if missing:
-        shown = ", ".join(sorted(missing)[:5])
-        raise ModelLoadError(
-            f"{name}: the checkpoint lacks {len(missing)} weights ({shown}...); "
-            "refusing to run with randomly initialised layers"
-        )
-
-
-def _short(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return msg if len(msg) < 300 else msg[:297] + "..."

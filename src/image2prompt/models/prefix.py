@@ -25,19 +25,29 @@ Exactness conditions, each checked rather than assumed:
 * Truncation: a full sequence longer than the window keeps the first
   ``context - 2`` text tokens and then the end token; the suffix is cut the
   same way.
+
+Phrase token ids come from the caller (``phrase_ids``: the ids ``embed_labels``
+returned when the table was embedded, or the cache file's) or, for phrases it
+lacks, from the tokenizer; either way the suffixes are kept in a bounded LRU.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..prompt.assemble import SEPARATOR as SEP
-from .clip import plan_batches
+from ..syntax import SEPARATOR as SEP
+from .batching import plan_batches
+
+#: Phrases whose suffix ids are kept (least recently used dropped first): at a few
+#: hundred bytes each, about 20 MB, and more than a chain step's candidates.
+SUFFIX_CACHE_SIZE = 65_536
 
 
 @dataclass
@@ -63,9 +73,16 @@ class TowerParts:
 
 
 def open_clip_parts(model: Any) -> TowerParts | None:
-    """Parts of open_clip's built-in text tower, or None if it isn't the standard layout."""
+    """Parts of an open_clip text tower, or None if it isn't the standard layout.
+
+    ``model`` is the tower: a ``CLIP`` model (its text tower is built in) or the
+    ``TextTransformer`` of a ``CustomTextCLIP`` (``model.text``); both name the parts alike.
+    """
     from open_clip.transformer import ResidualAttentionBlock
 
+    if not all(hasattr(model, a) for a in ("token_embedding", "positional_embedding", "ln_final",
+                                            "text_projection")):
+        return None
     tr = getattr(model, "transformer", None)
     if tr is None or not getattr(tr, "batch_first", True):
         return None
@@ -141,23 +158,20 @@ def _block(layer: _Layer, x: torch.Tensor, heads: int, mask: torch.Tensor,
 class PrefixScorer:
     """Encodes ``prefix + ", " + phrase`` for many phrases with the prefix computed once."""
 
-    def __init__(self, encoder: Any, parts: TowerParts) -> None:
+    def __init__(self, encoder: Any, parts: TowerParts, cache_size: int = SUFFIX_CACHE_SIZE) -> None:
         self.encoder = encoder
         self.parts = parts
         tok = encoder.tokenizer
         self.tok = tok
         self.comma = tok.encode(",")
         self._a = tok.encode("a")
-        # phrase -> (", " + phrase + end-token ids, whether the phrase tokenises the same after ", ")
-        self._suffix: dict[str, tuple[np.ndarray, bool]] = {}
+        # phrase -> (", " + phrase + end-token ids, whether the phrase tokenises the same after ", "),
+        # least recently used first; at most cache_size entries.
+        self.cache_size = max(1, int(cache_size))
+        self._suffix: OrderedDict[str, tuple[np.ndarray, bool]] = OrderedDict()
+        self._suffix_lock = threading.Lock()
         self.fallbacks = 0  # phrases that needed a full encode (for tests and benchmarks)
         self.peak_rows = 0  # largest suffix batch so far (for tests of the memory bound)
-
-    def remember(self, phrases: Sequence[str], ids: Sequence[Sequence[int]]) -> None:
-        """Keep token ids computed elsewhere (when a table is embedded or read from the cache)."""
-        for phrase, bpe in zip(phrases, ids):
-            if phrase not in self._suffix:
-                self._suffix[phrase] = self._make_suffix(phrase, list(bpe))
 
     def _make_suffix(self, phrase: str, bpe: list[int]) -> tuple[np.ndarray, bool]:
         # ASCII phrases tokenise the same after ", " (the BPE splits words at spaces and
@@ -165,10 +179,22 @@ class PrefixScorer:
         free = phrase.isascii() or self.tok.encode("a" + SEP + phrase) == self.tok.encode("a") + self.comma + bpe
         return np.asarray(self.comma + bpe + [self.tok.eot_id], dtype=np.int64), free
 
-    def suffix(self, phrase: str) -> tuple[np.ndarray, bool]:
-        got = self._suffix.get(phrase)
-        if got is None:
-            got = self._suffix[phrase] = self._make_suffix(phrase, self.tok.encode(phrase))
+    def suffix(self, phrase: str, ids: Sequence[int] | None = None) -> tuple[np.ndarray, bool]:
+        """(", " + phrase + end ids, whether the phrase tokenises alike after ", ").
+
+        ``ids`` are the phrase's token ids when the caller has them; else it is tokenized.
+        """
+        with self._suffix_lock:
+            got = self._suffix.get(phrase)
+            if got is not None:
+                self._suffix.move_to_end(phrase)
+                return got
+        got = self._make_suffix(phrase, list(ids) if ids is not None else self.tok.encode(phrase))
+        with self._suffix_lock:
+            self._suffix[phrase] = got
+            self._suffix.move_to_end(phrase)
+            while len(self._suffix) > self.cache_size:
+                self._suffix.popitem(last=False)
         return got
 
     def _split(self, prefix: str, prefix_ids: list[int]) -> tuple[list[int], list[int]] | None:
@@ -185,12 +211,19 @@ class PrefixScorer:
             k += 1
         return prefix_ids[:k], probe[k:]
 
-    def encode(self, prefix: str, phrases: Sequence[str]) -> np.ndarray:
-        """Normalised features [N, D] of ``prefix + ", " + phrase`` for each phrase."""
-        return self.encode_many([(prefix, phrases)])[0]
+    def encode(self, prefix: str, phrases: Sequence[str], *,
+               phrase_ids: Mapping[str, Sequence[int]] | None = None) -> np.ndarray:
+        """Normalised features [N, D] of ``prefix + ", " + phrase`` for each phrase.
 
-    def encode_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
+        ``phrase_ids``: phrase -> token ids without start/end tokens, where the caller has
+        them; other phrases are tokenized here.
+        """
+        return self.encode_many([(prefix, phrases)], phrase_ids=phrase_ids)[0]
+
+    def encode_many(self, requests: Sequence[tuple[str, Sequence[str]]], *,
+                    phrase_ids: Mapping[str, Sequence[int]] | None = None) -> list[np.ndarray]:
         """Like :meth:`encode` for several prefixes at once; their phrases share encoder batches."""
+        known = phrase_ids if phrase_ids is not None else {}
         enc = self.encoder
         ctx = enc.context_length
         eot = self.tok.eot_id
@@ -210,7 +243,7 @@ class PrefixScorer:
             group = len(prefix_runs)
             prefix_runs.append([self.tok.sot_id, *head])
             for i, phrase in enumerate(phrases):
-                suffix, free = self.suffix(phrase)
+                suffix, free = self.suffix(phrase, known.get(phrase))
                 if retie is not None:  # the comma merged with the prefix's end: run the merged tokens here
                     suffix = np.concatenate([retie, suffix[len(self.comma):]])
                 ok = split is not None and free and (ascii_prefix or phrase.isascii() or
