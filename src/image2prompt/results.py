@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-MODES = ("best", "classic", "fast", "negative", "turbo", "style")
+from .settings import BUILTIN_MODES as MODES  # noqa: F401  (the built-in mode names, kept here for callers)
 
 
 @dataclass
@@ -26,6 +26,23 @@ class Phrase:
 
 
 @dataclass
+class TraceStep:
+    """One chain step: the phrase it added and the prompt's similarity after it."""
+
+    phrase: str
+    similarity: float
+
+
+@dataclass
+class Trace:
+    """How a prompt was found (``SearchSettings(trace=True)``), for studies of a collection."""
+
+    steps: list[TraceStep] = field(default_factory=list)  # the returned chain's steps, in order
+    picked: str | None = None  # best mode: which candidate won (caption, classic, fast or chain)
+    top: dict[str, list[Phrase]] = field(default_factory=dict)  # top phrases per category, with scores
+
+
+@dataclass
 class Result:
     """What one interrogation produced. The prompt is a scaffold to refine, not a recovered prompt."""
 
@@ -42,6 +59,9 @@ class Result:
     weak_match: bool = False  # True when match_strength is low: treat every phrase with suspicion
     negative: "Result | None" = None  # the paired negative prompt, when asked for
     chunks: list[str] | None = None  # the prompt split into <=75-token chunks, when asked for
+    fingerprint: str | None = None  # settings + models + vocabulary (Interrogator.fingerprint): a resume key
+    version: str | None = None  # the image2prompt version that produced it
+    trace: "Trace | None" = None  # with SearchSettings(trace=True): how the prompt was found
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -30,7 +30,7 @@ class SearchSettings:
 
     mode: str = "best"
     candidates: int = 2048  # best/negative/style: size of the candidate pool
-    min_flavors: int = 8  # chains always take at least this many steps
+    min_flavors: int = 8  # chains always take at least this many steps (capped by max_flavors)
     max_flavors: int = 32  # and at most this many; also fast mode's phrase count
     classic_flavors: int = 3  # flavors in classic mode
     max_tokens: int = 77  # the prompt's token budget, start and end tokens included
@@ -103,6 +103,4 @@ def _problems(s: SearchSettings) -> list[str]:
             out.append(f"{name} must be true or false, got {getattr(s, name)!r}")
     if isinstance(s.weak_z, bool) or not isinstance(s.weak_z, (int, float)):
         out.append(f"weak_z must be a number, got {s.weak_z!r}")
-    if not out and s.min_flavors > s.max_flavors:
-        out.append(f"min_flavors ({s.min_flavors}) is more than max_flavors ({s.max_flavors})")
     return out

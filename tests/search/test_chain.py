@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from image2prompt.search import greedy_chain
+from tests.support.chains import greedy_chain
 from image2prompt.search.chain import start_chain
 
 
@@ -292,3 +292,20 @@ def test_keep_narrows_the_pool_to_the_highest_first_gains():
     assert later == set(ranked[1:11])  # the 10 kept; the refresh at step 3 rescored every one left
     with pytest.raises(ValueError, match="keep"):
         start_chain(vocab, lambda t: False, keep=0, **kw)
+
+
+def test_result_carries_the_similarity_after_each_step():
+    weights = {"a": 0.3, "b": 0.2, "c": 0.1, "d": -0.1}
+    ext, _ = make(weights)
+    res = greedy_chain(list(weights), ext, lambda t: False, start="cap", start_similarity=0.0,
+                       min_count=0, max_count=10)
+    assert res.phrases == ["a", "b", "c"]
+    np.testing.assert_allclose(res.similarities, [0.3, 0.5, 0.6])
+
+
+def test_reverse_chain_similarities_are_true_values():
+    weights = {"a": 0.3, "b": -0.2, "c": -0.1}
+    ext, texts = make(weights)
+    res = greedy_chain(list(weights), ext, lambda t: False, score_texts=texts, min_count=0, reverse=True)
+    assert res.phrases[0] == "b" and res.similarities[0] == pytest.approx(-0.2)
+    assert res.similarities[-1] == pytest.approx(res.similarity)

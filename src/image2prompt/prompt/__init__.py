@@ -12,10 +12,9 @@ from .assemble import (
     split_into_chunks,
     text_budget,
     truncate_to_fit,
-    weighted_prompt,
 )
 
 __all__ = [
     "DEFAULT_MAX_TOKENS", "SEPARATOR", "CountTokens", "at_limit", "classic_prompt", "clean_caption", "fast_prompt",
-    "fits", "split_into_chunks", "text_budget", "truncate_to_fit", "weighted_prompt",
+    "fits", "split_into_chunks", "text_budget", "truncate_to_fit",
 ]

@@ -7,7 +7,7 @@ every Stable Diffusion text encoder) therefore holds ``max_tokens - 2`` of them.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 CountTokens = Callable[[str], int]
 
@@ -80,22 +80,3 @@ def split_into_chunks(prompt: str, count_tokens: CountTokens, chunk_tokens: int 
         chunks.append(current)
     return chunks
 
-
-def weighted_prompt(result: Any) -> str:
-    """The prompt with A1111-style emphasis, ``(phrase:1.15)``, from each phrase's ``weight``.
-
-    Phrases with weight 1.0 stay plain; the caption is never weighted.
-    """
-    prompt: str = result.prompt
-    caption = result.caption or ""
-    head, tail = (prompt[: len(caption)], prompt[len(caption):]) if prompt.startswith(caption) else ("", prompt)
-    out, pos = [], 0
-    for p in result.phrases:
-        at = tail.find(p.text, pos)
-        if at < 0:
-            continue
-        out.append(tail[pos:at])
-        out.append(p.text if p.weight == 1.0 else f"({p.text}:{p.weight:.2f})")
-        pos = at + len(p.text)
-    out.append(tail[pos:])
-    return head + "".join(out)

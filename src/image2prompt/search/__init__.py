@@ -1,9 +1,10 @@
-"""Search: exact top-k and the phrase chain (numpy only)."""
+"""Search: exact top-k, the phrase chain and the confidence figures (numpy only)."""
 
-from .chain import ChainResult, ChainState, ScoreExtensions, ScoreTexts, greedy_chain, start_chain
-from .topk import DEFAULT_CHUNK_ROWS, similarities, top_k, top_k_of_scores
+from .chain import ChainResult, ChainState, ScoreTexts, start_chain
+from .confidence import category_stats, emphasis_weight, match_strength
+from .topk import similarities, top_k_of_scores
 
 __all__ = [
-    "DEFAULT_CHUNK_ROWS", "ChainResult", "ChainState", "start_chain", "ScoreExtensions", "ScoreTexts",
-    "greedy_chain", "similarities", "top_k", "top_k_of_scores",
+    "ChainResult", "ChainState", "ScoreTexts", "category_stats", "emphasis_weight", "match_strength",
+    "similarities", "start_chain", "top_k_of_scores",
 ]

@@ -11,22 +11,19 @@ positive one).
 
 The chain is a small state machine (:class:`ChainState`) so that a driver can
 advance the chains of many images in lockstep and score all their extensions
-in shared encoder batches. :func:`greedy_chain` drives one chain to the end.
-With ``beam > 1`` it keeps the ``beam`` best prompts at each step; beam 1 is
+in shared encoder batches. With ``beam > 1`` it keeps the ``beam`` best prompts at each step; beam 1 is
 exactly the greedy chain.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from ..prompt.assemble import SEPARATOR
+from ..syntax import SEPARATOR
 
-#: score_extensions(prefix, phrases) -> similarity of f"{prefix}, {phrase}" for each phrase.
-ScoreExtensions = Callable[[str, Sequence[str]], np.ndarray]
 #: score_texts(texts) -> similarity of each text on its own.
 ScoreTexts = Callable[[Sequence[str]], np.ndarray]
 
@@ -37,6 +34,7 @@ class ChainResult:
     similarity: float  # the true similarity (not negated for reverse chains)
     phrases: list[str] = field(default_factory=list)  # phrases added to the start, in order
     steps: int = 0
+    similarities: list[float] = field(default_factory=list)  # the prompt's similarity after each phrase
 
 
 @dataclass
@@ -45,6 +43,7 @@ class _Beam:
     sim: float  # signed: higher is better
     phrases: list[str]
     remaining: list[str]
+    sims: list[float] = field(default_factory=list)  # signed similarity after each phrase (for traces)
 
 
 class ChainState:
@@ -102,8 +101,9 @@ class ChainState:
         self.min_count, self.max_count, self.beam = min_count, max_count, beam
         remaining = [p for p in dict.fromkeys(phrases) if p not in set(start_phrases)]
         sim = float(start_similarity) * self.sign
-        self.beams = [_Beam(start, sim, list(start_phrases), remaining)]
-        self.best = _Beam(start, sim, list(start_phrases), [])
+        first = [sim] * len(start_phrases)
+        self.beams = [_Beam(start, sim, list(start_phrases), remaining, first)]
+        self.best = _Beam(start, sim, list(start_phrases), [], first)
         self.idx = 0
         self.steps = 0
         self.rounds = 0  # requests()/advance() pairs so far
@@ -205,13 +205,13 @@ class ChainState:
             sim = -neg
             prompt = parent.prompt + SEPARATOR + phrase
             if sim > self.best.sim:
-                self.best = _Beam(prompt, sim, parent.phrases + [phrase], [])
+                self.best = _Beam(prompt, sim, parent.phrases + [phrase], [], parent.sims + [sim])
             if sim > parent.sim or idx < self.min_count:
                 rest = [p for p in parent.remaining if p != phrase]
                 if idx == 0 and self.keep is not None and len(rest) > self.keep:
                     kept = set(sorted(rest, key=lambda p: -self._gain_last[p])[: self.keep])  # stable: table order
                     rest = [p for p in rest if p in kept]
-                child = _Beam(prompt, sim, parent.phrases + [phrase], rest)
+                child = _Beam(prompt, sim, parent.phrases + [phrase], rest, parent.sims + [sim])
                 if not self.at_limit(prompt) and rest:
                     if rank == 0 and b == 0 and not new_beams:
                         self._greedy_alive = True
@@ -221,23 +221,8 @@ class ChainState:
             self.done = True
 
     def result(self) -> ChainResult:
-        return ChainResult(self.best.prompt, self.best.sim * self.sign, list(self.best.phrases), self.steps)
-
-
-def greedy_chain(phrases: Sequence[str], score_extensions: ScoreExtensions, at_limit: Callable[[str], bool],
-                 **options: Any) -> ChainResult:
-    """Run one chain over ``phrases`` (deduplicated, order kept) to the end.
-
-    ``options`` are :func:`start_chain`'s: with no ``start``, the chain begins
-    with the single best phrase, scored by ``score_texts``.
-    """
-    state = start_chain(phrases, at_limit, **options)
-    if state is None:
-        return ChainResult("", 0.0)
-    while not state.done:
-        state.advance([score_extensions(prefix, rest) if rest else np.empty(0)
-                       for prefix, rest in state.requests()])
-    return state.result()
+        return ChainResult(self.best.prompt, self.best.sim * self.sign, list(self.best.phrases), self.steps,
+                           [v * self.sign for v in self.best.sims])
 
 
 def start_chain(

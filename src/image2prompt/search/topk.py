@@ -1,4 +1,4 @@
-"""Exact top-k over a phrase table, scored in chunks, ties broken by table order."""
+"""Exact top-k of a score vector, ties broken by table order; similarities scored in chunks."""
 
 from __future__ import annotations
 
@@ -17,41 +17,6 @@ def _select(scores: np.ndarray, index: np.ndarray, k: int) -> tuple[np.ndarray, 
         scores, index = scores[keep], index[keep]
     order = np.lexsort((index, -scores))[:k]
     return scores[order], index[order]
-
-
-def top_k(
-    query: np.ndarray,
-    embeds: np.ndarray,
-    k: int,
-    *,
-    largest: bool = True,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k rows of ``embeds`` by dot product with ``query``.
-
-    Returns ``(scores, indices)``, best first. ``largest=False`` returns the least
-    similar rows (scores are still the true similarities). Equal scores keep
-    table order. ``k`` larger than the table returns the whole table, ranked.
-    Rows are converted to float32 chunk by chunk, so an fp16 table never needs a
-    full float32 copy.
-    """
-    if embeds.ndim != 2:
-        raise ValueError(f"embeds must be 2-D, got shape {embeds.shape}")
-    n = embeds.shape[0]
-    k = max(0, min(int(k), n))
-    if k == 0:
-        return np.empty(0, np.float32), np.empty(0, np.int64)
-    q = np.asarray(query, dtype=np.float32).reshape(-1)
-    sign = np.float32(1.0 if largest else -1.0)
-    best_s = np.empty(0, np.float32)
-    best_i = np.empty(0, np.int64)
-    for start in range(0, n, max(1, chunk_rows)):
-        stop = min(start + chunk_rows, n)
-        s = (embeds[start:stop].astype(np.float32, copy=False) @ q) * sign
-        s_all = np.concatenate([best_s, s])
-        i_all = np.concatenate([best_i, np.arange(start, stop, dtype=np.int64)])
-        best_s, best_i = _select(s_all, i_all, k)
-    return best_s * sign, best_i
 
 
 def top_k_of_scores(scores: np.ndarray, k: int, *, largest: bool = True) -> tuple[np.ndarray, np.ndarray]:
