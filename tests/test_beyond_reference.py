@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from image2prompt import Config, Interrogator
+from image2prompt import Config, Interrogator, SearchSettings
 from image2prompt.cache import EmbeddingCache
-from image2prompt.interrogator import emphasis_weight, restates_subject, subject_words
+from image2prompt.prompt.subject import restates_subject, subject_words
+from image2prompt.render import weighted_prompt
+from image2prompt.search import emphasis_weight
 from image2prompt.models.clip import load_clip
-from image2prompt.prompt import weighted_prompt
 from image2prompt.vocab import load_folder_pack
 
 
@@ -23,6 +24,9 @@ def enc(tiny_open_clip: Path):
 def make(enc, vocab_dir: Path, cache: Path, **cfg) -> Interrogator:
     return Interrogator(enc, None, load_folder_pack(vocab_dir), EmbeddingCache(cache, download=False),
                         Config(caption_model=None, **cfg))
+
+
+S = SearchSettings
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +51,14 @@ def test_turbo_scores_fewer_tokens_and_stays_close_to_best(ci, enc, images):
 
 
 def test_turbo_keep_narrows_the_search_after_the_first_step(enc, small_vocab_dir: Path, tmp_path: Path, images):
-    """Config.turbo_keep reaches the chain: with 3 phrases kept after the first step, the search
+    """SearchSettings.keep reaches the chain: with 3 phrases kept after the first step, the search
     scores far fewer tokens than with the whole pool."""
-    wide = make(enc, small_vocab_dir, tmp_path)
-    narrow = make(enc, small_vocab_dir, tmp_path, turbo_keep=3)
-    wide.prepare()  # tables first, so only the searches are counted
-    narrow.prepare()
+    ci = make(enc, small_vocab_dir, tmp_path)
+    ci.prepare()  # tables first, so only the searches are counted
     t0 = enc.tokens_encoded
-    a = wide.interrogate(images[0], "turbo", caption="a picture")
+    a = ci.interrogate(images[0], "turbo", caption="a picture")
     t1 = enc.tokens_encoded
-    b = narrow.interrogate(images[0], "turbo", caption="a picture")
+    b = ci.interrogate(images[0], "turbo", caption="a picture", settings=S(keep=3))
     assert enc.tokens_encoded - t1 < (t1 - t0) / 2
     assert a.mode == b.mode == "turbo" and b.prompt.startswith("a picture")
 
@@ -108,19 +110,17 @@ def test_paired_negative_reuses_the_features(ci, enc, images):
 
 def test_beam_one_equals_default_and_beam_two_never_worse_in_chain(enc, small_vocab_dir: Path, tmp_path: Path, images):
     cache = tmp_path / "c"
-    base = make(enc, small_vocab_dir, cache)
-    beam1 = make(enc, small_vocab_dir, cache, beam=1)
-    beam2 = make(enc, small_vocab_dir, cache, beam=2)
+    ci = make(enc, small_vocab_dir, cache)
     for i, img in enumerate(images[:2]):
-        a = base.interrogate(img, "best", caption="a thing")
-        assert beam1.interrogate(img, "best", caption="a thing").prompt == a.prompt
-        assert beam2.interrogate(img, "best", caption="a thing").similarity >= a.similarity - 1e-6
+        a = ci.interrogate(img, "best", caption="a thing")
+        assert ci.interrogate(img, "best", caption="a thing", settings=S(beam=1)).prompt == a.prompt
+        assert ci.interrogate(img, "best", caption="a thing", settings=S(beam=2)).similarity >= a.similarity - 1e-6
 
 
 def test_confidence_fields(ci, images):
     r = ci.interrogate(images[1], "fast", caption="a thing")
     assert r.match_strength is not None and isinstance(r.weak_match, bool)
-    assert r.weak_match == (r.match_strength < ci.config.weak_z)
+    assert r.weak_match == (r.match_strength < SearchSettings().weak_z)
     for p in r.phrases:
         assert p.margin is not None and 0.9 <= p.weight <= 1.3
     # the top fast phrases are the best of the merged pool: above their category median
@@ -128,10 +128,9 @@ def test_confidence_fields(ci, images):
 
 
 def test_weak_match_flag_follows_the_threshold(enc, small_vocab_dir: Path, tmp_path: Path, images):
-    strict = make(enc, small_vocab_dir, tmp_path / "c", weak_z=1e9)
-    lax = make(enc, small_vocab_dir, tmp_path / "c", weak_z=-1e9)
-    assert strict.interrogate(images[0], "fast", caption="x").weak_match
-    assert not lax.interrogate(images[0], "fast", caption="x").weak_match
+    ci = make(enc, small_vocab_dir, tmp_path / "c")
+    assert ci.interrogate(images[0], "fast", caption="x", settings=S(weak_z=1e9)).weak_match
+    assert not ci.interrogate(images[0], "fast", caption="x", settings=S(weak_z=-1e9)).weak_match
 
 
 @pytest.mark.parametrize("z,w", [(2.0, 1.0), (6.0, 1.2), (100.0, 1.3), (-10.0, 0.9), (3.0, 1.05)])
@@ -152,21 +151,22 @@ def test_weighted_prompt_format(ci, images):
 
 @pytest.mark.parametrize("mode", ["fast", "classic", "best", "turbo", "negative"])
 def test_max_tokens_bounds_every_mode(enc, small_vocab_dir: Path, tmp_path: Path, images, mode):
-    ci = make(enc, small_vocab_dir, tmp_path / "c", max_tokens=24)
-    r = ci.interrogate(images[0], mode, caption="a small red thing")
+    ci = make(enc, small_vocab_dir, tmp_path / "c")
+    r = ci.interrogate(images[0], mode, caption="a small red thing", settings=S(max_tokens=24))
     limit = 22 if mode in ("fast", "classic") else 22 + 12  # chains stop at the limit, like the reference
     assert r.token_count <= limit
 
 
 def test_long_prompts_and_chunks(enc, small_vocab_dir: Path, tmp_path: Path, images):
-    ci = make(enc, small_vocab_dir, tmp_path / "c", max_tokens=160)
+    ci = make(enc, small_vocab_dir, tmp_path / "c")
+    long = S(max_tokens=160, chunks=True)
     caption = "a very detailed description of a scene with many words in it, " * 3
-    r = ci.interrogate(images[0], "fast", caption=caption.strip(", "))
+    r = ci.interrogate(images[0], "fast", caption=caption.strip(", "), settings=long)
     assert 75 < r.token_count <= 158
-    chunks = ci.chunks(r.prompt)
+    chunks = r.chunks
     assert len(chunks) >= 2 and all(ci.count_tokens(c) <= 75 for c in chunks)
     assert ", ".join(chunks) == r.prompt
-    best = ci.interrogate(images[0], "best", caption="a thing")
+    best = ci.interrogate(images[0], "best", caption="a thing", settings=long)
     assert best.token_count <= 158
 
 

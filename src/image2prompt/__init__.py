@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import Image2PromptError, ImageLoadError, ModelLoadError, VocabularyError
-from .results import MODES, Analysis, Phrase, Result
+from .features import Features
+from .results import MODES, Analysis, Phrase, Result, Trace, TraceStep
+from .settings import SearchSettings
 
 __version__ = "0.1.0"
 
@@ -31,6 +33,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "MODES", "Analysis", "Config", "Image2PromptError", "ImageLoadError", "Interrogator",
-    "ModelLoadError", "Phrase", "Result", "VocabularyError", "__version__",
+    "MODES", "Analysis", "Config", "Features", "Image2PromptError", "ImageLoadError", "Interrogator",
+    "ModelLoadError", "Phrase", "Result", "SearchSettings", "Trace", "TraceStep", "VocabularyError",
+    "__version__",
 ]

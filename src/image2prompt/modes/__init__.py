@@ -1,0 +1,65 @@
+"""Search modes: one module each, behind one small interface (:class:`Mode`) and a registry.
+
+The orchestrator only dispatches: ``get_mode(settings.mode).plan(ctx, features)``.
+A new mode is a class with ``name``, ``uses_caption``, ``needs_caption()`` and
+``plan()`` (see :mod:`image2prompt.modes.base`), registered with::
+
+    from image2prompt.modes import register_mode
+
+    @register_mode
+    class MyMode: ...
+
+Plugins register modes the same way from an ``image2prompt.plugins`` entry point.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from ..errors import SettingsError
+from .base import Chain, Mode, Outcome, Scored, SearchContext, Task
+from .best import BestMode
+from .classic import ClassicMode
+from .fast import FastMode
+from .negative import NegativeMode
+from .style import StyleMode
+from .turbo import TurboMode
+
+_MODES: dict[str, Mode] = {}
+
+M = TypeVar("M")
+
+
+def register_mode(cls: M) -> M:
+    """Register a mode class (or instance) under its ``name``; a later one of the same name wins."""
+    mode = cls() if isinstance(cls, type) else cls
+    _MODES[mode.name] = mode  # type: ignore[attr-defined]
+    return cls
+
+
+def get_mode(name: str) -> Mode:
+    if name not in _MODES:
+        _load_plugin_modes()
+    try:
+        return _MODES[name]
+    except KeyError:
+        raise SettingsError(f"unknown mode {name!r}; choose one of: {', '.join(mode_names())}") from None
+
+
+def mode_names() -> list[str]:
+    return list(_MODES)
+
+
+def _load_plugin_modes() -> None:
+    try:
+        from ..models._registry import load_plugins
+    except ImportError:  # pragma: no cover
+        return
+    load_plugins()
+
+
+for _cls in (BestMode, ClassicMode, FastMode, NegativeMode, TurboMode, StyleMode):
+    register_mode(_cls)
+
+__all__ = ["Chain", "Mode", "Outcome", "Scored", "SearchContext", "Task", "get_mode", "mode_names",
+           "register_mode"]

@@ -1,0 +1,268 @@
+"""The mode interface: what a mode is given, and what it hands back (no torch here).
+
+A mode turns a batch of :class:`~image2prompt.features.Features` into one
+:class:`Task` per image. A task holds the chains it wants advanced (the orchestrator
+advances every chain of every image in lockstep, so their extensions share encoder
+batches) and a ``finish`` callback that, once those chains are done, gives an
+:class:`Outcome`: one or more candidate prompts. When the outcome asks for it, the
+orchestrator scores the candidates of every task that finished in the same round in
+one text batch and keeps the most similar.
+
+Everything a mode may compute with is on :class:`SearchContext`: table scores,
+top-k, token budgets, text similarity. A mode never touches a model directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from ..features import Features
+from ..index import MergedView, VocabularyIndex
+from ..prompt import at_limit, fits, split_into_chunks, truncate_to_fit
+from ..results import Phrase, TraceStep
+from ..search import ChainState, category_stats, similarities, top_k_of_scores
+from ..settings import CHUNK_TOKENS, SearchSettings
+from ..syntax import SEPARATOR
+from ..vocab import HYPOTHESIS_CATEGORIES, VocabularyPack
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..interrogator import Interrogator
+
+
+@dataclass
+class Scored:
+    """A candidate prompt and the phrases it holds (after the caption, in order)."""
+
+    prompt: str
+    phrases: list[Phrase] = field(default_factory=list)
+    name: str = ""  # which kind of candidate it is (best mode's caption/classic/fast/chain), for traces
+
+
+@dataclass
+class Chain:
+    """A chain to advance, with the features it is scored against and the indexes its
+    phrases come from (for their token ids)."""
+
+    features: Features
+    state: ChainState
+    indexes: Sequence[VocabularyIndex]
+
+
+@dataclass
+class Outcome:
+    """What a finished task gives: the candidates, and whether to score them.
+
+    With ``score`` the orchestrator computes each candidate's similarity to the image
+    and keeps the highest (ties: the earlier one); otherwise the single candidate is
+    kept with ``similarity`` as given (None: not scored).
+    """
+
+    candidates: list[Scored]
+    similarity: float | None = None
+    score: bool = False
+    steps: list[TraceStep] = field(default_factory=list)  # the chain behind the prompt, for traces
+
+
+@dataclass
+class Task:
+    """One image's work in one mode."""
+
+    chains: list[Chain]
+    finish: Callable[[], Outcome]
+
+    @property
+    def done(self) -> bool:
+        return all(c.state.done for c in self.chains)
+
+
+class Mode(Protocol):
+    """A search mode. Register one with :func:`image2prompt.modes.register_mode`."""
+
+    name: str
+    #: Whether results carry the caption (False: negative mode writes no caption).
+    uses_caption: bool
+
+    def needs_caption(self, has_captioner: bool) -> bool:
+        """Whether the images must be captioned before this mode can run."""
+
+    def plan(self, ctx: "SearchContext", batch: Sequence[Features]) -> list[Task]:
+        """One task per image, in order."""
+
+
+class SearchContext:
+    """The scoring tools of one search call: the loaded encoders and tables, and the settings.
+
+    Table scores are memoised per image for the length of the call (a mode and its
+    confidence figures need the same scores several times), then dropped.
+    """
+
+    def __init__(self, interrogator: "Interrogator", settings: SearchSettings) -> None:
+        self._owner = interrogator
+        self.settings = settings
+        self.clips = interrogator.clips
+        self.indexes: list[VocabularyIndex] = interrogator.indexes
+        self.vocab: VocabularyPack = interrogator.vocab
+        self._memo: dict[int, tuple[Features, dict[Any, Any]]] = {}
+
+    # -- tokens and budgets ----------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        return max(c.count_tokens(text) for c in self.clips)
+
+    def fits(self, text: str) -> bool:
+        return all(fits(text, c.count_tokens, self.settings.max_tokens) for c in self.clips)
+
+    def at_limit(self, text: str) -> bool:
+        return any(at_limit(text, c.count_tokens, self.settings.max_tokens) for c in self.clips)
+
+    def truncate(self, text: str) -> str:
+        return truncate_to_fit(text, self.count_tokens, self.settings.max_tokens)
+
+    @property
+    def window(self) -> int:
+        """The encoders' context window (77 for every Stable Diffusion text encoder)."""
+        return min(c.context_length for c in self.clips)
+
+    def chunks(self, prompt: str) -> list[str]:
+        return split_into_chunks(prompt, self.count_tokens, CHUNK_TOKENS)
+
+    # -- scores --------------------------------------------------------------------------
+    def memo(self, feats: Features) -> dict[Any, Any]:
+        got = self._memo.get(id(feats))
+        if got is None:
+            got = self._memo[id(feats)] = (feats, {})  # the features are held so the id stays theirs
+        return got[1]
+
+    def table_scores(self, category: str, feats: Features,
+                     indexes: Sequence[VocabularyIndex] | None = None) -> np.ndarray:
+        """Mean over encoders of each label's similarity to the image."""
+        indexes = indexes or self.indexes
+        memo = self.memo(feats)
+        key = (category, id(indexes))
+        if key in memo:
+            return memo[key]
+        total = None
+        for index, f in zip(indexes, feats):
+            s = similarities(f, index.embeds(category)).astype(np.float64)
+            total = s if total is None else total + s
+        assert total is not None
+        scores = memo[key] = (total / len(self.clips)).astype(np.float32)
+        return scores
+
+    def merged_scores(self, feats: Features) -> tuple[MergedView, np.ndarray]:
+        view = self.indexes[0].merged()
+        cats = self.vocab.merged_categories()
+        every = np.concatenate([self.table_scores(c, feats) for c in cats]) if cats else np.empty(0, np.float32)
+        return view, every[view.rows]
+
+    def top(self, category: str, feats: Features, k: int, *, largest: bool = True) -> list[Phrase]:
+        scores = self.table_scores(category, feats)
+        s, idx = top_k_of_scores(scores, k, largest=largest)
+        labels = self.vocab[category].labels
+        return [phrase(labels[i], category, float(v)) for v, i in zip(s, idx)]
+
+    def top_merged(self, feats: Features, k: int) -> list[Phrase]:
+        view, scores = self.merged_scores(feats)
+        s, idx = top_k_of_scores(scores, k)
+        return [phrase(view.labels[i], view.categories[i], float(v)) for v, i in zip(s, idx)]
+
+    def category_stats(self, category: str, feats: Features) -> tuple[float, float]:
+        """Median and standard deviation of a category's scores for this image."""
+        memo = self.memo(feats)
+        key = ("stats", category)
+        if key not in memo:
+            indexes = self.indexes if category in self.vocab else self.style_indexes()
+            memo[key] = category_stats(self.table_scores(category, feats, indexes))
+        return memo[key]
+
+    def style_indexes(self) -> list[VocabularyIndex]:
+        return self._owner.style_indexes()
+
+    # -- text similarity --------------------------------------------------------------------
+    def similarity(self, feats: Features, texts: Sequence[str]) -> np.ndarray:
+        """Mean over encoders of the similarity of each text to one image."""
+        total = np.zeros(len(texts), np.float64)
+        with self._owner._using("clip"):
+            for clip, f in zip(self.clips, feats):
+                total += clip.encode_texts(list(texts)) @ f
+        return total / len(self.clips)
+
+    def similarities(self, pairs: Sequence[tuple[Features, str]]) -> list[float]:
+        """The similarity of each (image, text) pair, with one text batch per encoder."""
+        if not pairs:
+            return []
+        total = np.zeros(len(pairs), np.float64)
+        with self._owner._using("clip"):
+            for e, clip in enumerate(self.clips):
+                emb = clip.encode_texts([t for _, t in pairs])
+                total += np.einsum("nd,nd->n", emb, np.stack([f[e] for f, _ in pairs]))
+        return (total / len(self.clips)).tolist()
+
+    def text_vectors(self, text: str) -> list[np.ndarray]:
+        """One unit vector per encoder for ``text``."""
+        with self._owner._using("clip"):
+            return [c.encode_texts([text])[0] for c in self.clips]
+
+
+def phrase(text: str, category: str, score: float) -> Phrase:
+    return Phrase(text, category, score, hypothesis=category in HYPOTHESIS_CATEGORIES)
+
+
+def kept_phrases(full: str, kept: str, phrases: Sequence[Phrase], start: int) -> list[Phrase]:
+    """The phrases of ``full`` (in order of appearance, after the caption) that survived truncation."""
+    out: list[Phrase] = []
+    pos = start
+    for p in phrases:
+        at = full.find(p.text, pos)
+        if at < 0:
+            continue
+        end = at + len(p.text)
+        if end > len(kept):
+            break
+        out.append(p)
+        pos = end
+    return out
+
+
+def chain_steps(state: ChainState) -> list[TraceStep]:
+    chain = state.result()
+    return [TraceStep(p, float(s)) for p, s in zip(chain.phrases, chain.similarities)]
+
+
+def chain_from_best_phrase(ctx: SearchContext, feats: Features, pool: Sequence[Phrase], *, min_count: int,
+                           max_count: int, reverse: bool = False,
+                           indexes: Sequence[VocabularyIndex] | None = None
+                           ) -> tuple[dict[str, Phrase], Chain | None]:
+    """A chain over ``pool`` that starts at its best single phrase (None if the pool is empty)."""
+    from ..search import start_chain
+
+    by_text: dict[str, Phrase] = {}
+    for p in pool:
+        by_text.setdefault(p.text, p)
+    state = start_chain(list(by_text), ctx.at_limit, score_texts=lambda texts: ctx.similarity(feats, texts),
+                        min_count=min_count, max_count=max_count, reverse=reverse)
+    if state is None:
+        return by_text, None
+    return by_text, Chain(feats, state, indexes or ctx.indexes)
+
+
+def chain_outcome(by_text: dict[str, Phrase], chain: Chain | None, *, score: bool) -> Outcome:
+    """The outcome of a chain that started at its best phrase: its prompt, scored against
+    the image when ``score`` (style mode searched other features), else with the chain's
+    own similarity. An empty pool gives an empty prompt of similarity 0."""
+    if chain is None:
+        return Outcome([Scored("")], similarity=0.0)
+    result = chain.state.result()
+    scored = Scored(result.prompt, [by_text[t] for t in result.phrases], "chain")
+    steps = chain_steps(chain.state)
+    if score and scored.prompt:
+        return Outcome([scored], score=True, steps=steps)
+    return Outcome([scored], similarity=result.similarity, steps=steps)
+
+
+__all__ = [
+    "SEPARATOR", "Chain", "Mode", "Outcome", "Scored", "SearchContext", "Task", "chain_from_best_phrase",
+    "chain_outcome", "chain_steps", "kept_phrases", "phrase",
+]

@@ -1,0 +1,80 @@
+"""Best mode: a greedy chain over the best phrases, then the best of caption, classic, fast and chain.
+
+The chain adds, at each step, the phrase that raises the whole prompt's similarity
+most (at least ``min_flavors`` steps, at most ``max_flavors``, stopping at the token
+window). ``beam > 1`` keeps several prompts per step. Past the encoders' window the
+rest of the budget is filled in order of the phrases' own scores.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..features import Features
+from ..results import Phrase
+from ..search import ChainState
+from ..syntax import SEPARATOR
+from .base import Chain, Outcome, Scored, SearchContext, Task, chain_steps
+from .classic import classic_candidate
+from .fast import fast_candidate
+
+
+class BestMode:
+    name = "best"
+    uses_caption = True
+
+    def needs_caption(self, has_captioner: bool) -> bool:
+        return True
+
+    def pool_size(self, ctx: SearchContext) -> int:
+        return ctx.settings.candidates
+
+    def chain_options(self, ctx: SearchContext) -> dict[str, object]:
+        return {}
+
+    def plan(self, ctx: SearchContext, batch: Sequence[Features]) -> list[Task]:
+        s = ctx.settings
+        pools = [ctx.top_merged(feats, self.pool_size(ctx)) for feats in batch]
+        starts = ctx.similarities([(feats, feats.caption or "") for feats in batch])  # one text batch
+        tasks = []
+        for feats, pool, sim in zip(batch, pools, starts):
+            caption = feats.caption or ""
+            state = ChainState([p.text for p in pool], ctx.at_limit, start=caption, start_similarity=sim,
+                               min_count=s.min_flavors, max_count=s.max_flavors, beam=s.beam,
+                               **self.chain_options(ctx))  # type: ignore[arg-type]
+            chain = Chain(feats, state, ctx.indexes)
+            tasks.append(Task([chain], lambda f=feats, c=chain, p=pool: self.finish(ctx, f, c, p)))
+        return tasks
+
+    def finish(self, ctx: SearchContext, feats: Features, chain: Chain, pool: list[Phrase]) -> Outcome:
+        s = ctx.settings
+        caption = feats.caption or ""
+        result = chain.state.result()
+        by_text = {p.text: p for p in pool}
+        chained = Scored(result.prompt, [by_text[t] for t in result.phrases], "chain")
+        if s.max_tokens > ctx.window:
+            chained = extend_past_window(ctx, chained, pool)
+        # As in the reference, the classic candidate here uses max_flavors flavors.
+        candidates = [
+            Scored(caption, [], "caption"),
+            classic_candidate(ctx, feats, caption, s.max_flavors),
+            fast_candidate(ctx, feats, caption, s.max_flavors),
+            chained,
+        ]
+        return Outcome(candidates, score=True, steps=chain_steps(chain.state))
+
+
+def extend_past_window(ctx: SearchContext, scored: Scored, pool: Sequence[Phrase]) -> Scored:
+    """Past the CLIP window the encoder cannot score additions, so the remaining budget
+    is filled with the pool's next phrases in order of their own scores."""
+    used = {p.text for p in scored.phrases}
+    prompt, phrases = scored.prompt, list(scored.phrases)
+    for p in pool:
+        if p.text in used:
+            continue
+        candidate = prompt + SEPARATOR + p.text
+        if not ctx.fits(candidate):
+            break
+        prompt = candidate
+        phrases.append(p)
+    return Scored(prompt, phrases, scored.name)

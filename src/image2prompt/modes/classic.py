@@ -1,0 +1,38 @@
+"""Classic mode: the reference's fixed layout, ``caption, medium by artist, trending, movement, flavors``."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..features import Features
+from ..prompt import classic_prompt
+from .base import Outcome, Scored, SearchContext, Task, kept_phrases
+
+
+def classic_candidate(ctx: SearchContext, feats: Features, caption: str, n_flavors: int) -> Scored:
+    medium = ctx.top("mediums", feats, 1)[0]
+    artist = ctx.top("artists", feats, 1)[0]
+    trending = ctx.top("trendings", feats, 1)[0]
+    movement = ctx.top("movements", feats, 1)[0]
+    flavors = ctx.top("flavors", feats, n_flavors)
+    full = classic_prompt(caption, medium.text, artist.text, trending.text, movement.text,
+                          [f.text for f in flavors])
+    prompt = ctx.truncate(full)
+    return Scored(prompt, kept_phrases(full, prompt, [medium, artist, trending, movement, *flavors], len(caption)),
+                  "classic")
+
+
+class ClassicMode:
+    name = "classic"
+    uses_caption = True
+
+    def needs_caption(self, has_captioner: bool) -> bool:
+        return True
+
+    def plan(self, ctx: SearchContext, batch: Sequence[Features]) -> list[Task]:
+        n, score = ctx.settings.classic_flavors, ctx.settings.score_prompt
+        out = []
+        for feats in batch:
+            scored = classic_candidate(ctx, feats, feats.caption or "", n)
+            out.append(Task([], lambda s=scored: Outcome([s], score=score)))
+        return out

@@ -1,0 +1,30 @@
+"""Negative mode: a chain of the least similar flavors and negative terms, for a negative prompt."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..features import Features
+from .base import SearchContext, Task, chain_from_best_phrase, chain_outcome, phrase
+
+
+class NegativeMode:
+    name = "negative"
+    uses_caption = False
+
+    def needs_caption(self, has_captioner: bool) -> bool:
+        return False
+
+    def plan(self, ctx: SearchContext, batch: Sequence[Features]) -> list[Task]:
+        s = ctx.settings
+        tasks = []
+        for feats in batch:
+            pool = ctx.top("flavors", feats, s.candidates, largest=False)
+            if "negative" in ctx.vocab:
+                scores = ctx.table_scores("negative", feats)
+                pool += [phrase(t, "negative", float(v)) for t, v in zip(ctx.vocab["negative"].labels, scores)]
+            by_text, chain = chain_from_best_phrase(ctx, feats, pool, min_count=s.min_flavors,
+                                                    max_count=s.max_flavors, reverse=True)
+            tasks.append(Task([chain] if chain else [],
+                              lambda b=by_text, c=chain: chain_outcome(b, c, score=False)))
+        return tasks

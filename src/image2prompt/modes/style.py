@@ -1,0 +1,64 @@
+"""Style mode: only the aesthetic, no caption and no phrase that restates the subject.
+
+The caption's direction is projected out of the image features, phrases that share
+the caption's content words or whose embedding is close to the caption's are left
+out, and a chain starting at the best remaining phrase is searched on what is left
+(docs/style.md). The similarity reported is to the image itself, comparable with
+the other modes.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..features import Features
+from ..prompt.subject import restates_subject, subject_words
+from ..results import Phrase
+from .base import SearchContext, Task, chain_from_best_phrase, chain_outcome, phrase
+
+#: Phrases whose embedding is this close to the caption's restate the subject.
+SUBJECT_COSINE = 0.95
+
+
+def project_out(image: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Remove the caption's direction from the image features and renormalise."""
+    d = direction / (np.linalg.norm(direction) or 1.0)
+    v = image - float(image @ d) * d
+    return (v / (np.linalg.norm(v) or 1.0)).astype(np.float32)
+
+
+class StyleMode:
+    name = "style"
+    uses_caption = True
+
+    def needs_caption(self, has_captioner: bool) -> bool:
+        return has_captioner  # without a captioner, style runs on the image alone
+
+    def plan(self, ctx: SearchContext, batch: Sequence[Features]) -> list[Task]:
+        s = ctx.settings
+        indexes = ctx.style_indexes()
+        pack = indexes[0].pack
+        tasks = []
+        for feats in batch:
+            caption = feats.caption
+            cap = ctx.text_vectors(caption) if caption else None
+            styled = feats.with_vectors([project_out(f, c) for f, c in zip(feats, cap)]) if cap else feats
+            cap_feats = feats.with_vectors(cap) if cap else None
+            subject = subject_words(caption or "")
+            pool: list[Phrase] = []
+            for category in pack.categories():
+                scores = ctx.table_scores(category, styled, indexes)
+                near = ctx.table_scores(category, cap_feats, indexes) if cap_feats is not None else None
+                for i, label in enumerate(pack[category].labels):
+                    if restates_subject(label, subject) or (near is not None and near[i] >= SUBJECT_COSINE):
+                        continue
+                    pool.append(phrase(label, category, float(scores[i])))
+            pool.sort(key=lambda p: -p.score)  # stable: table order breaks ties
+            by_text, chain = chain_from_best_phrase(ctx, styled, pool[: s.candidates],
+                                                    min_count=min(4, s.style_phrases),
+                                                    max_count=max(0, s.style_phrases - 1), indexes=indexes)
+            tasks.append(Task([chain] if chain else [],
+                              lambda b=by_text, c=chain: chain_outcome(b, c, score=True)))
+        return tasks
