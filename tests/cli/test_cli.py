@@ -179,36 +179,61 @@ def test_output_file_csv(image_folder: Path, model_args: list[str], tmp_path: Pa
     assert result.stdout == ""
     rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"))))
     assert rows[0] == ["source", "mode", "prompt", "caption", "similarity", "clip_model", "caption_model",
-                       "negative_prompt", "weak_match"]
+                       "negative_prompt", "weak_match", "fingerprint"]
     assert len(rows) == 3
     assert [r[0] for r in rows[1:]] == [str(image_folder / "a.png"), str(image_folder / "c.webp")]
     assert all(r[1] == "fast" and float(r[4]) for r in rows[1:])
+    assert rows[1][9] and rows[1][9] == rows[2][9]  # the same settings and models: the same fingerprint
 
 
 def test_batch_failure_is_reported_per_image_and_run_continues(
         image_folder: Path, model_args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from image2prompt.interrogator import Interrogator
 
-    real = Interrogator.interrogate_batch
-    calls = {"n": 0}
+    real = Interrogator.encode
+    calls: list[list[str]] = []
 
-    def flaky(self, images, mode="best", captions=None, sources=None, **kw):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 1:
+    def flaky(self, images, captions=None, *, sources=None, **kw):  # type: ignore[no-untyped-def]
+        calls.append([Path(s).name for s in sources])
+        if any(Path(s).name == "a.png" for s in sources):
             raise RuntimeError("boom")
-        return real(self, images, mode, captions=captions, sources=sources, **kw)
+        return real(self, images, captions, sources=sources, **kw)
 
-    monkeypatch.setattr(Interrogator, "interrogate_batch", flaky)
+    monkeypatch.setattr(Interrogator, "encode", flaky)
     result = invoke(image_folder, *model_args, "--mode", "fast", "--caption", "x", "--format", "jsonl",
                     "--batch-size", "2")
     assert result.exit_code == 1
-    # batch 1 = a.png + broken.jpg (broken fails to load, a.png fails on "boom"); batch 2 = c.webp, sub/b.JPG
+    # broken.jpg fails to load; batch 1 = a.png + c.webp fails on "boom", so each is retried alone
+    # and only a.png fails; batch 2 = sub/b.JPG
+    assert calls == [["a.png", "c.webp"], ["a.png"], ["c.webp"], ["b.JPG"]]
     assert [json.loads(line)["source"] for line in result.stdout.splitlines()] == [
         str(image_folder / "c.webp"), str(image_folder / "sub" / "b.JPG")]
     errors = [line for line in result.stderr.splitlines() if line.startswith("image2prompt: error:")]
     assert any("a.png" in e and "boom" in e for e in errors)
     assert any("broken.jpg" in e for e in errors)
     assert len(errors) == 2
+    # in input order: a.png's error comes before broken.jpg's
+    assert "a.png" in errors[0] and "broken.jpg" in errors[1]
+    assert_no_traceback(result)
+
+
+def test_library_error_stops_the_run(image_folder: Path, model_args: list[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from image2prompt.errors import VocabularyError
+    from image2prompt.interrogator import Interrogator
+
+    def broken(self, *args, **kw):  # type: ignore[no-untyped-def]
+        raise VocabularyError("the flavors table is unreadable")
+
+    monkeypatch.setattr(Interrogator, "search_indexed", broken)
+    result = invoke(image_folder, *model_args, "--mode", "fast", "--caption", "x", "--format", "jsonl",
+                    "--batch-size", "2")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[-1] == "image2prompt: error: stopping: the flavors table is unreadable"
+    failed = [line for line in lines if "could not interrogate" in line]
+    assert len(failed) == 2 and "a.png" in failed[0] and "c.webp" in failed[1]
     assert_no_traceback(result)
 
 

@@ -7,12 +7,9 @@ and ``cache info`` stay fast.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
 import sys
-import types
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,20 +19,22 @@ import click
 
 from .. import __version__
 from ..cache import EmbeddingCache
-from ..errors import Image2PromptError, ImageLoadError
+from ..errors import Image2PromptError, ImageLoadError, one_line
 from ..io import ImageSource, expand_sources, load_image
 from ..models._registry import (
     CAPTION_MODELS,
     CLIP_PRESETS,
-    DEFAULT_CAPTIONER,
     DEFAULT_CLIP,
     TARGET_ALIASES,
     TARGETS,
     expand_clip_names,
+    open_clip_names,
     resolve_target,
 )
+from ..render import FORMATS, format_analysis, make_writer, shows_similarity
 from ..results import MODES
-from .output import FORMATS, ResultWriter, format_analysis, make_writer
+from ..runner import Runner
+from ..settings import SearchSettings
 from .progress import PROG, Reporter, progress_enabled, setup_logging, table_progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,7 +43,6 @@ if TYPE_CHECKING:  # pragma: no cover
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_COMMAND = "run"
-LOW_VRAM_CAPTIONER = "blip-base"
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -203,10 +201,11 @@ def pick_clip(clip_names: Sequence[str], target: str | None) -> list[str]:
     return [resolve_target(target) if target else DEFAULT_CLIP]
 
 
-def pick_captioner(caption_model: str | None, low_vram: bool) -> str | None:
-    """The captioner name, or None for 'none'."""
+def pick_captioner(caption_model: str | None) -> str | None:
+    """The captioner for Config: None for 'none', the name given, else "auto" (the library picks
+    blip-large, or blip-base with --low-vram)."""
     if caption_model is None:
-        return LOW_VRAM_CAPTIONER if low_vram else DEFAULT_CAPTIONER
+        return "auto"
     if caption_model.strip().lower() == "none":
         return None
     return caption_model
@@ -215,18 +214,20 @@ def pick_captioner(caption_model: str | None, low_vram: bool) -> str | None:
 def load_interrogator(*, clip: Sequence[str], captioner: str | None, device: str, precision: str,
                       cache_dir: str | None, vocab: Sequence[str], low_vram: bool, show_progress: bool,
                       debug: bool, say: Callable[[str], None] | None = None,
-                      **settings: Any) -> "Interrogator":
-    """Load the models (the only place torch gets imported). ``settings`` are further Config fields."""
-    if show_progress:
-        what = " + ".join(clip) + (f" and {captioner}" if captioner else "")
-        (say or (lambda m: click.echo(m, err=True)))(f"{PROG}: loading {what}...")
-    else:
-        _quiet_library_progress()
+                      memory_budget_mb: int | None = None) -> "Interrogator":
+    """Load the models (the only place torch gets imported), from load-time settings only."""
     with fatal_errors(debug, ValueError):
         from ..interrogator import Config, Interrogator
 
         config = Config(clip_model=list(clip), caption_model=captioner, device=device, precision=precision,
-                        cache_dir=cache_dir, vocab=tuple(vocab), low_vram=low_vram, **settings)
+                        cache_dir=cache_dir, vocab=tuple(vocab), low_vram=low_vram,
+                        memory_budget_mb=memory_budget_mb)
+        if show_progress:
+            name = config.captioner
+            what = " + ".join(clip) + (f" and {name}" if name else "")
+            (say or (lambda m: click.echo(m, err=True)))(f"{PROG}: loading {what}...")
+        else:
+            _quiet_library_progress()
         return Interrogator.load(config, progress=table_progress(show_progress))
 
 
@@ -297,78 +298,47 @@ def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_
     """
     setup_logging(verbose, debug, quiet)
     clip = pick_clip(clip_name, target)
-    captioner = pick_captioner(caption_model, low_vram)
+    captioner = pick_captioner(caption_model)
     if captioner is None and not caption and mode not in ("negative", "style"):
         raise click.UsageError("--caption-model none needs --caption TEXT (or use --mode negative)")
     if caption or mode == "negative":
         captioner = None  # nothing to caption: do not load a captioner at all
+    with fatal_errors(debug):
+        # text and weighted output do not show the prompt's similarity, so fast and classic
+        # skip the one text encode per image that computes it
+        settings = SearchSettings(mode=mode, beam=beam, max_tokens=max_tokens, chunks=chunks,
+                                  negative=with_negative, score_prompt=shows_similarity(fmt))
     items = list(expand_sources(inputs))
     show_progress = progress_enabled(quiet)
     with _open_output(output, fmt) as stream:
         writer = make_writer(fmt, stream, single=len(items) == 1)
         reporter = Reporter(len(items), show_progress)
+
+        def load() -> "Interrogator":  # called by the runner once the first image has decoded
+            return load_interrogator(clip=clip, captioner=captioner, device=device, precision=precision,
+                                     cache_dir=cache_dir, vocab=vocab, low_vram=low_vram,
+                                     show_progress=show_progress, debug=debug, say=reporter.say,
+                                     memory_budget_mb=memory_budget)
+
         failures = 0
-        interrogator: Interrogator | None = None
         try:
-            for start in range(0, len(items), batch_size):
-                images: list[Any] = []
-                names: list[str] = []
-                for item in items[start:start + batch_size]:
-                    try:
-                        if isinstance(item, ImageLoadError):
-                            raise item
-                        images.append(load_image(item))
-                        names.append(item.name)
-                    except ImageLoadError as err:
-                        reporter.error(str(err))
-                        reporter.advance()
-                        failures += 1
-                if not images:
-                    continue
-                if interrogator is None:
-                    interrogator = load_interrogator(
-                        clip=clip, captioner=captioner, device=device, precision=precision,
-                        cache_dir=cache_dir, vocab=vocab, low_vram=low_vram,
-                        show_progress=show_progress, debug=debug, say=reporter.say,
-                        beam=beam, max_tokens=max_tokens, memory_budget_mb=memory_budget,
-                        chunk_tokens=75 if chunks else None,
-                        # text and weighted output do not show the prompt's similarity, so fast and
-                        # classic skip the one text encode per image that computes it
-                        score_prompt=fmt not in ("text", "weighted"))
-                failures += _interrogate(interrogator, images, names, mode, caption, writer, reporter, debug,
-                                         with_negative)
+            for record in Runner(load, settings, batch_size=batch_size, caption=caption).run(items):
+                if record.result is not None:
+                    writer.write(record.result)
+                else:
+                    reporter.error(record.error or f"{record.source}: failed")
+                    failures += 1
+                reporter.advance()
+        except Image2PromptError as err:
+            # A model, vocabulary or cache problem: every later batch would fail the same way.
+            if debug:
+                raise
+            raise FatalError(f"stopping: {one_line(err) or type(err).__name__}") from None
         finally:
             writer.close()
             reporter.close()
     if failures:
         click.get_current_context().exit(1)
-
-
-def _interrogate(interrogator: "Interrogator", images: list[Any], names: list[str], mode: str,
-                 caption: str | None, writer: ResultWriter, reporter: Reporter, debug: bool,
-                 negative: bool = False) -> int:
-    """Interrogate one batch, writing each result as it comes; return how many failed."""
-    done = 0
-    try:
-        for result in interrogator.interrogate_batch(images, mode, captions=[caption] * len(images),
-                                                     sources=names, negative=negative):
-            writer.write(result)
-            reporter.advance()
-            done += 1
-    except Exception as err:
-        if debug:
-            raise
-        reason = " ".join(str(err).split()) or type(err).__name__
-        if len(reason) > 300:
-            reason = reason[:297] + "..."
-        for name in names[done:]:
-            reporter.error(f"{name}: could not interrogate ({reason})")
-            reporter.advance()
-        if isinstance(err, Image2PromptError):
-            # A model, vocabulary or cache problem: the next batch would fail the same way.
-            raise FatalError(f"stopping: {reason}") from None
-        return len(names) - done
-    return 0
 
 
 @contextmanager
@@ -405,7 +375,7 @@ def analyze(image: str, top_n: int, target: str | None, clip_name: tuple[str, ..
     """
     setup_logging(verbose, debug, quiet)
     clip = pick_clip(clip_name, target)
-    captioner = None if caption or caption_model is None else pick_captioner(caption_model, low_vram)
+    captioner = None if caption or caption_model is None else pick_captioner(caption_model)
     sources = list(expand_sources(image))
     if len(sources) != 1:
         raise click.UsageError(f"analyze takes one image; {image!r} gave {len(sources)}")
@@ -443,6 +413,8 @@ def models() -> None:
         extra = "  (default)" if clip == DEFAULT_CLIP else ""
         extra += f"  also: {', '.join(aliases)}" if aliases else ""
         out.append(f"  {name:<{width}}  {clip}{extra}")
+    from ..interrogator import DEFAULT_CAPTIONER, LOW_VRAM_CAPTIONER  # what caption_model="auto" picks
+
     out += ["", "Caption models (--caption-model)"]
     width = max(map(len, CAPTION_MODELS))
     for name, repo in CAPTION_MODELS.items():
@@ -469,49 +441,6 @@ def models() -> None:
         out.append(f"CLIP models known to open_clip (--clip ARCH/TAG), {len(names)}:")
         out += [f"  {n}" for n in names]
     click.echo("\n".join(out))
-
-
-def open_clip_names() -> list[str] | None:
-    """open_clip's ARCH/TAG names, or None when open_clip is not installed.
-
-    ``open_clip/__init__.py`` imports torch (seconds), so when open_clip is not loaded
-    yet its table module is read on its own, with safetensors' torch half blocked.
-    """
-    if "open_clip" in sys.modules:
-        return [f"{a}/{t}" for a, t in sys.modules["open_clip"].list_pretrained()]
-    try:
-        spec = importlib.util.find_spec("open_clip")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    pkg_name = "_image2prompt_open_clip_table"
-    blocked = "safetensors.torch"
-    saved = {k: sys.modules[k] for k in (pkg_name,) if k in sys.modules}
-    pkg = types.ModuleType(pkg_name)
-    pkg.__path__ = list(spec.submodule_search_locations)
-    sys.modules[pkg_name] = pkg
-    block = blocked not in sys.modules and "torch" not in sys.modules
-    if block:
-        sys.modules[blocked] = None  # type: ignore[assignment]  # makes `import safetensors.torch` fail
-    try:
-        table = importlib.import_module(f"{pkg_name}.pretrained")
-        pairs = table.list_pretrained()
-    except Exception:  # noqa: BLE001 - another open_clip layout: import it for real
-        pairs = None
-    finally:
-        for k in [k for k in sys.modules if k == pkg_name or k.startswith(pkg_name + ".")]:
-            del sys.modules[k]
-        if block:
-            sys.modules.pop(blocked, None)
-        sys.modules.update(saved)
-    if pairs is None:
-        try:
-            import open_clip
-        except Exception:  # noqa: BLE001
-            return None
-        pairs = open_clip.list_pretrained()
-    return [f"{a}/{t}" for a, t in pairs]
 
 
 # --- cache ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Input layer: find image sources and load them as RGB PIL images.
+"""Input layer: find image sources (paths, URLs, bytes, PIL images, arrays) and load them as RGB PIL images.
 
 Depends only on the standard library, PIL and numpy (no torch), so front ends can
 validate inputs before any model is loaded.
@@ -6,7 +6,17 @@ validate inputs before any model is loaded.
 
 from __future__ import annotations
 
-from image2prompt.io.images import iter_images, load_image
-from image2prompt.io.sources import IMAGE_EXTENSIONS, ImageSource, expand_sources
+from image2prompt.io.images import DEFAULT_MAX_PIXELS, iter_images, load_image
+from image2prompt.io.sources import (
+    IMAGE_EXTENSIONS,
+    ImageInput,
+    ImageSource,
+    coerce_source,
+    expand_sources,
+    is_array,
+)
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageSource", "expand_sources", "iter_images", "load_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageInput", "ImageSource", "coerce_source", "expand_sources",
+    "is_array", "iter_images", "load_image",
+]

@@ -21,8 +21,8 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from image2prompt.errors import ImageLoadError
-from image2prompt.io.sources import ImageInput, ImageSource, coerce_source, expand_sources
+from image2prompt.errors import ImageLoadError, one_line
+from image2prompt.io.sources import ImageInput, ImageSource, coerce_source, expand_sources, to_numpy
 
 __all__ = ["DEFAULT_MAX_PIXELS", "MAX_DOWNLOAD_BYTES", "iter_images", "load_image"]
 
@@ -49,6 +49,11 @@ def load_image(
     rejected from their header, before decoding; ``None`` lifts the limit.
     ``timeout`` (seconds) applies to URL downloads.
 
+    Arrays (numpy, or torch tensors, converted by duck typing) are HWC pixels: HW or
+    HW1 grey, HW3 RGB or HW4 RGBA, either ``uint8`` or floating point in [0, 1] (what
+    ComfyUI passes). Other dtypes, other shapes, NaN and values outside [0, 1] are
+    an :class:`ImageLoadError`.
+
     Raises:
         ImageLoadError: the input is missing, unreadable, too large or not a valid image.
     """
@@ -56,6 +61,8 @@ def load_image(
     ref = src.ref
     if src.kind == "pil" and isinstance(ref, Image.Image):
         return _normalise(ref, src.name, max_pixels)
+    if src.kind == "array":
+        return _from_array(ref, src.name, max_pixels)
     if src.kind == "bytes" and isinstance(ref, (bytes, bytearray, memoryview)):
         return _decode(io.BytesIO(ref), src.name, max_pixels)
     if src.kind == "url" and isinstance(ref, str):
@@ -220,6 +227,51 @@ def _pil_limit(max_pixels: int | None) -> Iterator[None]:
             yield
         finally:
             Image.MAX_IMAGE_PIXELS = saved
+
+
+# --- arrays ----------------------------------------------------------------------
+
+_ARRAY_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA
+
+
+def _from_array(ref: object, name: str, max_pixels: int | None) -> Image.Image:
+    """An HWC pixel array (uint8, or float in [0, 1]) as a new RGB image."""
+    try:
+        arr = to_numpy(ref)
+    except Exception as err:  # noqa: BLE001  a tensor type numpy cannot hold
+        raise ImageLoadError(name, f"cannot read the array ({one_line(err, 120)})") from None
+    shape = "×".join(str(d) for d in arr.shape)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in _ARRAY_CHANNELS:
+        raise ImageLoadError(name, f"unsupported array shape {shape or '()'} "
+                                   "(expected H×W, H×W×1, H×W×3 or H×W×4 pixels; a batch is B×H×W×C)")
+    height, width = int(arr.shape[0]), int(arr.shape[1])
+    if height == 0 or width == 0:
+        raise ImageLoadError(name, f"empty image (array shape {shape})")
+    _check_size((width, height), name, max_pixels)
+    if arr.dtype == np.uint8:
+        pixels = np.array(arr, dtype=np.uint8, order="C", copy=True)  # never share the caller's memory
+    elif np.issubdtype(arr.dtype, np.floating):
+        values = arr.astype(np.float32, copy=False)
+        if not np.isfinite(values).all():
+            raise ImageLoadError(name, "float array contains NaN or infinite values")
+        lo, hi = float(values.min()), float(values.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ImageLoadError(name, f"float pixel values must be in [0, 1], got {lo:g} to {hi:g} "
+                                       "(pass uint8 for 0-255 data)")
+        pixels = np.ascontiguousarray(np.rint(values * 255.0).astype(np.uint8))
+    else:
+        raise ImageLoadError(name, f"unsupported array dtype {arr.dtype} (expected uint8, or float in [0, 1])")
+    try:
+        im = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)  # L, RGB or RGBA
+        return _to_rgb(im, name)
+    except ImageLoadError:
+        raise
+    except MemoryError:
+        raise ImageLoadError(name, "not enough memory to decode the image") from None
+    except Exception as err:  # noqa: BLE001
+        raise ImageLoadError(name, f"cannot read the array ({one_line(err, 120)})") from None
 
 
 # --- colour ----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Turn what the user passed (paths, folders, globs, URLs, bytes, PIL images) into image sources.
+"""Turn what the user passed (paths, folders, globs, URLs, bytes, PIL images, arrays) into image sources.
 
 Nothing here opens an image; :mod:`image2prompt.io.images` does the decoding.
 Problems with one input are *yielded* as :class:`~image2prompt.errors.ImageLoadError`
@@ -12,8 +12,9 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Literal, TypeAlias, cast
+from typing import Any, Literal, TypeAlias, cast
 
+import numpy as np
 from PIL import Image
 
 from image2prompt.errors import ImageLoadError
@@ -25,8 +26,11 @@ __all__ = [
     "SourceKind",
     "coerce_source",
     "expand_sources",
+    "is_array",
     "is_image_filename",
+    "is_torch_tensor",
     "is_url",
+    "to_numpy",
 ]
 
 # Kept as a tuple too so messages list the extensions in a stable, readable order.
@@ -35,8 +39,10 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(_EXTENSIONS_IN_ORDER)
 
 _GLOB_CHARS = ("*", "?", "[")
 
-SourceKind: TypeAlias = Literal["path", "url", "bytes", "pil"]
-ImageInput: TypeAlias = str | os.PathLike[str] | bytes | Image.Image
+SourceKind: TypeAlias = Literal["path", "url", "bytes", "pil", "array"]
+#: A path, URL, encoded bytes, a PIL image, or an HWC pixel array (numpy, or a torch tensor:
+#: recognised by duck typing, so this module never imports torch).
+ImageInput: TypeAlias = str | os.PathLike[str] | bytes | Image.Image | np.ndarray | Any
 
 
 @dataclass(frozen=True)
@@ -44,8 +50,9 @@ class ImageSource:
     """One image to load.
 
     ``name`` is what to show the user (the path as given or found, the URL,
-    ``"<bytes>"`` or ``"<PIL.Image>"``); ``ref`` is what the loader reads: a
-    :class:`~pathlib.Path`, a URL string, ``bytes`` or a PIL image.
+    ``"<bytes>"``, ``"<PIL.Image>"``, ``"<array>"`` or ``"<array N>"`` for image N of a
+    ``[B,H,W,C]`` batch); ``ref`` is what the loader reads: a :class:`~pathlib.Path`, a
+    URL string, ``bytes``, a PIL image or a numpy array (torch tensors are converted).
     """
 
     name: str
@@ -64,12 +71,37 @@ def is_image_filename(name: str | os.PathLike[str]) -> bool:
     return os.path.splitext(os.fspath(name))[1].lower() in IMAGE_EXTENSIONS
 
 
+def is_torch_tensor(item: object) -> bool:
+    """True for a torch tensor, found by duck typing (torch is never imported here)."""
+    return type(item).__module__.startswith("torch") and hasattr(item, "detach") and hasattr(item, "numpy")
+
+
+def is_array(item: object) -> bool:
+    """True for a numpy array or a torch tensor (pixel data, see :func:`to_numpy`)."""
+    return isinstance(item, np.ndarray) or is_torch_tensor(item)
+
+
+def to_numpy(item: Any) -> np.ndarray:
+    """A numpy view or copy of a numpy array or torch tensor (detached, moved to the CPU)."""
+    if isinstance(item, np.ndarray):
+        return item
+    tensor = item.detach()
+    if str(getattr(tensor, "dtype", "")) == "torch.bfloat16":  # numpy has no bfloat16
+        tensor = tensor.float()
+    return cast(np.ndarray, tensor.cpu().numpy())
+
+
 def coerce_source(item: ImageSource | ImageInput) -> ImageSource:
-    """Wrap a single input as an :class:`ImageSource` without expanding folders or globs."""
+    """Wrap a single input as an :class:`ImageSource` without expanding folders or globs.
+
+    An array is taken as one image (a ``[B,H,W,C]`` batch is split by :func:`expand_sources`).
+    """
     if isinstance(item, ImageSource):
         return item
     if isinstance(item, Image.Image):
         return ImageSource("<PIL.Image>", "pil", item)
+    if is_array(item):
+        return ImageSource("<array>", "array", to_numpy(item))
     if isinstance(item, (bytes, bytearray, memoryview)):
         return ImageSource("<bytes>", "bytes", bytes(item))
     if isinstance(item, (str, os.PathLike)):
@@ -77,7 +109,7 @@ def coerce_source(item: ImageSource | ImageInput) -> ImageSource:
         if is_url(raw):
             return ImageSource(raw, "url", raw)
         return ImageSource(raw, "path", Path(os.path.expanduser(raw)))
-    raise TypeError(f"expected a path, URL, bytes or PIL.Image.Image, got {type(item).__name__}")
+    raise TypeError(f"expected a path, URL, bytes, PIL.Image.Image or an array, got {type(item).__name__}")
 
 
 def expand_sources(
@@ -89,22 +121,43 @@ def expand_sources(
       sorted by relative POSIX path; hidden files and folders are skipped;
     * a glob pattern (``*``, ``?``, ``[``) yields the image files it matches, sorted;
     * an existing file is yielded whatever its extension (it was named explicitly);
-    * ``http://``/``https://`` strings, ``bytes`` and PIL images pass through.
+    * ``http://``/``https://`` strings, ``bytes`` and PIL images pass through;
+    * a numpy array or torch tensor is one image (HW, HW1, HW3 or HW4), except a 4-D
+      ``[B,H,W,C]`` batch, which gives its B images, named ``<array 0>`` ... ``<array B-1>``;
+    * :class:`ImageSource` items pass through, and so do :class:`ImageLoadError` items
+      (what an earlier expansion yielded), so expanded inputs can be expanded again.
 
     Missing paths, empty folders and patterns that match nothing are yielded as
     :class:`ImageLoadError`. A single input (not wrapped in a list) is accepted too.
+    Expansion is lazy: inputs are read one at a time, so they may be a long generator.
     """
-    # A bare str/bytes is iterable; iterating it would yield one source per character.
+    # A bare str/bytes is iterable; iterating it would yield one source per character,
+    # and iterating an array would yield its rows.
     items: Iterable[ImageInput]
-    if isinstance(inputs, (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)):
+    if isinstance(inputs, (str, bytes, bytearray, memoryview, os.PathLike, Image.Image, ImageSource)) \
+            or is_array(inputs):
         items = [cast(ImageInput, inputs)]
     else:
         items = inputs
     for item in items:
         if isinstance(item, (str, os.PathLike)):
             yield from _expand_path(os.fsdecode(os.fspath(item)))
+        elif isinstance(item, ImageLoadError):
+            yield item
+        elif is_array(item) and len(getattr(item, "shape", ())) == 4:
+            yield from _expand_batch(item)
         else:
             yield coerce_source(item)
+
+
+def _expand_batch(batch: Any) -> Iterator[ImageSource | ImageLoadError]:
+    """The images of a ``[B,H,W,C]`` array or tensor, each converted when it is reached."""
+    count = int(batch.shape[0])
+    if count == 0:
+        yield ImageLoadError("<array>", "empty batch (shape " + "×".join(str(int(d)) for d in batch.shape) + ")")
+        return
+    for i in range(count):
+        yield ImageSource(f"<array {i}>", "array", to_numpy(batch[i]))
 
 
 def _expand_path(raw: str) -> Iterator[ImageSource | ImageLoadError]:

@@ -1,0 +1,198 @@
+"""Render results as text, weighted text, JSON, JSON Lines or CSV, written incrementally.
+
+Shared by every front end (the command line, the server, reports). Each writer
+writes one result as soon as it is given and flushes, so nothing already produced
+is lost if a later input fails or the run is interrupted. No torch here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from typing import IO, Any
+
+from .results import Analysis, Result
+
+__all__ = [
+    "CHUNK_SEPARATOR", "CSV_COLUMNS", "FORMATS", "CsvWriter", "JsonWriter", "JsonlWriter", "ResultWriter",
+    "TextWriter", "WeightedWriter", "format_analysis", "make_writer", "shows_similarity", "weighted_prompt",
+]
+
+FORMATS = ("text", "weighted", "json", "jsonl", "csv")
+CSV_COLUMNS = ("source", "mode", "prompt", "caption", "similarity", "clip_model", "caption_model",
+               "negative_prompt", "weak_match", "fingerprint")
+CHUNK_SEPARATOR = " BREAK "  # how A1111 and ComfyUI prompt front ends mark a new 75-token chunk
+
+#: Formats that show the prompt's similarity to the image; the others need not compute it.
+_SHOWS_SIMILARITY = frozenset({"json", "jsonl", "csv"})
+
+
+def shows_similarity(fmt: str) -> bool:
+    """True when ``fmt`` shows the final prompt's similarity (json, jsonl, csv).
+
+    text and weighted do not, so fast and classic can skip the one text encode per
+    image that computes it (``SearchSettings(score_prompt=shows_similarity(fmt))``).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    return fmt in _SHOWS_SIMILARITY
+
+
+def weighted_prompt(result: Any) -> str:
+    """The prompt with A1111-style emphasis, ``(phrase:1.15)``, from each phrase's ``weight``.
+
+    Phrases with weight 1.0 stay plain; the caption is never weighted.
+    """
+    prompt: str = result.prompt
+    caption = result.caption or ""
+    head, tail = (prompt[: len(caption)], prompt[len(caption):]) if prompt.startswith(caption) else ("", prompt)
+    out, pos = [], 0
+    for p in result.phrases:
+        at = tail.find(p.text, pos)
+        if at < 0:
+            continue
+        out.append(tail[pos:at])
+        out.append(p.text if p.weight == 1.0 else f"({p.text}:{p.weight:.2f})")
+        pos = at + len(p.text)
+    out.append(tail[pos:])
+    return head + "".join(out)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class ResultWriter:
+    """Base writer: ``write`` each result, then ``close`` (which does not close the stream)."""
+
+    def __init__(self, stream: IO[str], single: bool) -> None:
+        self.stream = stream
+        self.single = single
+        self.count = 0
+        self.closed = False
+
+    def write(self, result: Result) -> None:
+        self._write(result)
+        self.count += 1
+        self.stream.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._close()
+            self.stream.flush()
+
+    def _write(self, result: Result) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+
+class TextWriter(ResultWriter):
+    """The prompt alone for a single input, else ``SOURCE<TAB>PROMPT`` per line.
+
+    A paired negative prompt follows as ``Negative prompt: ...`` (one input) or a
+    third column; chunked prompts are joined with `` BREAK ``.
+    """
+
+    def render(self, result: Result) -> str:
+        return CHUNK_SEPARATOR.join(result.chunks) if result.chunks else result.prompt
+
+    def _write(self, result: Result) -> None:
+        prompt = self.render(result)
+        negative = result.negative.prompt if result.negative is not None else None
+        if self.single:
+            self.stream.write(prompt + "\n")
+            if negative is not None:
+                self.stream.write(f"Negative prompt: {negative}\n")
+        else:
+            cols = [_one_line(result.source or ""), _one_line(prompt)]
+            if negative is not None:
+                cols.append(_one_line(negative))
+            self.stream.write("\t".join(cols) + "\n")
+
+
+class WeightedWriter(TextWriter):
+    """Like text, with A1111 emphasis ``(phrase:1.15)`` from each phrase's weight."""
+
+    def render(self, result: Result) -> str:
+        return weighted_prompt(result)
+
+
+class JsonWriter(ResultWriter):
+    """One JSON object for a single input, else a JSON list written item by item."""
+
+    def __init__(self, stream: IO[str], single: bool) -> None:
+        super().__init__(stream, single)
+        if not single:
+            self.stream.write("[\n")
+            self.stream.flush()
+
+    def _write(self, result: Result) -> None:
+        text = json.dumps(result.to_dict(), ensure_ascii=False, indent=2)
+        if self.single:
+            self.stream.write(text + "\n")
+        else:
+            self.stream.write((",\n" if self.count else "") + text)
+
+    def _close(self) -> None:
+        if not self.single:
+            self.stream.write(("\n" if self.count else "") + "]\n")
+
+
+class JsonlWriter(ResultWriter):
+    """One JSON object per line."""
+
+    def _write(self, result: Result) -> None:
+        self.stream.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+
+
+class CsvWriter(ResultWriter):
+    """A header row, then one row per result (the columns of :data:`CSV_COLUMNS`)."""
+
+    def __init__(self, stream: IO[str], single: bool) -> None:
+        super().__init__(stream, single)
+        self._csv = csv.writer(stream, lineterminator="\n")
+        self._csv.writerow(CSV_COLUMNS)
+        self.stream.flush()
+
+    def _write(self, result: Result) -> None:
+        row: dict[str, Any] = result.to_dict()
+        row["negative_prompt"] = result.negative.prompt if result.negative is not None else None
+        self._csv.writerow(["" if row.get(c) is None else row[c] for c in CSV_COLUMNS])
+
+
+_WRITERS: dict[str, type[ResultWriter]] = {
+    "text": TextWriter, "weighted": WeightedWriter, "json": JsonWriter, "jsonl": JsonlWriter, "csv": CsvWriter,
+}
+
+
+def make_writer(fmt: str, stream: IO[str], single: bool) -> ResultWriter:
+    """A writer for ``fmt`` (one of :data:`FORMATS`); ``single`` is True when exactly one input was given."""
+    try:
+        return _WRITERS[fmt](stream, single)
+    except KeyError:
+        raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}") from None
+
+
+def format_analysis(analysis: Analysis) -> str:
+    """Human-readable analysis: each category with its top phrases and scores."""
+    lines: list[str] = []
+    if analysis.source:
+        lines.append(f"source: {analysis.source}")
+    lines.append(f"clip model: {analysis.clip_model}")
+    if analysis.caption:
+        lines.append(f"caption: {analysis.caption}")
+    width = max((len(f"{p.score:.4f}") for ps in analysis.categories.values() for p in ps), default=0)
+    for category, phrases in analysis.categories.items():
+        lines.append("")
+        lines.append(f"{category}:")
+        for p in phrases:
+            note = "  (hypothesis)" if p.hypothesis else ""
+            margin = f"  {p.margin:+.4f} vs median" if p.margin is not None else ""
+            lines.append(f"  {p.score:>{width}.4f}{margin}  {p.text}{note}")
+    if any(p.hypothesis for ps in analysis.categories.values() for p in ps):
+        lines.append("")
+        lines.append("(hypothesis): the image resembles work tagged with this name; it does not say who made it.")
+    return "\n".join(lines) + "\n"

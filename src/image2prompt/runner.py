@@ -1,0 +1,348 @@
+"""One pipeline from inputs to records, shared by every front end (CLI, server, ComfyUI nodes).
+
+:class:`Runner` takes image sources (paths, folders, globs, URLs, bytes, PIL images,
+numpy arrays or torch tensors, ``[B,H,W,C]`` batches), decodes them in worker threads
+ahead of the model with a bounded prefetch, batches the decoded images through
+:meth:`Interrogator.encode` and :meth:`Interrogator.search_indexed`, and yields one
+:class:`Record` per input: a result or a one-line error, in input order or as they
+complete.
+
+A bad input never stops the run: a decode failure is an error record, and when a
+batch fails in the model each of its images is retried alone so only the bad one gets
+an error record. A library error that every batch would hit (a model, vocabulary or
+cache problem) gives error records for the rest of its batch and is then re-raised.
+
+The library never prints: this module only logs (``logging.getLogger(__name__)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+from PIL import Image
+
+from .errors import Image2PromptError, ImageLoadError, SettingsError, one_line
+from .io import DEFAULT_MAX_PIXELS, ImageSource, expand_sources, is_array, load_image
+from .results import Result
+from .settings import SearchSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .interrogator import Interrogator
+
+__all__ = ["ORDERS", "Record", "Runner"]
+
+log = logging.getLogger(__name__)
+
+#: How records come out: in input order (errors interleaved at their position) or as they complete.
+ORDERS = ("input", "completion")
+Order = Literal["input", "completion"]
+
+InterrogatorOrFactory = Union["Interrogator", Callable[[], "Interrogator"]]
+
+# A bare item is one input, not an iterable of inputs (a str would give one per character,
+# an array one per row).
+_SINGLE = (str, bytes, bytearray, memoryview, os.PathLike, Image.Image, ImageSource, ImageLoadError)
+
+
+@dataclass
+class Record:
+    """What became of one input: ``result`` when it worked, else ``error`` (one line, naming the input)."""
+
+    index: int  # position in the expanded input stream (a folder counts once per image it holds)
+    source: str  # display name: the path or URL as given or found, "<PIL.Image>", "<array 3>"...
+    result: Result | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.result is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "source": self.source, "ok": self.ok, "error": self.error,
+                "result": self.result.to_dict() if self.result is not None else None}
+
+
+@dataclass
+class _Decoded:
+    index: int
+    name: str
+    image: Image.Image
+
+
+class _Pending:
+    """An input whose decode is in flight (or that failed before it could start)."""
+
+    __slots__ = ("error", "future", "index", "name")
+
+    def __init__(self, index: int, name: str, future: Future[Image.Image | ImageLoadError] | None = None,
+                 error: ImageLoadError | None = None) -> None:
+        self.index, self.name, self.future, self.error = index, name, future, error
+
+    def done(self) -> bool:
+        return self.future is None or self.future.done()
+
+    def outcome(self) -> Image.Image | ImageLoadError:
+        if self.future is None:
+            assert self.error is not None
+            return self.error
+        return self.future.result()
+
+
+class _InOrder:
+    """Holds records until every earlier index has been yielded."""
+
+    def __init__(self) -> None:
+        self.next = 0
+        self.held: dict[int, Record] = {}
+
+    def put(self, record: Record) -> Iterator[Record]:
+        self.held[record.index] = record
+        while self.next in self.held:
+            yield self.held.pop(self.next)
+            self.next += 1
+
+
+class _AsDone:
+    def put(self, record: Record) -> Iterator[Record]:
+        yield record
+
+
+class Runner:
+    """Runs inputs through an interrogator in batches and yields one :class:`Record` per input.
+
+    ``interrogator`` is a loaded :class:`~image2prompt.Interrogator`, or a function that
+    loads one: it is then called only when the first image has decoded, so a run whose
+    every input is bad loads no model (``Runner.interrogator`` holds it afterwards).
+
+    ``settings`` are the search settings of every input (default: ``SearchSettings()``).
+    ``batch_size`` decoded images go through the model together; ``workers`` threads
+    decode inputs, at most ``prefetch`` of them ahead of the model (default: twice the
+    batch size), so memory stays bounded and ``inputs`` may be a generator of any length.
+    ``order`` is ``"input"`` (records in input order, errors at their position) or
+    ``"completion"`` (each record as soon as it is known). ``max_pixels`` is passed to
+    :func:`image2prompt.io.load_image`; ``caption`` is used for every input instead of
+    generated captions. ``manage_devices=False`` stops the interrogator from moving models
+    between devices during the run (for hosts that place models themselves).
+    """
+
+    def __init__(
+        self,
+        interrogator: InterrogatorOrFactory,
+        settings: SearchSettings | None = None,
+        *,
+        batch_size: int = 8,
+        workers: int = 2,
+        prefetch: int | None = None,
+        order: Order = "input",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        caption: str | None = None,
+        manage_devices: bool = True,
+    ) -> None:
+        for name, value in (("batch_size", batch_size), ("workers", workers), ("prefetch", prefetch)):
+            if value is None and name == "prefetch":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SettingsError(f"{name} must be a positive integer, got {value!r}")
+        if order not in ORDERS:
+            raise SettingsError(f"order must be one of: {', '.join(ORDERS)}; got {order!r}")
+        if settings is not None and not isinstance(settings, SearchSettings):
+            raise TypeError(f"settings must be a SearchSettings, got {type(settings).__name__}")
+        if _is_interrogator(interrogator):
+            self._interrogator: Interrogator | None = interrogator  # type: ignore[assignment]
+            self._factory: Callable[[], Interrogator] | None = None
+        elif callable(interrogator):
+            self._interrogator, self._factory = None, interrogator
+        else:
+            raise TypeError(f"expected an Interrogator or a function that loads one, "
+                            f"got {type(interrogator).__name__}")
+        self.settings = settings if settings is not None else SearchSettings()
+        self.batch_size = batch_size
+        self.workers = workers
+        self.prefetch = prefetch if prefetch is not None else 2 * batch_size
+        self.order: Order = order
+        self.max_pixels = max_pixels
+        self.caption = caption
+        self.manage_devices = manage_devices
+
+    @property
+    def interrogator(self) -> Interrogator | None:
+        """The interrogator, or None while a lazy one has not been loaded yet."""
+        return self._interrogator
+
+    def run(self, inputs: Iterable[Any] | Any) -> Iterator[Record]:
+        """Yield one record per input (expanded: a folder gives one per image it holds).
+
+        ``inputs`` is anything :func:`image2prompt.io.expand_sources` takes, one input or
+        an iterable of them, read lazily; :class:`ImageLoadError` items (what an earlier
+        expansion yielded) become error records. Closing the iterator early stops the
+        decoding threads. A library error that every batch would hit is re-raised after
+        the error records of its batch; the records already yielded stand.
+        """
+        return self._run(inputs)
+
+    # -- the pipeline ----------------------------------------------------------
+    def _run(self, inputs: Iterable[Any] | Any) -> Iterator[Record]:
+        sources = _number(inputs)
+        out = _InOrder() if self.order == "input" else _AsDone()
+        pending: deque[_Pending] = deque()
+        batch: list[_Decoded] = []
+        exhausted = False
+        restore: tuple[Interrogator, bool] | None = None
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="image2prompt-decode")
+        try:
+            while True:
+                while not exhausted and len(pending) < self.prefetch:
+                    try:
+                        index, item = next(sources)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    if isinstance(item, ImageLoadError):
+                        pending.append(_Pending(index, item.source, error=item))
+                    else:
+                        pending.append(_Pending(index, item.name, pool.submit(self._decode, item)))
+                if not pending:
+                    break
+                taken = self._take(pending)
+                outcome = taken.outcome()
+                if isinstance(outcome, ImageLoadError):
+                    log.debug("could not load %s: %s", taken.name, outcome.reason)
+                    yield from out.put(Record(taken.index, taken.name, error=one_line(outcome)))
+                    continue
+                batch.append(_Decoded(taken.index, taken.name, outcome))
+                if len(batch) >= self.batch_size:
+                    if restore is None:
+                        restore = self._prepare()
+                    for record in self._process(batch):
+                        yield from out.put(record)
+                    batch = []
+            if batch:
+                if restore is None:
+                    restore = self._prepare()
+                for record in self._process(batch):
+                    yield from out.put(record)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            if restore is not None and not self.manage_devices:
+                restore[0].manage_devices = restore[1]
+
+    def _take(self, pending: deque[_Pending]) -> _Pending:
+        """The next decoded input: the oldest in input order, else whichever finished first."""
+        if self.order == "input":
+            return pending.popleft()
+        while True:
+            for k, p in enumerate(pending):
+                if p.done():
+                    del pending[k]
+                    return p
+            wait([p.future for p in pending if p.future is not None], return_when=FIRST_COMPLETED)
+
+    def _decode(self, source: ImageSource) -> Image.Image | ImageLoadError:
+        """Runs in a worker thread; returns the error instead of raising it."""
+        try:
+            return load_image(source, max_pixels=self.max_pixels)
+        except ImageLoadError as err:
+            return err
+        except Exception as err:
+            log.debug("decoding %s failed", source.name, exc_info=True)
+            return ImageLoadError(source.name, f"could not load ({_reason(err)})")
+
+    def _prepare(self) -> tuple[Interrogator, bool]:
+        """Load a lazy interrogator (the first image has decoded) and set its device policy for the run."""
+        if self._interrogator is None:
+            assert self._factory is not None
+            log.debug("loading the interrogator for the first decoded image")
+            loaded = self._factory()
+            if not _is_interrogator(loaded):
+                raise TypeError(f"the interrogator factory returned a {type(loaded).__name__}")
+            self._interrogator = loaded
+        ic = self._interrogator
+        saved = bool(getattr(ic, "manage_devices", True))
+        if not self.manage_devices:
+            ic.manage_devices = False
+        return ic, saved
+
+    def _process(self, batch: list[_Decoded]) -> Iterator[Record]:
+        """Records for one batch of decoded images, as the search yields them."""
+        ic = self._interrogator
+        assert ic is not None
+        done: set[int] = set()
+        try:
+            for j, result in self._search(ic, batch):
+                if j in done or not 0 <= j < len(batch):
+                    continue
+                done.add(j)
+                yield Record(batch[j].index, batch[j].name, result=result)
+            missing = [d for j, d in enumerate(batch) if j not in done]
+            for d in missing:  # a search that yields fewer results than images
+                yield Record(d.index, d.name, error=f"{d.name}: could not interrogate (no result)")
+        except Exception as err:
+            rest = [d for j, d in enumerate(batch) if j not in done]
+            if _is_fatal(err):
+                log.debug("stopping on a library error", exc_info=True)
+                for d in rest:
+                    yield self._failed(d, err)
+                raise
+            if len(batch) == 1:
+                log.debug("interrogating %s failed", batch[0].name, exc_info=True)
+                for d in rest:
+                    yield self._failed(d, err)
+                return
+            log.info("a batch of %d images failed (%s); retrying each of its %d remaining images alone",
+                     len(batch), _reason(err), len(rest))
+            log.debug("the batch failed with", exc_info=True)
+            for k, d in enumerate(rest):
+                try:
+                    yield from self._process([d])
+                except Exception as fatal:  # only the fatal kind gets here
+                    for other in rest[k + 1:]:
+                        yield self._failed(other, fatal)
+                    raise
+
+    def _search(self, ic: Interrogator, batch: list[_Decoded]) -> Iterator[tuple[int, Result]]:
+        images = [d.image for d in batch]
+        names = [d.name for d in batch]
+        captions = [self.caption] * len(batch) if self.caption is not None else None
+        generate = self.caption is None and ic.needs_caption(self.settings)
+        features = ic.encode(images, captions, generate_captions=generate, sources=names)
+        return ic.search_indexed(features, self.settings)
+
+    @staticmethod
+    def _failed(d: _Decoded, err: BaseException) -> Record:
+        return Record(d.index, d.name, error=f"{d.name}: could not interrogate ({_reason(err)})")
+
+
+def _is_interrogator(obj: object) -> bool:
+    return hasattr(obj, "encode") and hasattr(obj, "search_indexed")
+
+
+def _is_fatal(err: BaseException) -> bool:
+    """A library error that is not about one image: every later batch would hit it too."""
+    return isinstance(err, Image2PromptError) and not isinstance(err, ImageLoadError)
+
+
+def _reason(err: BaseException) -> str:
+    return one_line(err) or type(err).__name__
+
+
+def _number(inputs: Iterable[Any] | Any) -> Iterator[tuple[int, ImageSource | ImageLoadError]]:
+    """Expand inputs lazily, one at a time, numbering what comes out.
+
+    An input that cannot be expanded (an unsupported type) is an error item, not a crash.
+    """
+    items: Iterable[Any] = [inputs] if isinstance(inputs, _SINGLE) or is_array(inputs) else inputs
+    index = 0
+    for item in items:
+        try:
+            for source in expand_sources([item]):
+                yield index, source
+                index += 1
+        except TypeError as err:
+            yield index, ImageLoadError(f"<{type(item).__name__}>", one_line(err))
+            index += 1
