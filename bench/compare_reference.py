@@ -116,6 +116,12 @@ def _reference_interrogator(spec: dict, data_path: str, chunk_size: int, require
     return ci, counter, secs, hits
 
 
+def _our_settings(spec: dict, **changes):
+    from image2prompt import SearchSettings
+
+    return SearchSettings(candidates=spec.get("candidates", 2048), **changes)
+
+
 def _our_interrogator(spec: dict, pack):
     from image2prompt import Config, Interrogator
     from image2prompt.cache import EmbeddingCache
@@ -123,8 +129,7 @@ def _our_interrogator(spec: dict, pack):
 
     enc = load_clip(f"local-dir:{spec['model_dir']}", device=spec["device"], precision=spec["precision"])
     ours = Interrogator(enc, None, pack, EmbeddingCache(spec["cache_dir"], download=False),
-                        Config(caption_model=None, device=spec["device"], precision=spec["precision"],
-                               candidates=spec.get("candidates", 2048)))
+                        Config(caption_model=None, device=spec["device"], precision=spec["precision"]))
     t0 = time.perf_counter()
     ours.prepare()
     _sync(spec["device"])
@@ -232,7 +237,8 @@ def worker_images(spec: dict) -> dict:
         ours, enc, build_s = _our_interrogator(spec, load_folder_pack(spec["vocab_dir"]))
 
         def run(img, m, cap):
-            return ours.interrogate(img, m, caption=None if m == "negative" else cap).prompt
+            return ours.interrogate(img, m, caption=None if m == "negative" else cap,
+                                    settings=_our_settings(spec)).prompt
 
         def tokens():
             return enc.tokens_encoded
@@ -253,18 +259,15 @@ def worker_images(spec: dict) -> dict:
                loadavg_after=os.getloadavg()[0])
 
     if impl == "ours" and mode in ("fast", "classic"):
-        # The same again without scoring the final prompt (Config.score_prompt=False, what the CLI does
-        # for text output): the reference does not compute that similarity, so this is equal work.
-        from dataclasses import replace
-
-        unscored = type(ours)(ours.clips, None, ours.vocab, ours.cache, replace(ours.config, score_prompt=False))
-        unscored.prepare()
-        unscored.interrogate(warm, mode, caption=caps[n])
+        # The same again without scoring the final prompt (SearchSettings.score_prompt=False, what the CLI
+        # does for text output): the reference does not compute that similarity, so this is equal work.
+        quiet = _our_settings(spec, score_prompt=False)
+        ours.interrogate(warm, mode, caption=caps[n], settings=quiet)
         u_prompts, u_secs, u_toks = [], [], []
         for img, cap in zip(timed, caps):
             t_before = tokens()
             t0 = time.perf_counter()
-            u_prompts.append(unscored.interrogate(img, mode, caption=cap).prompt)
+            u_prompts.append(ours.interrogate(img, mode, caption=cap, settings=quiet).prompt)
             _sync(spec["device"])
             u_secs.append(time.perf_counter() - t0)
             u_toks.append(tokens() - t_before)
@@ -398,7 +401,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=3, help="timed images per size and mode (default: %(default)s)")
     p.add_argument("--candidates", type=int, default=2048,
                    help="best/negative candidate pool: the reference's flavor_intermediate_count and our "
-                        "Config.candidates (default: %(default)s)")
+                        "SearchSettings.candidates (default: %(default)s)")
     p.add_argument("--candidates-l14", type=int, default=None,
                    help="candidate pool for the l14 size only (default: --candidates)")
     p.add_argument("--vocab-size", type=_count_or_all, default=None,

@@ -48,29 +48,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def measure(size: str, model_dir: Path, vocab_dir: Path, cache_dir: Path, args: argparse.Namespace) -> list:
     import numpy as np
 
-    from image2prompt import Config, Interrogator
+    from image2prompt import Config, Interrogator, SearchSettings
     from image2prompt.cache import EmbeddingCache
     from image2prompt.models.clip import load_clip
+    from image2prompt.modes import SearchContext
     from image2prompt.search.chain import ChainState
     from image2prompt.vocab import load_folder_pack
 
     enc = load_clip(f"local-dir:{model_dir}", device="cpu", precision="fp32")
     ci = Interrogator(enc, None, load_folder_pack(vocab_dir), EmbeddingCache(cache_dir / size / "fp32", download=False),
-                      Config(caption_model=None, candidates=args.candidates))
+                      Config(caption_model=None))
     ci.prepare()
+    ctx = SearchContext(ci, SearchSettings(candidates=args.candidates))
+    phrase_ids = ci.indexes[0].token_ids()
     corr, in_short, in_short_mean, shrank = [], [], [], []
     for i, img in enumerate(make_images(args.images)):
         caption = CAPTIONS[i % len(CAPTIONS)]
-        feats = [f[0] for f in ci.image_features([img])]
-        pool = [p.text for p in ci._top_merged(feats, args.candidates)]
+        feats = ci.encode([img], generate_captions=False)[0]
+        pool = [p.text for p in ctx.top_merged(feats, args.candidates)]
         start_sim = float(ci.similarity(feats, [caption])[0])
-        state = ChainState(pool, ci._at_limit, start=caption, start_similarity=start_sim)
+        state = ChainState(pool, ctx.at_limit, start=caption, start_similarity=start_sim)
         previous: dict[str, float] = {}
         total: dict[str, float] = {}
         count: dict[str, int] = {}
         while not state.done:
             (prefix, rest), = state.requests()
-            scores = enc.encode_extensions_many([(prefix, rest)])[0] @ feats[0]
+            scores = enc.encode_extensions_many([(prefix, rest)], phrase_ids=phrase_ids)[0] @ feats[0]
             gains = scores - state.beams[0].sim
             common = [k for k, p in enumerate(rest) if p in previous]
             if len(common) > 2:

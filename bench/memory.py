@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     offline_env()
     import torch
 
-    from image2prompt import Config, Interrogator
+    from image2prompt import Config, Interrogator, SearchSettings
     from image2prompt.cache import EmbeddingCache
     from image2prompt.models.captioners import load_captioner
     from image2prompt.models.clip import load_clip
@@ -95,13 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     pack = load_folder_pack(data_dir)
     cache = EmbeddingCache(out / "cache-memory", download=False)
     for pool in [int(x) for x in args.pools.split(",")]:
-        ci = Interrogator(enc, cap, pack, cache, Config(caption_model=None, candidates=pool))
+        ci = Interrogator(enc, cap, pack, cache, Config(caption_model=None))
+        settings = SearchSettings(mode="best", candidates=pool)
         ci.prepare()
-        ci.interrogate(images[0], "best")
+        ci.interrogate(images[0], settings=settings)
         peak_reset()
         t0 = time.perf_counter()
         for img in images:
-            ci.interrogate(img, "best")
+            ci.interrogate(img, settings=settings)
         secs = (time.perf_counter() - t0) / len(images)
         rows.append(["image2prompt", pool, f"{peak_gib():.2f}", f"{secs:.2f}"])
         print(rows[-1], flush=True)

@@ -20,7 +20,7 @@ See docs/benchmarks.md.
     python bench/modes.py --sizes b32-bow --images 20 --candidates 512 --variants best,turbo --precision-check none
     python bench/modes.py --sizes l14 --clip ViT-L-14/openai --image-dir photos/ --variants best,turbo
     python bench/modes.py --sizes b32 --images 20 --image-offset 60 --candidates 512 --variants best,turbo \
-        --turbo-variant keep128:turbo_pool=512,turbo_keep=128 --precision-check none
+        --turbo-variant keep128:turbo_pool=512,keep=128 --precision-check none
     python bench/modes.py --quick
 """
 
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--turbo-pool", type=int, default=None,
                    help="turbo's pool (default: half of --candidates, as turbo's 1,024 is half of best's 2,048)")
     p.add_argument("--turbo-variant", action="append", default=[], metavar="NAME:KEY=N,...",
-                   help="also run turbo with these Config fields, e.g. 'keep128:turbo_pool=512,turbo_keep=128' "
+                   help="also run turbo with these SearchSettings fields, e.g. 'keep128:turbo_pool=512,keep=128' "
                         "(repeatable; each is added to --variants)")
     p.add_argument("--image-offset", type=int, default=0,
                    help="skip this many synthetic images first: a set held out from the default one, for tuning")
@@ -86,17 +86,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _turbo_fields(p: argparse.ArgumentParser, spec: str) -> dict[str, int]:
-    """The Config fields of a ``--turbo-variant NAME:KEY=N,...``; a malformed one stops the parser."""
+    """The SearchSettings fields of a ``--turbo-variant NAME:KEY=N,...``; a malformed one stops the parser."""
     from dataclasses import fields
 
-    from image2prompt import Config
+    from image2prompt import SearchSettings
 
-    known = {f.name for f in fields(Config)}
+    known = {f.name for f in fields(SearchSettings)}
     out = {}
     for item in filter(None, spec.partition(":")[2].split(",")):
         key, _, value = item.partition("=")
         if key not in known or not value.lstrip("-").isdigit():
-            p.error(f"--turbo-variant {spec!r}: {item!r} is not KEY=N with KEY a Config field")
+            p.error(f"--turbo-variant {spec!r}: {item!r} is not KEY=N with KEY a SearchSettings field")
         out[key] = int(value)
     return out
 
@@ -154,7 +154,7 @@ def at_least(sims, base_sims, tol: float = 1e-6) -> int:
 def run_size(size: str, model: str, vocab_dir: Path, cache_dir: Path, args: argparse.Namespace) -> list[list]:
     import numpy as np
 
-    from image2prompt import Config, Interrogator
+    from image2prompt import Config, Interrogator, SearchSettings
     from image2prompt.cache import EmbeddingCache
     from image2prompt.models.clip import load_clip
     from image2prompt.vocab import load_folder_pack
@@ -163,21 +163,21 @@ def run_size(size: str, model: str, vocab_dir: Path, cache_dir: Path, args: argp
     images, captions = load_images(args)
     enc = load_clip(model, device=args.device, precision="fp32")
     cache = EmbeddingCache(cache_dir / size / "fp32", download=False)
+    base = SearchSettings(candidates=args.candidates, turbo_pool=args.turbo_pool)
 
-    def make(**cfg) -> Interrogator:
-        fields = dict(caption_model=None, candidates=args.candidates, turbo_pool=args.turbo_pool)
-        return Interrogator(enc, None, pack, cache, Config(**{**fields, **cfg}))
+    def make() -> Interrogator:
+        return Interrogator(enc, None, pack, cache, Config(caption_model=None))
 
-    make().prepare()  # tables are built (or read) before anything is timed
+    ci = make()
+    ci.prepare()  # tables are built (or read) before anything is timed
     rows, results = [], {}
     for name in args.variants.split(","):
-        spec = dict(VARIANTS[name])
-        mode = spec.pop("mode")
-        ci = make(**spec)
-        ci.interrogate(images[0], mode, caption=captions[0])  # warm-up
+        settings = base.replace(**VARIANTS[name])
+        mode = settings.mode
+        ci.interrogate(images[0], caption=captions[0], settings=settings)  # warm-up
         t0, tok0 = time.perf_counter(), enc.tokens_encoded
         _sync(args.device)
-        out = [ci.interrogate(img, mode, caption=c) for img, c in zip(images, captions)]
+        out = [ci.interrogate(img, caption=c, settings=settings) for img, c in zip(images, captions)]
         _sync(args.device)
         secs = (time.perf_counter() - t0) / len(images)
         toks = (enc.tokens_encoded - tok0) / len(images)
@@ -198,11 +198,11 @@ def run_size(size: str, model: str, vocab_dir: Path, cache_dir: Path, args: argp
     if precision != "none":
         low = load_clip(model, device=args.device, precision=precision)
         ci = Interrogator(low, None, pack, EmbeddingCache(cache_dir / size / precision, download=False),
-                          Config(caption_model=None, candidates=args.candidates))
+                          Config(caption_model=None))
         ci.prepare()
-        ci.interrogate(images[0], "best", caption=captions[0])
+        ci.interrogate(images[0], "best", caption=captions[0], settings=base)
         t0, tok0 = time.perf_counter(), low.tokens_encoded
-        out = [ci.interrogate(img, "best", caption=c) for img, c in zip(images, captions)]
+        out = [ci.interrogate(img, "best", caption=c, settings=base) for img, c in zip(images, captions)]
         _sync(args.device)
         secs = (time.perf_counter() - t0) / len(images)
         # Score the low-precision prompts with the fp32 model, so similarities are comparable.
