@@ -263,6 +263,13 @@ class Interrogator:
     def _search(self, feats: list[Features], settings: SearchSettings, mode: Any) -> Iterator[tuple[int, Result]]:
         ctx = SearchContext(self, settings)
         fingerprint = self.fingerprint(settings)
+        cut: set[int] = set()
+        if mode.uses_caption:  # the token budget is hard: a caption over it is cut at a word boundary
+            for i, f in enumerate(feats):
+                fitted = ctx.fit_caption(f.caption) if f.caption else f.caption
+                if fitted != f.caption:
+                    feats[i] = Features(f.vectors, f.encoders, fitted, f.caption_model, f.source)
+                    cut.add(i)
         with self._using("clip"):
             main = mode.plan(ctx, feats)
             paired = (get_mode("negative").plan(ctx, feats)
@@ -272,7 +279,7 @@ class Interrogator:
         while pending:
             ready = [i for i in pending if all(t.done for t in tasks[i])]
             if ready:
-                yield from self._finish(ctx, mode, feats, tasks, ready, fingerprint)
+                yield from self._finish(ctx, mode, feats, tasks, ready, fingerprint, cut)
                 pending = [i for i in pending if i not in set(ready)]
             if pending:
                 self._advance([c for i in pending for t in tasks[i] for c in t.chains if not c.state.done])
@@ -293,7 +300,7 @@ class Interrogator:
             ch.state.advance([totals[j] / len(self.clips) for j, r in enumerate(requests) if r[0] == k])
 
     def _finish(self, ctx: SearchContext, mode: Any, feats: list[Features], tasks: list[list[Task]],
-                ready: list[int], fingerprint: str) -> Iterator[tuple[int, Result]]:
+                ready: list[int], fingerprint: str, cut: set[int]) -> Iterator[tuple[int, Result]]:
         """Finish the ready images: score every candidate that needs it in one text batch, keep
         the most similar of each outcome, and build the results."""
         outcomes = [(i, [t.finish() for t in tasks[i]]) for i in ready]
@@ -302,6 +309,7 @@ class Interrogator:
         for i, outs in outcomes:
             picked = [_pick(o, sims) for o in outs]
             result = self._result(ctx, feats[i], *picked[0], mode.name, mode.uses_caption, fingerprint, outs[0])
+            result.caption_truncated = i in cut
             if len(picked) > 1:
                 result.negative = self._result(ctx, feats[i], *picked[1], "negative", False, fingerprint, outs[1])
             yield i, result

@@ -52,6 +52,7 @@ class Result:
     similarity: float | None  # CLIP similarity of the final prompt to the image (None: not scored)
     clip_model: str
     caption_model: str | None
+    caption_truncated: bool = False  # the caption alone was over the token budget and was cut at a word
     phrases: list[Phrase] = field(default_factory=list)
     source: str | None = None
     token_count: int | None = None  # text tokens in the prompt (start/end excluded)

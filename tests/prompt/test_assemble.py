@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from image2prompt.prompt import (
-    at_limit, classic_prompt, clean_caption, fast_prompt, fits, split_into_chunks, truncate_to_fit,
+    at_limit, classic_prompt, clean_caption, cut_to_fit, fast_prompt, fits, split_into_chunks, truncate_to_fit,
 )
 
 
@@ -21,10 +21,26 @@ def test_truncate_counts_the_separators():
     assert words(truncate_to_fit(text, words)) <= 75
 
 
-def test_truncate_always_keeps_the_caption_and_respects_max_tokens():
-    assert truncate_to_fit("a b c, d", words, max_tokens=4) == "a b c"
+def test_truncate_keeps_what_fits_and_cuts_an_over_budget_caption_at_a_word():
+    assert truncate_to_fit("a b c, d", words, max_tokens=5) == "a b c"
+    assert truncate_to_fit("a b c, d", words, max_tokens=4) == "a b"  # the budget is hard, caption included
     assert truncate_to_fit("a, b, c", words, max_tokens=7) == "a, b, c"
     assert truncate_to_fit("a, b, c", words, max_tokens=6) == "a, b"
+
+
+def test_cut_to_fit_cuts_at_words_and_drops_a_trailing_separator():
+    assert cut_to_fit("one two three", words, max_tokens=5) == "one two three"
+    assert cut_to_fit("one two three", words, max_tokens=4) == "one two"
+    assert cut_to_fit("one, two three", words, max_tokens=4) == "one"  # not "one,"
+    assert cut_to_fit("one two", words, max_tokens=2 + 0 + 1) == "one"
+    assert cut_to_fit("verylongword", lambda t: 3 * len(t.split()), max_tokens=4) == ""
+
+
+def test_an_empty_caption_leaves_no_leading_separator():
+    assert fast_prompt("", ["x", "y"]) == "x, y"
+    assert classic_prompt("", "a painting", "by X", "trending", "cubism", ["f1"]) == \
+        "a painting by X, trending, cubism, f1"
+    assert truncate_to_fit(fast_prompt("", ["x", "y"]), words, max_tokens=3) == "x"
 
 
 def test_fits_and_at_limit():

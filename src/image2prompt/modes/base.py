@@ -21,7 +21,7 @@ import numpy as np
 
 from ..features import Features
 from ..index import MergedView, VocabularyIndex
-from ..prompt import at_limit, fits, split_into_chunks, truncate_to_fit
+from ..prompt import at_limit, cut_to_fit, fits, split_into_chunks, truncate_to_fit
 from ..results import Phrase, TraceStep
 from ..search import ChainState, category_stats, similarities, top_k_of_scores
 from ..settings import CHUNK_TOKENS, SearchSettings
@@ -119,6 +119,10 @@ class SearchContext:
 
     def truncate(self, text: str) -> str:
         return truncate_to_fit(text, self.count_tokens, self.settings.max_tokens)
+
+    def fit_caption(self, caption: str) -> str:
+        """The caption cut at a word boundary to the token budget (unchanged when it fits)."""
+        return cut_to_fit(caption, self.count_tokens, self.settings.max_tokens)
 
     @property
     def window(self) -> int:
@@ -242,7 +246,7 @@ def chain_from_best_phrase(ctx: SearchContext, feats: Features, pool: Sequence[P
     for p in pool:
         by_text.setdefault(p.text, p)
     state = start_chain(list(by_text), ctx.at_limit, score_texts=lambda texts: ctx.similarity(feats, texts),
-                        min_count=min_count, max_count=max_count, reverse=reverse)
+                        min_count=min_count, max_count=max_count, reverse=reverse, fits=ctx.fits)
     if state is None:
         return by_text, None
     return by_text, Chain(feats, state, indexes or ctx.indexes)

@@ -40,7 +40,7 @@ class BestMode:
         for feats, pool, sim in zip(batch, pools, starts):
             caption = feats.caption or ""
             state = ChainState([p.text for p in pool], ctx.at_limit, start=caption, start_similarity=sim,
-                               min_count=s.min_flavors, max_count=s.max_flavors, beam=s.beam,
+                               min_count=s.min_flavors, max_count=s.max_flavors, beam=s.beam, fits=ctx.fits,
                                **self.chain_options(ctx))  # type: ignore[arg-type]
             chain = Chain(feats, state, ctx.indexes)
             tasks.append(Task([chain], lambda f=feats, c=chain, p=pool: self.finish(ctx, f, c, p)))

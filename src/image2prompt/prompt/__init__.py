@@ -7,6 +7,7 @@ from .assemble import (
     CountTokens,
     at_limit,
     classic_prompt,
+    cut_to_fit,
     fast_prompt,
     fits,
     split_into_chunks,
@@ -15,6 +16,6 @@ from .assemble import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_TOKENS", "SEPARATOR", "CountTokens", "at_limit", "classic_prompt", "clean_caption", "fast_prompt",
+    "DEFAULT_MAX_TOKENS", "SEPARATOR", "CountTokens", "at_limit", "classic_prompt", "cut_to_fit", "clean_caption", "fast_prompt",
     "fits", "split_into_chunks", "text_budget", "truncate_to_fit",
 ]

@@ -36,29 +36,50 @@ def truncate_to_fit(text: str, count_tokens: CountTokens, max_tokens: int = DEFA
 
     Unlike the reference, the separator is counted: the reference measured
     ``kept + part`` with no ", " between them, which glues two words together.
-    The first part (the caption) is always kept.
+    The first part (the caption) is always kept, cut at a word boundary if it alone
+    is over the budget, so the result always fits.
     """
     parts = text.split(SEPARATOR)
-    kept = parts[0]
+    kept = cut_to_fit(parts[0], count_tokens, max_tokens)
+    if kept != parts[0]:
+        return kept
     for part in parts[1:]:
-        candidate = kept + SEPARATOR + part
+        candidate = kept + SEPARATOR + part if kept else part
         if not fits(candidate, count_tokens, max_tokens):
             break
         kept = candidate
     return kept
 
 
+def cut_to_fit(text: str, count_tokens: CountTokens, max_tokens: int = DEFAULT_MAX_TOKENS) -> str:
+    """``text`` if it fits, else its longest start that ends at a word boundary and fits
+    (trailing separators dropped; empty if not even the first word fits)."""
+    if fits(text, count_tokens, max_tokens):
+        return text
+    words = text.split(" ")
+    lo, hi = 0, len(words) - 1  # words[:lo] fits, words[:hi + 1] does not
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(" ".join(words[:mid]), count_tokens, max_tokens):
+            lo = mid
+        else:
+            hi = mid - 1
+    return " ".join(words[:lo]).rstrip(" ,;:")
+
+
 def classic_prompt(caption: str, medium: str, artist: str, trending: str, movement: str,
                    flavors: Sequence[str]) -> str:
     """The reference's classic layout; ", medium" is dropped when the caption starts with it."""
     tail = f"{artist}, {trending}, {movement}, {SEPARATOR.join(flavors)}"
+    if not caption:
+        return f"{medium} {tail}"
     if caption.startswith(medium):
         return f"{caption} {tail}"
     return f"{caption}, {medium} {tail}"
 
 
 def fast_prompt(caption: str, phrases: Sequence[str]) -> str:
-    return caption + SEPARATOR + SEPARATOR.join(phrases) if phrases else caption
+    return SEPARATOR.join(([caption] if caption else []) + list(phrases))
 
 
 def split_into_chunks(prompt: str, count_tokens: CountTokens, chunk_tokens: int = 75) -> list[str]:

@@ -79,7 +79,7 @@ class ChainState:
                  start_similarity: float, start_phrases: Sequence[str] = (), min_count: int = 8,
                  max_count: int = 32, reverse: bool = False, beam: int = 1,
                  shortlist: int | None = None, refresh_every: int = 8, max_rounds: int = 2,
-                 keep: int | None = None) -> None:
+                 keep: int | None = None, fits: Callable[[str], bool] | None = None) -> None:
         if beam < 1:
             raise ValueError(f"beam must be at least 1, got {beam}")
         if shortlist is not None and shortlist < 1:
@@ -98,6 +98,7 @@ class ChainState:
         self._greedy_alive = True  # whether beams[0] is still the greedy chain
         self.sign = -1.0 if reverse else 1.0
         self.at_limit = at_limit
+        self.fits = fits  # a prompt that does not fit the token budget is never the result
         self.min_count, self.max_count, self.beam = min_count, max_count, beam
         remaining = [p for p in dict.fromkeys(phrases) if p not in set(start_phrases)]
         sim = float(start_similarity) * self.sign
@@ -204,7 +205,7 @@ class ChainState:
             parent = self.beams[b]
             sim = -neg
             prompt = parent.prompt + SEPARATOR + phrase
-            if sim > self.best.sim:
+            if sim > self.best.sim and (self.fits is None or self.fits(prompt)):
                 self.best = _Beam(prompt, sim, parent.phrases + [phrase], [], parent.sims + [sim])
             if sim > parent.sim or idx < self.min_count:
                 rest = [p for p in parent.remaining if p != phrase]
@@ -240,8 +241,10 @@ def start_chain(
     refresh_every: int = 8,
     max_rounds: int = 2,
     keep: int | None = None,
+    fits: Callable[[str], bool] | None = None,
 ) -> ChainState | None:
-    """A ChainState; without ``start`` it begins at the best single phrase (None if there are none)."""
+    """A ChainState; without ``start`` it begins at the best single phrase that ``fits`` (None if
+    there is none)."""
     phrases = list(dict.fromkeys(phrases))
     first: list[str] = []
     if start is None:
@@ -250,10 +253,14 @@ def start_chain(
         if not phrases:
             return None
         sims = np.asarray(score_texts(phrases), dtype=np.float64) * (-1.0 if reverse else 1.0)
-        j = int(np.argmax(sims))
+        order = np.argsort(-sims, kind="stable")  # best first; ties keep table order
+        j = next((int(k) for k in order if fits is None or fits(phrases[int(k)])), None)
+        if j is None:
+            return None
         start, start_similarity, first = phrases[j], float(sims[j]) * (-1.0 if reverse else 1.0), [phrases[j]]
     elif start_similarity is None:
         raise ValueError("start_similarity is needed with a start prompt")
     return ChainState(phrases, at_limit, start=start, start_similarity=start_similarity, start_phrases=first,
                       min_count=min_count, max_count=max_count, reverse=reverse, beam=beam,
-                      shortlist=shortlist, refresh_every=refresh_every, max_rounds=max_rounds, keep=keep)
+                      shortlist=shortlist, refresh_every=refresh_every, max_rounds=max_rounds, keep=keep,
+                      fits=fits)

@@ -1,0 +1,51 @@
+"""--max-tokens is a hard budget in every mode: no result is ever longer, and a caption over it is cut."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from image2prompt import Config, Interrogator, SearchSettings
+from image2prompt.cache import EmbeddingCache
+from image2prompt.models.clip import load_clip
+from image2prompt.settings import BUILTIN_MODES
+from image2prompt.vocab import load_folder_pack
+
+LONG_CAPTION = ("a painting of a woman in a long red dress standing on a stone bridge over a river at dusk, "
+                "with lanterns hanging from the railings and a small dog sitting at her feet, boats on the water, "
+                "mountains far away in the mist and birds flying over the rooftops of an old town, "
+                "and a full moon rising behind the clouds above the cathedral towers, while children run "
+                "along the narrow streets carrying paper kites and baskets of bread")
+
+
+@pytest.fixture(scope="module", params=["open_clip", "transformers"])
+def ci(request, tiny_open_clip: Path, tiny_hf_clip: Path, small_vocab_dir: Path, tmp_path_factory) -> Interrogator:
+    path = f"local-dir:{tiny_open_clip}" if request.param == "open_clip" else str(tiny_hf_clip)
+    return Interrogator(load_clip(path, device="cpu"), None, load_folder_pack(small_vocab_dir),
+                        EmbeddingCache(tmp_path_factory.mktemp("cache"), download=False), Config(caption_model=None))
+
+
+@pytest.mark.parametrize("budget", [3, 10, 20, 77])
+@pytest.mark.parametrize("mode", BUILTIN_MODES)
+def test_no_mode_returns_more_tokens_than_the_budget(ci, images, mode, budget):
+    assert ci.count_tokens(LONG_CAPTION) > 77
+    settings = SearchSettings(mode=mode, max_tokens=budget, negative=mode == "fast", max_flavors=12, min_flavors=4)
+    r = ci.interrogate(images[1], caption=LONG_CAPTION, settings=settings)
+    assert r.token_count == ci.count_tokens(r.prompt) <= budget - 2, r.prompt
+    if r.negative is not None:
+        assert ci.count_tokens(r.negative.prompt) <= budget - 2
+    if mode in ("negative", "style"):
+        assert r.caption is None or r.caption_truncated
+        return
+    assert r.caption_truncated and r.caption is not None
+    assert LONG_CAPTION.startswith(r.caption) and LONG_CAPTION[len(r.caption)] in " ,"  # cut at a word
+    assert ci.count_tokens(r.caption) <= budget - 2
+    if r.caption:
+        assert r.prompt.startswith(r.caption)
+
+
+def test_a_caption_that_fits_is_not_marked(ci, images):
+    r = ci.interrogate(images[0], "fast", caption="a red square", settings=SearchSettings(max_tokens=20))
+    assert not r.caption_truncated and r.caption == "a red square"
+    assert r.token_count <= 18
