@@ -92,3 +92,23 @@ def test_style_pack_ships_with_the_package():
     pack = load_style_pack()
     assert {"lighting", "color", "composition", "camera", "rendering", "mood", "era"} <= set(pack.categories())
     assert all(len(pack[c]) >= 50 for c in pack.categories())
+
+
+def test_only_the_references_own_lists_are_canonical(tmp_path: Path, small_vocab_dir: Path):
+    """Canonical tables keep the reference's cache-file names; every other table is named by its hash."""
+    classic = load_classic_pack()
+    assert all(classic[c].canonical for c in classic)
+    folder = load_folder_pack(small_vocab_dir)
+    assert folder["trendings"].canonical and folder["trendings"] == classic["trendings"]  # the generated list
+    assert not any(folder[c].canonical for c in folder if c != "trendings")
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "flavors.txt").write_text("a\nb\n")
+    (own / "trendings.txt").write_text("trending on my site\n")
+    assert not any(t.canonical for t in load_folder_pack(own).tables.values())
+    added = tmp_path / "flavors.txt"
+    added.write_text("my flavor\n")
+    mixed = load_vocabulary([added])  # a list that replaces one of the classic pack's
+    assert not mixed["flavors"].canonical and mixed["mediums"].canonical
+    assert not load_style_pack()["lighting"].canonical
+    assert not PhraseTable.from_lines("flavors", ["a"]).canonical

@@ -7,11 +7,10 @@ from .embeddings import (
     EmbeddingCache,
     default_cache_dir,
     hash_codes,
-    hub_offline,
     sanitize_model_name,
 )
 
 __all__ = [
     "PRECOMPUTED_REPO", "CacheEntry", "CachedTable", "EmbeddingCache", "default_cache_dir", "hash_codes",
-    "hub_offline", "sanitize_model_name",
+    "sanitize_model_name",
 ]

@@ -1,9 +1,12 @@
 """Embedding cache: one safetensors file per (model, table), in the reference's format.
 
-Files are named ``{model with '/' and '@' -> '_'}_{table}.safetensors`` and hold
+The reference's own lists (canonical tables: the classic pack, the standard
+trendings) keep its file names, ``{model with '/' and '@' -> '_'}_{table}.safetensors``,
+so caches written by ``clip-interrogator`` and its precomputed files are reused and
+vice versa. Every other table's file is ``{model}_{table}_{sha256[:16]}.safetensors``,
+so switching vocabularies never overwrites another vocabulary's file. Files hold
 ``embeds`` (fp16 [N, D]) and ``hash`` (int8 codes of the sha256 hex digest of the
-labels joined with ","), so caches written by ``clip-interrogator`` are reused and
-vice versa. Files are validated on every read and written atomically.
+labels joined with ","); they are validated on every read and written atomically.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import CacheError
+from ..hub import hub_offline, hub_reachable
 from ..vocab.tables import PhraseTable
 
 log = logging.getLogger(__name__)
@@ -28,6 +32,9 @@ log = logging.getLogger(__name__)
 PRECOMPUTED_REPO = "pharma/ci-preprocess"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+#: Hex digits of a table's label hash in the file name of a table that is not the reference's.
+HASH_CHARS = 16
 
 
 def default_cache_dir() -> Path:
@@ -49,8 +56,10 @@ def hash_codes(sha256_hex: str) -> np.ndarray:
     return np.frombuffer(sha256_hex.encode("ascii"), dtype=np.uint8).astype(np.int8)
 
 
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+def _published(model_key: str) -> bool:
+    """Whether the reference could have published tables for this model: named open_clip
+    models (``ARCH/TAG``) only, never local folders (``local_...``) or hub schemes."""
+    return "/" in model_key and ":" not in model_key and not model_key.startswith("local_")
 
 
 @dataclass(frozen=True)
@@ -79,8 +88,30 @@ class EmbeddingCache:
     def __repr__(self) -> str:
         return f"EmbeddingCache({str(self.directory)!r})"
 
-    def path_for(self, model_key: str, table_name: str) -> Path:
-        return self.directory / f"{sanitize_model_name(model_key)}_{table_name}.safetensors"
+    def path_for(self, model_key: str, table: PhraseTable) -> Path:
+        """The table's file: the reference's name for a canonical table, else one with its label hash."""
+        stem = f"{sanitize_model_name(model_key)}_{_UNSAFE.sub('_', table.name)}"
+        if not table.canonical:
+            stem += f"_{table.sha256[:HASH_CHARS]}"
+        return self.directory / f"{stem}.safetensors"
+
+    def file_in_the_way(self) -> Path | None:
+        """The file that stands where the cache folder (or one of the folders above it) should be."""
+        for p in (self.directory, *self.directory.parents):
+            if p.exists():
+                return None if p.is_dir() else p
+        return None
+
+    def check(self) -> None:
+        """Raise :class:`CacheError` if the cache folder can never be created: a file is in its place."""
+        blocker = self.file_in_the_way()
+        if blocker is None:
+            return
+        where = "this is a file" if blocker == self.directory else f"{blocker} is a file"
+        raise CacheError(
+            f"{self.directory}: the embedding cache must be a folder, but {where}; "
+            "pass --cache-dir to use another folder"
+        )
 
     # -- reading -----------------------------------------------------------
     def load(self, model_key: str, table: PhraseTable, *, dim: int | None = None) -> np.ndarray | None:
@@ -89,44 +120,63 @@ class EmbeddingCache:
         return cached.embeds if cached is not None else None
 
     def load_table(self, model_key: str, table: PhraseTable, *, dim: int | None = None) -> CachedTable | None:
-        """Embeddings and, when stored, token ids for ``table``; None if absent or invalid."""
-        path = self.path_for(model_key, table.name)
-        if not path.exists() and self.download:
-            self._try_download(model_key, table.name, path)
+        """Embeddings and, when stored, token ids for ``table``; None if absent or invalid.
+
+        An invalid file is reported in one warning that says why (another vocabulary
+        list, another model, or a damaged file); the caller recomputes and overwrites it.
+        """
+        path = self.path_for(model_key, table)
+        if not path.exists() and self.download and table.canonical and _published(model_key):
+            self._try_download(path)  # only the reference's own lists, for named models, are published
         if not path.exists():
             return None
         cached = self._read_valid(path, table, dim)
-        if cached is None:
-            log.warning("embedding cache %s is stale or corrupt; it will be recomputed", path)
+        if isinstance(cached, str):
+            log.warning("embedding cache file %s %s; recomputing it", path, cached)
+            return None
         return cached
 
-    def _read_valid(self, path: Path, table: PhraseTable, dim: int | None) -> CachedTable | None:
+    def _read_valid(self, path: Path, table: PhraseTable, dim: int | None) -> CachedTable | str:
+        """The file's embeddings for ``table``, or why they cannot be used (a phrase for the warning)."""
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
         try:
             tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            log.debug("cannot read %s: %s", path, e)
-            return None
+        except OSError as e:
+            return f"is unreadable ({e.strerror or type(e).__name__})"
+        except (SafetensorError, ValueError, RuntimeError) as e:
+            detail = str(e).replace("Error while deserializing header: ", "").split(":")[0].strip()
+            return f"is corrupt (not a complete safetensors file{': ' + detail if detail else ''})"
         embeds, stored = tensors.get("embeds"), tensors.get("hash")
-        if embeds is None or stored is None or embeds.ndim != 2:
-            return None
-        if dim is not None and embeds.shape[1] != dim:
-            return None
+        if embeds is None or stored is None:
+            return f"is corrupt (no {'embeds' if embeds is None else 'hash'} tensor)"
+        if embeds.ndim != 2 or stored.shape != (64,):
+            return "is corrupt (its tensors have the wrong shape)"
         if not np.issubdtype(embeds.dtype, np.floating) or not np.isfinite(embeds).all():
-            return None
-        if np.array_equal(stored, hash_codes(table.sha256)) and embeds.shape[0] == len(table):
+            return "is corrupt (its embeddings are not all finite numbers)"
+        if dim is not None and embeds.shape[1] != dim:
+            return (f"was written by another model (embeddings of size {embeds.shape[1]}, "
+                    f"this model's are {dim})")
+        if np.array_equal(stored, hash_codes(table.sha256)):
+            if embeds.shape[0] != len(table):
+                return f"is corrupt ({embeds.shape[0]} rows for {len(table)} labels)"
             return CachedTable(embeds.astype(np.float16, copy=False), _unpack_ids(tensors, len(table)))
         src = table.source
-        if src is not None and np.array_equal(stored, hash_codes(src.sha256)) and embeds.shape[0] == src.size:
+        if src is not None and np.array_equal(stored, hash_codes(src.sha256)):
             # A file keyed by the reference's raw list (blank lines and duplicates kept).
+            if embeds.shape[0] != src.size:
+                return f"is corrupt ({embeds.shape[0]} rows for {src.size} labels)"
             return CachedTable(embeds[list(src.rows)].astype(np.float16, copy=False), None)
-        return None
+        return "was built for another vocabulary list"
 
-    def _try_download(self, model_key: str, table_name: str, path: Path) -> None:
-        """Fetch the reference's precomputed file; any failure means 'compute it instead'."""
-        if hub_offline():
+    def _try_download(self, path: Path) -> None:
+        """Fetch the reference's precomputed file; any failure means 'compute it instead'.
+
+        Only named open_clip models (``ARCH/TAG``) have published files, and the Hub is
+        probed once first, so an unreachable Hub costs seconds, not a minute of retries per table.
+        """
+        if hub_offline() or not hub_reachable():
             return
         try:
             from huggingface_hub import hf_hub_download
@@ -149,7 +199,7 @@ class EmbeddingCache:
 
         if embeds.ndim != 2 or embeds.shape[0] != len(table):
             raise ValueError(f"embeds shape {embeds.shape} does not match table {table.name!r} ({len(table)} labels)")
-        path = self.path_for(model_key, table.name)
+        path = self.path_for(model_key, table)
         tensors = {"embeds": np.ascontiguousarray(embeds, dtype=np.float16), "hash": hash_codes(table.sha256)}
         if token_ids is not None:
             if len(token_ids) != len(table):
@@ -161,6 +211,7 @@ class EmbeddingCache:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.directory)
         except OSError as e:
+            self.check()  # a file where the folder should be: say so, not "File exists"
             raise CacheError(
                 f"{self.directory}: cannot write the embedding cache ({e.strerror or e}); "
                 "pass --cache-dir to use another folder"

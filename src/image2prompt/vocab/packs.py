@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
@@ -126,7 +126,8 @@ def load_folder_pack(folder: str | os.PathLike[str], name: str | None = None) ->
         category = path.stem
         tables[category] = _table_for_file(category, path)
     if "trendings" not in tables and "flavors" in tables:
-        tables["trendings"] = PhraseTable.from_lines("trendings", expand_trending(TRENDING_SITES))
+        # The reference's own trendings list, the same in every pack: its cache file is shared.
+        tables["trendings"] = PhraseTable.from_lines("trendings", expand_trending(TRENDING_SITES), canonical=True)
     order = [c for c in ("artists", "flavors", "mediums", "movements", "trendings", "negative") if c in tables]
     ordered = {c: tables[c] for c in order}
     ordered.update({c: t for c, t in tables.items() if c not in ordered})
@@ -152,8 +153,12 @@ def reference_data_dir() -> Path:
 
 
 def load_classic_pack() -> VocabularyPack:
-    """The reference's vocabulary: artists, flavors, mediums, movements, trendings, negative."""
-    return load_folder_pack(reference_data_dir(), name="classic")
+    """The reference's vocabulary: artists, flavors, mediums, movements, trendings, negative.
+
+    Its tables are marked canonical, so their cache files keep the reference's names.
+    """
+    pack = load_folder_pack(reference_data_dir(), name="classic")
+    return VocabularyPack(pack.name, {c: replace(t, canonical=True) for c, t in pack.tables.items()})
 
 
 STYLE_PACK_DIR = Path(__file__).resolve().parent.parent / "data" / "style"

@@ -43,17 +43,22 @@ class SourceLayout:
 class PhraseTable:
     """A named, ordered list of phrases, e.g. ``flavors`` or ``artists``.
 
-    ``name`` is also the cache-file suffix and must match the reference's table
-    names (artists, flavors, mediums, movements, trendings, negative) for
-    caches to be shared.
+    ``name`` names the table's cache file. ``canonical`` marks the reference's own
+    lists (the classic pack, and the standard trendings table): their files keep the
+    reference's names (``{model}_{name}.safetensors``), so caches written by
+    clip-interrogator and the precomputed files it publishes are reused. Every other
+    table's file name carries its label hash too, so several vocabularies that share
+    a category name live side by side in one cache.
     """
 
     name: str
     labels: tuple[str, ...]
     source: SourceLayout | None = field(default=None, compare=False)
+    canonical: bool = field(default=False, compare=False)
 
     @classmethod
-    def from_lines(cls, name: str, lines: Iterable[str], *, keep_source: bool = True) -> "PhraseTable":
+    def from_lines(cls, name: str, lines: Iterable[str], *, keep_source: bool = True,
+                   canonical: bool = False) -> "PhraseTable":
         raw = [line.strip() for line in lines]
         labels = clean_labels(raw)
         source = None
@@ -62,7 +67,7 @@ class PhraseTable:
             for i, label in enumerate(raw):
                 first_row.setdefault(label, i)
             source = SourceLayout(labels_sha256(raw), len(raw), tuple(first_row[lab] for lab in labels))
-        return cls(name, tuple(labels), source)
+        return cls(name, tuple(labels), source, canonical)
 
     @cached_property
     def sha256(self) -> str:
