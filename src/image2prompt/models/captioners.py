@@ -11,7 +11,7 @@ import torch
 from ..errors import ModelLoadError, one_line
 from ._registry import CaptionerLike, CaptionSpec, captioner_plugin, parse_caption_name
 from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
-from .loading import load_transformers
+from .loading import CAPTION_ADVICE, load_transformers
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,8 @@ def load_captioner(name: str, *, device: DeviceLike = "auto", precision: str = "
     cls = {"blip": BlipForConditionalGeneration, "blip2": Blip2ForConditionalGeneration,
            "git": AutoModelForCausalLM}[spec.kind]
     model, processor = load_transformers(cls, AutoProcessor, spec.source, dtype, dev,
-                                         what=f"caption model {spec.name!r}")
+                                         what=f"caption model {spec.name!r}", remote=spec.local_path is None,
+                                         advice=CAPTION_ADVICE)
     return Captioner(spec, model, processor, dev, dtype, max_new_tokens)
 
 

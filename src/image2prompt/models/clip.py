@@ -24,7 +24,7 @@ from ..syntax import SEPARATOR
 from ._registry import ClipSpec, clip_plugin, parse_clip_name
 from .batching import plan_batches
 from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
-from .loading import hub_hint, load_transformers
+from .loading import CLIP_ADVICE, from_hub, load_transformers
 from .prefix import PrefixScorer, TowerParts, hf_clip_parts, open_clip_parts
 from .tokenizers import HFTokenizerAdapter, OpenClipSimpleTokenizer, TextTokenizer, model_ids
 
@@ -455,17 +455,18 @@ def _load_plugin(loader: Any, name: str, device: DeviceLike, precision: str, mem
 def _load_open_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, memory_budget_mb: int | None) -> ClipEncoder:
     import open_clip
 
-    try:
+    def load() -> tuple[Any, Any, Any]:
         model, _, preprocess = open_clip.create_model_and_transforms(
             spec.source, pretrained=spec.pretrained, device=dev, jit=False,
-            # open_clip requires pretrained weights when a tag is given and raises otherwise;
-            # local-dir: folders were checked for a weights file when the name was parsed.
+            # never random weights: an hf-hub: repo whose weights cannot be fetched
+            # would otherwise load with only a warning
+            require_pretrained=True,
         )
-        tokenizer = open_clip.get_tokenizer(spec.source)
-    except Exception as e:  # noqa: BLE001 - open_clip raises many types; all mean "could not load"
-        raise ModelLoadError(
-            f"could not load CLIP model {spec.name!r}: {one_line(e) or type(e).__name__}. {hub_hint()}"
-        ) from e
+        return model, preprocess, open_clip.get_tokenizer(spec.source)
+
+    # ARCH/TAG and hf-hub: names fetch from the Hub; local-dir: folders do not
+    model, preprocess, tokenizer = from_hub(load, what=f"CLIP model {spec.name!r}",
+                                            remote=spec.local_path is None, advice=CLIP_ADVICE)
     model = model.to(dev, dtype).eval()
     ctx = int(getattr(tokenizer, "context_length", None) or model.context_length)
     if isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer):
@@ -505,5 +506,6 @@ def _load_hf_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, memory_
     from transformers import CLIPModel, CLIPProcessor
 
     model, processor = load_transformers(CLIPModel, CLIPProcessor, spec.source, dtype, dev,
-                                         what=f"CLIP model {spec.name!r}")
+                                         what=f"CLIP model {spec.name!r}", remote=spec.local_path is None,
+                                         advice=CLIP_ADVICE)
     return HFClipEncoder(spec, model, processor, dev, dtype, memory_budget_mb)
