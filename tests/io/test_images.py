@@ -257,6 +257,32 @@ def test_text_file_named_png(tmp_path: Path) -> None:
     assert _load_error(path).reason == "not an image or unsupported format"
 
 
+def test_too_large_message_names_no_library_argument(tmp_path: Path) -> None:
+    path = _save(Image.new("RGB", (100, 60)), tmp_path / "big.png")
+    reason = _load_error(path, max_pixels=10).reason
+    assert "max_pixels=" not in reason and "None" not in reason
+    assert reason.endswith("; raise the max-pixels limit)")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".dat"])
+def test_empty_file_says_empty_file(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"empty{suffix}"
+    path.write_bytes(b"")
+    err = _load_error(path)
+    assert (err.source, err.reason) == (str(path), "empty file")
+
+
+def test_empty_bytes_say_empty_file() -> None:
+    err = _load_error(b"")
+    assert (err.source, err.reason) == ("<bytes>", "empty file")
+
+
+def test_empty_file_in_a_folder_says_empty_file(tmp_path: Path) -> None:
+    (tmp_path / "blank.png").write_bytes(b"")
+    ((source, result),) = iter_images([tmp_path])
+    assert isinstance(result, ImageLoadError) and result.reason == "empty file"
+
+
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_truncated_image_fails_at_load_time(tmp_path: Path, suffix: str) -> None:
     full = _save(_gradient((128, 128)), tmp_path / f"full{suffix}")
@@ -275,7 +301,7 @@ def test_max_pixels_is_enforced(tmp_path: Path) -> None:
 
     err = _load_error(path, max_pixels=5_999)
     assert err.reason == (
-        "image too large (100×60 pixels, limit 5999; pass max_pixels=None to lift it)"
+        "image too large (100×60 pixels, limit 5999 pixels; raise the max-pixels limit)"
     )
     assert load_image(path, max_pixels=6_000).size == (100, 60)
     assert load_image(path, max_pixels=None).size == (100, 60)
@@ -294,7 +320,7 @@ def test_size_is_checked_from_header_before_decoding(tmp_path: Path) -> None:
         err = _load_error(path)
 
     # Had it decoded, the stub pixel data would have been reported as truncated.
-    assert err.reason.startswith("image too large (10000×10000 pixels, limit 64000000;")
+    assert err.reason.startswith("image too large (10000×10000 pixels, limit 64000000 pixels;")
     assert Image.MAX_IMAGE_PIXELS == before
 
 
@@ -305,7 +331,7 @@ def test_pil_decompression_bomb_error_is_converted(tmp_path: Path) -> None:
     assert before is not None
 
     assert _load_error(path).reason.startswith(
-        "image too large (100000×100000 pixels, limit 64000000;"
+        "image too large (100000×100000 pixels, limit 64000000 pixels;"
     )
     assert _load_error(path, max_pixels=2 * before).reason.startswith(
         f"image too large (100000×100000 pixels, limit {2 * before}"
@@ -392,6 +418,14 @@ def test_url_not_an_image(http_root: tuple[str, Path]) -> None:
     base, root = http_root
     (root / "page.png").write_text("<html>nope</html>")
     assert _load_error(f"{base}/page.png", timeout=5).reason == "not an image or unsupported format"
+
+
+def test_url_empty_body_says_empty_file(http_root: tuple[str, Path]) -> None:
+    base, root = http_root
+    (root / "blank.png").write_bytes(b"")
+    url = f"{base}/blank.png"
+    err = _load_error(url, timeout=5)
+    assert (err.source, err.reason) == (url, "empty file")
 
 
 def test_url_connection_refused() -> None:

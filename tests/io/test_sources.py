@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import io
+import logging
 import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, features
 
 from image2prompt.errors import ImageLoadError
-from image2prompt.io import IMAGE_EXTENSIONS, ImageSource, expand_sources
+from image2prompt.io import IMAGE_EXTENSIONS, ImageSource, expand_sources, image_extensions
 
 
 def _touch(root: Path, rel: str, data: bytes = b"x") -> Path:
@@ -30,10 +32,17 @@ def _rel(root: Path, items: list[ImageSource | ImageLoadError]) -> list[str]:
     return out
 
 
-def test_image_extensions_constant() -> None:
-    assert IMAGE_EXTENSIONS == frozenset(
-        {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-    )
+def test_image_extensions_come_from_pillow() -> None:
+    Image.init()
+    opens = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    assert {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".qoi", ".tga"} <= IMAGE_EXTENSIONS
+    assert IMAGE_EXTENSIONS <= opens
+    assert image_extensions() is image_extensions()  # computed once
+    assert IMAGE_EXTENSIONS == image_extensions()
+    # Pillow only identifies these (no decoder without a plug-in): not taken from folders.
+    assert not {".h5", ".hdf", ".bufr", ".grib", ".mpg", ".mpeg", ".txt", ".json"} & IMAGE_EXTENSIONS
+    if features.check("avif"):
+        assert {".avif", ".avifs"} <= IMAGE_EXTENSIONS
 
 
 def test_folder_is_walked_recursively_sorted_and_filtered(tmp_path: Path) -> None:
@@ -122,17 +131,110 @@ def test_missing_path_yields_error_and_batch_continues(tmp_path: Path) -> None:
     assert isinstance(items[1], ImageSource) and items[1].ref == good
 
 
-def test_empty_folder_yields_error_listing_extensions(tmp_path: Path) -> None:
-    folder = tmp_path / "empty"
-    _touch(folder, "readme.txt")
-    _touch(folder, ".hidden.jpg")
+def test_folder_without_images_names_the_extensions_it_found(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    for rel in ["readme.txt", "b.TXT", "sub/meta.json", "noext", ".hidden.jpg", ".git/x.png"]:
+        _touch(folder, rel)
 
     (item,) = expand_sources([folder])
 
     assert isinstance(item, ImageLoadError)
     assert item.source == str(folder)
-    assert item.reason.startswith("folder contains no images (looked for .jpg, .jpeg, .png,")
-    assert ".tiff" in item.reason
+    # Most common first; hidden files are not counted.
+    assert item.reason == "folder contains no images (found 4 files: .txt, .json, no extension)"
+    assert str(item) == f"{folder}: folder contains no images (found 4 files: .txt, .json, no extension)"
+
+
+def test_folder_without_images_one_file(tmp_path: Path) -> None:
+    _touch(tmp_path / "d", "notes.txt")
+    (item,) = expand_sources([tmp_path / "d"])
+    assert isinstance(item, ImageLoadError)
+    assert item.reason == "folder contains no images (found 1 file: .txt)"
+
+
+def test_folder_without_images_lists_at_most_a_few_extensions(tmp_path: Path) -> None:
+    for i in range(12):
+        _touch(tmp_path / "d", f"f{i}.x{i:02d}")
+    (item,) = expand_sources([tmp_path / "d"])
+    assert isinstance(item, ImageLoadError)
+    assert item.reason == ("folder contains no images (found 12 files: "
+                           ".x00, .x01, .x02, .x03, .x04, .x05, .x06, .x07 and 4 other extensions)")
+
+
+def test_empty_folder_says_it_is_empty(tmp_path: Path) -> None:
+    folder = tmp_path / "empty"
+    (folder / "sub" / "deeper").mkdir(parents=True)
+
+    (item,) = expand_sources([folder])
+
+    assert isinstance(item, ImageLoadError)
+    assert (item.source, item.reason) == (str(folder), "folder is empty")
+
+
+def test_folder_with_only_hidden_files(tmp_path: Path) -> None:
+    folder = tmp_path / "d"
+    _touch(folder, ".DS_Store")
+    _touch(folder, ".thumbs/a.png")
+    (item,) = expand_sources([folder])
+    assert isinstance(item, ImageLoadError)
+    assert item.reason == "folder contains no images (only hidden files, which are skipped)"
+
+
+def _avif_bytes() -> bytes:
+    if not features.check("avif"):
+        pytest.skip("this Pillow cannot write AVIF")
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buffer, format="AVIF")
+    return buffer.getvalue()
+
+
+def test_folder_takes_every_format_pillow_opens(tmp_path: Path) -> None:
+    _touch(tmp_path, "b.avif", _avif_bytes())
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "c.QOI", format="QOI")
+
+    items = list(expand_sources([tmp_path]))
+
+    assert _rel(tmp_path, items) == ["a.png", "b.avif", "c.QOI"]
+    from image2prompt.io import load_image
+
+    assert load_image(items[1]).size == (8, 8)  # type: ignore[arg-type]
+
+
+def test_glob_takes_every_format_pillow_opens(tmp_path: Path) -> None:
+    _touch(tmp_path, "b.avif", _avif_bytes())
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    _touch(tmp_path, "notes.txt")
+    assert _rel(tmp_path, list(expand_sources([str(tmp_path / "*")]))) == ["a.png", "b.avif"]
+
+
+def test_skipped_files_are_logged_at_info(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "photos"
+    for rel in ["a.png", "notes.txt", "sub/data.npy", "noext", ".hidden.txt", ".cache/x.txt"]:
+        _touch(folder, rel)
+
+    with caplog.at_level(logging.DEBUG, logger="image2prompt"):
+        items = list(expand_sources([folder]))
+
+    assert _rel(folder, items) == ["a.png"]
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert info == [
+        f"skipping {os.path.join(str(folder), 'noext')}: not an image file Pillow can open",
+        f"skipping {os.path.join(str(folder), 'notes.txt')}: not an image file Pillow can open",
+        f"skipping {os.path.join(str(folder), 'sub', 'data.npy')}: not an image file Pillow can open",
+    ]
+    assert all(r.name == "image2prompt.io.sources" for r in caplog.records)
+    # Hidden files and folders are never mentioned above debug level.
+    assert not any("hidden" in m or ".cache" in m for m in info)
+
+
+def test_skipped_files_of_a_glob_are_logged_at_info(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _touch(tmp_path, "a.png")
+    _touch(tmp_path, "notes.txt")
+    with caplog.at_level(logging.INFO, logger="image2prompt"):
+        list(expand_sources([str(tmp_path / "*")]))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"skipping {tmp_path / 'notes.txt'}: not an image file Pillow can open"]
 
 
 def test_glob_is_expanded_sorted_and_filtered(tmp_path: Path) -> None:
@@ -162,7 +264,7 @@ def test_glob_matching_only_non_images_yields_error(tmp_path: Path) -> None:
     _touch(tmp_path, "notes.txt")
     (item,) = expand_sources([str(tmp_path / "*")])
     assert isinstance(item, ImageLoadError)
-    assert item.reason == "pattern matched no image files"
+    assert item.reason == "pattern matched no image files (found 1 file: .txt)"
 
 
 def test_existing_file_with_glob_characters_is_taken_literally(tmp_path: Path) -> None:

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 from image2prompt.io.images import DEFAULT_MAX_PIXELS, iter_images, load_image
 from image2prompt.io.sources import (
-    IMAGE_EXTENSIONS,
     ImageInput,
     ImageSource,
     coerce_source,
     expand_sources,
+    image_extensions,
     is_array,
 )
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageInput", "ImageSource", "coerce_source", "expand_sources",
-    "is_array", "iter_images", "load_image",
+    "image_extensions", "is_array", "iter_images", "load_image",
 ]
+
+
+def __getattr__(name: str) -> frozenset[str]:
+    # IMAGE_EXTENSIONS (every extension Pillow decodes) is computed on first use.
+    if name == "IMAGE_EXTENSIONS":
+        return image_extensions()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

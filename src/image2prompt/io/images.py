@@ -172,13 +172,22 @@ def _open_header(fp: IO[bytes], name: str, max_pixels: int | None) -> Image.Imag
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return Image.open(fp)
     except UnidentifiedImageError:
-        raise ImageLoadError(name, "not an image or unsupported format") from None
+        reason = "empty file" if _is_empty(fp) else "not an image or unsupported format"
+        raise ImageLoadError(name, reason) from None
     except Image.DecompressionBombError:
         # PIL refused before we saw the size; it only does so above 2x a limit that is
         # at least max_pixels, so the image is too large either way.
         raise ImageLoadError(name, _too_large(_header_size(fp), max_pixels)) from None
     except Exception as err:  # noqa: BLE001  PIL raises many types on bad headers
         raise ImageLoadError(name, _corrupt(err)) from None
+
+
+def _is_empty(fp: IO[bytes]) -> bool:
+    """True if the stream holds no bytes at all (an empty file, bytes or download)."""
+    try:
+        return fp.seek(0, io.SEEK_END) == 0
+    except (OSError, ValueError):  # best effort: only used to word an error
+        return False
 
 
 def _header_size(fp: IO[bytes]) -> tuple[int, int] | None:
@@ -199,7 +208,8 @@ def _check_size(size: tuple[int, int], name: str, max_pixels: int | None) -> Non
 def _too_large(size: tuple[int, int] | None, max_pixels: int | None) -> str:
     dims = f"{size[0]}×{size[1]} pixels, " if size is not None else ""
     limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
-    return f"image too large ({dims}limit {limit}; pass max_pixels=None to lift it)"
+    # Worded for every front end: the CLI's option is --max-pixels, the library's argument max_pixels.
+    return f"image too large ({dims}limit {limit} pixels; raise the max-pixels limit)"
 
 
 def _corrupt(err: BaseException) -> str:

@@ -7,17 +7,24 @@ instead of raised, so a batch carries on past a bad entry.
 
 from __future__ import annotations
 
+import functools
 import glob
+import inspect
+import logging
 import os
+import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, Literal, TypeAlias, cast
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 from image2prompt.errors import ImageLoadError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -26,6 +33,7 @@ __all__ = [
     "SourceKind",
     "coerce_source",
     "expand_sources",
+    "image_extensions",
     "is_array",
     "is_image_filename",
     "is_torch_tensor",
@@ -33,9 +41,11 @@ __all__ = [
     "to_numpy",
 ]
 
-# Kept as a tuple too so messages list the extensions in a stable, readable order.
-_EXTENSIONS_IN_ORDER = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(_EXTENSIONS_IN_ORDER)
+# Formats Pillow can identify but not decode without a plug-in or an outside program:
+# a folder scan leaves their files alone instead of failing on them.
+_IDENTIFY_ONLY = frozenset({"MPEG"})
+_SKIPPED = "not an image file Pillow can open"
+_MAX_LISTED_EXTENSIONS = 8
 
 _GLOB_CHARS = ("*", "?", "[")
 
@@ -66,9 +76,45 @@ def is_url(text: str) -> bool:
     return text[:8].lower().startswith(("http://", "https://"))
 
 
+@functools.cache
+def image_extensions() -> frozenset[str]:
+    """The file extensions (lower case, with the dot) of every format the installed Pillow can decode.
+
+    Read from Pillow's registry the first time it is needed (loading all of Pillow's
+    plug-ins), then kept: a format registered later is still opened when a file is named
+    explicitly, but is not picked up by folder scans and globs. Formats Pillow can only
+    identify (HDF5, BUFR, GRIB and WMF without a handler, MPEG, EPS without Ghostscript)
+    are left out. Also available as the module attribute ``IMAGE_EXTENSIONS``.
+    """
+    Image.init()
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if _can_decode(fmt))
+
+
+def _can_decode(fmt: str) -> bool:
+    opener = Image.OPEN.get(fmt)
+    if opener is None or fmt in _IDENTIFY_ONLY:
+        return False
+    factory = opener[0]
+    if inspect.isclass(factory) and issubclass(factory, ImageFile.StubImageFile):
+        # A stub decodes only once an application registers a handler for it.
+        return getattr(sys.modules.get(factory.__module__), "_handler", None) is not None
+    if fmt == "EPS":
+        from PIL import EpsImagePlugin
+
+        return bool(EpsImagePlugin.has_ghostscript())
+    return True
+
+
+def __getattr__(name: str) -> frozenset[str]:
+    # IMAGE_EXTENSIONS is computed on first use: importing this module stays cheap.
+    if name == "IMAGE_EXTENSIONS":
+        return image_extensions()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def is_image_filename(name: str | os.PathLike[str]) -> bool:
-    """True if the file name ends with one of :data:`IMAGE_EXTENSIONS` (any case)."""
-    return os.path.splitext(os.fspath(name))[1].lower() in IMAGE_EXTENSIONS
+    """True if the file name ends with one of :func:`image_extensions` (any case)."""
+    return os.path.splitext(os.fspath(name))[1].lower() in image_extensions()
 
 
 def is_torch_tensor(item: object) -> bool:
@@ -117,9 +163,12 @@ def expand_sources(
 ) -> Iterator[ImageSource | ImageLoadError]:
     """Expand inputs into image sources, in input order.
 
-    * a folder is walked recursively; image files (by extension, any case) come out
-      sorted by relative POSIX path; hidden files and folders are skipped;
-    * a glob pattern (``*``, ``?``, ``[``) yields the image files it matches, sorted;
+    * a folder is walked recursively; image files (by extension, any case: every format
+      the installed Pillow decodes, see :func:`image_extensions`) come out sorted by
+      relative POSIX path; other files are skipped, each logged at INFO level; hidden
+      files and folders are skipped silently;
+    * a glob pattern (``*``, ``?``, ``[``) yields the image files it matches, sorted (the
+      other files it matches are logged at INFO level);
     * an existing file is yielded whatever its extension (it was named explicitly);
     * ``http://``/``https://`` strings, ``bytes`` and PIL images pass through;
     * a numpy array or torch tensor is one image (HW, HW1, HW3 or HW4), except a 4-D
@@ -177,15 +226,27 @@ def _expand_path(raw: str) -> Iterator[ImageSource | ImageLoadError]:
 
 
 def _walk_folder(name: str, root: str) -> Iterator[ImageSource | ImageLoadError]:
-    found: list[tuple[str, str]] = []  # (relative POSIX path for sorting, relative native path)
+    # (relative POSIX path for sorting, relative native path)
+    found: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
+    hidden = 0
     walk_errors: list[OSError] = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=walk_errors.append):
+        hidden_dirs = [d for d in dirnames if d.startswith(".")]
+        hidden += len(hidden_dirs)
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for filename in filenames:
-            if filename.startswith(".") or not is_image_filename(filename):
-                continue
             rel = os.path.relpath(os.path.join(dirpath, filename), root)
-            found.append((PurePath(rel).as_posix(), rel))
+            if filename.startswith("."):
+                hidden += 1
+                logger.debug("skipping %s: hidden file", os.path.join(name, rel))
+                continue
+            (found if is_image_filename(filename) else skipped).append((PurePath(rel).as_posix(), rel))
+        for d in hidden_dirs:
+            rel_dir = os.path.relpath(os.path.join(dirpath, d), root)
+            logger.debug("skipping %s: hidden folder", os.path.join(name, rel_dir))
+    for _, rel in sorted(skipped):
+        logger.info("skipping %s: %s", os.path.join(name, rel), _SKIPPED)
     found.sort()
     for _, rel in found:
         yield ImageSource(os.path.join(name, rel), "path", Path(root, rel))
@@ -193,8 +254,26 @@ def _walk_folder(name: str, root: str) -> Iterator[ImageSource | ImageLoadError]
         where = os.fsdecode(err.filename) if err.filename is not None else name
         yield ImageLoadError(where, f"cannot read folder ({_os_reason(err)})")
     if not found and not walk_errors:
-        looked_for = ", ".join(_EXTENSIONS_IN_ORDER)
-        yield ImageLoadError(name, f"folder contains no images (looked for {looked_for})")
+        if skipped:
+            reason = f"folder contains no images ({_found_files([rel for _, rel in skipped])})"
+        elif hidden:
+            reason = "folder contains no images (only hidden files, which are skipped)"
+        else:
+            reason = "folder is empty"
+        yield ImageLoadError(name, reason)
+
+
+def _found_files(paths: list[str]) -> str:
+    """``found 3 files: .txt, .json``: the extensions of files that are not images, most common first."""
+    counts = Counter(os.path.splitext(os.path.basename(p))[1].lower() for p in paths)
+    ordered = sorted(counts, key=lambda ext: (-counts[ext], ext == "", ext))
+    listed = [ext or "no extension" for ext in ordered[:_MAX_LISTED_EXTENSIONS]]
+    rest = len(ordered) - len(listed)
+    text = ", ".join(listed)
+    if rest:
+        text += f" and {rest} other extension{'s' if rest != 1 else ''}"
+    n = len(paths)
+    return f"found {n} file{'s' if n != 1 else ''}: {text}"
 
 
 def _expand_glob(pattern: str, expanded: str) -> Iterator[ImageSource | ImageLoadError]:
@@ -203,9 +282,14 @@ def _expand_glob(pattern: str, expanded: str) -> Iterator[ImageSource | ImageLoa
         yield ImageLoadError(pattern, "pattern matched no files")
         return
     # Folders are skipped: "**" matches every folder as well as the files inside them.
-    files = [m for m in matches if os.path.isfile(m) and is_image_filename(m)]
+    all_files = [m for m in matches if os.path.isfile(m)]
+    files = [m for m in all_files if is_image_filename(m)]
+    others = sorted((m for m in all_files if not is_image_filename(m)), key=lambda m: PurePath(m).as_posix())
+    for other in others:
+        logger.info("skipping %s: %s", other, _SKIPPED)
     if not files:
-        yield ImageLoadError(pattern, "pattern matched no image files")
+        detail = f" ({_found_files(others)})" if others else ""
+        yield ImageLoadError(pattern, f"pattern matched no image files{detail}")
         return
     for match in sorted(files, key=lambda m: PurePath(m).as_posix()):
         yield ImageSource(match, "path", Path(match))
