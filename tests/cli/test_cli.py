@@ -293,3 +293,122 @@ def test_style_mode_and_chunks(image: Path, tiny_open_clip: Path, small_vocab_di
                    "--mode", "fast", "--max-tokens", "150", "--chunks", "--quiet")
     assert long.exit_code == 0, long.output
     assert " BREAK " in long.stdout
+
+
+@pytest.fixture
+def tiny_args(tiny_open_clip: Path, small_vocab_dir: Path, tmp_path: Path) -> list[str]:
+    return ["--clip", f"local-dir:{tiny_open_clip}", "--caption-model", "none", "--caption", "x",
+            "--vocab", str(small_vocab_dir), "--device", "cpu", "--cache-dir", str(tmp_path / "emb"),
+            "--mode", "fast", "--format", "jsonl", "--quiet"]
+
+
+def test_max_pixels_option_refuses_and_lifts(tmp_path: Path, tiny_args: list[str]) -> None:
+    from PIL import Image
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (20, 10), (10, 200, 30)).save(path)
+
+    refused = invoke(path, *tiny_args, "--max-pixels", "100")
+    assert refused.exit_code == 1
+    assert refused.stdout == ""
+    assert refused.stderr.strip() == (
+        f"image2prompt: error: {path}: image too large (20×10 pixels, limit 100 pixels; raise the max-pixels limit)")
+    assert_no_traceback(refused)
+
+    lifted = invoke(path, *tiny_args, "--max-pixels", "none")
+    assert lifted.exit_code == 0, lifted.output
+    assert json.loads(lifted.stdout)["source"] == str(path)
+    # the default (64,000,000 pixels) lets a small image through too; 1,000 is enough for 200 pixels
+    assert invoke(path, *tiny_args).exit_code == 0
+    assert invoke(path, *tiny_args, "--max-pixels", "1_000").exit_code == 0
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "lots", "1.5"])
+def test_max_pixels_bad_value_is_a_usage_error(image: Path, value: str) -> None:
+    result = invoke(image, "--max-pixels", value)
+    assert result.exit_code == 2
+    assert "--max-pixels" in result.stderr and "expected a positive number of pixels or none" in result.stderr
+
+
+def test_max_pixels_is_in_run_help() -> None:
+    result = invoke("run", "--help")
+    assert result.exit_code == 0
+    assert "--max-pixels N|none" in result.stdout and "64000000" in result.stdout
+
+
+def test_verbose_names_files_skipped_in_a_folder(tmp_path: Path, tiny_args: list[str]) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "a.png")
+    (folder / "notes.txt").write_text("not a picture")
+    (folder / ".hidden.txt").write_text("secret")
+    line = f"image2prompt: info: skipping {folder / 'notes.txt'}: not an image file Pillow can open"
+
+    verbose = invoke(folder, *[a for a in tiny_args if a != "--quiet"], "-v")
+    assert verbose.exit_code == 0, verbose.output
+    assert line in verbose.stderr.splitlines()
+    assert ".hidden.txt" not in verbose.stderr
+    assert [json.loads(x)["source"] for x in verbose.stdout.splitlines()] == [str(folder / "a.png")]
+
+    plain = invoke(folder, *[a for a in tiny_args if a != "--quiet"])
+    assert plain.exit_code == 0, plain.output
+    assert "skipping" not in plain.stderr
+
+
+def test_folder_without_images_names_what_it_found(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.txt", "b.txt", "meta.json"):
+        (folder / name).write_text("x")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    # A bogus model name proves no model was loaded: the errors are about the inputs.
+    result = invoke(folder, empty, "--clip", "ViT-L-14/nonsense", "--device", "cpu")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"image2prompt: error: {folder}: folder contains no images (found 3 files: .txt, .json)",
+        f"image2prompt: error: {empty}: folder is empty",
+    ]
+    assert_no_traceback(result)
+
+
+def test_speed_knobs_reach_the_search(image: Path, model_args: list[str], tiny_open_clip: Path,
+                                      small_vocab_dir: Path) -> None:
+    """--candidates and --flavors set the search: the fingerprint is the library's for those
+    settings, and fast mode adds MAX phrases."""
+    from image2prompt import Config, Interrogator, SearchSettings
+    from image2prompt.models.clip import load_clip
+    from image2prompt.vocab import load_folder_pack
+
+    result = invoke(image, *model_args, "--format", "json", "--mode", "fast", "--caption", "a cat",
+                    "--candidates", "300", "--flavors", "2,5")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert len(data["phrases"]) == 5
+    ci = Interrogator(load_clip(f"local-dir:{tiny_open_clip}", device="cpu"), None, load_folder_pack(small_vocab_dir),
+                      None, Config(caption_model=None))
+    want = SearchSettings(mode="fast", candidates=300, min_flavors=2, max_flavors=5)
+    assert data["fingerprint"] == ci.fingerprint(want)
+    assert data["fingerprint"] != ci.fingerprint(SearchSettings(mode="fast"))
+    one = json.loads(invoke(image, *model_args, "--format", "json", "--mode", "fast", "--caption", "a cat",
+                            "--flavors", "3").stdout)
+    assert len(one["phrases"]) == 3
+
+
+@pytest.mark.parametrize("value", ["5,2", "x", "1,2,3", "-1,4"])
+def test_bad_flavors_are_a_usage_error(image: Path, model_args: list[str], value: str) -> None:
+    result = invoke(image, *model_args, "--flavors", value)
+    assert result.exit_code == 2 and "--flavors" in result.stderr
+    assert_no_traceback(result)
+
+
+def test_analyze_takes_max_pixels_too(tmp_path: Path, model_args: list[str]) -> None:
+    from PIL import Image
+
+    img = tmp_path / "wide.png"
+    Image.new("RGB", (20, 10), (10, 20, 30)).save(img)
+    refused = invoke("analyze", img, *model_args, "--max-pixels", "100")
+    assert refused.exit_code == 1 and "image too large (20×10 pixels, limit 100 pixels" in refused.stderr
+    assert invoke("analyze", img, *model_args, "--max-pixels", "none").exit_code == 0

@@ -149,3 +149,81 @@ def test_analyze_bad_image(image_folder: Path) -> None:
     assert result.exit_code == 1
     assert result.stderr.startswith("image2prompt: error: ") and "broken.jpg" in result.stderr
     assert "Traceback" not in result.output
+
+
+def _cache_is_a_file_error(directory: Path, blocker: Path) -> str:
+    where = "this is a file" if directory == blocker else f"{blocker} is a file"
+    return (f"image2prompt: error: {directory}: the embedding cache must be a folder, but {where}; "
+            "pass --cache-dir to use another folder\n")
+
+
+def test_a_cache_dir_that_is_a_file_is_one_line_before_any_model_loads(
+        image_folder: Path, tiny_open_clip: Path, small_vocab_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "SOMEFILE"
+    blocker.write_text("not a folder")
+    run_args = [image_folder / "a.png", "--clip", f"local-dir:{tiny_open_clip}", "--caption-model", "none",
+                "--caption", "x", "--vocab", small_vocab_dir, "--device", "cpu"]
+    for directory in (blocker, blocker / "sub"):
+        for args in ([*run_args, "--cache-dir", directory],
+                     ["analyze", *run_args, "--cache-dir", directory],
+                     ["cache", "clear", "--yes", "--cache-dir", directory]):
+            result = invoke(*args)
+            assert result.exit_code == 1, args
+            assert result.stderr == _cache_is_a_file_error(directory, blocker), args
+            assert result.stdout == "" and blocker.read_text() == "not a folder"
+    # the default folder, from the environment, is checked the same way
+    monkeypatch.setenv("IMAGE2PROMPT_CACHE_DIR", str(blocker))
+    result = invoke(*run_args)
+    assert result.exit_code == 1 and result.stderr == _cache_is_a_file_error(blocker, blocker)
+
+
+def test_cache_info_says_a_file_is_not_a_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "SOMEFILE"
+    blocker.write_text("x")
+    result = invoke("cache", "info", "--cache-dir", blocker)
+    assert result.exit_code == 0 and result.stderr == ""
+    first = result.stdout.splitlines()[0]
+    assert first == f"Vocabulary embeddings: {blocker}  (not a directory: this is a file)"
+    result = invoke("cache", "info", "--cache-dir", blocker / "sub")
+    assert result.stdout.splitlines()[0] == (f"Vocabulary embeddings: {blocker / 'sub'}  "
+                                             f"(cannot be created: {blocker} is a file)")
+    monkeypatch.setenv("IMAGE2PROMPT_CACHE_DIR", str(blocker))
+    assert "(not a directory: this is a file)" in invoke("cache", "info").stdout
+    assert blocker.read_text() == "x"
+
+
+def test_a_rejected_cache_file_is_one_warning_line(image_folder: Path, tiny_open_clip: Path,
+                                                   small_vocab_dir: Path, tmp_path: Path) -> None:
+    """open_clip logs through logging.info, which gives the root logger a handler: the CLI's own
+    warnings must not reach it too, or each one is printed twice."""
+    import logging
+
+    emb = tmp_path / "emb"
+    args = [image_folder / "a.png", "--clip", f"local-dir:{tiny_open_clip}", "--caption-model", "none",
+            "--caption", "x", "--vocab", small_vocab_dir, "--device", "cpu", "--cache-dir", emb, "--mode", "fast"]
+    assert invoke(*args).exit_code == 0
+    flavors = next(emb.glob("*_flavors_*.safetensors"))
+    flavors.write_bytes(flavors.read_bytes()[:100])
+
+    class Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    root_handler = Collect()
+    logging.getLogger().addHandler(root_handler)
+    try:
+        result = invoke(*args)
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line.lower()]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"image2prompt: warning: embedding cache file {flavors} is corrupt "
+                                  "(not a complete safetensors file")
+    assert warnings[0].endswith("; recomputing it")
+    assert [r for r in root_handler.records if r.name.startswith("image2prompt")] == []

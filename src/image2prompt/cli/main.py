@@ -20,7 +20,7 @@ import click
 from .. import __version__
 from ..cache import EmbeddingCache
 from ..errors import Image2PromptError, ImageLoadError, one_line
-from ..io import ImageSource, expand_sources, load_image
+from ..io import DEFAULT_MAX_PIXELS, ImageSource, expand_sources, load_image
 from ..models._registry import (
     CAPTION_MODELS,
     CLIP_PRESETS,
@@ -72,6 +72,36 @@ def fatal_errors(debug: bool, *types_: type[BaseException]) -> Iterator[None]:
 
 # --- the default-command group -------------------------------------------------------
 
+#: ``ctx.meta`` key: DefaultGroup put the default command's name in front of the arguments.
+_DEFAULT_INSERTED = "image2prompt.default_command_inserted"
+
+
+class _ImplicitCommandUsageError(click.UsageError):
+    """A usage error of the default command, shown as the group's usage (``image2prompt [OPTIONS]
+    PATH_OR_URL...`` and ``Try 'image2prompt -h'``): the user never typed the command's name."""
+
+    def __init__(self, original: click.UsageError, group_ctx: click.Context) -> None:
+        super().__init__(original.format_message(), original.ctx)
+        self.original = original
+        self.group_ctx = group_ctx
+        self.exit_code = original.exit_code
+
+    def format_message(self) -> str:
+        return self.original.format_message()
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        sub = self.ctx
+        assert sub is not None
+        prog = self.group_ctx.command_path
+        formatter = sub.make_formatter()
+        formatter.write_usage(prog, " ".join(sub.command.collect_usage_pieces(sub)))
+        lines = [formatter.getvalue().rstrip("\n")]
+        help_names = self.group_ctx.help_option_names
+        if help_names:
+            lines.append(f"Try '{prog} {min(help_names, key=len)}' for help.")
+        lines += ["", f"Error: {self.format_message()}"]
+        click.echo("\n".join(lines), file=file, err=file is None, color=sub.color)
+
 
 class DefaultGroup(click.Group):
     """A group that sends its arguments to a default command when they do not start with a
@@ -91,7 +121,20 @@ class DefaultGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in self._own_options(ctx):
             args = [self.default_command, *args]
+            ctx.meta[_DEFAULT_INSERTED] = True
         return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """A usage error of a default command the user did not type shows the usage they wrote
+        (``image2prompt [OPTIONS] PATH_OR_URL...``), not ``image2prompt run ...``."""
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as err:
+            sub = err.ctx
+            if (not ctx.meta.get(_DEFAULT_INSERTED) or sub is None or sub.parent is not ctx
+                    or sub.command is not self.commands.get(self.default_command)):
+                raise
+            raise _ImplicitCommandUsageError(err, ctx) from None
 
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """Usage of both forms, the group's text, the default command's options, the commands."""
@@ -174,13 +217,25 @@ def model_options(default_captioner_help: str) -> Callable[[F], F]:
                          help="Model weights precision (auto: fp16 on CUDA, fp32 elsewhere)."),
             click.option("--low-vram", is_flag=True,
                          help="Keep only one model on the GPU at a time (run also defaults to blip-base captions)."),
-            click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR",
+            click.option("--cache-dir", type=click.Path(), metavar="DIR", callback=_cache_dir_callback,
                          help="Where vocabulary embeddings are cached (default: see `image2prompt cache info`)."),
         ]):
             f = option(f)
         return f
 
     return decorate
+
+
+def _cache_dir_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a cache folder that can never be created (a file is in its place) before any model
+    loads, in one line; the default folder ($IMAGE2PROMPT_CACHE_DIR) is checked too."""
+    from ..errors import CacheError
+
+    try:
+        EmbeddingCache(value, download=False).check()
+    except CacheError as err:
+        raise FatalError(str(err)) from None
+    return value
 
 
 def verbosity_options(f: F) -> F:
@@ -250,6 +305,34 @@ def _quiet_library_progress() -> None:
 # --- run (the default command) ----------------------------------------------------------
 
 
+def _max_pixels_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """--max-pixels N|none: a positive pixel count (64000000, 64_000_000 or 64,000,000), or none."""
+    text = str(value if value is not None else DEFAULT_MAX_PIXELS).strip()
+    if text.lower() == "none":
+        return None
+    try:
+        limit = int(text.replace(",", "").replace("_", ""))
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise click.BadParameter(f"expected a positive number of pixels or none, got {value!r}")
+    return limit
+
+
+def _flavors_callback(value: str) -> tuple[int, int]:
+    """``MIN,MAX`` or ``MAX`` (then MIN is the default 8, capped at MAX)."""
+    parts = [p.strip() for p in str(value).split(",")]
+    try:
+        numbers = [int(p.replace("_", "")) for p in parts]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not MIN,MAX or MAX (whole numbers)") from None
+    if len(numbers) == 1:
+        numbers = [min(8, numbers[0]), numbers[0]]
+    if len(numbers) != 2 or min(numbers) < 0 or numbers[0] > numbers[1]:
+        raise click.BadParameter(f"{value!r}: give MIN,MAX with 0 <= MIN <= MAX, e.g. 4,16")
+    return numbers[0], numbers[1]
+
+
 @cli.command(DEFAULT_COMMAND, context_settings=CONTEXT_SETTINGS,
              short_help="Write a prompt scaffold for each image (the default command).")
 @click.argument("inputs", nargs=-1, required=True, metavar="PATH_OR_URL...")
@@ -264,10 +347,19 @@ def _quiet_library_progress() -> None:
 @click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="best/turbo: keep N prompts per search step (1 is the reference's greedy search).")
 @click.option("--max-tokens", type=click.IntRange(min=3), default=77, show_default=True, metavar="N",
-              help="Token budget of the prompt, start and end tokens included. Past 77, CLIP cannot score "
-                   "additions: the rest is filled in order of the phrases' own scores.")
+              help="Token budget of the prompt, start and end tokens included; no mode goes over it, and a "
+                   "caption over it is cut at a word. Past 77, CLIP cannot score additions: the rest is "
+                   "filled in order of the phrases' own scores.")
 @click.option("--chunks", is_flag=True,
               help="Split long prompts into 75-token chunks joined with BREAK (A1111/ComfyUI style).")
+@click.option("--candidates", type=click.IntRange(min=1), default=2048, show_default=True, metavar="N",
+              help="best, negative and style: how many of the best-scoring phrases the search tries "
+                   "(turbo: at most 1024). Every search step scores each one, so best mode's time "
+                   "grows about in proportion: 512 is about 4x faster on a CPU and finds slightly weaker prompts.")
+@click.option("--flavors", "flavors", callback=lambda c, p, v: _flavors_callback(v), default="8,32",
+              show_default=True, metavar="MIN,MAX",
+              help="Phrases a search adds: at least MIN steps, at most MAX (fast mode adds MAX). Each step "
+                   "of best mode scores every candidate, so MAX bounds its time; a single number sets MAX.")
 @click.option("--memory-budget", type=click.IntRange(min=16), metavar="MB",
               help="Activation memory for one text batch (default: 512 on CPU, 2048 on CUDA).")
 @model_options("Default: blip-large (blip-base with --low-vram).")
@@ -280,16 +372,20 @@ def _quiet_library_progress() -> None:
               help="Write results to FILE instead of stdout (written as they are produced).")
 @click.option("--batch-size", type=click.IntRange(min=1), metavar="N", default=8, show_default=True,
               help="Images loaded and encoded together.")
+@click.option("--max-pixels", metavar="N|none", default=str(DEFAULT_MAX_PIXELS), show_default=True,
+              callback=_max_pixels_callback,
+              help="Refuse images with more than N pixels (width × height, read from the file's header "
+                   "before decoding); none lifts the limit.")
 @verbosity_options
 def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_tokens: int, chunks: bool,
-        memory_budget: int | None, target: str | None, clip_name: tuple[str, ...],
+        candidates: int, flavors: tuple[int, int], memory_budget: int | None, target: str | None, clip_name: tuple[str, ...],
         caption_model: str | None, caption: str | None, vocab: tuple[str, ...], device: str,
         precision: str, low_vram: bool, cache_dir: str | None, fmt: str, output: str | None,
-        batch_size: int, quiet: bool, verbose: bool, debug: bool) -> None:
+        batch_size: int, max_pixels: int | None, quiet: bool, verbose: bool, debug: bool) -> None:
     """Write a prompt scaffold for each image: a starting point to edit, not a recovered prompt.
 
-    PATH_OR_URL may be image files, folders (searched recursively for .jpg, .png,
-    .webp, .bmp, .gif and .tif files), glob patterns or http(s) URLs. A bad input is
+    PATH_OR_URL may be image files, folders (searched recursively for every image
+    format the installed Pillow can open), glob patterns or http(s) URLs. A bad input is
     reported on stderr and the others carry on; the exit status is 1 if any failed.
 
     Each result keeps the caption, the CLIP similarity of the prompt to the image and
@@ -307,6 +403,7 @@ def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_
         # text and weighted output do not show the prompt's similarity, so fast and classic
         # skip the one text encode per image that computes it
         settings = SearchSettings(mode=mode, beam=beam, max_tokens=max_tokens, chunks=chunks,
+                                  candidates=candidates, min_flavors=flavors[0], max_flavors=flavors[1],
                                   negative=with_negative, score_prompt=shows_similarity(fmt))
     items = list(expand_sources(inputs))
     show_progress = progress_enabled(quiet)
@@ -322,7 +419,8 @@ def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_
 
         failures = 0
         try:
-            for record in Runner(load, settings, batch_size=batch_size, caption=caption).run(items):
+            for record in Runner(load, settings, batch_size=batch_size, caption=caption,
+                                 max_pixels=max_pixels).run(items):
                 if record.result is not None:
                     writer.write(record.result)
                 else:
@@ -363,10 +461,15 @@ def _open_output(path: str | None, fmt: str) -> Iterator[IO[str]]:
               help="Phrases shown per category.")
 @model_options("Default: none (no caption is generated).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--max-pixels", metavar="N|none", default=str(DEFAULT_MAX_PIXELS), show_default=True,
+              callback=_max_pixels_callback,
+              help="Refuse images with more than N pixels (width × height, read from the file's header "
+                   "before decoding); none lifts the limit.")
 @verbosity_options
 def analyze(image: str, top_n: int, target: str | None, clip_name: tuple[str, ...], caption_model: str | None,
             caption: str | None, vocab: tuple[str, ...], device: str, precision: str, low_vram: bool,
-            cache_dir: str | None, fmt: str, quiet: bool, verbose: bool, debug: bool) -> None:
+            cache_dir: str | None, fmt: str, max_pixels: int | None, quiet: bool, verbose: bool,
+            debug: bool) -> None:
     """Show the top phrases of every vocabulary category for IMAGE, with CLIP scores.
 
     Use it to see what the scaffold is built from and how close the alternatives are.
@@ -383,7 +486,7 @@ def analyze(image: str, top_n: int, target: str | None, clip_name: tuple[str, ..
         if isinstance(sources[0], ImageLoadError):
             raise sources[0]
         source: ImageSource = sources[0]
-        img = load_image(source)
+        img = load_image(source, max_pixels=max_pixels)
     except ImageLoadError as err:
         raise FatalError(str(err)) from None
     interrogator = load_interrogator(clip=clip, captioner=captioner, device=device, precision=precision,
@@ -451,12 +554,13 @@ def cache() -> None:
     """Show where cached data lives, or clear the cached vocabulary embeddings."""
 
 
-cache_dir_option = click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR",
+cache_dir_option = click.option("--cache-dir", type=click.Path(), metavar="DIR", callback=_cache_dir_callback,
                                 help="The embedding cache to use (default: the per-user cache).")
 
 
 @cache.command("info")
-@cache_dir_option
+@click.option("--cache-dir", type=click.Path(), metavar="DIR",
+              help="The embedding cache to show (default: the per-user cache).")
 def cache_info(cache_dir: str | None) -> None:
     """Show where vocabulary embeddings and model weights are cached, and their sizes.
 
@@ -464,7 +568,15 @@ def cache_info(cache_dir: str | None) -> None:
     emb = EmbeddingCache(cache_dir, download=False)
     entries = list(emb.entries())
     total = sum(e.size_bytes for e in entries)
-    state = f"{len(entries)} files, {_size(total)}" if emb.directory.is_dir() else "does not exist yet"
+    blocker = emb.file_in_the_way()
+    if emb.directory.is_dir():
+        state = f"{len(entries)} files, {_size(total)}"
+    elif blocker == emb.directory:
+        state = "not a directory: this is a file"
+    elif blocker is not None:
+        state = f"cannot be created: {blocker} is a file"
+    else:
+        state = "does not exist yet"
     click.echo(f"Vocabulary embeddings: {emb.directory}  ({state})")
     click.echo("  (set IMAGE2PROMPT_CACHE_DIR or pass --cache-dir to move it; `cache clear` empties it)")
     hub = _hub_cache_dir()

@@ -110,3 +110,7 @@ def setup_logging(verbose: bool = False, debug: bool = False, quiet: bool = Fals
     handler.setFormatter(_Formatter(debug))
     logger.addHandler(handler)
     logger.setLevel(level)
+    # Ours is the only handler: open_clip logs through the root logger's module functions
+    # (logging.info), which install a root handler on first use, and every warning would
+    # then be printed twice (once as "image2prompt: warning: ...", once as "WARNING:...").
+    logger.propagate = False
