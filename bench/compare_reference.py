@@ -356,7 +356,7 @@ def worker_share(spec: dict) -> dict:
         embeds = index.embeds(name)
         dest = ref_dir / f"{ref_name}_{name}.safetensors"
         if raw == list(table.labels):
-            shutil.copyfile(ours.cache.path_for(enc.cache_key, name), dest)
+            shutil.copyfile(ours.cache.path_for(enc.cache_key, table), dest)
             how = "copied"
         else:
             row_of = {lab: i for i, lab in enumerate(table.labels)}
