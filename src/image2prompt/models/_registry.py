@@ -128,30 +128,25 @@ def _check_key(key: str, what: str) -> str:
 def register_clip_backend(scheme: str) -> Callable[[L], L]:
     """Decorator: register ``loader(name, *, device, precision, memory_budget_mb, **options)``
     for CLIP names starting with ``scheme`` (when it ends in ``:``) or equal to it."""
-    _check_key(scheme, "CLIP")
-    if scheme in _RESERVED_SCHEMES:
-        raise ValueError(f"the {scheme!r} scheme is built in and cannot be taken by a plugin")
-
-    def decorate(loader: L) -> L:
-        if scheme in _CLIP_PLUGINS and _CLIP_PLUGINS[scheme] is not loader:
-            log.debug("CLIP plugin %r registered again; the later loader wins", scheme)
-        _CLIP_PLUGINS[scheme] = loader
-        return loader
-
-    return decorate
+    return _registrar(_CLIP_PLUGINS, scheme, "CLIP")
 
 
 def register_captioner(name: str) -> Callable[[L], L]:
     """Decorator: register ``loader(name, *, device, precision, max_new_tokens, **options)``
     for the captioner ``name`` (or, ending in ``:``, every name with that prefix)."""
-    _check_key(name, "captioner")
-    if name in _RESERVED_SCHEMES:
-        raise ValueError(f"the {name!r} scheme is built in and cannot be taken by a plugin")
+    return _registrar(_CAPTIONER_PLUGINS, name, "captioner")
+
+
+def _registrar(table: dict[str, Any], key: str, what: str) -> Callable[[L], L]:
+    """The decorator that puts a loader in ``table`` under ``key`` (a later one of the same key wins)."""
+    _check_key(key, what)
+    if key in _RESERVED_SCHEMES:
+        raise ValueError(f"the {key!r} scheme is built in and cannot be taken by a plugin")
 
     def decorate(loader: L) -> L:
-        if name in _CAPTIONER_PLUGINS and _CAPTIONER_PLUGINS[name] is not loader:
-            log.debug("captioner plugin %r registered again; the later loader wins", name)
-        _CAPTIONER_PLUGINS[name] = loader
+        if key in table and table[key] is not loader:
+            log.debug("%s plugin %r registered again; the later loader wins", what, key)
+        table[key] = loader
         return loader
 
     return decorate

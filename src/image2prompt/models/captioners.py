@@ -8,10 +8,10 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import ModelLoadError, one_line
+from ..errors import ModelLoadError
 from ._registry import CaptionerLike, CaptionSpec, captioner_plugin, parse_caption_name
 from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
-from .loading import CAPTION_ADVICE, load_transformers
+from .loading import CAPTION_ADVICE, call_plugin, load_transformers
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +102,8 @@ def load_captioner(name: str, *, device: DeviceLike = "auto", precision: str = "
 def _load_plugin(loader: Any, name: str, device: DeviceLike, precision: str, max_new_tokens: int,
                  options: dict[str, Any]) -> CaptionerLike:
     dev = "auto" if device is None else str(device)
-    log.info("loading captioner %s from plugin %s", name, getattr(loader, "__module__", "?"))
-    try:
-        cap = loader(name, device=dev, precision=precision, max_new_tokens=max_new_tokens, **options)
-    except ModelLoadError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a plugin may raise anything; all mean "could not load"
-        raise ModelLoadError(f"could not load caption model {name!r}: {one_line(e) or type(e).__name__}") from e
+    cap = call_plugin(loader, name, "caption model", device=dev, precision=precision,
+                      max_new_tokens=max_new_tokens, **options)
     if not isinstance(getattr(cap, "name", None), str) or not callable(getattr(cap, "caption", None)):
         raise ModelLoadError(
             f"caption model {name!r}: the plugin returned {type(cap).__name__}, which lacks "

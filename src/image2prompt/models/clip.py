@@ -24,7 +24,7 @@ from ..syntax import SEPARATOR
 from ._registry import ClipSpec, clip_plugin, parse_clip_name
 from .batching import plan_batches
 from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
-from .loading import CLIP_ADVICE, from_hub, load_transformers
+from .loading import CLIP_ADVICE, call_plugin, from_hub, load_transformers
 from .prefix import PrefixScorer, TowerParts, hf_clip_parts, open_clip_parts
 from .tokenizers import HFTokenizerAdapter, OpenClipSimpleTokenizer, TextTokenizer, model_ids
 
@@ -440,13 +440,8 @@ def load_clip(name: str, *, device: DeviceLike = "auto", precision: str = "auto"
 def _load_plugin(loader: Any, name: str, device: DeviceLike, precision: str, memory_budget_mb: int | None,
                  options: dict[str, Any]) -> ClipEncoder:
     dev = "auto" if device is None else str(device)
-    log.info("loading CLIP %s from plugin %s", name, getattr(loader, "__module__", "?"))
-    try:
-        enc = loader(name, device=dev, precision=precision, memory_budget_mb=memory_budget_mb, **options)
-    except ModelLoadError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a plugin may raise anything; all mean "could not load"
-        raise ModelLoadError(f"could not load CLIP model {name!r}: {one_line(e) or type(e).__name__}") from e
+    enc = call_plugin(loader, name, "CLIP model", device=dev, precision=precision,
+                      memory_budget_mb=memory_budget_mb, **options)
     if not isinstance(enc, ClipEncoder):
         raise ModelLoadError(f"CLIP model {name!r}: the plugin returned {type(enc).__name__}, not a ClipEncoder")
     return enc

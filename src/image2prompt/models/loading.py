@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
-import time
-import urllib.request
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
-from urllib.parse import urlsplit
 
 from ..errors import ModelLoadError, one_line
 from ..hub import hub_cache_dir, hub_endpoint, hub_offline, hub_reachable  # noqa: F401  (re-exported)
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 #: What helps when a model's weights cannot be had, by kind (the command line's flags).
 CLIP_ADVICE = "use weights on disk with --clip local-dir:PATH"
@@ -175,3 +173,14 @@ def require_complete(name: str, loading_info: dict) -> None:
             f"{name}: the checkpoint lacks {len(missing)} weights ({shown}...); "
             "refusing to run with randomly initialised layers"
         )
+
+
+def call_plugin(loader: Callable[..., T], name: str, what: str, **kwargs: Any) -> T:
+    """Run a plugin's loader; anything it raises becomes one ModelLoadError line naming the model."""
+    log.info("loading %s %s from plugin %s", what, name, getattr(loader, "__module__", "?"))
+    try:
+        return loader(name, **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a plugin may raise anything; all mean "could not load"
+        raise ModelLoadError(f"could not load {what} {name!r}: {one_line(e) or type(e).__name__}") from e

@@ -92,6 +92,24 @@ class Mode(Protocol):
         """One task per image, in order."""
 
 
+class OnePromptMode:
+    """A mode that builds one prompt per image from table scores alone, with no chain
+    (classic, fast): subclasses give ``name`` and ``candidate()``."""
+
+    name = ""
+    uses_caption = True
+
+    def needs_caption(self, has_captioner: bool) -> bool:
+        return True
+
+    def candidate(self, ctx: "SearchContext", feats: Features) -> "Scored":
+        raise NotImplementedError
+
+    def plan(self, ctx: "SearchContext", batch: Sequence[Features]) -> list[Task]:
+        score = ctx.settings.score_prompt  # scored (in one text batch) only where it is shown
+        return [Task([], lambda s=self.candidate(ctx, f): Outcome([s], score=score)) for f in batch]
+
+
 class SearchContext:
     """The scoring tools of one search call: the loaded encoders and tables, and the settings.
 
@@ -267,6 +285,6 @@ def chain_outcome(by_text: dict[str, Phrase], chain: Chain | None, *, score: boo
 
 
 __all__ = [
-    "SEPARATOR", "Chain", "Mode", "Outcome", "Scored", "SearchContext", "Task", "chain_from_best_phrase",
+    "SEPARATOR", "Chain", "Mode", "OnePromptMode", "Outcome", "Scored", "SearchContext", "Task", "chain_from_best_phrase",
     "chain_outcome", "chain_steps", "kept_phrases", "phrase",
 ]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 from ..features import Features
 from ..prompt import classic_prompt
-from .base import Outcome, Scored, SearchContext, Task, kept_phrases
+from .base import OnePromptMode, Scored, SearchContext, kept_phrases
 
 
 def classic_candidate(ctx: SearchContext, feats: Features, caption: str, n_flavors: int) -> Scored:
@@ -22,17 +20,8 @@ def classic_candidate(ctx: SearchContext, feats: Features, caption: str, n_flavo
                   "classic")
 
 
-class ClassicMode:
+class ClassicMode(OnePromptMode):
     name = "classic"
-    uses_caption = True
 
-    def needs_caption(self, has_captioner: bool) -> bool:
-        return True
-
-    def plan(self, ctx: SearchContext, batch: Sequence[Features]) -> list[Task]:
-        n, score = ctx.settings.classic_flavors, ctx.settings.score_prompt
-        out = []
-        for feats in batch:
-            scored = classic_candidate(ctx, feats, feats.caption or "", n)
-            out.append(Task([], lambda s=scored: Outcome([s], score=score)))
-        return out
+    def candidate(self, ctx: SearchContext, feats: Features) -> Scored:
+        return classic_candidate(ctx, feats, feats.caption or "", ctx.settings.classic_flavors)
