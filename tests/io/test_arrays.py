@@ -14,7 +14,6 @@ from image2prompt.io import (
     ImageSource,
     coerce_source,
     expand_sources,
-    iter_images,
     load_image,
 )
 
@@ -125,12 +124,6 @@ def test_expansion_passes_sources_and_errors_through(tmp_path: object) -> None:
     assert again == first
     (single,) = expand_sources(first[0])  # a bare ImageSource is one input
     assert single is first[0]
-
-
-def test_iter_images_with_arrays() -> None:
-    out = list(iter_images([_pixels(), np.full((2, 2, 3), 9.0)]))
-    assert isinstance(out[0][1], Image.Image)
-    assert isinstance(out[1][1], ImageLoadError)
 
 
 def test_torch_tensors_by_duck_typing() -> None:

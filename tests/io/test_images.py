@@ -21,7 +21,7 @@ from PIL import Image
 
 import image2prompt.io.images as images_mod
 from image2prompt.errors import ImageLoadError
-from image2prompt.io import ImageSource, iter_images, load_image
+from image2prompt.io import ImageSource, expand_sources, load_image
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
@@ -279,8 +279,9 @@ def test_empty_bytes_say_empty_file() -> None:
 
 def test_empty_file_in_a_folder_says_empty_file(tmp_path: Path) -> None:
     (tmp_path / "blank.png").write_bytes(b"")
-    ((source, result),) = iter_images([tmp_path])
-    assert isinstance(result, ImageLoadError) and result.reason == "empty file"
+    (source,) = expand_sources([tmp_path])
+    with pytest.raises(ImageLoadError, match="empty file"):
+        load_image(source)
 
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
@@ -437,45 +438,6 @@ def test_url_connection_refused() -> None:
 
     assert err.reason.startswith("download failed: ")
     assert "refused" in err.reason.lower()
-
-
-# --- iter_images -----------------------------------------------------------------
-
-
-def test_iter_images_yields_errors_and_continues(tmp_path: Path) -> None:
-    good = _save(Image.new("RGB", (4, 4), RED), tmp_path / "good.png")
-    bad = tmp_path / "bad.jpg"
-    bad.write_bytes(b"not a jpeg")
-    missing = str(tmp_path / "missing.png")
-
-    results = list(iter_images([good, bad, missing, b"\x00\x01"]))
-
-    assert len(results) == 4
-    (src0, img0), (src1, err1), (src2, err2), (src3, err3) = results
-    assert isinstance(src0, ImageSource) and src0.name == str(good)
-    assert isinstance(img0, Image.Image) and img0.getpixel((0, 0)) == RED
-    assert isinstance(src1, ImageSource) and isinstance(err1, ImageLoadError)
-    assert err1.source == str(bad)
-    assert src2 == missing and isinstance(err2, ImageLoadError)
-    assert err2.reason == "no such file or directory"
-    assert isinstance(err3, ImageLoadError) and err3.source == "<bytes>"
-
-
-def test_iter_images_is_lazy(tmp_path: Path) -> None:
-    first = _save(Image.new("RGB", (2, 2)), tmp_path / "a.png")
-    second = tmp_path / "b.png"  # created only after the first image was yielded
-
-    it = iter_images([first, second])
-    assert next(it)[0].name == str(first)  # type: ignore[union-attr]
-    _save(Image.new("RGB", (2, 2), BLUE), second)
-    _, image = next(it)
-    assert isinstance(image, Image.Image) and image.getpixel((0, 0)) == BLUE
-
-
-def test_iter_images_passes_max_pixels(tmp_path: Path) -> None:
-    path = _save(Image.new("RGB", (10, 10)), tmp_path / "a.png")
-    ((_, result),) = iter_images([path], max_pixels=50)
-    assert isinstance(result, ImageLoadError) and "image too large" in result.reason
 
 
 # --- import hygiene ---------------------------------------------------------------

@@ -6,7 +6,7 @@ validate inputs before any model is loaded.
 
 from __future__ import annotations
 
-from image2prompt.io.images import DEFAULT_MAX_PIXELS, iter_images, load_image
+from image2prompt.io.images import DEFAULT_MAX_PIXELS, load_image
 from image2prompt.io.sources import (
     ImageInput,
     ImageSource,
@@ -18,7 +18,7 @@ from image2prompt.io.sources import (
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageInput", "ImageSource", "coerce_source", "expand_sources",
-    "image_extensions", "is_array", "iter_images", "load_image",
+    "image_extensions", "is_array", "load_image",
 ]
 
 

@@ -13,7 +13,7 @@ import threading
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import IO
@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from image2prompt.errors import ImageLoadError, one_line
-from image2prompt.io.sources import ImageInput, ImageSource, coerce_source, expand_sources, to_numpy
+from image2prompt.io.sources import ImageInput, ImageSource, coerce_source, to_numpy
 
-__all__ = ["DEFAULT_MAX_PIXELS", "MAX_DOWNLOAD_BYTES", "iter_images", "load_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "MAX_DOWNLOAD_BYTES", "load_image"]
 
 DEFAULT_MAX_PIXELS = 64_000_000
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
@@ -71,28 +71,6 @@ def load_image(
         with _open_file(Path(ref), src.name) as fp:
             return _decode(fp, src.name, max_pixels)
     raise TypeError(f"ImageSource of kind {src.kind!r} has a {type(ref).__name__} ref")
-
-
-def iter_images(
-    inputs: Iterable[ImageInput] | ImageInput,
-    *,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    timeout: float = 30.0,
-) -> Iterator[tuple[ImageSource | str, Image.Image | ImageLoadError]]:
-    """Expand ``inputs`` and load them lazily, one at a time.
-
-    Yields ``(source, image)``, or ``(source, error)`` for an input that failed, so
-    a batch carries on. For inputs that could not even be expanded (a missing
-    path, an empty folder) the first element is the input's name as a string.
-    """
-    for item in expand_sources(inputs):
-        if isinstance(item, ImageLoadError):
-            yield item.source, item
-            continue
-        try:
-            yield item, load_image(item, max_pixels=max_pixels, timeout=timeout)
-        except ImageLoadError as err:
-            yield item, err
 
 
 # --- reading bytes ---------------------------------------------------------------
