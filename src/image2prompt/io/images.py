@@ -24,7 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from image2prompt.errors import ImageLoadError, one_line
 from image2prompt.io.sources import ImageInput, ImageSource, coerce_source, to_numpy
 
-__all__ = ["DEFAULT_MAX_PIXELS", "MAX_DOWNLOAD_BYTES", "load_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "MAX_DOWNLOAD_BYTES", "download_bytes", "load_image", "open_file"]
 
 DEFAULT_MAX_PIXELS = 64_000_000
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
@@ -66,9 +66,9 @@ def load_image(
     if src.kind == "bytes" and isinstance(ref, (bytes, bytearray, memoryview)):
         return _decode(io.BytesIO(ref), src.name, max_pixels)
     if src.kind == "url" and isinstance(ref, str):
-        return _decode(io.BytesIO(_download(ref, timeout)), src.name, max_pixels)
+        return _decode(io.BytesIO(download_bytes(ref, timeout)), src.name, max_pixels)
     if src.kind == "path" and isinstance(ref, (str, os.PathLike)):
-        with _open_file(Path(ref), src.name) as fp:
+        with open_file(Path(ref), src.name) as fp:
             return _decode(fp, src.name, max_pixels)
     raise TypeError(f"ImageSource of kind {src.kind!r} has a {type(ref).__name__} ref")
 
@@ -76,7 +76,7 @@ def load_image(
 # --- reading bytes ---------------------------------------------------------------
 
 
-def _open_file(path: Path, name: str) -> IO[bytes]:
+def open_file(path: Path, name: str) -> IO[bytes]:
     try:
         return open(path, "rb")
     except (FileNotFoundError, NotADirectoryError):
@@ -91,7 +91,7 @@ def _open_file(path: Path, name: str) -> IO[bytes]:
         raise ImageLoadError(name, f"cannot read file ({err.strerror or err})") from None
 
 
-def _download(url: str, timeout: float) -> bytes:
+def download_bytes(url: str, timeout: float) -> bytes:
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:

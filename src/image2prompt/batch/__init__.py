@@ -1,0 +1,1 @@
+"""Dataset-scale batch runs: inputs, engine and outputs of ``image2prompt batch``."""

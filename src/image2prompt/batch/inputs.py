@@ -1,0 +1,670 @@
+"""The inputs of ``image2prompt batch``: image files, folders, globs, lists, manifests, shards and URLs.
+
+:func:`iter_inputs` turns what the user named into :class:`InputItem` objects, lazily and
+in input order. Nothing is decoded here, and no image bytes are read until an item's
+``read()`` is called, except for WebDataset shards: a tar stream cannot go back, so a
+member's bytes are read when its item is produced (one sample at a time) and kept in
+the item. Nothing is ever extracted to disk or unpickled.
+
+Kinds of input (told apart by what exists on disk and by the name's extension):
+
+* image files, folders (recursive) and glob patterns: as :func:`image2prompt.io.expand_sources`;
+* ``.txt`` / ``.lst`` files: lists, one path or URL per line (``#`` comments and blank
+  lines skipped; relative entries resolve against the list's folder; a folder, glob,
+  list, manifest or shard in a list expands as it would on the command line);
+* ``.csv`` / ``.tsv`` / ``.parquet`` files: manifests with a path or URL column (named by
+  ``column`` or found among :data:`PATH_COLUMNS`) and an optional caption column
+  (:data:`CAPTION_COLUMNS`);
+* ``.tar`` (also ``.tar.gz``, ``.tgz``) files: WebDataset shards in the img2dataset layout
+  (``KEY.jpg`` with an optional ``KEY.txt`` caption; other members are ignored). A glob
+  or a brace range (``data/{00000..00010}.tar``) of lists, manifests or shards works too;
+  a source named ``shard.tar/KEY.jpg`` (as a failure list holds it) reads that member;
+* ``http://`` / ``https://`` URLs, downloaded with the limits of :mod:`image2prompt.io.images`
+  only when ``allow_urls`` is set; other schemes are refused.
+
+Problems with one input become an item with ``error`` set, so a batch carries on;
+a problem with one image's bytes is raised by its ``read()`` as an
+:class:`~image2prompt.errors.ImageLoadError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import re
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from image2prompt.errors import Image2PromptError, ImageLoadError, one_line
+from image2prompt.io import expand_sources
+from image2prompt.io.images import download_bytes, open_file
+from image2prompt.io.sources import ImageSource, is_image_filename, is_url
+
+__all__ = [
+    "CAPTION_COLUMNS",
+    "MAX_FILE_BYTES",
+    "PATH_COLUMNS",
+    "InputItem",
+    "iter_inputs",
+]
+
+#: The largest image file (or shard member) read, in bytes.
+MAX_FILE_BYTES = 256 * 1024 * 1024
+#: Manifest columns tried, in order, when ``column`` is not given (matched case-insensitively).
+#: ``file_name`` is what Hugging Face ``imagefolder`` metadata files use.
+PATH_COLUMNS = ("path", "filepath", "file", "filename", "file_name", "image", "image_path", "url", "image_url")
+#: Manifest columns that hold a caption (matched case-insensitively).
+CAPTION_COLUMNS = ("caption", "text")
+#: Rows per batch read from a Parquet manifest.
+PARQUET_BATCH_ROWS = 1024
+#: Seconds before a URL download gives up.
+URL_TIMEOUT = 30.0
+
+_MAX_CAPTION_BYTES = 1024 * 1024
+_MAX_NESTING = 8
+_MAX_LISTED_COLUMNS = 20
+_GLOB_CHARS = ("*", "?", "[")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+)://")
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+_LIST_SUFFIXES = (".txt", ".lst")
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+_URLS_OFF = "URL inputs are off; pass --allow-urls to fetch them"
+# What a damaged or truncated stream raises while it is read (zlib.error, lzma.LZMAError
+# and gzip.BadGzipFile come wrapped in tarfile.ReadError or are OSError/EOFError).
+_DAMAGE: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, OSError, ValueError)
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One image to interrogate, or one input that failed before any image was read.
+
+    ``source`` is the name to show: the path or URL as given or found, ``shard.tar/KEY.jpg``
+    for a shard member, ``manifest.csv:17`` for a manifest row (CSV: line 17; Parquet: row 17)
+    that names no image. Exactly one of ``read`` and ``error`` is set: ``read()`` returns the
+    image's encoded bytes or raises :class:`ImageLoadError` with a one-line reason; ``error``
+    says why the input gave no image at all. ``path`` is the local image file (sidecars go
+    beside it), else ``None``; ``caption`` is a caption shipped with the input, else ``None``.
+    """
+
+    source: str
+    read: Callable[[], bytes] | None = None
+    error: ImageLoadError | None = None
+    path: Path | None = None
+    caption: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.read is None) == (self.error is None):
+            raise ValueError("InputItem needs exactly one of read and error")
+
+
+def iter_inputs(
+    inputs: Sequence[str],
+    *,
+    allow_urls: bool = False,
+    column: str | None = None,
+) -> Iterator[InputItem]:
+    """Every image the inputs name, as :class:`InputItem` objects, lazily and in input order.
+
+    ``allow_urls`` lets ``http://`` and ``https://`` inputs (and list entries and manifest
+    cells) be downloaded; without it each is an error item. ``column`` names the path or
+    URL column of CSV and Parquet manifests (exact name first, then case-insensitively);
+    without it the first of :data:`PATH_COLUMNS` present is used.
+
+    Raises:
+        Image2PromptError: a Parquet manifest is reached and pyarrow is not installed.
+    """
+    items: Iterable[str | os.PathLike[str]]
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
+    ctx = _Context(allow_urls=allow_urls, column=column)
+    for raw in items:
+        yield from _dispatch(os.fsdecode(os.fspath(raw)), ctx, ())
+
+
+@dataclass(frozen=True)
+class _Context:
+    allow_urls: bool
+    column: str | None
+
+
+# --- dispatch --------------------------------------------------------------------
+
+
+def _dispatch(name: str, ctx: _Context, parents: tuple[str, ...]) -> Iterator[InputItem]:
+    """The items of one input: ``name`` is both what is shown and (``~`` expanded) what is read."""
+    if _SCHEME.match(name):
+        yield _url_item(name, ctx)
+        return
+    path = os.path.expanduser(name)
+    if os.path.isfile(path) and _container_kind(path):
+        yield from _container(name, path, ctx, parents)
+    elif os.path.exists(path):
+        yield from _from_sources(name)
+    elif _has_braces(name):
+        for expanded in _expand_braces(name):
+            yield from _dispatch(expanded, ctx, parents)
+    elif any(ch in name for ch in _GLOB_CHARS):
+        if _container_kind(path):
+            yield from _container_glob(name, path, ctx, parents)
+        else:
+            yield from _from_sources(name)
+    else:
+        yield _shard_member_item(name, path) or _failed(name, "no such file or directory")
+
+
+def _container_kind(path: str) -> str | None:
+    lower = path.lower()
+    if lower.endswith(_LIST_SUFFIXES):
+        return "list"
+    if lower.endswith(_TAR_SUFFIXES):
+        return "tar"
+    for kind in ("csv", "tsv", "parquet"):
+        if lower.endswith("." + kind):
+            return kind
+    return None
+
+
+def _container(name: str, path: str, ctx: _Context, parents: tuple[str, ...]) -> Iterator[InputItem]:
+    kind = _container_kind(path)
+    if kind == "tar":
+        yield from _iter_shard(name, path)
+        return
+    if kind in ("csv", "tsv"):
+        yield from _iter_csv(name, path, ctx, "\t" if kind == "tsv" else ",")
+        return
+    if kind == "parquet":
+        yield from _iter_parquet(name, path, ctx)
+        return
+    real = os.path.realpath(path)
+    if real in parents:
+        yield _failed(name, "list includes itself")
+    elif len(parents) >= _MAX_NESTING:
+        yield _failed(name, f"lists nested more than {_MAX_NESTING} deep")
+    else:
+        yield from _iter_list(name, path, ctx, (*parents, real))
+
+
+def _container_glob(pattern: str, expanded: str, ctx: _Context, parents: tuple[str, ...]) -> Iterator[InputItem]:
+    matches = sorted((m for m in glob.glob(expanded, recursive=True) if os.path.isfile(m)),
+                     key=lambda m: Path(m).as_posix())
+    if not matches:
+        yield _failed(pattern, "pattern matched no files")
+        return
+    for match in matches:
+        yield from _container(match, match, ctx, parents)
+
+
+def _from_sources(name: str) -> Iterator[InputItem]:
+    """Image files, folders and globs, as :func:`image2prompt.io.expand_sources` finds them."""
+    for src in expand_sources(name):
+        if isinstance(src, ImageLoadError):
+            yield InputItem(src.source, error=src)
+        elif src.kind == "path" and isinstance(src.ref, Path):
+            yield InputItem(src.name, read=_file_reader(src.ref, src.name), path=src.ref)
+        else:  # pragma: no cover - URLs are dispatched before expansion
+            yield _failed(src.name, f"unsupported input kind {src.kind}")
+
+
+def _failed(source: str, reason: str) -> InputItem:
+    return InputItem(source, error=ImageLoadError(source, reason))
+
+
+def _resolve(base: str, entry: str) -> str:
+    """An entry of a list or manifest as a name: relative paths are taken from ``base``'s folder."""
+    if _SCHEME.match(entry) or entry.startswith("~") or os.path.isabs(entry):
+        return entry
+    return os.path.join(os.path.dirname(base), entry)
+
+
+# --- brace ranges ------------------------------------------------------------------
+
+
+def _has_braces(text: str) -> bool:
+    return any(_alternatives(m.group(1)) is not None for m in _BRACE.finditer(text))
+
+
+def _expand_braces(text: str, start: int = 0) -> Iterator[str]:
+    """``a{1..3}b`` -> a1b a2b a3b, ``{00..10}`` keeps the zero padding, ``{x,y}`` -> x y; lazily."""
+    for match in _BRACE.finditer(text, start):
+        alternatives = _alternatives(match.group(1))
+        if alternatives is None:  # "{}" or "{word}": literal text
+            continue
+        head, tail = text[: match.start()], text[match.end():]
+        for alt in alternatives:
+            yield from _expand_braces(head + alt + tail, len(head) + len(alt))
+        return
+    yield text
+
+
+def _alternatives(body: str) -> Iterable[str] | None:
+    span = _RANGE.match(body)
+    if span:
+        lo_text, hi_text = span.groups()
+        lo, hi = int(lo_text), int(hi_text)
+        padded = any(t.lstrip("-").startswith("0") and len(t.lstrip("-")) > 1 for t in (lo_text, hi_text))
+        width = max(len(lo_text), len(hi_text)) if padded else 0
+        step = 1 if hi >= lo else -1
+        return (f"{n:0{width}d}" if width else str(n) for n in range(lo, hi + step, step))
+    if "," in body:
+        return body.split(",")
+    return None
+
+
+# --- files and URLs ------------------------------------------------------------------
+
+
+def _file_reader(path: Path, name: str) -> Callable[[], bytes]:
+    def read() -> bytes:
+        return _read_file(path, name)
+
+    return read
+
+
+def _read_file(path: Path, name: str) -> bytes:
+    with open_file(path, name) as fp:
+        try:
+            if os.fstat(fp.fileno()).st_size > MAX_FILE_BYTES:
+                raise ImageLoadError(name, _too_big())
+            data = fp.read(MAX_FILE_BYTES + 1)
+        except IsADirectoryError:
+            raise ImageLoadError(name, "is a directory") from None
+        except OSError as err:
+            raise ImageLoadError(name, f"cannot read file ({err.strerror or one_line(err, 80)})") from None
+    if len(data) > MAX_FILE_BYTES:  # grew since fstat
+        raise ImageLoadError(name, _too_big())
+    if not data:
+        raise ImageLoadError(name, "empty file")
+    return data
+
+
+def _too_big() -> str:
+    return f"file larger than the {MAX_FILE_BYTES // (1024 * 1024)} MB limit"
+
+
+def _url_item(url: str, ctx: _Context, caption: str | None = None) -> InputItem:
+    if not is_url(url):
+        scheme = url.split("://", 1)[0]
+        return _failed(url, f"unsupported URL scheme {scheme}:// (only http:// and https:// are fetched)")
+    if not ctx.allow_urls:
+        return _failed(url, _URLS_OFF)
+
+    def read() -> bytes:
+        data = download_bytes(url, URL_TIMEOUT)
+        if not data:
+            raise ImageLoadError(url, "download failed: empty response")
+        return data
+
+    return InputItem(url, read=read, caption=caption)
+
+
+# --- lists ---------------------------------------------------------------------------
+
+
+def _iter_list(name: str, path: str, ctx: _Context, parents: tuple[str, ...]) -> Iterator[InputItem]:
+    try:
+        fp = open(path, "rb")  # noqa: SIM115  closed below; lines are decoded one by one
+    except OSError as err:
+        yield _failed(name, f"cannot read list ({_os_reason(err)})")
+        return
+    entries = 0
+    with fp:
+        lineno = 0
+        while True:
+            try:
+                raw = fp.readline()
+            except OSError as err:
+                yield _failed(f"{name}:{lineno + 1}", f"cannot read list ({_os_reason(err)})")
+                return
+            if not raw:
+                break
+            lineno += 1
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").strip()
+            except UnicodeDecodeError:
+                yield _failed(f"{name}:{lineno}", "list is not UTF-8 text")
+                return
+            if not line or line.startswith("#"):
+                continue
+            entries += 1
+            yield from _dispatch(_resolve(name, line), ctx, parents)
+    if not entries:
+        yield _failed(name, "list is empty")
+
+
+# --- manifests -----------------------------------------------------------------------
+
+
+def _pick_columns(names: list[str], ctx: _Context) -> tuple[int, int | None] | str:
+    """(path column index, caption column index or None), or why no path column fits."""
+    folded = [n.strip().lower() for n in names]
+    if ctx.column is not None:
+        if ctx.column in names:
+            index = names.index(ctx.column)
+        elif ctx.column.strip().lower() in folded:
+            index = folded.index(ctx.column.strip().lower())
+        else:
+            return f"no column {ctx.column!r} ({_listed(names)})"
+    else:
+        found = next((c for c in PATH_COLUMNS if c in folded), None)
+        if found is None:
+            return f"no path or URL column ({_listed(names)}); pick one with --column"
+        index = folded.index(found)
+    caption = next((folded.index(c) for c in CAPTION_COLUMNS if c in folded and folded.index(c) != index), None)
+    return index, caption
+
+
+def _listed(names: list[str]) -> str:
+    if not names:
+        return "it has no columns"
+    shown = ", ".join(repr(n) for n in names[:_MAX_LISTED_COLUMNS])
+    more = len(names) - _MAX_LISTED_COLUMNS
+    return f"columns: {shown}" + (f" and {more} more" if more > 0 else "")
+
+
+def _manifest_item(manifest: str, where: str, value: object, caption: object, ctx: _Context,
+                   column: str) -> InputItem:
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return _failed(where, f"column {column!r} is not UTF-8 text")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return _failed(where, f"empty {column!r} cell")
+    if not isinstance(value, str):
+        return _failed(where, f"column {column!r} holds {type(value).__name__}, not a path or URL")
+    text = _caption_text(caption)
+    entry = value.strip()
+    if _SCHEME.match(entry):
+        return _url_item(entry, ctx, text)
+    name = _resolve(manifest, entry)
+    path = Path(os.path.expanduser(name))
+    return InputItem(name, read=_file_reader(path, name), path=path, caption=text)
+
+
+def _caption_text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if not isinstance(value, str):
+        return None
+    return value.strip() or None
+
+
+def _iter_csv(name: str, path: str, ctx: _Context, delimiter: str) -> Iterator[InputItem]:
+    try:
+        fp = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115  closed below
+    except OSError as err:
+        yield _failed(name, f"cannot read manifest ({_os_reason(err)})")
+        return
+    with fp:
+        reader = csv.reader(fp, delimiter=delimiter)
+        try:
+            header = next(reader, None)
+        except (csv.Error, UnicodeDecodeError, OSError) as err:
+            yield _failed(name, f"cannot read manifest ({_csv_reason(err)})")
+            return
+        if header is None:
+            yield _failed(name, "manifest is empty (no header row)")
+            return
+        picked = _pick_columns(header, ctx)
+        if isinstance(picked, str):
+            yield _failed(name, picked)
+            return
+        index, caption_index = picked
+        column = header[index].strip()
+        rows = 0
+        while True:
+            try:
+                row = next(reader, None)
+            except (csv.Error, UnicodeDecodeError, OSError) as err:
+                yield _failed(f"{name}:{reader.line_num + 1}", f"cannot read manifest ({_csv_reason(err)})")
+                return
+            if row is None:
+                break
+            if not row:  # a blank line
+                continue
+            rows += 1
+            value = row[index] if index < len(row) else None
+            caption = row[caption_index] if caption_index is not None and caption_index < len(row) else None
+            yield _manifest_item(name, f"{name}:{reader.line_num}", value, caption, ctx, column)
+    if not rows:
+        yield _failed(name, "manifest has no rows")
+
+
+def _csv_reason(err: BaseException) -> str:
+    if isinstance(err, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(err, OSError):
+        return _os_reason(err)
+    return one_line(err, 120)
+
+
+def _parquet() -> Any:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise Image2PromptError("reading Parquet manifests needs pyarrow: pip install pyarrow") from None
+    return pq
+
+
+def _iter_parquet(name: str, path: str, ctx: _Context) -> Iterator[InputItem]:
+    pq = _parquet()
+    try:
+        pf = pq.ParquetFile(path)
+        names = list(pf.schema_arrow.names)
+    except Exception as err:  # noqa: BLE001  pyarrow raises ArrowInvalid, OSError, ...
+        yield _failed(name, f"cannot read Parquet file ({one_line(err, 120)})")
+        return
+    try:
+        picked = _pick_columns(names, ctx)
+        if isinstance(picked, str):
+            yield _failed(name, picked)
+            return
+        index, caption_index = picked
+        column = names[index]
+        wanted = [column] + ([names[caption_index]] if caption_index is not None else [])
+        batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted)
+        row = 0
+        while True:
+            try:
+                batch = next(batches, None)
+                if batch is not None:
+                    values = batch.column(0).to_pylist()
+                    captions = batch.column(1).to_pylist() if caption_index is not None else [None] * len(values)
+            except Exception as err:  # noqa: BLE001
+                yield _failed(name, f"cannot read Parquet file after {row} rows ({one_line(err, 120)})")
+                return
+            if batch is None:
+                break
+            for value, caption in zip(values, captions, strict=True):
+                row += 1
+                yield _manifest_item(name, f"{name}:{row}", value, caption, ctx, column)
+        if not row:
+            yield _failed(name, "manifest has no rows")
+    finally:
+        close = getattr(pf, "close", None)
+        if close is not None:
+            close()
+
+
+# --- WebDataset shards -------------------------------------------------------------
+
+
+class _StrictInfo(tarfile.TarInfo):
+    """Reads headers as tarfile does, except that an archive cut short is damage.
+
+    tarfile ends a stream quietly at a missing, short or garbled header past the first;
+    a shard is only whole when it ends with its end-of-archive block.
+    """
+
+    @classmethod
+    def fromtarfile(cls, archive: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        try:
+            return super().fromtarfile(archive)
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as err:
+            if archive.offset == 0:
+                raise
+            if isinstance(err, tarfile.EmptyHeaderError):
+                raise tarfile.ReadError("truncated: no end-of-archive marker") from None
+            if isinstance(err, tarfile.TruncatedHeaderError):
+                raise tarfile.ReadError("truncated inside a header") from None
+            raise tarfile.ReadError(f"bad header ({err})") from None
+
+
+def _split_key(member: str) -> tuple[str, str]:
+    """WebDataset's sample key and extension: ``dir/KEY.seg.png`` -> (``dir/KEY``, ``seg.png``)."""
+    folder, _, base = member.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def _iter_shard(name: str, path: str) -> Iterator[InputItem]:
+    """The images of a tar shard, streamed: each sample's members are read as it is reached."""
+    try:
+        fp = open_file(Path(path), name)
+    except ImageLoadError as err:
+        yield InputItem(name, error=err)
+        return
+    with fp:
+        try:
+            tf = tarfile.open(fileobj=fp, mode="r|*", tarinfo=_StrictInfo)
+        except _DAMAGE as err:
+            reason = "empty file" if str(err) == "empty file" else f"not a tar file ({_tar_reason(err)})"
+            yield _failed(name, reason)
+            return
+        with tf:
+            yield from _shard_items(name, tf)
+
+
+def _shard_items(name: str, tf: tarfile.TarFile) -> Iterator[InputItem]:
+    key: str | None = None
+    images: list[InputItem] = []  # the current sample's images, waiting for its caption
+    caption: str | None = None
+    produced = 0
+    others: Counter[str] = Counter()
+    while True:
+        ready: list[InputItem] = []
+        try:
+            member = tf.next()
+            if member is None:
+                break
+            # A stream never goes back: drop the headers tarfile keeps, so a big shard stays small.
+            del tf.members[:]
+            base = member.name.rpartition("/")[2]
+            if not member.isfile() or base.startswith("."):
+                continue
+            member_key, ext = _split_key(member.name)
+            if member_key != key:
+                ready, images, caption, key = _sample(images, caption), [], None, member_key
+            source = f"{name}/{member.name}"
+            if is_image_filename(base):
+                images.append(_member_item(tf, member, source))
+            elif ext == "txt":
+                caption = _member_text(tf, member)
+            else:
+                others[os.path.splitext(base)[1].lower() or "no extension"] += 1
+        except _DAMAGE as err:
+            # What was read in full stands; the member being read when it broke is lost.
+            done = ready + _sample(images, caption)
+            yield from done
+            count = produced + len(done)
+            yield _failed(name, f"damaged shard after {count} image{'s' if count != 1 else ''} "
+                                f"({_tar_reason(err)})")
+            return
+        produced += len(ready)
+        yield from ready
+    last = _sample(images, caption)
+    produced += len(last)
+    yield from last
+    if not produced:
+        total = sum(others.values())
+        found = f"found {total} file{'s' if total != 1 else ''}: {', '.join(sorted(others))}" if total else "no files"
+        yield _failed(name, f"shard contains no images ({found})")
+
+
+def _sample(images: list[InputItem], caption: str | None) -> list[InputItem]:
+    if caption is None:
+        return images
+    return [replace(i, caption=caption) if i.read else i for i in images]
+
+
+def _member_item(tf: tarfile.TarFile, member: tarfile.TarInfo, source: str) -> InputItem:
+    if member.size > MAX_FILE_BYTES:
+        return _failed(source, _too_big())
+    if member.size == 0:
+        return _failed(source, "empty file")
+    data = _member_bytes(tf, member, MAX_FILE_BYTES)
+
+    def read() -> bytes:
+        return data
+
+    return InputItem(source, read=read)
+
+
+def _member_text(tf: tarfile.TarFile, member: tarfile.TarInfo) -> str | None:
+    if member.size > _MAX_CAPTION_BYTES:
+        return None
+    return _member_bytes(tf, member, _MAX_CAPTION_BYTES).decode("utf-8", errors="replace").strip() or None
+
+
+def _member_bytes(tf: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> bytes:
+    handle: IO[bytes] | None = tf.extractfile(member)
+    if handle is None:  # pragma: no cover - only regular files reach here
+        return b""
+    with handle:
+        data = handle.read(limit + 1)
+    if len(data) != member.size:
+        raise tarfile.ReadError("unexpected end of data")
+    return data
+
+
+def _tar_reason(err: BaseException) -> str:
+    cause = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+    text = one_line(err, 120) or type(err).__name__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text += f": {one_line(cause, 80)}"
+    return text
+
+
+def _shard_member_item(name: str, path: str) -> InputItem | None:
+    """``shard.tar/KEY.jpg`` (a shard member's source name, as a failure list holds it), or None."""
+    parts = PurePosixPath(Path(path).as_posix())
+    for parent in parts.parents:
+        if parent.name and _container_kind(parent.name) == "tar" and os.path.isfile(parent):
+            member = parts.relative_to(parent).as_posix()
+            shard_name = name[: len(name) - len(member) - 1] if name.endswith(member) else str(parent)
+            shard = str(parent)
+
+            def read() -> bytes:
+                return _read_member(shard, shard_name, member, name)
+
+            return InputItem(name, read=read)
+    return None
+
+
+def _read_member(shard: str, shard_name: str, member: str, source: str) -> bytes:
+    with open_file(Path(shard), shard_name) as fp:
+        try:
+            with tarfile.open(fileobj=fp, mode="r|*", tarinfo=_StrictInfo) as tf:
+                while (info := tf.next()) is not None:
+                    del tf.members[:]
+                    if info.name == member and info.isfile():
+                        if info.size > MAX_FILE_BYTES:
+                            raise ImageLoadError(source, _too_big())
+                        data = _member_bytes(tf, info, MAX_FILE_BYTES)
+                        if not data:
+                            raise ImageLoadError(source, "empty file")
+                        return data
+        except _DAMAGE as err:
+            raise ImageLoadError(source, f"damaged shard ({_tar_reason(err)})") from None
+    raise ImageLoadError(source, f"no member {member} in {shard_name}")
+
+
+def _os_reason(err: OSError) -> str:
+    if isinstance(err, PermissionError):
+        return "permission denied"
+    return (err.strerror or str(err)).lower()
