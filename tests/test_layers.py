@@ -25,7 +25,9 @@ ALLOWED: dict[str, set[str]] = {
     "interrogator": {"base", "vocab", "cache", "index", "search", "prompt", "modes", "models"},
     "render": {"base", "prompt"},
     "runner": {"base", "io", "interrogator", "modes"},
-    "cli": {"base", "io", "vocab", "cache", "models", "interrogator", "render", "runner", "modes", "prompt"},
+    "batch": {"base", "io", "vocab", "models", "interrogator", "render", "runner", "modes"},
+    "cli": {"base", "io", "vocab", "cache", "models", "interrogator", "render", "runner", "modes", "prompt",
+            "batch"},
 }
 
 

@@ -329,3 +329,13 @@ def test_generator_input_is_read_ahead_only_a_little(interrogator: Any) -> None:
     assert first.ok and first.index == 0
     assert consumed["n"] <= 2 + 3 + 2
     it.close()
+
+
+def test_keep_features_puts_each_results_features_in_its_record() -> None:
+    fake = FakeInterrogator(reverse=True)
+    sources = [ImageSource(f"img{i}", "pil", im) for i, im in enumerate(sized(10, 11, 12))]
+    records = list(Runner(fake, FAST, batch_size=2, keep_features=True).run(sources))
+    assert [r.source for r in records] == ["img0", "img1", "img2"]
+    assert all(r.features is not None and r.features.source == r.source for r in records)
+    assert "features" not in records[0].to_dict()
+    assert all(r.features is None for r in Runner(fake, FAST, batch_size=2).run(sources))

@@ -22,12 +22,13 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Union
 
 from PIL import Image
 
 from .errors import Image2PromptError, ImageLoadError, SettingsError, one_line
+from .features import Features
 from .io import DEFAULT_MAX_PIXELS, ImageSource, expand_sources, is_array, load_image
 from .results import Result
 from .settings import SearchSettings
@@ -58,6 +59,8 @@ class Record:
     source: str  # display name: the path or URL as given or found, "<PIL.Image>", "<array 3>"...
     result: Result | None = None
     error: str | None = None
+    #: The image's features (caption and vectors), with ``Runner(keep_features=True)``; not in ``to_dict``.
+    features: Features | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -129,6 +132,8 @@ class Runner:
     :func:`image2prompt.io.load_image`; ``caption`` is used for every input instead of
     generated captions. ``manage_devices=False`` stops the interrogator from moving models
     between devices during the run (for hosts that place models themselves).
+    ``keep_features=True`` puts each result's :class:`~image2prompt.features.Features` in
+    ``Record.features`` (to store them; off by default, so they are not held).
     """
 
     def __init__(
@@ -143,6 +148,7 @@ class Runner:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         caption: str | None = None,
         manage_devices: bool = True,
+        keep_features: bool = False,
     ) -> None:
         for name, value in (("batch_size", batch_size), ("workers", workers), ("prefetch", prefetch)):
             if value is None and name == "prefetch":
@@ -169,6 +175,7 @@ class Runner:
         self.max_pixels = max_pixels
         self.caption = caption
         self.manage_devices = manage_devices
+        self.keep_features = keep_features
 
     @property
     def interrogator(self) -> Interrogator | None:
@@ -273,12 +280,14 @@ class Runner:
         ic = self._interrogator
         assert ic is not None
         done: set[int] = set()
+        features: list[Features] = []
         try:
-            for j, result in self._search(ic, batch):
+            for j, result in self._search(ic, batch, features):
                 if j in done or not 0 <= j < len(batch):
                     continue
                 done.add(j)
-                yield Record(batch[j].index, batch[j].name, result=result)
+                kept = features[j] if self.keep_features and j < len(features) else None
+                yield Record(batch[j].index, batch[j].name, result=result, features=kept)
             missing = [d for j, d in enumerate(batch) if j not in done]
             for d in missing:  # a search that yields fewer results than images
                 yield Record(d.index, d.name, error=f"{d.name}: could not interrogate (no result)")
@@ -305,12 +314,15 @@ class Runner:
                         yield self._failed(other, fatal)
                     raise
 
-    def _search(self, ic: Interrogator, batch: list[_Decoded]) -> Iterator[tuple[int, Result]]:
+    def _search(self, ic: Interrogator, batch: list[_Decoded],
+                features_out: list[Features] | None = None) -> Iterator[tuple[int, Result]]:
         images = [d.image for d in batch]
         names = [d.name for d in batch]
         captions = [self.caption] * len(batch) if self.caption is not None else None
         generate = self.caption is None and ic.needs_caption(self.settings)
         features = ic.encode(images, captions, generate_captions=generate, sources=names)
+        if features_out is not None:
+            features_out.extend(features)
         return ic.search_indexed(features, self.settings)
 
     @staticmethod

@@ -1,0 +1,210 @@
+"""``image2prompt batch``: options, outputs, exit status, and resuming after kill -9 (a real process)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from image2prompt.batch.records import read_records
+from image2prompt.cli.main import cli
+from tests.conftest import make_images
+
+
+@pytest.fixture(autouse=True)
+def _restore_package_logger() -> Iterator[None]:
+    """The command sets up the package logger for a real process; undo it for the next tests."""
+    logger = logging.getLogger("image2prompt")
+    saved = (logger.level, list(logger.handlers), logger.propagate)
+    yield
+    logger.setLevel(saved[0])
+    logger.handlers[:] = saved[1]
+    logger.propagate = saved[2]
+
+
+@pytest.fixture
+def model_args(tiny_open_clip: Path, small_vocab_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    emb = tmp_path_factory.getbasetemp() / "batch-cli-emb"  # shared: the vocabulary is embedded once
+    return ["--clip", f"local-dir:{tiny_open_clip}", "--caption-model", "none", "--caption", "x",
+            "--vocab", str(small_vocab_dir), "--device", "cpu", "--cache-dir", str(emb), "--mode", "fast"]
+
+
+def invoke(*args: object) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    for i, im in enumerate(make_images(3)):
+        im.save(d / f"{i}.png")
+    (d / "bad.png").write_bytes(b"garbage")
+    return d
+
+
+def test_batch_jsonl_with_sidecars_and_exit_status(folder: Path, tmp_path: Path, model_args: list[str]) -> None:
+    out = tmp_path / "out.jsonl"
+    (folder / "1.txt").write_text("1girl, x\n", encoding="utf-8")
+    result = invoke("batch", folder, "-o", out, *model_args, "--sidecar", "--on-existing", "append",
+                    "--dedupe", "--prefix", "sks", "--store-scores", "2")
+    assert result.exit_code == 1, result.output
+    assert "error: " in result.stderr and "bad.png" in result.stderr
+    assert "3 done" in result.stderr and "1 failed" in result.stderr
+    recs = {Path(r["source"]).name: r for r in read_records(out)}
+    assert sorted(recs) == ["0.png", "1.png", "2.png", "bad.png"]
+    assert all(recs[n]["ok"] and recs[n]["result"]["trace"]["top"] for n in ("0.png", "1.png", "2.png"))
+    assert (folder / "0.txt").read_text(encoding="utf-8").startswith("sks, x, ")
+    assert (folder / "1.txt").read_text(encoding="utf-8").startswith("1girl, x, sks, ")  # "x" deduped
+    assert (tmp_path / "out.jsonl.failed.txt").read_text(encoding="utf-8") == f"{folder / 'bad.png'}\n"
+    again = invoke("batch", folder, "-o", out, *model_args, "--sidecar", "--on-existing", "append",
+                   "--dedupe", "--prefix", "sks", "--store-scores", "2")
+    assert again.exit_code == 0, again.output  # the failure is recorded: done
+    assert "4 already done" in again.stderr
+    assert (folder / "1.txt").read_text(encoding="utf-8").count("sks") == 1
+
+
+def test_batch_progress_lines_when_not_a_terminal(folder: Path, tmp_path: Path, model_args: list[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules["image2prompt.cli.main"], "_PROGRESS_EVERY", 0.0)
+    result = invoke("batch", folder / "0.png", folder / "1.png", "-o", tmp_path / "o.jsonl", *model_args)
+    assert result.exit_code == 0
+    assert "image2prompt: 2 images: 2 done, 0 skipped, 0 failed" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"image2prompt: {tmp_path / 'o.jsonl'}: 2 inputs: 2 done")
+    quiet = invoke("batch", folder / "2.png", "-o", tmp_path / "o.jsonl", *model_args, "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+@pytest.mark.parametrize("name,fmt", [("out.csv", None), ("out.data", "parquet")])
+def test_batch_csv_and_parquet(folder: Path, tmp_path: Path, model_args: list[str], name: str,
+                               fmt: str | None) -> None:
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    out = tmp_path / name
+    extra = ["--format", fmt] if fmt else []
+    assert invoke("batch", folder / "0.png", folder / "bad.png", "-o", out, *model_args, *extra).exit_code == 1
+    rows = list(read_records(out, fmt))
+    assert [(Path(r["source"]).name, r["ok"]) for r in sorted(rows, key=lambda r: r["source"])] == [
+        ("0.png", True), ("bad.png", False)]
+    ok = next(r for r in rows if r["ok"])
+    assert ok["prompt"].startswith("x") and isinstance(ok["similarity"], float) and json.loads(ok["phrases"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dedupe", "--sidecar"], "--dedupe needs --on-existing append or prepend"),
+    (["--prefix", "sks"], "need --sidecar"),
+    (["--sidecar", "some/folder"], "is not a file extension"),
+])
+def test_batch_usage_errors(folder: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    result = invoke("batch", folder, "-o", tmp_path / "o.jsonl", *args)
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_batch_output_of_unknown_format_is_one_line(folder: Path, tmp_path: Path, model_args: list[str]) -> None:
+    result = invoke("batch", folder, "-o", tmp_path / "o.txt", *model_args)
+    assert result.exit_code == 1 and "use .jsonl, .csv or .parquet" in result.stderr
+    assert "Traceback" not in result.output
+
+
+# --- kill -9 in the middle of a run, twice, then a full run --------------------------------------
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def _run_and_kill(cmd: list[str], out: Path, env: dict[str, str], cwd: Path, rng: random.Random,
+                  at_least: int) -> str:
+    """Start the command, wait until ``out`` has more than ``at_least`` lines (or a few seconds), then
+    wait a random moment more and kill it with SIGKILL. Returns what happened."""
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and _lines(out) <= at_least and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.6))
+        if proc.poll() is not None:
+            return f"exited by itself ({proc.returncode})"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        return f"killed at {_lines(out)} lines"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_kill_9_twice_then_resume_gives_one_record_per_image(tmp_path: Path, tiny_open_clip: Path,
+                                                            small_vocab_dir: Path) -> None:
+    seed = int(os.environ.get("BATCH_KILL_SEED", time.time_ns() % 1_000_000))
+    rng = random.Random(seed)
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    good = []
+    for i, im in enumerate(make_images(36, size=40)):
+        p = data / ("sub" if i % 3 == 0 else "") / f"img{i:02d}.png"
+        im.save(p)
+        good.append(p)
+    for k in (1, 2):  # identical images under other names: computed once, a record each
+        shutil.copy(good[k], data / f"copy{k}.png")
+        good.append(data / f"copy{k}.png")
+    png = good[5].read_bytes()
+    broken = {"empty.png": b"", "garbage.jpg": os.urandom(300), "truncated.png": png[: len(png) // 2],
+              "zeros.webp": b"\x00" * 64}
+    for name, blob in broken.items():
+        (data / name).write_bytes(blob)
+    out = tmp_path / "out" / "captions.jsonl"
+    out.parent.mkdir()
+    cmd = [sys.executable, "-m", "image2prompt", "batch", str(data), "-o", str(out), "--batch-size", "2",
+           "--clip", f"local-dir:{tiny_open_clip}", "--caption-model", "none", "--caption", "x",
+           "--vocab", str(small_vocab_dir), "--device", "cpu", "--cache-dir", str(tmp_path / "emb"),
+           "--mode", "fast", "-q"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    what = [_run_and_kill(cmd, out, env, tmp_path, rng, 0)]
+    what.append(_run_and_kill(cmd, out, env, tmp_path, rng, _lines(out) + 1))
+    note = f"seed {seed}: {what}"
+    print(note)  # shown with -s, and with a failure
+    before = [ln for ln in out.read_bytes().split(b"\n")[:-1]]  # whole lines: what the rerun keeps
+    if out.read_bytes().endswith(b"\n"):  # the kill fell between two lines: tear one by hand
+        with open(out, "ab") as f:
+            f.write(b'{"source": "' + str(data).encode() + b'/img0')
+    final = subprocess.run(cmd[:-1], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert final.returncode in (0, 1), (note, final.stderr)
+    assert "Traceback" not in final.stderr, note
+    assert final.stderr.count("torn last line") == 1, (note, final.stderr)
+    assert f"{len(before)} already done" in final.stderr, (note, final.stderr)
+
+    raw = out.read_bytes()
+    assert raw.endswith(b"\n"), note
+    records = [json.loads(line) for line in raw.decode("utf-8").splitlines()]  # every line parses
+    counts = Counter(r["source"] for r in records)
+    expected = {str(p) for p in good} | {str(data / n) for n in broken}
+    assert set(counts) == expected and set(counts.values()) == {1}, (note, counts)
+    by_name = {Path(r["source"]).name: r for r in records}
+    for name in broken:
+        assert not by_name[name]["ok"] and name in by_name[name]["error"], (note, by_name[name])
+    for p in good:
+        assert by_name[p.name]["ok"], (note, by_name[p.name])
+    assert by_name["copy1.png"]["result"]["prompt"] == by_name["img01.png"]["result"]["prompt"]
+    assert len({r["fingerprint"] for r in records}) == 1
+    manifest = (out.parent / "captions.jsonl.failed.txt").read_text(encoding="utf-8").splitlines()
+    assert sorted(Path(m).name for m in manifest) == sorted(broken), (note, manifest)
+
+    # and once more: nothing left to do, exit status 0
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and out.read_bytes() == raw, (note, done.stderr)

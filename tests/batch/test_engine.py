@@ -1,0 +1,224 @@
+"""The batch engine: hashing before the model, skipping what is done, identical images once, lazy loading,
+features and scores, retries, caption files and bounded reading."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import shutil
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from image2prompt.batch.engine import BatchJob, failure_manifest_path, feature_path
+from image2prompt.batch.identity import predict_fingerprint
+from image2prompt.batch.inputs import InputItem
+from image2prompt.batch.records import read_records
+from image2prompt.batch.sidecars import SidecarOptions
+from image2prompt.errors import ImageLoadError
+from image2prompt.features import Features
+from image2prompt.interrogator import Config, Interrogator
+from image2prompt.settings import SearchSettings
+from tests.conftest import make_images
+from tests.test_runner import FakeInterrogator
+
+FAST = SearchSettings(mode="fast", max_flavors=6)
+
+
+@pytest.fixture(scope="session")
+def emb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("batch-emb")
+
+
+@pytest.fixture
+def config(tiny_open_clip: Path, small_vocab_dir: Path, emb_dir: Path) -> Config:
+    return Config(clip_model=[f"local-dir:{tiny_open_clip}"], caption_model=None, device="cpu",
+                  vocab=(str(small_vocab_dir),), cache_dir=str(emb_dir))
+
+
+class Loads:
+    """A lazy interrogator factory that counts its calls."""
+
+    def __init__(self, config: Config) -> None:
+        self.config, self.calls = config, 0
+
+    def __call__(self) -> Interrogator:
+        self.calls += 1
+        return Interrogator.load(self.config)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i, im in enumerate(make_images(5)):
+        im.save(d / f"{i}.png")
+    shutil.copy(d / "0.png", d / "dup.png")  # identical to 0.png, arrives while 0.png is in flight
+    (d / "garbage.png").write_bytes(b"not a png at all")
+    return d
+
+
+def job(config: Config, inputs: list[Any], out: Path, loads: Loads | None = None, **kw: Any) -> BatchJob:
+    return BatchJob([str(i) for i in inputs], out, interrogator=loads or Loads(config), config=config,
+                    settings=kw.pop("settings", FAST), caption="x", batch_size=kw.pop("batch_size", 4), **kw)
+
+
+def by_source(out: Path) -> dict[str, dict[str, Any]]:
+    records = list(read_records(out))
+    counts = Counter(r["source"] for r in records)
+    assert max(counts.values()) == 1, counts
+    return {Path(r["source"]).name: r for r in records}
+
+
+def test_predicted_fingerprint_is_the_loaded_one(config: Config) -> None:
+    fp = predict_fingerprint(config, FAST)
+    assert fp is not None and fp == Interrogator.load(config).fingerprint(FAST)
+    assert predict_fingerprint(config, FAST.replace(max_flavors=7)) != fp
+
+
+def test_run_resume_and_identical_images(config: Config, folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    loads = Loads(config)
+    stats = job(config, [folder], out, loads).run()
+    assert (stats.seen, stats.done, stats.copied, stats.failed, stats.skipped) == (7, 5, 1, 1, 0)
+    assert loads.calls == 1
+    recs = by_source(out)
+    assert set(recs) == {"0.png", "1.png", "2.png", "3.png", "4.png", "dup.png", "garbage.png"}
+    assert recs["dup.png"]["result"]["prompt"] == recs["0.png"]["result"]["prompt"]
+    assert recs["dup.png"]["content_hash"] == recs["0.png"]["content_hash"]
+    assert recs["dup.png"]["result"]["source"].endswith("dup.png")
+    assert not recs["garbage.png"]["ok"] and "garbage.png" in recs["garbage.png"]["error"]
+    assert len(recs["0.png"]["content_hash"]) == 64
+    assert failure_manifest_path(out).read_text(encoding="utf-8") == f"{folder / 'garbage.png'}\n"
+
+    # the same run again: everything is done, no model is loaded
+    again = Loads(config)
+    stats = job(config, [folder], out, again).run()
+    assert (stats.skipped, stats.written, again.calls) == (7, 0, 0)
+
+    # a new copy of a known image is copied from the output, still without a model
+    shutil.copy(folder / "3.png", folder / "z-copy.png")
+    stats = job(config, [folder], out, again).run()
+    assert (stats.copied, stats.skipped, again.calls) == (1, 7, 0)
+    assert by_source(out)["z-copy.png"]["result"]["prompt"] == recs["3.png"]["result"]["prompt"]
+
+    # changed settings: another fingerprint, the work is redone and the old records stay
+    stats = job(config, [folder], out, again, settings=FAST.replace(max_flavors=4)).run()
+    assert (stats.done, stats.copied, stats.failed) == (5, 2, 1)
+    records = list(read_records(out))
+    assert len({r["fingerprint"] for r in records}) == 2 and len(records) == 8 + 8
+
+
+def test_inputs_that_are_all_bad_load_no_model(config: Config, tmp_path: Path) -> None:
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "junk.jpg").write_bytes(b"\x00" * 10)
+    loads = Loads(config)
+    out = tmp_path / "out.csv"
+    stats = job(config, [tmp_path / "empty.png", tmp_path / "junk.jpg", tmp_path / "missing.png"], out, loads).run()
+    assert (stats.failed, loads.calls) == (3, 0)
+    rows = by_source(out)
+    assert [r["ok"] for r in rows.values()] == [False] * 3
+    assert rows["missing.png"]["content_hash"] is None and "missing.png" in rows["missing.png"]["error"]
+    # an empty file may fail when read (no hash) or when decoded (the hash of no bytes)
+    assert rows["empty.png"]["content_hash"] in (None, hashlib.sha256(b"").hexdigest())
+    assert "empty.png" in rows["empty.png"]["error"]
+    assert len(failure_manifest_path(out).read_text(encoding="utf-8").splitlines()) == 3
+
+
+def test_retry_failed(config: Config, tmp_path: Path) -> None:
+    big = tmp_path / "big.png"
+    make_images(1, size=80)[0].save(big)
+    out = tmp_path / "out.jsonl"
+    assert job(config, [big], out, max_pixels=100).run().failed == 1
+    assert job(config, [big], out, max_pixels=None).run().skipped == 1  # an error record counts as done
+    stats = job(config, [big], out, max_pixels=None, retry_failed=True).run()
+    assert (stats.done, stats.failed) == (1, 0)
+    (rec,) = read_records(out)
+    assert rec["ok"]
+    assert failure_manifest_path(out).read_text(encoding="utf-8") == ""
+
+
+def test_store_features_and_scores(config: Config, folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.parquet"
+    feats = tmp_path / "feats"
+    jsonl = tmp_path / "out.jsonl"
+    job(config, [folder / "1.png", folder / "2.png"], jsonl, store_features=feats, store_scores=2).run()
+    for rec in read_records(jsonl):
+        f = Features.load(feature_path(feats, rec["content_hash"]))
+        assert f.caption == "x" and len(f.vectors) == 1
+        top = rec["result"]["trace"]["top"]
+        assert top and all(len(v) <= 2 and {"text", "score"} <= set(v[0]) for v in top.values())
+    job(config, [folder / "1.png"], out, store_scores=2).run()
+    (row,) = read_records(out)
+    assert row["ok"] is True and '"top"' in row["trace"]
+
+
+def _png(i: int) -> bytes:
+    buf = io.BytesIO()
+    make_images(i + 1)[i].save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_caption_files_only_for_local_files(config: Config, folder: Path, tmp_path: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    data = _png(2)
+    items = [InputItem(str(folder / "1.png"), read=(folder / "1.png").read_bytes, path=folder / "1.png"),
+             InputItem("shard.tar/a.png", read=lambda: data),
+             InputItem("shard.tar/b.png", read=lambda: data)]
+    out = tmp_path / "out.jsonl"
+    with caplog.at_level(logging.WARNING, logger="image2prompt"):
+        job(config, [], out, items=items, sidecar=SidecarOptions(prefix="sks")).run()
+    assert len([r for r in caplog.records if "not local files" in r.getMessage()]) == 1
+    assert (folder / "1.txt").read_text(encoding="utf-8").startswith("sks, x")
+    assert sorted(p.name for p in folder.glob("*.txt")) == ["1.txt"]
+    # a later run with --sidecar writes the caption files of what was already done
+    job(config, [folder / "2.png"], out).run()
+    assert not (folder / "2.txt").exists()
+    stats = job(config, [folder / "2.png"], out, sidecar=SidecarOptions(ext=".caption")).run()
+    assert stats.skipped == 1 and (folder / "2.caption").read_text(encoding="utf-8").startswith("x")
+
+
+class CountingFake(FakeInterrogator):
+    def fingerprint(self, settings: SearchSettings) -> str:
+        return "fake-" + settings.digest()
+
+
+def test_each_input_is_read_once_and_only_a_little_ahead(tmp_path: Path) -> None:
+    blobs = [_png(i) for i in range(4)] + [b"broken"]
+    reads: Counter[int] = Counter()
+    lock = threading.Lock()
+    n = 300
+    worst = {"ahead": 0}
+
+    def reader(i: int):  # type: ignore[no-untyped-def]
+        def read() -> bytes:
+            with lock:
+                reads[i] += 1
+            if i % 50 == 7:
+                raise ImageLoadError(f"item{i}", "cannot read (gone)")
+            return blobs[i % 5] + i.to_bytes(4, "big")  # all different (PNG readers ignore trailing bytes)
+        return read
+
+    def items() -> Iterator[InputItem]:
+        for i in range(n):
+            yield InputItem(f"item{i}", read=reader(i))
+
+    def progress(stats: Any) -> None:
+        with lock:
+            read = sum(reads.values())
+        worst["ahead"] = max(worst["ahead"], read - stats.written - stats.skipped)
+
+    out = tmp_path / "out.jsonl"
+    fake = CountingFake()
+    stats = BatchJob([], out, items=items(), interrogator=fake, settings=FAST, batch_size=4, read_ahead=8,
+                     progress=progress).run()
+    assert set(reads.values()) == {1} and len(reads) == n
+    assert stats.written == n and worst["ahead"] <= 8 + 2 * 4 + 4 + 4 + 2
+    assert sum(len(b) for b in fake.batches) == n - n // 5 - len(range(7, n, 50))
+    recs = list(read_records(out))
+    assert len(recs) == n and sum(not r["ok"] for r in recs) == n // 5 + len(range(7, n, 50))

@@ -1,0 +1,178 @@
+"""Batch records and outputs: schema, flattening, journals, torn tails, Parquet from the journal."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from image2prompt.batch.records import (
+    FLAT_COLUMNS,
+    OutputError,
+    copy_record,
+    flatten_record,
+    format_for,
+    journal_path,
+    make_record,
+    open_output,
+    read_records,
+    record_key,
+)
+from image2prompt.results import Phrase, Result, Trace
+
+FP = "f" * 16
+
+
+def result(prompt: str = "a cat, oil painting", trace: bool = False) -> Result:
+    return Result(prompt=prompt, mode="fast", caption="a cat", similarity=0.25, clip_model="clip",
+                  caption_model=None, phrases=[Phrase("oil painting", "mediums", 0.3)], source="x",
+                  negative=Result(prompt="blurry", mode="negative", caption=None, similarity=0.1,
+                                  clip_model="clip", caption_model=None),
+                  trace=Trace(top={"mediums": [Phrase("oil painting", "mediums", 0.3)]}) if trace else None,
+                  fingerprint=FP)
+
+
+def test_make_record_schema() -> None:
+    ok = make_record("a.png", "h1", FP, result(trace=True), None)
+    assert list(ok) == ["source", "content_hash", "fingerprint", "ok", "result"]
+    assert ok["ok"] and ok["result"]["prompt"] == "a cat, oil painting" and ok["result"]["source"] == "a.png"
+    assert "trace" not in ok["result"]
+    assert make_record("a.png", "h1", FP, result(trace=True), None, scores=True)["result"]["trace"]["top"]
+    bad = make_record("b.png", None, FP, None, "b.png: not an image\n  (details)")
+    assert bad == {"source": "b.png", "content_hash": None, "fingerprint": FP, "ok": False,
+                   "error": "b.png: not an image (details)"}
+    assert record_key(ok) == ("h1", FP) and record_key(bad) == ("b.png", FP)
+    json.dumps(ok)
+
+
+def test_copy_record_takes_the_new_source() -> None:
+    ok = copy_record(make_record("a.png", "h", FP, result(), None), "b.png")
+    assert ok["source"] == "b.png" and ok["result"]["source"] == "b.png"
+    err = copy_record(make_record("a.png", "h", FP, None, "a.png: not an image"), "dir/c.png")
+    assert err["error"] == "dir/c.png: not an image"
+
+
+def test_flatten_record() -> None:
+    row = flatten_record(make_record("a.png", "h", FP, result(trace=True), None, scores=True))
+    assert tuple(row) == FLAT_COLUMNS
+    assert row["prompt"] == "a cat, oil painting" and row["negative_prompt"] == "blurry"
+    assert row["similarity"] == 0.25 and row["mode"] == "fast" and row["ok"] is True
+    assert json.loads(row["phrases"])[0]["text"] == "oil painting"
+    assert json.loads(row["trace"])["top"]["mediums"][0]["score"] == 0.3
+    assert flatten_record(row) == row  # flat records pass through
+    err = flatten_record(make_record("b.png", None, FP, None, "b.png: bad"))
+    assert err["ok"] is False and err["error"] == "b.png: bad" and err["prompt"] is None
+
+
+def test_format_for() -> None:
+    assert format_for("x.JSONL") == "jsonl" and format_for("x.csv") == "csv" and format_for("x.parquet") == "parquet"
+    assert format_for("x.txt", "csv") == "csv"
+    with pytest.raises(OutputError, match="extension"):
+        format_for("x.txt")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_write_resume_and_read_back(tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / f"out.{fmt}"
+    with open_output(out) as w:
+        w.write(make_record("a.png", "h1", FP, result(), None))
+        w.write(make_record("b.png", "h2", FP, None, "b.png: bad"))
+        if fmt == "parquet":
+            assert journal_path(out).exists() and not out.exists()
+    if fmt == "parquet":
+        assert out.exists() and not journal_path(out).exists()
+    w = open_output(out)
+    assert w.done_keys() == {("h1", FP), ("h2", FP)}
+    assert w.has_source("a.png", FP, "h1") and not w.has_source("a.png", FP, "h2")
+    assert w.error_sources(FP) == ["b.png"]
+    first = w.find("h1", FP)
+    assert first is not None and first["ok"] and first["source"] == "a.png"
+    w.write(copy_record(first, "c.png"))
+    w.write(make_record("d.png", None, FP, None, "d.png: no such file"))
+    w.close()
+    records = list(read_records(out))
+    assert [r["source"] for r in records] == ["a.png", "b.png", "c.png", "d.png"]
+    assert [r["ok"] for r in records] == [True, False, True, False]
+    prompts = [r["result"]["prompt"] if "result" in r else r.get("prompt") for r in records]
+    assert prompts[0] == prompts[2] == "a cat, oil painting"
+    assert open_output(out).done_keys() == {("h1", FP), ("h2", FP), ("d.png", FP)}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_torn_last_line_is_cut_off(tmp_path: Path, fmt: str, caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / f"out.{fmt}"
+    with open_output(out) as w:
+        w.write(make_record("a.png", "h1", FP, result(), None))
+    whole = out.read_bytes()
+    with open(out, "ab") as f:
+        f.write(b'{"source": "b.png", "content_ha' if fmt == "jsonl" else b'b.png,h2,ffff,tr')
+    with caplog.at_level(logging.WARNING, logger="image2prompt"):
+        w = open_output(out)
+    assert out.read_bytes() == whole
+    assert len([r for r in caplog.records if "torn" in r.getMessage()]) == 1
+    assert w.done_keys() == {("h1", FP)}
+    w.write(make_record("b.png", "h2", FP, result(), None))
+    w.close()
+    assert [r["source"] for r in read_records(out)] == ["a.png", "b.png"]
+
+
+def test_drop_errors_rewrites_without_them(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    w = open_output(out)
+    w.write(make_record("a.png", "h1", FP, result(), None))
+    w.write(make_record("b.png", "h2", FP, None, "b.png: bad"))
+    w.write(make_record("c.png", "h3", "other", None, "c.png: bad"))
+    assert w.drop_errors(FP) == 1
+    assert w.done_keys() == {("h1", FP), ("h3", "other")} and w.error_sources(FP) == []
+    w.write(make_record("b.png", "h2", FP, result(), None))
+    w.close()
+    assert [(r["source"], r["ok"]) for r in read_records(out)] == [("a.png", True), ("c.png", False), ("b.png", True)]
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_an_error_that_later_worked_leaves_the_failure_list(tmp_path: Path) -> None:
+    w = open_output(tmp_path / "out.jsonl")
+    w.write(make_record("a.png", None, FP, None, "a.png: no such file"))
+    w.write(make_record("a.png", "h1", FP, result(), None))
+    assert w.error_sources(FP) == []
+
+
+def test_csv_of_another_tool_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    out.write_text("name,prompt\nx,y\n", encoding="utf-8")
+    with pytest.raises(OutputError, match="columns"):
+        open_output(out)
+
+
+def test_csv_rows_stay_on_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    with open_output(out) as w:
+        w.write(make_record("two\nlines.png", "h1", FP, result("a\nb"), None))
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 2
+    (row,) = read_records(out)
+    assert row["prompt"] == "a b" and row["ok"] is True and row["similarity"] == 0.25
+    assert open_output(out).has_source("two\nlines.png", FP, "h1")
+
+
+def test_parquet_killed_run_keeps_the_journal_and_a_finished_one_is_seeded(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    out = tmp_path / "out.parquet"
+    w = open_output(out)
+    w.write(make_record("a.png", "h1", FP, result(), None))
+    w.abort()  # as if the process died: no Parquet yet, the journal holds the record
+    assert not out.exists() and journal_path(out).exists()
+    with open_output(out) as w:
+        assert w.done_keys() == {("h1", FP)}
+        w.write(make_record("b.png", "h2", FP, None, "b.png: bad"))
+    table = pq.read_table(out)
+    assert table.column_names == list(FLAT_COLUMNS) and table.num_rows == 2
+    with open_output(out) as w:  # a finished output seeds a new journal
+        assert w.done_keys() == {("h1", FP), ("h2", FP)}
+        stored = w.find("h1", FP)
+        assert stored is not None and stored["prompt"] == "a cat, oil painting"
+        w.write(copy_record(stored, "c.png"))
+    rows = pq.read_table(out).to_pylist()
+    assert [r["source"] for r in rows] == ["a.png", "b.png", "c.png"]
+    assert rows[2]["prompt"] == rows[0]["prompt"] and rows[2]["ok"] is True
