@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +20,9 @@ from typing import IO, TYPE_CHECKING, Any, Callable, NoReturn, TypeVar
 import click
 
 from .. import __version__
+from ..batch.engine import failure_manifest_path
+from ..batch.records import FORMATS as RECORD_FORMATS
+from ..batch.sidecars import ON_EXISTING
 from ..cache import EmbeddingCache
 from ..errors import Image2PromptError, ImageLoadError, one_line
 from ..io import DEFAULT_MAX_PIXELS, ImageSource, expand_sources, load_image
@@ -333,35 +338,58 @@ def _flavors_callback(value: str) -> tuple[int, int]:
     return numbers[0], numbers[1]
 
 
+def search_options(f: F) -> F:
+    """The search options of ``run`` and ``batch``: --mode ... --memory-budget (one definition for both)."""
+    for option in reversed([
+        click.option("--mode", type=click.Choice(MODES), default="best", show_default=True,
+                     help="best: greedy search for the highest-scoring prompt (slowest); turbo: the same search, "
+                          "done lazily on a shortlist of phrases at each step (several times faster); classic: caption, "
+                          "medium, artist, site, movement and 3 flavors; fast: caption and the top phrases; "
+                          "negative: phrases least like the image, for a negative prompt; style: only the "
+                          "aesthetic (lighting, colour, medium, technique...), no caption or subject."),
+        click.option("--negative", "with_negative", is_flag=True,
+                     help="Also write the paired negative prompt, from the same image features."),
+        click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+                     help="best/turbo: keep N prompts per search step (1 is the reference's greedy search)."),
+        click.option("--max-tokens", type=click.IntRange(min=3), default=77, show_default=True, metavar="N",
+                     help="Token budget of the prompt, start and end tokens included; no mode goes over it, and a "
+                          "caption over it is cut at a word. Past 77, CLIP cannot score additions: the rest is "
+                          "filled in order of the phrases' own scores."),
+        click.option("--chunks", is_flag=True,
+                     help="Split long prompts into 75-token chunks joined with BREAK (A1111/ComfyUI style)."),
+        click.option("--candidates", type=click.IntRange(min=1), default=2048, show_default=True, metavar="N",
+                     help="best, negative and style: how many of the best-scoring phrases the search tries "
+                          "(turbo: at most 1024). Every search step scores each one, so best mode's time "
+                          "grows about in proportion: 512 is about 4x faster on a CPU and finds slightly weaker prompts."),
+        click.option("--flavors", "flavors", callback=lambda c, p, v: _flavors_callback(v), default="8,32",
+                     show_default=True, metavar="MIN,MAX",
+                     help="Phrases a search adds: at least MIN steps, at most MAX (fast mode adds MAX). Each step "
+                          "of best mode scores every candidate, so MAX bounds its time; a single number sets MAX."),
+        click.option("--memory-budget", type=click.IntRange(min=16), metavar="MB",
+                     help="Activation memory for one text batch (default: 512 on CPU, 2048 on CUDA)."),
+    ]):
+        f = option(f)
+    return f
+
+
+def input_options(f: F) -> F:
+    """--batch-size and --max-pixels, shared by ``run`` and ``batch``."""
+    for option in reversed([
+        click.option("--batch-size", type=click.IntRange(min=1), metavar="N", default=8, show_default=True,
+                     help="Images loaded and encoded together."),
+        click.option("--max-pixels", metavar="N|none", default=str(DEFAULT_MAX_PIXELS), show_default=True,
+                     callback=_max_pixels_callback,
+                     help="Refuse images with more than N pixels (width × height, read from the file's header "
+                          "before decoding); none lifts the limit."),
+    ]):
+        f = option(f)
+    return f
+
+
 @cli.command(DEFAULT_COMMAND, context_settings=CONTEXT_SETTINGS,
              short_help="Write a prompt scaffold for each image (the default command).")
 @click.argument("inputs", nargs=-1, required=True, metavar="PATH_OR_URL...")
-@click.option("--mode", type=click.Choice(MODES), default="best", show_default=True,
-              help="best: greedy search for the highest-scoring prompt (slowest); turbo: the same search, "
-                   "done lazily on a shortlist of phrases at each step (several times faster); classic: caption, "
-                   "medium, artist, site, movement and 3 flavors; fast: caption and the top phrases; "
-                   "negative: phrases least like the image, for a negative prompt; style: only the "
-                   "aesthetic (lighting, colour, medium, technique...), no caption or subject.")
-@click.option("--negative", "with_negative", is_flag=True,
-              help="Also write the paired negative prompt, from the same image features.")
-@click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
-              help="best/turbo: keep N prompts per search step (1 is the reference's greedy search).")
-@click.option("--max-tokens", type=click.IntRange(min=3), default=77, show_default=True, metavar="N",
-              help="Token budget of the prompt, start and end tokens included; no mode goes over it, and a "
-                   "caption over it is cut at a word. Past 77, CLIP cannot score additions: the rest is "
-                   "filled in order of the phrases' own scores.")
-@click.option("--chunks", is_flag=True,
-              help="Split long prompts into 75-token chunks joined with BREAK (A1111/ComfyUI style).")
-@click.option("--candidates", type=click.IntRange(min=1), default=2048, show_default=True, metavar="N",
-              help="best, negative and style: how many of the best-scoring phrases the search tries "
-                   "(turbo: at most 1024). Every search step scores each one, so best mode's time "
-                   "grows about in proportion: 512 is about 4x faster on a CPU and finds slightly weaker prompts.")
-@click.option("--flavors", "flavors", callback=lambda c, p, v: _flavors_callback(v), default="8,32",
-              show_default=True, metavar="MIN,MAX",
-              help="Phrases a search adds: at least MIN steps, at most MAX (fast mode adds MAX). Each step "
-                   "of best mode scores every candidate, so MAX bounds its time; a single number sets MAX.")
-@click.option("--memory-budget", type=click.IntRange(min=16), metavar="MB",
-              help="Activation memory for one text batch (default: 512 on CPU, 2048 on CUDA).")
+@search_options
 @model_options("Default: blip-large (blip-base with --low-vram).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
               help="text: the prompt (SOURCE<TAB>PROMPT lines for several inputs); weighted: the same with "
@@ -370,12 +398,7 @@ def _flavors_callback(value: str) -> tuple[int, int]:
                    "(fast and classic score the final prompt only for json, jsonl and csv.)")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write results to FILE instead of stdout (written as they are produced).")
-@click.option("--batch-size", type=click.IntRange(min=1), metavar="N", default=8, show_default=True,
-              help="Images loaded and encoded together.")
-@click.option("--max-pixels", metavar="N|none", default=str(DEFAULT_MAX_PIXELS), show_default=True,
-              callback=_max_pixels_callback,
-              help="Refuse images with more than N pixels (width × height, read from the file's header "
-                   "before decoding); none lifts the limit.")
+@input_options
 @verbosity_options
 def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_tokens: int, chunks: bool,
         candidates: int, flavors: tuple[int, int], memory_budget: int | None, target: str | None, clip_name: tuple[str, ...],
@@ -450,6 +473,204 @@ def _open_output(path: str | None, fmt: str) -> Iterator[IO[str]]:
         raise FatalError(f"{path}: cannot write output ({err.strerror or err})") from None
     with stream:
         yield stream
+
+
+# --- batch ----------------------------------------------------------------------------
+
+_SIDECAR_EXT = re.compile(r"^\.?[A-Za-z0-9][A-Za-z0-9_-]{0,15}$")
+_PROGRESS_EVERY = 30.0  # seconds between progress lines when stderr is not a terminal
+
+
+def _sidecar_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not _SIDECAR_EXT.match(value):
+        raise click.BadParameter(f"{value!r} is not a file extension such as .txt or .caption "
+                                 "(give --sidecar after the inputs, or with its extension)")
+    return value if value.startswith(".") else "." + value
+
+
+class _BatchProgress:
+    """A tqdm bar on a terminal; otherwise a plain line every 30 seconds (nothing with --quiet)."""
+
+    def __init__(self, inputs: Sequence[str], allow_urls: bool, column: str | None, bar: bool,
+                 quiet: bool) -> None:
+        self.bar: Any = None
+        self.quiet = quiet
+        self.shown = 0
+        self.last = time.monotonic()
+        if bar:
+            import threading
+
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc="Images", unit="img", file=sys.stderr, dynamic_ncols=True)
+            # the total is counted in the background (a listing, no image read): the ETA appears when known
+            threading.Thread(target=self._count, args=(inputs, allow_urls, column), daemon=True).start()
+
+    def _count(self, inputs: Sequence[str], allow_urls: bool, column: str | None) -> None:
+        from ..batch.inputs import iter_inputs
+
+        try:
+            total = sum(1 for _ in iter_inputs(inputs, allow_urls=allow_urls, column=column))
+        except Exception:  # noqa: BLE001 - the count is only for the ETA
+            return
+        bar = self.bar
+        if bar is not None:
+            bar.total = total
+            bar.refresh()
+
+    def say(self, line: str) -> None:
+        if self.bar is not None:
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+        else:
+            click.echo(line, err=True)
+
+    def __call__(self, stats: Any) -> None:
+        finished = stats.written + stats.skipped
+        if self.bar is not None:
+            if finished > self.shown:
+                self.bar.update(finished - self.shown)
+                self.shown = finished
+            self.bar.set_postfix(done=stats.done + stats.copied, skipped=stats.skipped, failed=stats.failed,
+                                 refresh=False)
+        elif not self.quiet and time.monotonic() - self.last >= _PROGRESS_EVERY:
+            self.last = time.monotonic()
+            click.echo(f"{PROG}: {finished} images: {stats.done + stats.copied} done, {stats.skipped} skipped, "
+                       f"{stats.failed} failed ({stats.rate:.2f} images/s)", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS,
+             short_help="Caption a dataset into JSONL, CSV or Parquet; resumable.")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE", required=True,
+              help="The records: .jsonl, .csv or .parquet (or --format). Rerunning the same command "
+                   "skips what FILE already holds.")
+@click.option("--format", "fmt", type=click.Choice(RECORD_FORMATS), default=None,
+              help="Output format (default: from FILE's extension).")
+@search_options
+@model_options("Default: blip-large (blip-base with --low-vram).")
+@input_options
+@click.option("--allow-urls", is_flag=True, help="Download http(s) inputs (and URLs in lists and manifests).")
+@click.option("--column", metavar="NAME", help="The path or URL column of CSV and Parquet manifests.")
+@click.option("--store-features", type=click.Path(file_okay=False), metavar="DIR",
+              help="Also save each image's features as DIR/<hash[:2]>/<hash>.safetensors.")
+@click.option("--store-scores", type=click.IntRange(min=1), metavar="K",
+              help="Keep each image's top K phrases per category, with scores, in its record (result.trace).")
+@click.option("--sidecar", is_flag=False, flag_value=".txt", default=None, metavar="[EXT]",
+              callback=_sidecar_callback,
+              help="Write each prompt beside its image (local files only): photo.txt, or photo.EXT "
+                   "(.caption is what kohya reads).")
+@click.option("--on-existing", type=click.Choice(ON_EXISTING), default="skip", show_default=True,
+              help="For a caption file that exists: keep it, overwrite it, or append/prepend ours with \", \".")
+@click.option("--prefix", metavar="TEXT", help="Caption files: put TEXT (trigger words) before the prompt.")
+@click.option("--suffix", metavar="TEXT", help="Caption files: put TEXT after the prompt.")
+@click.option("--dedupe", is_flag=True,
+              help="With append/prepend: leave out our phrases the existing caption already has.")
+@click.option("--retry-failed", is_flag=True, help="Retry the inputs FILE holds error records for.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run on Ray Data (pip install 'image2prompt[ray]'): a local instance, or with --ray=ADDRESS "
+                   "the cluster at ADDRESS (HEAD:6379). Decoding in CPU tasks, encoding and searching in actor pools; "
+                   "see docs/scale.md.")
+@click.option("--encode-actors", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="With --ray: model replicas that encode (one per GPU, usually).")
+@click.option("--search-actors", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="With --ray: CPU actors that search.")
+@click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0, show_default=True, metavar="G",
+              help="With --ray: GPUs each encode actor takes (0.5 puts two on one GPU).")
+@click.option("--cpus-per-actor", type=click.FloatRange(min=0.1), default=1, show_default=True, metavar="C",
+              help="With --ray: CPUs each actor takes (leave some for the decoding tasks).")
+@verbosity_options
+def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with_negative: bool, beam: int,
+          max_tokens: int, chunks: bool, candidates: int, flavors: tuple[int, int], memory_budget: int | None,
+          target: str | None, clip_name: tuple[str, ...], caption_model: str | None, caption: str | None,
+          vocab: tuple[str, ...], device: str, precision: str, low_vram: bool, cache_dir: str | None,
+          batch_size: int, max_pixels: int | None, allow_urls: bool, column: str | None,
+          store_features: str | None, store_scores: int | None, sidecar: str | None, on_existing: str,
+          prefix: str | None, suffix: str | None, dedupe: bool, retry_failed: bool, ray_address: str | None,
+          encode_actors: int, search_actors: int, gpus_per_actor: float, cpus_per_actor: float,
+          quiet: bool, verbose: bool, debug: bool) -> None:
+    """Caption a dataset: one record per image in FILE, resumable, each identical image computed once.
+
+    INPUT may be image files, folders, globs, .txt path lists (such as FILE.failed.txt,
+    which lists the inputs that failed), CSV/Parquet manifests, WebDataset .tar shards
+    and, with --allow-urls, http(s) URLs. Rerunning the same command after an
+    interruption skips what FILE holds (by content hash and settings) and does the rest;
+    changed settings redo the work. The exit status is 1 if any input failed in this run.
+    """
+    from ..batch.engine import BatchJob
+    from ..batch.sidecars import SidecarOptions
+
+    setup_logging(verbose, debug, quiet)
+    if sidecar is None and (prefix or suffix or dedupe or on_existing != "skip"):
+        raise click.UsageError("--prefix, --suffix, --dedupe and --on-existing need --sidecar")
+    if dedupe and on_existing not in ("append", "prepend"):
+        raise click.UsageError("--dedupe needs --on-existing append or prepend")
+    clip = pick_clip(clip_name, target)
+    captioner = pick_captioner(caption_model)
+    if captioner is None and not caption and mode not in ("negative", "style"):
+        raise click.UsageError("--caption-model none needs --caption TEXT (or use --mode negative)")
+    if caption or mode == "negative":
+        captioner = None
+    show_bar = progress_enabled(quiet)
+    progress = _BatchProgress(inputs, allow_urls, column, show_bar, quiet)
+    with fatal_errors(debug, ValueError):
+        from ..interrogator import Config
+
+        settings = SearchSettings(mode=mode, beam=beam, max_tokens=max_tokens, chunks=chunks,
+                                  candidates=candidates, min_flavors=flavors[0], max_flavors=flavors[1],
+                                  negative=with_negative)
+        config = Config(clip_model=list(clip), caption_model=captioner, device=device, precision=precision,
+                        cache_dir=cache_dir, vocab=tuple(vocab), low_vram=low_vram, memory_budget_mb=memory_budget)
+        sidecar_options = SidecarOptions(ext=sidecar, on_existing=on_existing, prefix=prefix, suffix=suffix,
+                                         dedupe=dedupe) if sidecar is not None else None
+
+    def load() -> "Interrogator":  # called once the first image needs the model
+        return load_interrogator(clip=clip, captioner=captioner, device=device, precision=precision,
+                                 cache_dir=cache_dir, vocab=vocab, low_vram=low_vram, show_progress=show_bar,
+                                 debug=debug, say=progress.say, memory_budget_mb=memory_budget)
+
+    job = BatchJob(inputs, output, interrogator=load, settings=settings, config=config, fmt=fmt,
+                   allow_urls=allow_urls, column=column, batch_size=batch_size, max_pixels=max_pixels,
+                   caption=caption, store_features=store_features, store_scores=store_scores,
+                   sidecar=sidecar_options, retry_failed=retry_failed, progress=progress,
+                   on_error=lambda line: progress.say(f"{PROG}: error: {line}"))
+    try:
+        with fatal_errors(debug, OSError):
+            if ray_address is None:
+                stats = job.run()
+            else:
+                from ..batch.ray_backend import run_on_ray
+
+                stats = run_on_ray(list(inputs), output=output, config=config, settings=settings,
+                                   address=None if ray_address == "local" else ray_address,
+                                   encode_actors=encode_actors, search_actors=search_actors,
+                                   num_gpus_per_actor=gpus_per_actor, num_cpus_per_actor=cpus_per_actor,
+                                   batch_size=batch_size,
+                                   allow_urls=allow_urls, column=column, max_pixels=max_pixels, caption=caption,
+                                   fmt=fmt, store_scores=store_scores, store_features=store_features,
+                                   sidecar=sidecar_options, retry_failed=retry_failed, progress=progress,
+                                   on_error=lambda line: progress.say(f"{PROG}: error: {line}"))
+    except FatalError as err:
+        if job.stats.seen and ray_address is None:  # it stopped in the middle: say so (the records written stand)
+            raise FatalError(f"stopping: {err.format_message()}") from None
+        raise
+    finally:
+        progress.close()
+    if not quiet:
+        line = f"{PROG}: {output}: {stats.summary()}"
+        if stats.failed:
+            line += f"; failed inputs are listed in {failure_manifest_path(output)}"
+        click.echo(line, err=True)
+    if stats.failed:
+        click.get_current_context().exit(1)
 
 
 # --- analyze ---------------------------------------------------------------------------

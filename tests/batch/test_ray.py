@@ -1,0 +1,241 @@
+"""``image2prompt batch --ray``: the Ray Data pipeline on a real local Ray instance (2 CPUs).
+
+One Ray instance for the module; tiny random-weight models; the actor pools at size 1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from image2prompt.batch import ray_backend  # noqa: E402
+from image2prompt.batch.engine import failure_manifest_path, run_batch  # noqa: E402
+from image2prompt.batch.ray_backend import RAY_MISSING, RunSummary, run_on_ray  # noqa: E402
+from image2prompt.batch.records import read_records  # noqa: E402
+from image2prompt.batch.sidecars import SidecarOptions  # noqa: E402
+from image2prompt.errors import ModelLoadError, SettingsError  # noqa: E402
+from image2prompt.interrogator import Config, Interrogator  # noqa: E402
+from image2prompt.settings import SearchSettings  # noqa: E402
+from tests.conftest import make_images  # noqa: E402
+
+FAST = SearchSettings(mode="fast")
+CAPTION = "x"
+N_GOOD = 12
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """A local Ray instance of its own (own temp dir, small object store), offline and quiet."""
+    env = {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    saved = {k: os.environ.get(k) for k in [*env, "RAY_ADDRESS"]}
+    os.environ.update(env)
+    os.environ.pop("RAY_ADDRESS", None)  # never join somebody else's instance
+    temp = tempfile.mkdtemp(prefix="i2p-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             object_store_memory=256 * 1024 * 1024, _temp_dir=temp)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 small images (PNG, JPEG, WebP, two sizes) and 2 broken files."""
+    d = tmp_path_factory.mktemp("ray-imgs")
+    for i, img in enumerate(make_images(N_GOOD, size=40)):
+        fmt, ext = [("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp")][i % 3]
+        img.save(d / f"img{i:02d}.{ext}", format=fmt)
+    (d / "broken.jpg").write_bytes(b"this is not a jpeg at all")
+    (d / "empty.png").write_bytes(b"")
+    return d
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory, tiny_open_clip: Path, small_vocab_dir: Path) -> Config:
+    cache = tmp_path_factory.mktemp("ray-cache")
+    return Config(clip_model=f"local-dir:{tiny_open_clip}", caption_model=None, device="cpu",
+                  cache_dir=str(cache), vocab=(str(small_vocab_dir),), download_cache=False)
+
+
+@pytest.fixture(scope="module")
+def expected(folder: Path, config: Config, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """The single-process batch engine's records on the same inputs, by source."""
+    out = tmp_path_factory.mktemp("engine") / "engine.jsonl"
+    stats = run_batch([str(folder)], out, interrogator=lambda: Interrogator.load(config), config=config,
+                      settings=FAST, caption=CAPTION, batch_size=4)
+    assert (stats.done, stats.failed) == (N_GOOD, 2)
+    return _by_source(list(read_records(out)))
+
+
+def _run(inputs: list[Path], output: Path, config: Config, **kw: Any) -> RunSummary:
+    return run_on_ray([str(i) for i in inputs], output=str(output), config=config, settings=FAST, caption=CAPTION,
+                      batch_size=4, encode_actors=1, search_actors=1, num_cpus_per_actor=0.5, **kw)
+
+
+def _by_source(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What must agree: source, content hash, fingerprint, ok, prompt (similarity to 1e-5) or error."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        assert r["source"] not in out, f"two records for {r['source']}"
+        row = {"content_hash": r["content_hash"], "fingerprint": r["fingerprint"], "ok": r["ok"]}
+        if r["ok"]:
+            row.update(prompt=r["result"]["prompt"], similarity=r["result"]["similarity"],
+                       caption=r["result"]["caption"])
+        else:
+            row["error"] = r["error"]
+        out[r["source"]] = row
+    return out
+
+
+def _same(got: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]]) -> None:
+    assert set(got) == set(want)
+    for source in want:
+        have, expect = dict(got[source]), dict(want[source])
+        if expect["ok"]:
+            assert have.pop("similarity") == pytest.approx(expect.pop("similarity"), abs=1e-5), source
+        assert have == expect, source
+
+
+def test_ray_run_matches_the_batch_engine_and_resumes(ray_instance, folder, config, expected, tmp_path):
+    output = tmp_path / "out.jsonl"
+    seen: list[dict[str, Any]] = []
+    lines: list[str] = []
+    ticks: list[int] = []
+    summary = _run([folder], output, config, on_record=seen.append, on_error=lines.append,
+                   progress=lambda s: ticks.append(s.written))
+
+    records = list(read_records(output))
+    _same(_by_source(records), expected)
+    # broken files are error records, one line naming the file
+    errors = {r["source"]: r["error"] for r in records if not r["ok"]}
+    assert set(errors) == {str(folder / "broken.jpg"), str(folder / "empty.png")}
+    assert errors[str(folder / "empty.png")] == f"{folder / 'empty.png'}: empty file"
+    assert errors[str(folder / "broken.jpg")].startswith(f"{folder / 'broken.jpg'}: ")
+    assert all("\n" not in e for e in errors.values())
+    assert (summary.seen, summary.done, summary.failed, summary.skipped) == (N_GOOD + 2, N_GOOD, 2, 0)
+    assert summary.finished and summary.fingerprint == expected[str(folder / "img00.png")]["fingerprint"]
+    assert len(seen) == len(records) and sorted(lines) == sorted(errors.values())
+    assert ticks == [*range(1, len(records) + 1), len(records)]  # after each record, and at the end
+    # the failure list, as the engine writes it
+    assert sorted(failure_manifest_path(output).read_text().splitlines()) == sorted(errors)
+
+    # a rerun skips everything done: no new records
+    before = output.read_bytes()
+    again = _run([folder], output, config)
+    assert (again.seen, again.written, again.skipped) == (N_GOOD + 2, 0, N_GOOD + 2)
+    assert output.read_bytes() == before
+
+    # a new name for content already done gets the stored record, copied, without the models;
+    # caption files are written for the records the run writes
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    shutil.copy(folder / "img01.jpg", extra / "same-as-1.jpg")
+    third = _run([folder, extra], output, config, sidecar=SidecarOptions())
+    assert (third.written, third.copied, third.skipped) == (1, 1, N_GOOD + 2)
+    new = list(read_records(output))[len(records):]
+    assert len(new) == 1 and new[0]["source"] == str(extra / "same-as-1.jpg")
+    want = expected[str(folder / "img01.jpg")]
+    assert (new[0]["result"]["prompt"], new[0]["content_hash"]) == (want["prompt"], want["content_hash"])
+    assert (extra / "same-as-1.txt").read_text(encoding="utf-8").strip() == want["prompt"]
+    assert third.sidecars == {"written": 1}
+
+
+def test_resume_fingerprint_from_a_ray_task(ray_instance, config, expected, folder, monkeypatch):
+    """Where the driver cannot predict the fingerprint, a Ray task loads the models for it."""
+    monkeypatch.setattr(ray_backend, "predict_fingerprint", lambda *a: None)
+    fp = ray_backend._resume_fingerprint(ray, config, FAST, 0.5)
+    assert fp == expected[str(folder / "img00.png")]["fingerprint"]
+
+
+def test_a_model_problem_stops_the_run_with_its_own_one_line(ray_instance, folder, config, tmp_path):
+    missing = tmp_path / "no-model-here"
+    bad = replace(config, clip_model=f"local-dir:{missing}")
+    with pytest.raises(ModelLoadError, match="folder .* not found") as info:
+        _run([folder], tmp_path / "out.jsonl", bad)
+    assert "\n" not in str(info.value)
+    assert list(read_records(tmp_path / "out.jsonl")) == []
+
+
+def test_arguments_are_checked_before_ray_starts(config, tmp_path):
+    with pytest.raises(SettingsError, match="encode_actors"):
+        run_on_ray(["x"], output=str(tmp_path / "o.jsonl"), config=config, settings=FAST, encode_actors=0)
+    with pytest.raises(SettingsError, match="num_gpus_per_actor"):
+        run_on_ray(["x"], output=str(tmp_path / "o.jsonl"), config=config, settings=FAST, num_gpus_per_actor=-1)
+    with pytest.raises(SettingsError, match="GPUs on the encode actors"):
+        run_on_ray(["x"], output=str(tmp_path / "o.jsonl"), config=Config(device="cuda"), settings=FAST)
+
+
+def test_missing_ray_is_one_line(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_ray(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(ray_backend.RayMissingError) as info:
+        ray_backend._import_ray()
+    assert str(info.value) == RAY_MISSING == "--ray needs Ray Data: pip install 'image2prompt[ray]'"
+
+
+def test_driver_errors_are_one_line():
+    class Outer(Exception):
+        pass
+
+    try:
+        try:
+            raise ValueError("boom\nmore")
+        except ValueError as inner:
+            raise Outer("ray::MapWorker(...).submit() (pid=1)\ntraceback") from inner
+    except Outer as err:
+        mapped = ray_backend._driver_error(ray, err)
+    assert isinstance(mapped, ray_backend.RayRunError)
+    assert str(mapped) == "the Ray run stopped: ValueError: boom"
+    ours = ModelLoadError("clip: folder not found\nFailed to apply UDF transform after 1/1 attempts")
+    assert ray_backend._driver_error(ray, ours) is ours and str(ours) == "clip: folder not found"
+
+
+def test_done_set_lookup():
+    done = ray_backend._DoneSet(
+        keys=np.array(sorted(ray_backend._digest(k) for k in ("a" * 64, "src/x.png")), "S32"),
+        sources=np.array([ray_backend._digest("src/y.png")], "S32"))
+    assert done.has_key("a" * 64) and done.has_key("src/x.png") and not done.has_key("b" * 64)
+    assert done.has_source("src/y.png") and not done.has_source("src/x.png")
+    assert done.size == 2
+
+
+def test_the_cli_runs_on_ray_with_the_same_records(ray_instance, folder, config, expected, tmp_path,
+                                                   tiny_open_clip, small_vocab_dir):
+    from click.testing import CliRunner
+
+    from image2prompt.cli.main import cli
+
+    output = tmp_path / "cli.jsonl"
+    args = ["batch", str(folder), "--output", str(output), "--ray", "--cpus-per-actor", "0.5",
+            "--clip", f"local-dir:{tiny_open_clip}", "--caption-model", "none", "--caption", CAPTION,
+            "--vocab", str(small_vocab_dir), "--device", "cpu", "--cache-dir", config.cache_dir,
+            "--mode", "fast", "--batch-size", "4"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 1, result.output  # the two broken files failed
+    assert "Traceback" not in result.output
+    _same(_by_source(list(read_records(output))), expected)
