@@ -176,3 +176,14 @@ def test_parquet_killed_run_keeps_the_journal_and_a_finished_one_is_seeded(tmp_p
     rows = pq.read_table(out).to_pylist()
     assert [r["source"] for r in rows] == ["a.png", "b.png", "c.png"]
     assert rows[2]["prompt"] == rows[0]["prompt"] and rows[2]["ok"] is True
+
+
+def test_a_second_writer_of_the_same_output_is_refused_until_the_first_closes(tmp_path):
+    from image2prompt.batch.records import OutputError, open_output
+
+    out = tmp_path / "out.jsonl"
+    first = open_output(out)
+    with pytest.raises(OutputError, match="another run is writing this output"):
+        open_output(out)
+    first.close()
+    open_output(out).close()  # free again

@@ -327,6 +327,7 @@ class RecordWriter:
         self._unsynced = 0
         self._synced_at = time.monotonic()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_output(self.path)  # one writer per output: two would interleave their records
         if self.format == "parquet":
             self.file = journal_path(self.path)
             if not self.file.exists() and self.path.exists():
@@ -443,15 +444,18 @@ class RecordWriter:
         if self.closed:
             return
         self.closed = True
-        self.sync()
-        self._out.close()
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-        if self.format == "parquet":
-            _write_parquet(self.file, self.path)
-            os.unlink(self.file)
-            _fsync_dir(self.path.parent)
+        try:
+            self.sync()
+            self._out.close()
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+            if self.format == "parquet":
+                _write_parquet(self.file, self.path)
+                os.unlink(self.file)
+                _fsync_dir(self.path.parent)
+        finally:
+            self._lock.close()
 
     def abort(self) -> None:
         """Close the files without finishing (a Parquet output keeps its journal for a resume)."""
@@ -464,6 +468,7 @@ class RecordWriter:
             self._out.close()
             if self._reader is not None:
                 self._reader.close()
+            self._lock.close()
 
     def __enter__(self) -> "RecordWriter":
         return self
@@ -551,6 +556,23 @@ class RecordWriter:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.file)
+
+
+def _lock_output(path: Path) -> IO[bytes]:
+    """An exclusive lock on ``FILE.lock`` for as long as the writer is open. The kernel drops it
+    when the process ends, even after ``kill -9``, so a stale lock file never blocks a rerun."""
+    lock = open(path.with_name(path.name + ".lock"), "ab")
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        return lock
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise OutputError(f"{path}: another run is writing this output; wait for it to end, "
+                          "or pass another --output") from None
+    return lock
 
 
 def open_output(path: str | os.PathLike[str], fmt: str | None = None, **options: Any) -> RecordWriter:
