@@ -474,23 +474,7 @@ class BatchJob:
         store_features(self.store_features, features, content_hash)
 
     def _write_manifest(self, writer: RecordWriter) -> None:
-        """``FILE.failed.txt``: the sources of this fingerprint's error records, written atomically."""
-        if self.fingerprint is None:
-            return
-        sources = writer.error_sources(self.fingerprint)
-        path = failure_manifest_path(self.output)
-        if not sources and not path.exists():
-            return
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-                for s in sources:
-                    f.write(_list_entry(s, path.parent) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as err:
-            log.warning("%s: cannot write the failure list (%s)", path, err.strerror or err)
+        write_failure_manifest(writer, self.output, self.fingerprint)
 
     def _tick(self) -> None:
         if self.progress is not None:
@@ -502,6 +486,27 @@ class BatchJob:
             s = self.stats
             log.info("%d inputs so far: %d done, %d copied, %d already done, %d failed (%.2f images/s)",
                      s.seen, s.done, s.copied, s.skipped, s.failed, s.rate)
+
+
+def write_failure_manifest(writer: RecordWriter, output: str | os.PathLike[str], fingerprint: str | None) -> None:
+    """``FILE.failed.txt``: the sources of this fingerprint's error records, one per line as a
+    path list reads them back (relative to the list's folder), written atomically."""
+    if fingerprint is None:
+        return
+    sources = writer.error_sources(fingerprint)
+    path = failure_manifest_path(output)
+    if not sources and not path.exists():
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            for s in sources:
+                f.write(_list_entry(s, path.parent) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        log.warning("%s: cannot write the failure list (%s)", path, err.strerror or err)
 
 
 def _list_entry(source: str, folder: Path) -> str:

@@ -50,7 +50,7 @@ from ..errors import Image2PromptError, ImageLoadError, SettingsError, one_line
 from ..io import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from ..runner import _is_fatal, _reason
 from ..settings import SearchSettings
-from .engine import BatchStats, failure_manifest_path, record_prompt, store_features
+from .engine import BatchStats, record_prompt, store_features, write_failure_manifest
 from .identity import predict_fingerprint
 from .inputs import iter_inputs
 from .records import RecordWriter, copy_record, json_default, make_record, open_output, read_records
@@ -232,7 +232,7 @@ def run_on_ray(
             if writer is not None:
                 if not summary.finished:
                     writer.abort()
-                _write_manifest(writer, output, summary.fingerprint)
+                write_failure_manifest(writer, output, summary.fingerprint)
         finally:
             _restore(context, saved)
             if joined:
@@ -293,26 +293,6 @@ def _drain(ds: Any, writer: RecordWriter, summary: RunSummary, resume_fp: str | 
             on_record(record)
         if progress is not None:
             progress(summary)
-
-
-def _write_manifest(writer: RecordWriter, output: str | os.PathLike[str], fingerprint: str | None) -> None:
-    """``FILE.failed.txt``: this fingerprint's failed sources, one per line, as the batch engine writes it."""
-    if fingerprint is None:
-        return
-    sources = writer.error_sources(fingerprint)
-    path = failure_manifest_path(output)
-    if not sources and not path.exists():
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            for s in sources:
-                f.write(" ".join(s.splitlines()) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        log.warning("%s: cannot write the failure list (%s)", path, err.strerror or err)
 
 
 # --- set-up --------------------------------------------------------------------------
