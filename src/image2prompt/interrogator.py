@@ -32,7 +32,7 @@ from .modes import Chain, Outcome, Scored, SearchContext, Task, get_mode
 from .prompt import clean_caption
 from .results import Analysis, Result, Trace
 from .search import emphasis_weight, match_strength
-from .settings import SearchSettings, stable_hash
+from .settings import SearchSettings, search_fingerprint
 from .vocab import VocabularyPack, load_style_pack, load_vocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,9 +43,6 @@ log = logging.getLogger(__name__)
 #: The captioner ``caption_model="auto"`` picks, by whether low_vram is set.
 DEFAULT_CAPTIONER, LOW_VRAM_CAPTIONER = "blip-large", "blip-base"
 
-#: Bumped whenever a change of this package changes what a search returns for the same
-#: settings, models and vocabulary; it is part of every fingerprint, so resumed runs redo the work.
-SEARCH_REVISION = 1
 
 
 @dataclass
@@ -152,9 +149,8 @@ class Interrogator:
         mean the same search of the same image gives the same result (the resume key)."""
         if self._vocab_identity is None:
             self._vocab_identity = {name: table.sha256 for name, table in self.vocab.tables.items()}
-        return stable_hash({"revision": SEARCH_REVISION, "settings": settings.to_dict(),
-                            "clip": list(self.encoder_keys), "captioner": self.caption_name,
-                            "vocab": self._vocab_identity})
+        return search_fingerprint(settings, clip=self.encoder_keys, captioner=self.caption_name,
+                                  vocab=self._vocab_identity)
 
     # -- device placement -------------------------------------------------------------
     @contextmanager

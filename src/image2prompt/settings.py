@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from .errors import SettingsError
 
@@ -75,6 +75,20 @@ class SearchSettings:
     def digest(self) -> str:
         """A short, stable hash of these settings alone (see Interrogator.fingerprint)."""
         return stable_hash(self.to_dict())
+
+
+#: Bumped whenever a change of this package changes what a search returns for the same
+#: settings, models and vocabulary; it is part of every fingerprint, so resumed runs redo the work.
+SEARCH_REVISION = 1
+
+
+def search_fingerprint(settings: SearchSettings, *, clip: Sequence[str], captioner: str | None,
+                       vocab: Mapping[str, str]) -> str:
+    """The resume and micro-batch key: the settings with the encoders' cache keys, the captioner's
+    name and each vocabulary table's hash (``{name: sha256}``). The one definition of it:
+    :meth:`Interrogator.fingerprint` and the batch engine's prediction both call this."""
+    return stable_hash({"revision": SEARCH_REVISION, "settings": settings.to_dict(), "clip": list(clip),
+                        "captioner": captioner, "vocab": dict(vocab)})
 
 
 def stable_hash(data: Any, length: int = 16) -> str:

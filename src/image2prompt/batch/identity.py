@@ -17,7 +17,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..models._registry import captioner_plugin, clip_plugin, parse_caption_name, parse_clip_name
-from ..settings import SearchSettings, stable_hash
+from ..settings import SearchSettings, search_fingerprint
 from ..vocab import load_vocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 def predict_fingerprint(config: "Config", settings: SearchSettings) -> str | None:
     """What ``Interrogator.load(config).fingerprint(settings)`` will return, or None when it
     cannot be told without loading (a plugin model, whose identity only it knows)."""
-    from ..interrogator import SEARCH_REVISION
-
     keys: list[str] = []
     for name in config.clip_models:
         if clip_plugin(name.strip()) is not None:
@@ -46,5 +44,4 @@ def predict_fingerprint(config: "Config", settings: SearchSettings) -> str | Non
         caption_name = parse_caption_name(captioner).name
     vocab = load_vocabulary(config.vocab)
     identity = {name: table.sha256 for name, table in vocab.tables.items()}
-    return stable_hash({"revision": SEARCH_REVISION, "settings": settings.to_dict(), "clip": keys,
-                        "captioner": caption_name, "vocab": identity})
+    return search_fingerprint(settings, clip=keys, captioner=caption_name, vocab=identity)
