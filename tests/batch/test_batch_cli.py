@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import shutil
@@ -12,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,17 +19,6 @@ from click.testing import CliRunner, Result
 from image2prompt.batch.records import read_records
 from image2prompt.cli.main import cli
 from tests.conftest import make_images
-
-
-@pytest.fixture(autouse=True)
-def _restore_package_logger() -> Iterator[None]:
-    """The command sets up the package logger for a real process; undo it for the next tests."""
-    logger = logging.getLogger("image2prompt")
-    saved = (logger.level, list(logger.handlers), logger.propagate)
-    yield
-    logger.setLevel(saved[0])
-    logger.handlers[:] = saved[1]
-    logger.propagate = saved[2]
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import functools
-import http.server
 import io
 import itertools
 import os
@@ -12,7 +10,6 @@ import pickle
 import sys
 import tarfile
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +19,7 @@ from PIL import Image
 from image2prompt.batch import inputs as inputs_module
 from image2prompt.batch.inputs import InputItem, iter_inputs
 from image2prompt.errors import Image2PromptError, ImageLoadError
+from tests.support.http import serve_folder
 
 
 def _png(seed: int = 0, size: tuple[int, int] = (8, 6)) -> bytes:
@@ -207,27 +205,13 @@ def test_csv_manifest_with_a_path_column(tmp_path: Path) -> None:
     assert _read_err(items[3]) == "is a directory"
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
     """Serve a folder of tmp_path on 127.0.0.1; yields (base URL, folder)."""
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
     root = tmp_path / "served"
     root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_folder(root, monkeypatch) as base:
+        yield base, root
 
 
 def test_csv_manifest_with_urls(tmp_path: Path, http_root: tuple[str, Path]) -> None:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import functools
 import http.server
 import io
 import os
@@ -8,7 +7,6 @@ import random
 import struct
 import subprocess
 import sys
-import threading
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -22,6 +20,7 @@ from PIL import Image
 import image2prompt.io.images as images_mod
 from image2prompt.errors import ImageLoadError
 from image2prompt.io import ImageSource, expand_sources, load_image
+from tests.support.http import QuietHandler, serve_folder
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
@@ -355,35 +354,20 @@ def test_max_pixels_overrides_stricter_pil_limit_temporarily(
 # --- URLs --------------------------------------------------------------------------
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class _UserAgentHandler(QuietHandler):
     seen_user_agents: list[str] = []
 
     def do_GET(self) -> None:
         self.seen_user_agents.append(self.headers.get("User-Agent", ""))
         super().do_GET()
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
 
 @pytest.fixture
 def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
     """Serve tmp_path on 127.0.0.1; yields (base URL, folder)."""
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    _QuietHandler.seen_user_agents = []
-    handler = functools.partial(_QuietHandler, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", tmp_path
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    _UserAgentHandler.seen_user_agents = []
+    with serve_folder(tmp_path, monkeypatch, _UserAgentHandler) as base:
+        yield base, tmp_path
 
 
 def test_url_download_success(http_root: tuple[str, Path]) -> None:
@@ -394,7 +378,7 @@ def test_url_download_success(http_root: tuple[str, Path]) -> None:
     loaded = load_image(f"{base}/pic.png", timeout=5)
 
     assert np.array_equal(np.asarray(loaded), np.asarray(original))
-    assert _QuietHandler.seen_user_agents == ["image2prompt"]
+    assert _UserAgentHandler.seen_user_agents == ["image2prompt"]
 
 
 def test_url_404(http_root: tuple[str, Path]) -> None:
@@ -430,7 +414,7 @@ def test_url_empty_body_says_empty_file(http_root: tuple[str, Path]) -> None:
 
 
 def test_url_connection_refused() -> None:
-    server = http.server.HTTPServer(("127.0.0.1", 0), _QuietHandler)
+    server = http.server.HTTPServer(("127.0.0.1", 0), QuietHandler)
     port = server.server_address[1]
     server.server_close()  # nothing listens on this port any more
 
