@@ -15,9 +15,15 @@ class Image2PromptError(Exception):
 class ImageLoadError(Image2PromptError):
     """An input could not be read as an image (missing, unreadable, corrupt, not an image)."""
 
-    def __init__(self, source: str, reason: str) -> None:
+    #: What went wrong, for front ends that map errors to codes (HTTP 413, 415...):
+    #: ``too_large``, ``format`` (decodable, but not an allowed format), ``refused`` (a URL
+    #: the caller may not fetch) or ``invalid`` (everything else).
+    KINDS = ("invalid", "too_large", "format", "refused")
+
+    def __init__(self, source: str, reason: str, kind: str = "invalid") -> None:
         self.source = source
         self.reason = reason
+        self.kind = kind if kind in self.KINDS else "invalid"
         super().__init__(f"{source}: {reason}")
 
 

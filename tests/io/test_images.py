@@ -452,3 +452,45 @@ def test_unreadable_file_is_permission_denied(tmp_path: Path) -> None:
         assert _load_error(path).reason == "permission denied"
     finally:
         path.chmod(0o644)
+
+
+# --- what a server needs: allowed formats, error kinds, public addresses only ------------------------
+
+
+def test_formats_limit_what_is_decoded_and_errors_say_their_kind():
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PPM")
+    ppm = ImageSource("upload.ppm", "bytes", buf.getvalue())
+    assert load_image(ppm).size == (8, 8)
+    with pytest.raises(ImageLoadError, match="upload.ppm: PPM images are not accepted \\(allowed: JPEG, PNG\\)") as e:
+        load_image(ppm, formats=("png", "JPEG"))
+    assert e.value.kind == "format"
+    with pytest.raises(ImageLoadError) as e:
+        load_image(ppm, max_pixels=10)
+    assert e.value.kind == "too_large"
+    with pytest.raises(ImageLoadError) as e:
+        load_image(ImageSource("junk", "bytes", b"junk"), formats=("PNG",))
+    assert e.value.kind == "invalid"
+
+
+@pytest.mark.parametrize("address, public", [
+    ("8.8.8.8", True), ("2606:4700::1111", True), ("127.0.0.1", False), ("10.0.0.7", False),
+    ("192.168.1.1", False), ("172.16.0.1", False), ("169.254.169.254", False), ("::1", False),
+    ("::ffff:127.0.0.1", False), ("fd00::1", False), ("0.0.0.0", False), ("224.0.0.1", False), ("nonsense", False)])
+def test_public_addresses(address: str, public: bool):
+    assert images_mod.is_public_address(address) is public
+
+
+def test_public_only_downloads_refuse_loopback_and_other_schemes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    with serve_folder(tmp_path, monkeypatch) as base:
+        url = f"{base}/a.png"
+        assert images_mod.download_bytes(url, 5)[:4] == b"\x89PNG"  # the CLI's downloads may use loopback
+        with pytest.raises(ImageLoadError, match="refused: 127.0.0.1 is a private, loopback") as e:
+            images_mod.download_bytes(url, 5, public_only=True)
+        assert e.value.kind == "refused" and e.value.source == url
+        local = url.replace("127.0.0.1", "localhost")
+        with pytest.raises(ImageLoadError, match="refused: localhost"):
+            images_mod.download_bytes(local, 5, public_only=True)
+    with pytest.raises(ImageLoadError, match="only http and https"):
+        images_mod.download_bytes("file:///etc/passwd", 5, public_only=True)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import http.client
 import io
+import ipaddress
 import os
+import socket
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import IO
@@ -24,7 +27,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from image2prompt.errors import ImageLoadError, one_line
 from image2prompt.io.sources import ImageInput, ImageSource, coerce_source, to_numpy
 
-__all__ = ["DEFAULT_MAX_PIXELS", "MAX_DOWNLOAD_BYTES", "download_bytes", "load_image", "open_file"]
+__all__ = ["DEFAULT_MAX_PIXELS", "MAX_DOWNLOAD_BYTES", "download_bytes", "is_public_address", "load_image",
+           "open_file"]
 
 DEFAULT_MAX_PIXELS = 64_000_000
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
@@ -41,13 +45,15 @@ def load_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     timeout: float = 30.0,
+    formats: Collection[str] | None = None,
 ) -> Image.Image:
     """Load ``source`` as a new, fully decoded RGB image.
 
     EXIF orientation is applied, transparency is composited onto white, and
     animated images give their first frame. Images over ``max_pixels`` are
     rejected from their header, before decoding; ``None`` lifts the limit.
-    ``timeout`` (seconds) applies to URL downloads.
+    ``timeout`` (seconds) applies to URL downloads. ``formats`` (PIL format names such as
+    ``PNG``, ``JPEG``) limits the encoded formats accepted; default: any Pillow decodes.
 
     Arrays (numpy, or torch tensors, converted by duck typing) are HWC pixels: HW or
     HW1 grey, HW3 RGB or HW4 RGBA, either ``uint8`` or floating point in [0, 1] (what
@@ -64,12 +70,12 @@ def load_image(
     if src.kind == "array":
         return _from_array(ref, src.name, max_pixels)
     if src.kind == "bytes" and isinstance(ref, (bytes, bytearray, memoryview)):
-        return _decode(io.BytesIO(ref), src.name, max_pixels)
+        return _decode(io.BytesIO(ref), src.name, max_pixels, formats)
     if src.kind == "url" and isinstance(ref, str):
-        return _decode(io.BytesIO(download_bytes(ref, timeout)), src.name, max_pixels)
+        return _decode(io.BytesIO(download_bytes(ref, timeout)), src.name, max_pixels, formats)
     if src.kind == "path" and isinstance(ref, (str, os.PathLike)):
         with open_file(Path(ref), src.name) as fp:
-            return _decode(fp, src.name, max_pixels)
+            return _decode(fp, src.name, max_pixels, formats)
     raise TypeError(f"ImageSource of kind {src.kind!r} has a {type(ref).__name__} ref")
 
 
@@ -91,24 +97,105 @@ def open_file(path: Path, name: str) -> IO[bytes]:
         raise ImageLoadError(name, f"cannot read file ({err.strerror or err})") from None
 
 
-def download_bytes(url: str, timeout: float) -> bytes:
+def download_bytes(url: str, timeout: float, *, public_only: bool = False) -> bytes:
+    """The body of ``url`` (at most :data:`MAX_DOWNLOAD_BYTES`).
+
+    ``public_only=True`` (what a server that fetches URLs for clients needs) refuses any
+    connection, the first or a redirect's, whose peer is not a public address: loopback,
+    private, link-local (cloud metadata), multicast and reserved ranges are refused, and
+    the check is made on the connected socket, so a name that resolves differently the
+    second time cannot get round it. Proxies are not used then (their address would be
+    the peer).
+    """
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        if public_only:
+            scheme = urllib.parse.urlsplit(url).scheme.lower()
+            if scheme not in ("http", "https"):
+                raise ImageLoadError(url, "refused: only http and https URLs are fetched", kind="refused")
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _PublicHTTPHandler(),
+                                                 _PublicHTTPSHandler())
+            response_cm = opener.open(request, timeout=timeout)
+        else:
+            response_cm = urllib.request.urlopen(request, timeout=timeout)
+        with response_cm as response:
             declared = response.headers.get("Content-Length")
             if declared is not None and declared.isdigit() and int(declared) > MAX_DOWNLOAD_BYTES:
-                raise ImageLoadError(url, f"download failed: {_too_big_for_download()}")
+                raise ImageLoadError(url, f"download failed: {_too_big_for_download()}", kind="too_large")
             # Read one byte past the cap so a missing or lying Content-Length is caught too.
             data: bytes = response.read(MAX_DOWNLOAD_BYTES + 1)
+    except ImageLoadError as err:  # refused by the public-address checks: name the URL
+        if err.source == url:
+            raise
+        raise ImageLoadError(url, err.reason, kind=err.kind) from None
     except urllib.error.HTTPError as err:
         raise ImageLoadError(url, f"download failed: HTTP {err.code} {err.reason}") from None
     except urllib.error.URLError as err:
+        if isinstance(err.reason, ImageLoadError):
+            raise ImageLoadError(url, err.reason.reason, kind=err.reason.kind) from None
         raise ImageLoadError(url, f"download failed: {_net_reason(err.reason)}") from None
     except (OSError, http.client.HTTPException, ValueError) as err:
         raise ImageLoadError(url, f"download failed: {_net_reason(err)}") from None
     if len(data) > MAX_DOWNLOAD_BYTES:
-        raise ImageLoadError(url, f"download failed: {_too_big_for_download()}")
+        raise ImageLoadError(url, f"download failed: {_too_big_for_download()}", kind="too_large")
     return data
+
+
+def is_public_address(address: str) -> bool:
+    """True for a globally routable IP address (not loopback, private, link-local, reserved...)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return bool(ip.is_global) and not ip.is_multicast
+
+
+def _check_peer(sock: socket.socket | None, host: str) -> None:
+    peer = sock.getpeername()[0] if sock is not None else ""
+    if not is_public_address(peer):
+        if sock is not None:
+            sock.close()
+        raise ImageLoadError(host, f"refused: {host} is a private, loopback or reserved address ({peer})",
+                             kind="refused")
+
+
+def _check_host(host: str, port: int) -> None:
+    """Refuse before connecting when any address the name resolves to is not public."""
+    try:
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return  # the connection attempt reports the name error in its own words
+    for info in infos:
+        address = str(info[4][0])
+        if not is_public_address(address):
+            raise ImageLoadError(host, f"refused: {host} is a private, loopback or reserved address ({address})",
+                                 kind="refused")
+
+
+class _PublicHTTPConnection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        _check_host(self.host, self.port)
+        super().connect()
+        _check_peer(self.sock, self.host)
+
+
+class _PublicHTTPSConnection(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        _check_host(self.host, self.port)
+        super().connect()
+        _check_peer(self.sock, self.host)
+
+
+class _PublicHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_PublicHTTPConnection, req)
+
+
+class _PublicHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_PublicHTTPSConnection, req)
 
 
 def _too_big_for_download() -> str:
@@ -126,15 +213,20 @@ def _net_reason(reason: object) -> str:
 # --- decoding --------------------------------------------------------------------
 
 
-def _decode(fp: IO[bytes], name: str, max_pixels: int | None) -> Image.Image:
+def _decode(fp: IO[bytes], name: str, max_pixels: int | None,
+            formats: Collection[str] | None = None) -> Image.Image:
     with _pil_limit_for(max_pixels):
         im = _open_header(fp, name, max_pixels)
+        if formats is not None and (im.format or "").upper() not in {f.upper() for f in formats}:
+            allowed = ", ".join(sorted(f.upper() for f in formats))
+            raise ImageLoadError(name, f"{im.format or 'this'} images are not accepted (allowed: {allowed})",
+                                 kind="format")
         _check_size(im.size, name, max_pixels)
         try:
             im.load()
         except Image.DecompressionBombError:
             # Raised by formats whose frames or tiles exceed the header size.
-            raise ImageLoadError(name, _too_large(im.size, max_pixels)) from None
+            raise ImageLoadError(name, _too_large(im.size, max_pixels), kind="too_large") from None
         except MemoryError:
             raise ImageLoadError(name, "not enough memory to decode the image") from None
         except Exception as err:  # noqa: BLE001  PIL raises many types on bad data
@@ -155,7 +247,7 @@ def _open_header(fp: IO[bytes], name: str, max_pixels: int | None) -> Image.Imag
     except Image.DecompressionBombError:
         # PIL refused before we saw the size; it only does so above 2x a limit that is
         # at least max_pixels, so the image is too large either way.
-        raise ImageLoadError(name, _too_large(_header_size(fp), max_pixels)) from None
+        raise ImageLoadError(name, _too_large(_header_size(fp), max_pixels), kind="too_large") from None
     except Exception as err:  # noqa: BLE001  PIL raises many types on bad headers
         raise ImageLoadError(name, _corrupt(err)) from None
 
@@ -180,7 +272,7 @@ def _header_size(fp: IO[bytes]) -> tuple[int, int] | None:
 
 def _check_size(size: tuple[int, int], name: str, max_pixels: int | None) -> None:
     if max_pixels is not None and size[0] * size[1] > max_pixels:
-        raise ImageLoadError(name, _too_large(size, max_pixels))
+        raise ImageLoadError(name, _too_large(size, max_pixels), kind="too_large")
 
 
 def _too_large(size: tuple[int, int] | None, max_pixels: int | None) -> str:
