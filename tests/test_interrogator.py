@@ -173,3 +173,18 @@ def test_shared_across_threads_gives_the_same_results(tiny_open_clip: Path, smal
         parallel = list(pool.map(lambda job: ci.interrogate(job[0], job[1], caption="a thing").prompt, jobs))
     sequential = [ci.interrogate(img, mode, caption="a thing").prompt for img, mode in jobs]
     assert parallel == sequential
+
+
+def test_encode_takes_a_caption_flag_per_image(interrogator: Interrogator, images):
+    feats = interrogator.encode(images[:3], [None, None, "given"], generate_captions=[True, False, False])
+    assert feats[0].caption and feats[0].caption_model == interrogator.caption_name
+    assert feats[1].caption is None and feats[2].caption == "given"
+    with pytest.raises(ValueError, match="2 caption flags given for 3 images"):
+        interrogator.encode(images[:3], generate_captions=[True, False])
+
+
+def test_analysis_says_whether_the_match_is_weak(interrogator: Interrogator, images):
+    analysis = interrogator.analyze(images[0])
+    result = interrogator.interrogate(images[0], "fast", caption="x")
+    assert analysis.match_strength == pytest.approx(result.match_strength)
+    assert analysis.weak_match == result.weak_match

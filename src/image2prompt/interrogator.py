@@ -214,15 +214,20 @@ class Interrogator:
 
     # -- stage 1: encode -------------------------------------------------------------------
     def encode(self, images: Sequence[Any], captions: Sequence[str | None] | None = None, *,
-               sources: Sequence[str | None] | None = None, generate_captions: bool = True) -> list[Features]:
+               sources: Sequence[str | None] | None = None,
+               generate_captions: bool | Sequence[bool] = True) -> list[Features]:
         """Caption (where no caption is given and a captioner is loaded) and encode decoded
-        RGB images, in batches. Returns one :class:`Features` per image, in order."""
+        RGB images, in batches. Returns one :class:`Features` per image, in order.
+        ``generate_captions`` is one flag for every image or one per image (a server's
+        micro-batch mixes requests that want captions with ones that do not)."""
         n = len(images)
         caps: list[str | None] = _per_image(captions, n, "captions")
         srcs: list[str | None] = _per_image(sources, n, "sources")
+        wanted: list[bool] = ([bool(generate_captions)] * n if isinstance(generate_captions, bool)
+                              else [bool(w) for w in _per_image(generate_captions, n, "caption flags")])
         by: list[str | None] = [None] * n
-        if generate_captions and self.captioner is not None:
-            missing = [i for i, c in enumerate(caps) if not c]
+        if self.captioner is not None and any(wanted):
+            missing = [i for i, c in enumerate(caps) if not c and wanted[i]]
             if missing:
                 for i, c in zip(missing, self.caption([images[i] for i in missing])):
                     caps[i], by[i] = c, self.caption_name
@@ -384,7 +389,10 @@ class Interrogator:
             median, _ = ctx.category_stats(c, feats)
             for p in phrases:
                 p.margin = p.score - median
-        return Analysis(cats, self.clip_name, feats.caption, feats.source)
+        flavors = ctx.table_scores("flavors", feats) if "flavors" in self.vocab else ctx.merged_scores(feats)[1]
+        strength = match_strength(flavors)
+        return Analysis(cats, self.clip_name, feats.caption, feats.source, match_strength=strength,
+                        weak_match=strength is not None and strength < ctx.settings.weak_z)
 
 
 def _pick(outcome: Outcome, sims: Iterator[float]) -> tuple[Scored, float | None]:

@@ -21,6 +21,9 @@ __all__ = [
 FORMATS = ("text", "weighted", "json", "jsonl", "csv")
 CSV_COLUMNS = ("source", "mode", "prompt", "caption", "similarity", "clip_model", "caption_model",
                "negative_prompt", "weak_match", "fingerprint")
+#: The weak-match warning in words a person understands (CLI analysis, web UI).
+WEAK_MATCH_WORDS = ("weak match: no style phrase stands out for this image; "
+                    "treat every phrase as a guess.")
 CHUNK_SEPARATOR = " BREAK "  # how A1111 and ComfyUI prompt front ends mark a new 75-token chunk
 
 #: Formats that show the prompt's similarity to the image; the others need not compute it.
@@ -195,4 +198,7 @@ def format_analysis(analysis: Analysis) -> str:
     if any(p.hypothesis for ps in analysis.categories.values() for p in ps):
         lines.append("")
         lines.append("(hypothesis): the image resembles work tagged with this name; it does not say who made it.")
+    if analysis.weak_match:
+        lines.append("")
+        lines.append(WEAK_MATCH_WORDS)
     return "\n".join(lines) + "\n"

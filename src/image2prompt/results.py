@@ -79,6 +79,8 @@ class Analysis:
     clip_model: str
     caption: str | None = None
     source: str | None = None
+    match_strength: float | None = None  # as in Result: how far the best flavor stands out
+    weak_match: bool = False  # as in Result: no phrase stands out, treat every one with suspicion
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -42,7 +42,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -379,11 +379,7 @@ class RecordWriter:
         """Append one record and flush it (fsync every ``fsync_every`` records or ``fsync_seconds``)."""
         if self.closed:
             raise ValueError("write to a closed RecordWriter")
-        if self.format == "csv":
-            row = flatten_record(record)
-            line = _csv_line([_csv_cell(row.get(c)) for c in (self._header or FLAT_COLUMNS)])
-        else:
-            line = (json.dumps(record, ensure_ascii=False, allow_nan=False, default=json_default) + "\n").encode()
+        line = record_line(record, "csv" if self.format == "csv" else "jsonl", self._header or FLAT_COLUMNS)
         offset = self._size
         self._append(line)
         self._index(offset, record)
@@ -578,6 +574,23 @@ def _lock_output(path: Path) -> IO[bytes]:
 def open_output(path: str | os.PathLike[str], fmt: str | None = None, **options: Any) -> RecordWriter:
     """A :class:`RecordWriter` appending to ``path`` (format from the extension unless ``fmt``)."""
     return RecordWriter(path, fmt, **options)
+
+
+def record_line(record: dict[str, Any], fmt: str, columns: Sequence[str] = FLAT_COLUMNS) -> bytes:
+    """One record as one line of a JSONL or CSV output (CSV: flattened to ``columns``)."""
+    if fmt == "csv":
+        row = flatten_record(record)
+        return _csv_line([_csv_cell(row.get(c)) for c in columns])
+    if fmt != "jsonl":
+        raise OutputError(f"records_bytes: unknown format {fmt!r}; choose jsonl or csv")
+    return (json.dumps(record, ensure_ascii=False, allow_nan=False, default=json_default) + "\n").encode()
+
+
+def records_bytes(records: Iterable[dict[str, Any]], fmt: str) -> bytes:
+    """Records as a whole JSONL or CSV file in memory (what a download of a small batch is);
+    the same lines a :class:`RecordWriter` appends."""
+    head = _csv_line(FLAT_COLUMNS) if fmt == "csv" else b""
+    return head + b"".join(record_line(r, fmt) for r in records)
 
 
 def _csv_line(cells: Iterable[Any]) -> bytes:
