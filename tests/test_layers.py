@@ -26,8 +26,10 @@ ALLOWED: dict[str, set[str]] = {
     "render": {"base", "prompt"},
     "runner": {"base", "io", "interrogator", "modes"},
     "batch": {"base", "io", "vocab", "models", "interrogator", "render", "runner", "modes"},
+    "service": {"base", "interrogator", "modes"},
+    "server": {"base", "io", "modes", "interrogator", "render", "batch", "service"},
     "cli": {"base", "io", "vocab", "cache", "models", "interrogator", "render", "runner", "modes", "prompt",
-            "batch"},
+            "batch", "service", "server"},
 }
 
 

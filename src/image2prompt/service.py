@@ -1,0 +1,322 @@
+"""One model, many callers: a bounded queue in front of one model worker that micro-batches.
+
+:class:`MicroBatcher` is what ``image2prompt serve`` (and any host that serves many
+clients from one loaded :class:`~image2prompt.Interrogator`) submits work to. Callers on
+any thread :meth:`~MicroBatcher.submit` a decoded image with its
+:class:`~image2prompt.settings.SearchSettings` and get a
+:class:`concurrent.futures.Future`. One worker thread takes every request waiting in the
+queue (up to ``max_batch``, waiting at most ``max_wait`` seconds for more), and:
+
+* encodes all their images in shared forward passes: one captioner batch for those that
+  need a caption, one image batch per CLIP encoder;
+* groups them by settings fingerprint (the micro-batch key) and runs each group's search
+  as one :meth:`~image2prompt.Interrogator.search_indexed` call, whose chains advance in
+  lockstep and share their text-encoder batches;
+* sets each future as soon as its image's search ends.
+
+A request is its own: its image, caption and settings go in, its result comes out at
+its position; a batch that fails is retried one request at a time, so a bad request
+fails alone. The queue is bounded: :meth:`~MicroBatcher.submit` raises :class:`Busy`
+when it is full. A future cancelled before its batch starts (a timeout, a client that
+went away) is dropped and costs nothing; once its batch runs it is finished and its
+result discarded. ``max_batch=1`` turns micro-batching off (one request per forward
+pass), the baseline the load test compares against.
+
+Only the worker thread calls the models. The library logs; it never prints.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import Image2PromptError, SettingsError
+from .modes import get_mode
+from .settings import SearchSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+    from .features import Features
+    from .interrogator import Interrogator
+
+__all__ = ["Busy", "BatcherStats", "MicroBatcher", "ShuttingDown"]
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["search", "analyze", "caption"]
+
+
+class Busy(Image2PromptError):
+    """The queue is full: try again later (a server answers 503 with Retry-After)."""
+
+
+class ShuttingDown(Image2PromptError):
+    """The batcher was closed before this request ran."""
+
+
+@dataclass
+class _Request:
+    kind: Kind
+    image: Any
+    settings: SearchSettings | None
+    caption: str | None
+    source: str | None
+    top_n: int
+    key: str
+    future: Future[Any] = field(default_factory=Future)
+    wants_caption: bool = False
+
+
+@dataclass
+class BatcherStats:
+    """Counts since the batcher started (for /v1/stats and the load test)."""
+
+    submitted: int = 0
+    completed: int = 0
+    failed: int = 0
+    rejected: int = 0  # Busy
+    dropped: int = 0  # cancelled before their batch ran
+    batches: int = 0  # encode passes (each a micro-batch of requests)
+    largest_batch: int = 0
+    queued: int = 0  # waiting now
+
+    @property
+    def mean_batch(self) -> float:
+        ran = self.completed + self.failed
+        return ran / self.batches if self.batches else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"submitted": self.submitted, "completed": self.completed, "failed": self.failed,
+                "rejected": self.rejected, "dropped": self.dropped, "batches": self.batches,
+                "largest_batch": self.largest_batch, "mean_batch": round(self.mean_batch, 3),
+                "queued": self.queued}
+
+
+_STOP = object()
+
+
+class MicroBatcher:
+    """A bounded queue in front of one model worker (see the module docstring).
+
+    ``max_batch`` requests at most go through one encode (1: no micro-batching);
+    ``max_wait`` seconds is how long the worker waits for more once it has one request
+    (0: it takes only what is already queued); ``max_queue`` requests at most wait.
+    Call :meth:`start` (or use it as a context manager) and :meth:`close` when done.
+    """
+
+    def __init__(self, interrogator: "Interrogator", *, max_batch: int = 16, max_wait: float = 0.005,
+                 max_queue: int = 64) -> None:
+        for name, value in (("max_batch", max_batch), ("max_queue", max_queue)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SettingsError(f"{name} must be a positive integer, got {value!r}")
+        if max_wait < 0:
+            raise SettingsError(f"max_wait must be >= 0 seconds, got {max_wait!r}")
+        self.interrogator = interrogator
+        self.max_batch = max_batch
+        self.max_wait = float(max_wait)
+        self.max_queue = max_queue
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self._stats = BatcherStats()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # -- life cycle ------------------------------------------------------------------
+    def start(self) -> "MicroBatcher":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="image2prompt-model-worker", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Stop taking requests, fail the queued ones with :class:`ShuttingDown`, and stop the worker
+        once its current batch ends."""
+        if self._closed:
+            return
+        self._closed = True
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Request) and item.future.set_running_or_notify_cancel():
+                item.future.set_exception(ShuttingDown("the server is shutting down"))
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+
+    def __enter__(self) -> "MicroBatcher":
+        return self.start()
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+    @property
+    def stats(self) -> BatcherStats:
+        with self._lock:
+            s = BatcherStats(**{k: v for k, v in vars(self._stats).items()})
+        s.queued = self._queue.qsize()
+        return s
+
+    # -- submitting --------------------------------------------------------------------
+    def submit(self, image: "Image.Image", settings: SearchSettings | None = None, *, caption: str | None = None,
+               source: str | None = None) -> Future[Any]:
+        """Queue a search of a decoded RGB image; the future's result is a
+        :class:`~image2prompt.Result`. Raises :class:`Busy` when the queue is full and
+        :class:`~image2prompt.errors.SettingsError` for settings this interrogator cannot
+        run (a mode that needs a caption, with no captioner and no caption given)."""
+        settings = settings or SearchSettings()
+        mode = get_mode(settings.mode)
+        ip = self.interrogator
+        if not caption and ip.captioner is None and mode.needs_caption(False):
+            raise SettingsError(f"{settings.mode} mode needs a caption and no caption model is loaded: "
+                                "send a caption, or use negative or style mode")
+        wants = bool(not caption and ip.needs_caption(settings))
+        return self._put(_Request("search", image, settings, caption or None, source, 0,
+                                  ip.fingerprint(settings), wants_caption=wants))
+
+    def submit_analyze(self, image: "Image.Image", top_n: int = 5, *, source: str | None = None) -> Future[Any]:
+        """Queue an analysis (the top ``top_n`` phrases per category); the result is an
+        :class:`~image2prompt.Analysis`."""
+        if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
+            raise SettingsError(f"top must be a positive integer, got {top_n!r}")
+        return self._put(_Request("analyze", image, None, None, source, top_n, f"analyze:{top_n}"))
+
+    def submit_caption(self, image: "Image.Image", *, source: str | None = None) -> Future[Any]:
+        """Queue a caption only; the result is the caption (a str)."""
+        if self.interrogator.captioner is None:
+            raise SettingsError("no caption model is loaded on this server")
+        return self._put(_Request("caption", image, None, None, source, 0, "caption", wants_caption=True))
+
+    def _put(self, request: _Request) -> Future[Any]:
+        if self._closed:
+            raise ShuttingDown("the server is shutting down")
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:
+            with self._lock:
+                self._stats.rejected += 1
+            raise Busy(f"the queue is full ({self.max_queue} requests waiting); try again shortly") from None
+        with self._lock:
+            self._stats.submitted += 1
+        return request.future
+
+    # -- the worker ----------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch, stop = self._gather(first)
+            live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+            if len(live) < len(batch):
+                with self._lock:
+                    self._stats.dropped += len(batch) - len(live)
+            if live:
+                try:
+                    self._run(live)
+                except BaseException as err:  # never let the worker die with futures pending
+                    log.exception("model worker: a batch failed outside its requests")
+                    for r in live:
+                        if not r.future.done():
+                            r.future.set_exception(err)
+            if stop:
+                return
+
+    def _gather(self, first: _Request) -> tuple[list[_Request], bool]:
+        batch = [first]
+        deadline = time.monotonic() + self.max_wait
+        while len(batch) < self.max_batch:
+            try:
+                left = deadline - time.monotonic()
+                item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _run(self, batch: list[_Request]) -> None:
+        with self._lock:
+            self._stats.batches += 1
+            self._stats.largest_batch = max(self._stats.largest_batch, len(batch))
+        started = time.perf_counter()
+        try:
+            feats = self._encode(batch)
+        except Exception as err:
+            if len(batch) == 1:
+                self._fail(batch[0], err)
+                return
+            log.warning("a micro-batch of %d failed to encode (%s); encoding its requests one by one",
+                        len(batch), type(err).__name__)
+            pairs = []
+            for r in batch:
+                try:
+                    pairs.append((r, self._encode([r])[0]))
+                except Exception as one:
+                    self._fail(r, one)
+            batch = [r for r, _ in pairs]
+            feats = [f for _, f in pairs]
+        groups: dict[str, list[tuple[_Request, Features]]] = {}
+        for r, f in zip(batch, feats):
+            groups.setdefault(r.key, []).append((r, f))
+        for members in groups.values():
+            self._finish_group(members)
+        log.debug("micro-batch of %d in %.1f ms (%d groups)", len(batch),
+                  1000 * (time.perf_counter() - started), len(groups))
+
+    def _encode(self, batch: list[_Request]) -> list["Features"]:
+        return self.interrogator.encode([r.image for r in batch], [r.caption for r in batch],
+                                        sources=[r.source for r in batch],
+                                        generate_captions=[r.wants_caption for r in batch])
+
+    def _finish_group(self, members: list[tuple[_Request, "Features"]]) -> None:
+        kind = members[0][0].kind
+        if kind == "caption":
+            for r, f in members:
+                self._done(r, f.caption)
+            return
+        if kind == "analyze":
+            for r, f in members:
+                try:
+                    self._done(r, self.interrogator.analyze_features(f, r.top_n))
+                except Exception as err:
+                    self._fail(r, err)
+            return
+        settings = members[0][0].settings
+        try:
+            for i, result in self.interrogator.search_indexed([f for _, f in members], settings):
+                self._done(members[i][0], result)
+        except Exception as err:
+            left = [(r, f) for r, f in members if not r.future.done()]
+            if len(left) <= 1:
+                for r, _ in left:
+                    self._fail(r, err)
+                return
+            log.warning("a search group of %d failed (%s); searching its requests one by one",
+                        len(left), type(err).__name__)
+            for r, f in left:
+                try:
+                    for _, result in self.interrogator.search_indexed([f], settings):
+                        self._done(r, result)
+                except Exception as one:
+                    self._fail(r, one)
+
+    def _done(self, request: _Request, value: Any) -> None:
+        request.future.set_result(value)
+        with self._lock:
+            self._stats.completed += 1
+
+    def _fail(self, request: _Request, err: BaseException) -> None:
+        if not isinstance(err, Image2PromptError):
+            log.error("request %s failed", request.source or "?", exc_info=err)
+        request.future.set_exception(err)
+        with self._lock:
+            self._stats.failed += 1
