@@ -867,6 +867,9 @@ def _size(n: int) -> str:
 
 # --- entry point --------------------------------------------------------------------------
 
+from . import serve as _serve  # noqa: E402,F401  (registers `serve`; FastAPI loads only when it runs)
+
+
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Console-script entry point: exit 0 on success, 1 on failed inputs or load errors, 2 on usage errors."""
