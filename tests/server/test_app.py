@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -154,17 +155,26 @@ def test_bad_requests_get_4xx_with_one_line_json(server_url, pictures):
                       400, "fetching URLs is off")
 
 
+def noise(side: int) -> bytes:
+    return png(Image.fromarray(np.random.RandomState(side).randint(0, 255, (side, side, 3), dtype=np.uint8)))
+
+
 def test_size_limits(serve_interrogator, monkeypatch):
-    big = png(Image.new("RGB", (300, 300), (10, 20, 30)))
-    cfg = ServerConfig(max_upload_bytes=len(big) // 2 + 400, max_pixels=100 * 100)
+    limit = 150_000
+    cfg = ServerConfig(max_upload_bytes=limit, max_pixels=300 * 300)
+    huge, big = noise(320), noise(240)  # 307 kB: the body is over its limit; 173 kB: the image is
+    assert len(huge) > limit * 4 // 3 + 65536 and limit < len(big) < limit * 4 // 3
     with running_app(create_app(serve_interrogator, cfg), monkeypatch) as base:
-        assert_json_error(post_image(base, big), 413, "limit")  # the declared body is over the limit
-        small_but_wide = png(Image.new("RGB", (200, 60), (1, 2, 3)))
-        assert_json_error(post_image(base, small_but_wide), 413, "image too large (200×60 pixels")
+        assert_json_error(post_image(base, huge), 413, "request body of")  # from Content-Length, unread
+        assert_json_error(post_image(base, big), 413, f"image of {len(big)} bytes is over the {limit}-byte limit")
+        b64 = base64.b64encode(big).decode()  # base64 is a third larger: the body limit leaves room for it
+        assert_json_error(httpx.post(base + "/v1/interrogate", json={"image": b64}), 413, "is over the")
+        wide = png(Image.new("RGB", (400, 240), (1, 2, 3)))
+        assert_json_error(post_image(base, wide), 413, "image too large (400×240 pixels")
 
         def chunks():  # no Content-Length: the body is counted as it arrives
             yield b'{"image": "'
-            for _ in range(20):
+            for _ in range(300):
                 yield b"A" * 1000
             yield b'"}'
 

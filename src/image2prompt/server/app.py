@@ -275,8 +275,7 @@ class _Guard:
             if refusal is not None:
                 await refusal(scope, receive, send_logged)
                 return
-            limit = self.config.max_batch_bytes if path == "/v1/batch" else self.config.max_upload_bytes
-            await self.app(scope, _limited(receive, limit), send_logged)
+            await self.app(scope, _limited(receive, self.body_limit(path)), send_logged)
         except Exception as err:  # noqa: BLE001  a bug: logged here once, never shown to the client
             log.error("%s %s failed: %s", scope.get("method", "-"), path, type(err).__name__, exc_info=err)
             if not status[0]:
@@ -285,6 +284,12 @@ class _Guard:
             client = scope.get("client") or ("-", 0)
             log.info("%s %s %s %d %.1fms", client[0], scope.get("method", "-"), path, status[0],
                      1000 * (time.perf_counter() - started))
+
+    def body_limit(self, path: str) -> int:
+        """Bytes a request body may have: a batch's limit, or room for one image in base64 plus fields."""
+        if path == "/v1/batch":
+            return self.config.max_batch_bytes
+        return self.config.max_upload_bytes * 4 // 3 + 64 * 1024
 
     def _refusal(self, scope: dict[str, Any], path: str) -> Response | None:
         headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
@@ -298,7 +303,7 @@ class _Guard:
                 return _error(401, "an API key is needed: send it as X-API-Key or Authorization: Bearer",
                               {"WWW-Authenticate": "Bearer"})
         declared = headers.get("content-length", b"")
-        limit = self.config.max_batch_bytes if path == "/v1/batch" else self.config.max_upload_bytes
+        limit = self.body_limit(path)
         if declared.isdigit() and int(declared) > limit:
             return _error(413, f"request body of {int(declared)} bytes is over the {limit}-byte limit")
         return None
