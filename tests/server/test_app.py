@@ -315,6 +315,7 @@ def test_batch_upload_with_a_zip_gives_records_and_downloads(server_url, serve_i
         z.writestr("set/one.png", pictures[3])
         z.writestr("set/deep/two.png", pictures[4])
         z.writestr("__MACOSX/._one.png", b"junk")
+        z.writestr("set/one.txt", b"an existing caption: not an image, skipped as in a folder")
         z.writestr("../escape.png", pictures[5])
     files = [("files", ("a.png", pictures[0], "image/png")), ("files", ("broken.jpg", b"nope", "image/jpeg")),
              ("files", ("set.zip", archive.getvalue(), "application/zip"))]
@@ -338,6 +339,8 @@ def test_batch_upload_with_a_zip_gives_records_and_downloads(server_url, serve_i
                                            "set.zip/set/one.txt"]
     assert captions.read("set.zip/set/one.txt").decode() == f"sks style, {want.prompt}\n"
     assert_json_error(httpx.get(server_url + "/v1/batch/nope.csv"), 404, "no batch download")
+    unknown = httpx.post(server_url + "/v1/batch", files=files[:1], data={"mode": "nope"})
+    assert_json_error(unknown, 422, "unknown mode 'nope'")
 
 
 def test_batch_upload_over_the_file_limit(serve_interrogator, monkeypatch, pictures):

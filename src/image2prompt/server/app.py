@@ -45,7 +45,8 @@ from ..batch.sidecars import SidecarOptions, caption_text, sidecar_path
 from ..errors import Image2PromptError, ImageLoadError, SettingsError, one_line
 from ..io import DEFAULT_MAX_PIXELS, load_image
 from ..io.images import download_bytes
-from ..modes import mode_names
+from ..io.sources import is_image_filename
+from ..modes import get_mode, mode_names
 from ..service import Busy, MicroBatcher, ShuttingDown
 from ..settings import SearchSettings
 
@@ -117,7 +118,9 @@ class SearchFields(BaseModel):
 
     def settings(self) -> SearchSettings:
         given = self.model_dump(exclude={"caption", "image", "url"}, exclude_none=True)
-        return SearchSettings(score_prompt=True, **given)
+        settings = SearchSettings(score_prompt=True, **given)
+        get_mode(settings.mode)  # an unknown mode is the request's error, before any image is read
+        return settings
 
 
 class InterrogateBody(SearchFields):
@@ -531,6 +534,7 @@ def _routes(app: FastAPI, state: _State) -> None:
                 "auth": cfg.api_key is not None, "version": __version__,
                 "limits": {"max_upload_bytes": cfg.max_upload_bytes, "max_pixels": cfg.max_pixels,
                            "formats": list(cfg.formats), "max_batch_files": cfg.max_batch_files,
+                           "max_batch_bytes": cfg.max_batch_bytes,
                            "urls": cfg.allow_urls}}
 
     @app.get("/v1/stats", tags=["service"], summary="Micro-batching counters since start.")
@@ -718,7 +722,9 @@ def _unzip(name: str, data: bytes, cfg: ServerConfig) -> list[tuple[str, bytes |
     except zipfile.BadZipFile:
         return [(name, None, f"{name}: not a valid zip file")]
     out: list[tuple[str, bytes | None, str | None]] = []
-    members = [m for m in archive.infolist() if not m.is_dir() and not _hidden(m.filename)]
+    # as in a folder: images only (a training set's zip holds its .txt captions too), no hidden files
+    members = [m for m in archive.infolist()
+               if not m.is_dir() and not _hidden(m.filename) and is_image_filename(m.filename)]
     if sum(m.file_size for m in members) > cfg.max_batch_bytes:
         raise HTTPError(413, f"{name}: unpacks to more than the {cfg.max_batch_bytes}-byte batch limit")
     for m in members:

@@ -428,12 +428,15 @@
       const width = barWidths(cats[name] || []);
       (cats[name] || []).forEach((p) => {
         const pct = width(p.score);
+        // The fill sits behind the text, so a short bar never squeezes its label or score.
+        const fill = el("span", { className: "bar-fill" });
+        fill.style.width = `${pct.toFixed(1)}%`;
         const bar = el("div", { className: "bar" }, [
+          fill,
           el("span", { className: "bar-label", text: p.text }),
           p.hypothesis ? hypothesisBadge() : null,
           el("span", { className: "bar-score", text: fmt(p.score, 3) }),
         ]);
-        bar.style.width = `${pct.toFixed(1)}%`;
         if (p.hypothesis) bar.title = HYPOTHESIS_TIP;
         block.appendChild(el("div", { className: "bar-row" }, [bar]));
       });
