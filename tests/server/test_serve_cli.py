@@ -94,3 +94,10 @@ def test_loopback_hosts_need_no_key(host: str):
     from image2prompt.cli.serve import is_loopback
 
     assert is_loopback(host) and not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+
+
+def test_without_the_serve_extra_it_says_what_to_install(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed: importing it raises ImportError
+    r = CliRunner().invoke(cli, ["serve"])
+    assert r.exit_code == 1
+    assert "serve needs the serve extra (uvicorn is missing): pip install 'image2prompt[serve]'" in r.output
