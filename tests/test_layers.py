@@ -28,8 +28,9 @@ ALLOWED: dict[str, set[str]] = {
     "batch": {"base", "io", "vocab", "models", "interrogator", "render", "runner", "modes"},
     "service": {"base", "interrogator", "modes"},
     "server": {"base", "io", "modes", "interrogator", "render", "batch", "service"},
+    "report": {"base", "io", "batch"},
     "cli": {"base", "io", "vocab", "cache", "models", "interrogator", "render", "runner", "modes", "prompt",
-            "batch", "service", "server"},
+            "batch", "service", "server", "report"},
 }
 
 

@@ -867,6 +867,7 @@ def _size(n: int) -> str:
 
 # --- entry point --------------------------------------------------------------------------
 
+from . import report as _report  # noqa: E402,F401  (registers `report`; matplotlib loads only when it runs)
 from . import serve as _serve  # noqa: E402,F401  (registers `serve`; FastAPI loads only when it runs)
 
 

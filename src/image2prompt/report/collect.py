@@ -1,0 +1,267 @@
+"""One streaming pass over batch records: counts, score samples and bounded samples of images.
+
+Memory is bounded by the vocabulary, not the collection: per phrase, counts per group
+and a fixed-size reservoir of scores; per image, only the ids of its prompt's phrases
+(4 bytes each, for co-occurrence). Images for thumbnails and map points are reservoir
+samples of a fixed size.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from array import array
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from ..errors import SettingsError
+
+__all__ = ["Collection", "ImageRef", "PhraseStats", "grouper"]
+
+#: Scores kept per phrase for its distribution (a uniform sample of every score seen).
+RESERVOIR = 128
+UNGROUPED = "all images"
+
+
+@dataclass
+class PhraseStats:
+    """One phrase of one category, over the collection."""
+
+    category: str
+    text: str
+    hypothesis: bool = False
+    top: dict[str, int] = field(default_factory=dict)  # group -> images with it among their top phrases
+    prompt: dict[str, int] = field(default_factory=dict)  # group -> images with it in their prompt
+    n_scores: int = 0
+    sum: float = 0.0
+    sample: list[float] = field(default_factory=list)  # a reservoir of its scores
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.n_scores if self.n_scores else float("nan")
+
+    def images(self, where: str = "top") -> int:
+        return sum((self.top if where == "top" else self.prompt).values())
+
+
+@dataclass
+class ImageRef:
+    """A sampled image: enough to find its thumbnail and its features later."""
+
+    source: str
+    content_hash: str | None
+    group: str
+    label: str | None  # its best medium (or first category's best phrase)
+    match_strength: float | None = None
+
+
+def grouper(spec: str | None) -> Callable[[dict[str, Any]], str]:
+    """``folder``, ``column:NAME`` (a record or result field), ``regex:PATTERN`` (its first group,
+    or the whole match, on the source), or None (one group)."""
+    if spec is None or not spec.strip():
+        return lambda record: UNGROUPED
+    kind, _, arg = spec.strip().partition(":")
+    if kind == "folder" and not arg:
+        def by_folder(record: dict[str, Any]) -> str:
+            parent = str(PurePosixPath(str(record.get("source", "")).replace("\\", "/")).parent)
+            return parent if parent not in ("", ".") else "(top folder)"
+        return by_folder
+    if kind == "column" and arg:
+        def by_column(record: dict[str, Any]) -> str:
+            value = record.get(arg)
+            if value is None and isinstance(record.get("result"), dict):
+                value = record["result"].get(arg)
+            return "(none)" if value is None or value == "" else str(value)
+        return by_column
+    if kind == "regex" and arg:
+        try:
+            pattern = re.compile(arg)
+        except re.error as err:
+            raise SettingsError(f"--group-by regex:{arg}: not a valid regular expression ({err})") from None
+
+        def by_regex(record: dict[str, Any]) -> str:
+            m = pattern.search(str(record.get("source", "")))
+            if m is None:
+                return "(no match)"
+            return next((g for g in m.groups() if g is not None), m.group(0))
+        return by_regex
+    raise SettingsError(f"--group-by {spec!r}: use folder, column:NAME or regex:PATTERN")
+
+
+def _result(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The record's result, nested (JSONL) or rebuilt from flat columns (CSV, Parquet)."""
+    res = record.get("result")
+    if isinstance(res, dict):
+        return res
+    if not record.get("ok") or "prompt" not in record:
+        return None
+    out = {k: record.get(k) for k in ("prompt", "mode", "caption", "similarity", "weak_match", "clip_model",
+                                      "caption_model")}
+    for key in ("phrases", "trace"):
+        value = record.get(key)
+        out[key] = json.loads(value) if isinstance(value, str) and value else value
+    return out
+
+
+class Collection:
+    """Everything the report needs, gathered from records one at a time (:meth:`add`)."""
+
+    def __init__(self, group_by: str | None = None, *, points: int = 2000, thumbnails: int = 48,
+                 seed: int = 0) -> None:
+        self.group_of = grouper(group_by)
+        self.group_by = group_by
+        self.rng = random.Random(seed)
+        self.phrases: dict[tuple[str, str], PhraseStats] = {}
+        self.groups: dict[str, int] = {}  # group -> ok images
+        self.errors = 0
+        self.records = 0
+        self.weak = 0
+        self.weak_by_group: dict[str, int] = {}
+        self.with_scores = 0  # images whose record has the top phrases per category (--store-scores)
+        self.models: dict[str, int] = {}
+        self.modes: dict[str, int] = {}
+        self.fingerprints: dict[str, int] = {}
+        self.prompt_ids = array("i")  # the ids of each image's prompt phrases, image after image
+        self.prompt_ends = array("q")
+        self._ids: dict[tuple[str, str], int] = {}
+        self.id_keys: list[tuple[str, str]] = []
+        self._points = _Reservoir(points, self.rng)
+        self._weak_sample = _Reservoir(thumbnails, self.rng)
+
+    # -- reading ---------------------------------------------------------------------------
+    def add_all(self, records: Iterable[dict[str, Any]]) -> "Collection":
+        for record in records:
+            self.add(record)
+        return self
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records += 1
+        res = _result(record) if record.get("ok") else None
+        if res is None:
+            self.errors += 1
+            return
+        group = self.group_of(record)
+        self.groups[group] = self.groups.get(group, 0) + 1
+        _bump(self.models, str(res.get("clip_model")))
+        _bump(self.modes, str(res.get("mode")))
+        _bump(self.fingerprints, str(record.get("fingerprint")))
+        trace = res.get("trace") if isinstance(res.get("trace"), dict) else None
+        top = trace.get("top") if trace else None
+        label = None
+        if isinstance(top, dict) and top:
+            self.with_scores += 1
+            for category, phrases in top.items():
+                for p in phrases or ():
+                    stats = self._stats(category, p)
+                    stats.top[group] = stats.top.get(group, 0) + 1
+                    self._score(stats, p.get("score"))
+            best = top.get("mediums") or next(iter(top.values()))
+            label = best[0]["text"] if best else None
+        ids = self.prompt_ids
+        for p in res.get("phrases") or ():
+            stats = self._stats(p.get("category", "?"), p)
+            stats.prompt[group] = stats.prompt.get(group, 0) + 1
+            if not top:  # no stored top phrases: the prompt's phrases are all that is known
+                stats.top[group] = stats.top.get(group, 0) + 1
+                self._score(stats, p.get("score"))
+            ids.append(self._ids[(stats.category, stats.text)])
+        self.prompt_ends.append(len(ids))
+        ref = ImageRef(str(record.get("source", "")), record.get("content_hash"), group, label,
+                       res.get("match_strength") if isinstance(res.get("match_strength"), (int, float)) else None)
+        if res.get("weak_match"):
+            self.weak += 1
+            self.weak_by_group[group] = self.weak_by_group.get(group, 0) + 1
+            self._weak_sample.offer(ref)
+        self._points.offer(ref)
+
+    def _stats(self, category: str, p: dict[str, Any]) -> PhraseStats:
+        key = (category, str(p.get("text", "")))
+        stats = self.phrases.get(key)
+        if stats is None:
+            stats = self.phrases[key] = PhraseStats(category, key[1], bool(p.get("hypothesis")))
+            self._ids[key] = len(self.id_keys)
+            self.id_keys.append(key)
+        return stats
+
+    def _score(self, stats: PhraseStats, score: Any) -> None:
+        if not isinstance(score, (int, float)):
+            return
+        stats.n_scores += 1
+        stats.sum += float(score)
+        if len(stats.sample) < RESERVOIR:
+            stats.sample.append(float(score))
+        else:
+            j = self.rng.randrange(stats.n_scores)
+            if j < RESERVOIR:
+                stats.sample[j] = float(score)
+
+    def shorten_folders(self) -> None:
+        """Name folder groups by what tells them apart: ``/data/set/cool`` and ``/data/set/warm``
+        become ``cool`` and ``warm`` (their common parent dropped)."""
+        names = [g for g in self.groups if not g.startswith("(")]
+        if len(names) < 2:
+            return
+        parts = [PurePosixPath(g).parts for g in names]
+        common = 0
+        while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+            common += 1
+        if common:
+            self.rename({g: str(PurePosixPath(*p[common:])) for g, p in zip(names, parts)})
+
+    def rename(self, mapping: dict[str, str]) -> None:
+        def moved(counts: dict[str, int]) -> dict[str, int]:
+            return {mapping.get(g, g): k for g, k in counts.items()}
+
+        self.groups, self.weak_by_group = moved(self.groups), moved(self.weak_by_group)
+        for stats in self.phrases.values():
+            stats.top, stats.prompt = moved(stats.top), moved(stats.prompt)
+        for ref in self._points.items + self._weak_sample.items:
+            ref.group = mapping.get(ref.group, ref.group)
+
+    # -- what was gathered ---------------------------------------------------------------------
+    @property
+    def images(self) -> int:
+        return sum(self.groups.values())
+
+    @property
+    def points(self) -> list[ImageRef]:
+        return self._points.items
+
+    @property
+    def weak_sample(self) -> list[ImageRef]:
+        return self._weak_sample.items
+
+    def categories(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for category, _ in self.phrases:
+            seen.setdefault(category, None)
+        return list(seen)
+
+    def prompts(self) -> Iterable[array]:
+        """Each image's prompt phrase ids."""
+        start = 0
+        for end in self.prompt_ends:
+            yield self.prompt_ids[start:end]
+            start = end
+
+
+class _Reservoir:
+    def __init__(self, size: int, rng: random.Random) -> None:
+        self.size, self.rng, self.seen = max(0, size), rng, 0
+        self.items: list[Any] = []
+
+    def offer(self, item: Any) -> None:
+        self.seen += 1
+        if len(self.items) < self.size:
+            self.items.append(item)
+        elif self.size:
+            j = self.rng.randrange(self.seen)
+            if j < self.size:
+                self.items[j] = item
+
+
+def _bump(counter: dict[str, int], key: str) -> None:
+    counter[key] = counter.get(key, 0) + 1

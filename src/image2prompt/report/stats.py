@@ -1,0 +1,160 @@
+"""The statistics of the report: which phrases separate groups, and which co-occur.
+
+**Separation.** For a group and a phrase, the effect size is the difference in the share of
+images that have the phrase among their top phrases (``--store-scores K``; else in their
+prompt): the group's share minus the share in every other image. Its 95% interval is a
+percentile bootstrap over images (2000 resamples; for a share, resampling n images is a
+binomial draw, so it is done in closed form). Its p-value is a two-sided two-proportion
+z-test. Over every (group, phrase) tested, false discoveries are controlled with the
+Benjamini-Hochberg procedure at q = 0.05. Phrases seen in fewer than ``min_images`` images
+are not tested (they cannot reach significance and only dilute the correction).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .collect import Collection
+
+__all__ = ["Cooccurrence", "Separation", "benjamini_hochberg", "cooccurrence", "separating_phrases"]
+
+METHOD = ("Effect size: the difference in the share of images with the phrase among their top phrases "
+          "(this group minus all other images), with a 95% percentile bootstrap interval (2000 resamples "
+          "of the images). p-values: two-sided two-proportion z-test. False discoveries: Benjamini-Hochberg "
+          "at q = 0.05 over every phrase and group tested. Phrases in fewer than {min_images} images are not tested. "
+          "Each image keeps only its top K phrases per category, so a phrase that is often among one group's top "
+          "phrases pushes others out of them: their shares fall a little in that group too.")
+
+
+@dataclass
+class Separation:
+    group: str
+    category: str
+    text: str
+    share: float  # in the group
+    share_rest: float  # in every other image
+    effect: float  # share - share_rest
+    low: float  # 95% bootstrap interval of the effect
+    high: float
+    p: float
+    q: float  # Benjamini-Hochberg adjusted p-value
+    significant: bool
+    hypothesis: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Adjusted p-values (q-values) of the Benjamini-Hochberg step-up procedure."""
+    p = np.asarray(p, np.float64)
+    n = p.size
+    if n == 0:
+        return p
+    order = np.argsort(p)
+    ranked = p[order] * n / np.arange(1, n + 1)
+    q = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(n)
+    out[order] = np.minimum(q, 1.0)
+    return out
+
+
+_erfc = np.frompyfunc(math.erfc, 1, 1)
+
+
+def _z_test(c1: np.ndarray, n1: int, c2: np.ndarray, n2: int) -> np.ndarray:
+    pooled = (c1 + c2) / (n1 + n2)
+    se = np.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    diff = c1 / n1 - c2 / n2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(se > 0, np.abs(diff) / se, 0.0)
+    return _erfc(z / math.sqrt(2)).astype(np.float64)
+
+
+def separating_phrases(col: Collection, *, q: float = 0.05, min_images: int = 5, resamples: int = 2000,
+                       seed: int = 0) -> list[Separation]:
+    """Every tested (group, phrase) with its effect, interval and q-value, most significant first.
+    With two groups only the first is tested against the second (the other is its mirror)."""
+    groups = sorted(col.groups, key=lambda g: -col.groups[g])
+    if len(groups) < 2:
+        return []
+    tested = groups[:1] if len(groups) == 2 else groups
+    total = col.images
+    keys = [k for k, s in col.phrases.items() if s.images("top") >= min_images]
+    if not keys:
+        return []
+    counts = np.array([[col.phrases[k].top.get(g, 0) for g in tested] for k in keys], np.float64)  # [P, G]
+    every = np.array([col.phrases[k].images("top") for k in keys], np.float64)
+    rows: list[tuple[int, int, float, float, float]] = []
+    ps: list[np.ndarray] = []
+    for j, g in enumerate(tested):
+        n1, n2 = col.groups[g], total - col.groups[g]
+        if n1 == 0 or n2 == 0:
+            continue
+        c1, c2 = counts[:, j], every - counts[:, j]
+        ps.append(_z_test(c1, n1, c2, n2))
+        rows += [(i, j, c1[i] / n1, c2[i] / n2, 0.0) for i in range(len(keys))]
+    if not rows:
+        return []
+    p = np.concatenate(ps)
+    qv = benjamini_hochberg(p)
+    rng = np.random.default_rng(seed)
+    out = []
+    for (i, j, s1, s2, _), pv, qq in zip(rows, p, qv):
+        g = tested[j]
+        n1, n2 = col.groups[g], total - col.groups[g]
+        boot = rng.binomial(n1, s1, resamples) / n1 - rng.binomial(n2, s2, resamples) / n2 \
+            if qq <= q or abs(s1 - s2) >= 0.05 else None
+        low, high = (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))) if boot is not None \
+            else (float("nan"), float("nan"))
+        stats = col.phrases[keys[i]]
+        out.append(Separation(g, stats.category, stats.text, float(s1), float(s2), float(s1 - s2), low, high,
+                              float(pv), float(qq), bool(qq <= q), stats.hypothesis))
+    out.sort(key=lambda s: (s.q, -abs(s.effect)))
+    return out
+
+
+@dataclass
+class Cooccurrence:
+    labels: list[str]  # the most frequent prompt phrases
+    counts: np.ndarray  # [M, M] images whose prompt has both (diagonal: each alone)
+    images: int
+
+    def pairs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The pairs seen together most often, with their lift (observed / expected if independent)."""
+        m = len(self.labels)
+        out = []
+        for a in range(m):
+            for b in range(a + 1, m):
+                both = int(self.counts[a, b])
+                if both == 0:
+                    continue
+                expected = self.counts[a, a] * self.counts[b, b] / max(1, self.images)
+                out.append({"a": self.labels[a], "b": self.labels[b], "images": both,
+                            "lift": both / expected if expected else float("nan"),
+                            "jaccard": both / (self.counts[a, a] + self.counts[b, b] - both)})
+        out.sort(key=lambda r: (-r["images"], -r["lift"]))
+        return out[:limit]
+
+
+def cooccurrence(col: Collection, top: int = 25) -> Cooccurrence:
+    """Co-occurrence in prompts of the ``top`` phrases that are in the most prompts."""
+    freq = np.bincount(np.frombuffer(col.prompt_ids, np.int32), minlength=len(col.id_keys)) \
+        if len(col.prompt_ids) else np.zeros(0, np.int64)
+    chosen = [int(i) for i in np.argsort(-freq, kind="stable")[:top] if freq[i] > 0]
+    n = len(col.prompt_ends)
+    x = np.zeros((n, len(chosen)), np.float32)
+    if chosen:
+        ids = np.frombuffer(col.prompt_ids, np.int32)
+        ends = np.frombuffer(col.prompt_ends, np.int64)
+        rows = np.repeat(np.arange(n), np.diff(ends, prepend=0))
+        column = np.full(len(col.id_keys), -1, np.int64)
+        column[chosen] = np.arange(len(chosen))
+        k = column[ids]
+        x[rows[k >= 0], k[k >= 0]] = 1.0
+    counts = x.T @ x
+    return Cooccurrence([col.id_keys[i][1] for i in chosen], counts, n)
