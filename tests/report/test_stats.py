@@ -71,3 +71,20 @@ def test_memory_is_bounded_by_the_vocabulary():
     assert len(col.points) == 50 and len(col.phrases) <= 5 * 20
     assert all(len(s.sample) <= 128 for s in col.phrases.values())
     assert col.images == 2000 and len(col.prompt_ends) == 2000
+
+
+def test_fisher_exact_where_the_z_test_would_mislead():
+    from image2prompt.report.stats import fisher_exact, two_proportion_p
+
+    # scipy.stats.fisher_exact([[3, 1], [1, 3]]) == 0.4857...; [[8, 2], [1, 5]] == 0.0349...
+    assert fisher_exact(3, 4, 1, 4) == pytest.approx(0.485714, abs=1e-6)
+    assert fisher_exact(8, 10, 1, 6) == pytest.approx(0.034965, abs=1e-6)
+    # a rare phrase: 4 of 27 images against 2 of 273 (the z-test says p ~ 6e-7)
+    p = two_proportion_p(np.array([4.0]), 27, np.array([2.0]), 273)
+    assert p[0] == pytest.approx(fisher_exact(4, 27, 2, 273)) and p[0] > 1e-4
+
+
+def test_chunked_cooccurrence_equals_one_pass():
+    col = Collection().add_all(records(500, per_category=15))
+    whole, chunked = cooccurrence(col), cooccurrence(col, chunk=37)
+    assert whole.labels == chunked.labels and np.array_equal(whole.counts, chunked.counts)

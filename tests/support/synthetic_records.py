@@ -41,7 +41,7 @@ def records(n: int, groups: Mapping[str, float] | None = None, *, per_category: 
         for c in CATEGORIES:
             chance = rng.random(per_category) < rates[c]
             room = k - len(planted) if c == "flavors" else k  # planted phrases never push a null one out
-            picked = list(np.flatnonzero(chance)[:room])
+            picked = list(rng.permutation(np.flatnonzero(chance))[:room])  # any of the hits, not the first ones
             phrases = [vocab[c][j] for j in picked]
             scores = [float(means[c][j] + rng.normal(0, 0.03)) for j in picked]
             if c == "flavors":

@@ -37,7 +37,7 @@ class PhraseStats:
     prompt: dict[str, int] = field(default_factory=dict)  # group -> images with it in their prompt
     n_scores: int = 0
     sum: float = 0.0
-    sample: list[float] = field(default_factory=list)  # a reservoir of its scores
+    sample: array = field(default_factory=lambda: array("f"))  # a reservoir of its scores
 
     @property
     def mean(self) -> float:
@@ -114,6 +114,7 @@ class Collection:
         self.group_of = grouper(group_by)
         self.group_by = group_by
         self.rng = random.Random(seed)
+        self._random = self.rng.random
         self.phrases: dict[tuple[str, str], PhraseStats] = {}
         self.groups: dict[str, int] = {}  # group -> ok images
         self.errors = 0
@@ -194,7 +195,7 @@ class Collection:
         if len(stats.sample) < RESERVOIR:
             stats.sample.append(float(score))
         else:
-            j = self.rng.randrange(stats.n_scores)
+            j = int(self._random() * stats.n_scores)  # uniform in [0, n): randrange's draw, at a fifth of its cost
             if j < RESERVOIR:
                 stats.sample[j] = float(score)
 

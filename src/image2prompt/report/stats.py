@@ -5,7 +5,7 @@ images that have the phrase among their top phrases (``--store-scores K``; else 
 prompt): the group's share minus the share in every other image. Its 95% interval is a
 percentile bootstrap over images (2000 resamples; for a share, resampling n images is a
 binomial draw, so it is done in closed form). Its p-value is a two-sided two-proportion
-z-test. Over every (group, phrase) tested, false discoveries are controlled with the
+z-test, or Fisher's exact test where a cell of the 2x2 table expects fewer than 5 images. Over every (group, phrase) tested, false discoveries are controlled with the
 Benjamini-Hochberg procedure at q = 0.05. Phrases seen in fewer than ``min_images`` images
 are not tested (they cannot reach significance and only dilute the correction).
 """
@@ -24,7 +24,8 @@ __all__ = ["Cooccurrence", "Separation", "benjamini_hochberg", "cooccurrence", "
 
 METHOD = ("Effect size: the difference in the share of images with the phrase among their top phrases "
           "(this group minus all other images), with a 95% percentile bootstrap interval (2000 resamples "
-          "of the images). p-values: two-sided two-proportion z-test. False discoveries: Benjamini-Hochberg "
+          "of the images). p-values: two-sided two-proportion z-test, or Fisher's exact test where a cell of the "
+          "2x2 table expects fewer than 5 images. False discoveries: Benjamini-Hochberg "
           "at q = 0.05 over every phrase and group tested. Phrases in fewer than {min_images} images are not tested. "
           "Each image keeps only its top K phrases per category, so a phrase that is often among one group's top "
           "phrases pushes others out of them: their shares fall a little in that group too.")
@@ -75,6 +76,34 @@ def _z_test(c1: np.ndarray, n1: int, c2: np.ndarray, n2: int) -> np.ndarray:
     return _erfc(z / math.sqrt(2)).astype(np.float64)
 
 
+def fisher_exact(c1: int, n1: int, c2: int, n2: int) -> float:
+    """Two-sided p-value of Fisher's exact test of the 2x2 table [[c1, n1-c1], [c2, n2-c2]]: the
+    probability, given the margins, of a table at most as likely as this one."""
+    k, n = c1 + c2, n1 + n2
+
+    def logp(x: int) -> float:  # hypergeometric: x of the k images with the phrase fall in the group
+        return (math.lgamma(k + 1) - math.lgamma(x + 1) - math.lgamma(k - x + 1)
+                + math.lgamma(n - k + 1) - math.lgamma(n1 - x + 1) - math.lgamma(n - k - n1 + x + 1)
+                - (math.lgamma(n + 1) - math.lgamma(n1 + 1) - math.lgamma(n - n1 + 1)))
+
+    lo, hi = max(0, k - n2), min(k, n1)
+    observed = logp(c1)
+    total = sum(math.exp(lp) for lp in map(logp, range(lo, hi + 1)) if lp <= observed + 1e-7)
+    return min(1.0, total)
+
+
+def two_proportion_p(c1: np.ndarray, n1: int, c2: np.ndarray, n2: int) -> np.ndarray:
+    """The z-test where every cell of the 2x2 table expects at least 5 images, Fisher's exact test
+    elsewhere (where the normal approximation makes rare phrases look far too significant)."""
+    p = _z_test(c1, n1, c2, n2)
+    k = c1 + c2
+    n = n1 + n2
+    expected = np.minimum.reduce([k * n1 / n, k * n2 / n, (n - k) * n1 / n, (n - k) * n2 / n])
+    for i in np.flatnonzero(expected < 5):
+        p[i] = fisher_exact(int(c1[i]), n1, int(c2[i]), n2)
+    return p
+
+
 def separating_phrases(col: Collection, *, q: float = 0.05, min_images: int = 5, resamples: int = 2000,
                        seed: int = 0) -> list[Separation]:
     """Every tested (group, phrase) with its effect, interval and q-value, most significant first.
@@ -96,7 +125,7 @@ def separating_phrases(col: Collection, *, q: float = 0.05, min_images: int = 5,
         if n1 == 0 or n2 == 0:
             continue
         c1, c2 = counts[:, j], every - counts[:, j]
-        ps.append(_z_test(c1, n1, c2, n2))
+        ps.append(two_proportion_p(c1, n1, c2, n2))
         rows += [(i, j, c1[i] / n1, c2[i] / n2, 0.0) for i in range(len(keys))]
     if not rows:
         return []
@@ -141,20 +170,25 @@ class Cooccurrence:
         return out[:limit]
 
 
-def cooccurrence(col: Collection, top: int = 25) -> Cooccurrence:
+def cooccurrence(col: Collection, top: int = 25, chunk: int = 65536) -> Cooccurrence:
     """Co-occurrence in prompts of the ``top`` phrases that are in the most prompts."""
     freq = np.bincount(np.frombuffer(col.prompt_ids, np.int32), minlength=len(col.id_keys)) \
         if len(col.prompt_ids) else np.zeros(0, np.int64)
     chosen = [int(i) for i in np.argsort(-freq, kind="stable")[:top] if freq[i] > 0]
     n = len(col.prompt_ends)
-    x = np.zeros((n, len(chosen)), np.float32)
+    counts = np.zeros((len(chosen), len(chosen)), np.float64)
     if chosen:
         ids = np.frombuffer(col.prompt_ids, np.int32)
         ends = np.frombuffer(col.prompt_ends, np.int64)
-        rows = np.repeat(np.arange(n), np.diff(ends, prepend=0))
         column = np.full(len(col.id_keys), -1, np.int64)
         column[chosen] = np.arange(len(chosen))
-        k = column[ids]
-        x[rows[k >= 0], k[k >= 0]] = 1.0
-    counts = x.T @ x
+        for first in range(0, n, chunk):  # a chunk of images at a time: memory stays bounded
+            last = min(n, first + chunk)
+            start = int(ends[first - 1]) if first else 0
+            lengths = np.diff(ends[first:last], prepend=start)
+            rows = np.repeat(np.arange(last - first), lengths)
+            k = column[ids[start:int(ends[last - 1])]]
+            x = np.zeros((last - first, len(chosen)), np.float32)
+            x[rows[k >= 0], k[k >= 0]] = 1.0
+            counts += x.T @ x
     return Cooccurrence([col.id_keys[i][1] for i in chosen], counts, n)
