@@ -12,6 +12,7 @@ import ipaddress
 import os
 import socket
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,7 +20,7 @@ import warnings
 from collections.abc import Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -97,33 +98,43 @@ def open_file(path: Path, name: str) -> IO[bytes]:
         raise ImageLoadError(name, f"cannot read file ({err.strerror or err})") from None
 
 
-def download_bytes(url: str, timeout: float, *, public_only: bool = False) -> bytes:
-    """The body of ``url`` (at most :data:`MAX_DOWNLOAD_BYTES`).
+def download_bytes(url: str, timeout: float, *, public_only: bool = False, max_bytes: int | None = None) -> bytes:
+    """The body of ``url`` (at most ``max_bytes``, default :data:`MAX_DOWNLOAD_BYTES`).
 
     ``public_only=True`` (what a server that fetches URLs for clients needs) refuses any
     connection, the first or a redirect's, whose peer is not a public address: loopback,
     private, link-local (cloud metadata), multicast and reserved ranges are refused, and
     the check is made on the connected socket, so a name that resolves differently the
-    second time cannot get round it. Proxies are not used then (their address would be
-    the peer).
+    second time cannot get round it. Only http and https are followed (a redirect to any
+    other scheme is refused), no proxy is used (its address would be the peer), and
+    ``timeout`` bounds the whole download, not each read.
     """
+    cap = MAX_DOWNLOAD_BYTES if max_bytes is None else min(max_bytes, MAX_DOWNLOAD_BYTES)
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
         if public_only:
             scheme = urllib.parse.urlsplit(url).scheme.lower()
             if scheme not in ("http", "https"):
                 raise ImageLoadError(url, "refused: only http and https URLs are fetched", kind="refused")
-            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _PublicHTTPHandler(),
-                                                 _PublicHTTPSHandler())
-            response_cm = opener.open(request, timeout=timeout)
+            response_cm = _public_opener().open(request, timeout=timeout)
         else:
             response_cm = urllib.request.urlopen(request, timeout=timeout)
+        deadline = time.monotonic() + timeout
         with response_cm as response:
             declared = response.headers.get("Content-Length")
-            if declared is not None and declared.isdigit() and int(declared) > MAX_DOWNLOAD_BYTES:
-                raise ImageLoadError(url, f"download failed: {_too_big_for_download()}", kind="too_large")
+            if declared is not None and declared.isdigit() and int(declared) > cap:
+                raise ImageLoadError(url, f"download failed: {_too_big_for_download(cap)}", kind="too_large")
             # Read one byte past the cap so a missing or lying Content-Length is caught too.
-            data: bytes = response.read(MAX_DOWNLOAD_BYTES + 1)
+            chunks, size = [], 0
+            while size <= cap:
+                chunk = response.read(min(1 << 16, cap + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if public_only and time.monotonic() > deadline:
+                    raise ImageLoadError(url, f"download failed: not finished within {timeout:g} s")
+            data = b"".join(chunks)
     except ImageLoadError as err:  # refused by the public-address checks: name the URL
         if err.source == url:
             raise
@@ -136,8 +147,8 @@ def download_bytes(url: str, timeout: float, *, public_only: bool = False) -> by
         raise ImageLoadError(url, f"download failed: {_net_reason(err.reason)}") from None
     except (OSError, http.client.HTTPException, ValueError) as err:
         raise ImageLoadError(url, f"download failed: {_net_reason(err)}") from None
-    if len(data) > MAX_DOWNLOAD_BYTES:
-        raise ImageLoadError(url, f"download failed: {_too_big_for_download()}", kind="too_large")
+    if len(data) > cap:
+        raise ImageLoadError(url, f"download failed: {_too_big_for_download(cap)}", kind="too_large")
     return data
 
 
@@ -147,9 +158,25 @@ def is_public_address(address: str) -> bool:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            ip = embedded
     return bool(ip.is_global) and not ip.is_multicast
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (mapped, 6to4, NAT64 or the old compatible form)."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or (int(ip) >> 32 == 0 and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
 
 
 def _check_peer(sock: socket.socket | None, host: str) -> None:
@@ -157,8 +184,7 @@ def _check_peer(sock: socket.socket | None, host: str) -> None:
     if not is_public_address(peer):
         if sock is not None:
             sock.close()
-        raise ImageLoadError(host, f"refused: {host} is a private, loopback or reserved address ({peer})",
-                             kind="refused")
+        raise ImageLoadError(host, f"refused: {host} is not a public address", kind="refused")
 
 
 def _check_host(host: str, port: int) -> None:
@@ -170,8 +196,8 @@ def _check_host(host: str, port: int) -> None:
     for info in infos:
         address = str(info[4][0])
         if not is_public_address(address):
-            raise ImageLoadError(host, f"refused: {host} is a private, loopback or reserved address ({address})",
-                                 kind="refused")
+            raise ImageLoadError(host, f"refused: {host} is not a public address (private, loopback or "
+                                       "reserved)", kind="refused")
 
 
 class _PublicHTTPConnection(http.client.HTTPConnection):
@@ -198,8 +224,28 @@ class _PublicHTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(_PublicHTTPSConnection, req)
 
 
-def _too_big_for_download() -> str:
-    return f"larger than the {MAX_DOWNLOAD_BYTES // (1024 * 1024)} MB limit"
+def _too_big_for_download(cap: int = MAX_DOWNLOAD_BYTES) -> str:
+    return (f"larger than the {cap // (1024 * 1024)} MB limit" if cap >= 1024 * 1024
+            else f"larger than the {cap}-byte limit")
+
+
+class _HTTPOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        if urllib.parse.urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise ImageLoadError(req.full_url, "refused: a redirect to a URL that is not http or https",
+                                 kind="refused")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _public_opener() -> urllib.request.OpenerDirector:
+    """An opener with only what a public fetch needs: no file, ftp or data handlers, no proxies."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler({}), _PublicHTTPHandler(), _PublicHTTPSHandler(),
+                    _HTTPOnlyRedirects(), urllib.request.HTTPDefaultErrorHandler(),
+                    urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
 
 
 def _net_reason(reason: object) -> str:
@@ -217,9 +263,12 @@ def _decode(fp: IO[bytes], name: str, max_pixels: int | None,
             formats: Collection[str] | None = None) -> Image.Image:
     with _pil_limit_for(max_pixels):
         im = _open_header(fp, name, max_pixels)
-        if formats is not None and (im.format or "").upper() not in {f.upper() for f in formats}:
-            allowed = ", ".join(sorted(f.upper() for f in formats))
-            raise ImageLoadError(name, f"{im.format or 'this'} images are not accepted (allowed: {allowed})",
+        allowed = {f.upper() for f in formats} if formats is not None else None
+        if allowed is not None and "JPEG" in allowed:
+            allowed.add("MPO")  # cameras' multi-picture JPEGs: a JPEG first frame, decoded as one
+        if allowed is not None and (im.format or "").upper() not in allowed:
+            names = ", ".join(sorted(f.upper() for f in formats or ()))
+            raise ImageLoadError(name, f"{im.format or 'this'} images are not accepted (allowed: {names})",
                                  kind="format")
         _check_size(im.size, name, max_pixels)
         try:
