@@ -115,7 +115,7 @@ class MicroBatcher:
         for name, value in (("max_batch", max_batch), ("max_queue", max_queue)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SettingsError(f"{name} must be a positive integer, got {value!r}")
-        if max_wait < 0:
+        if not max_wait >= 0:  # NaN too
             raise SettingsError(f"max_wait must be >= 0 seconds, got {max_wait!r}")
         self.interrogator = interrogator
         self.max_batch = max_batch
@@ -124,6 +124,7 @@ class MicroBatcher:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._stats = BatcherStats()
         self._lock = threading.Lock()
+        self._admit = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -137,19 +138,28 @@ class MicroBatcher:
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop taking requests, fail the queued ones with :class:`ShuttingDown`, and stop the worker
         once its current batch ends."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._admit:  # no submit can slip a request in between the check and the drain
+            if self._closed:
+                return
+            self._closed = True
+        self._fail_queued()
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+            self._fail_queued()  # what a racing submit left behind, now that no worker takes it
+
+    def _fail_queued(self) -> None:
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, _Request) and item.future.set_running_or_notify_cancel():
-                item.future.set_exception(ShuttingDown("the server is shutting down"))
-        if self._thread is not None:
-            self._queue.put(_STOP)
-            self._thread.join(timeout)
+            if isinstance(item, _Request):
+                if item.future.set_running_or_notify_cancel():
+                    item.future.set_exception(ShuttingDown("the server is shutting down"))
+                else:
+                    with self._lock:
+                        self._stats.dropped += 1
 
     def __enter__(self) -> "MicroBatcher":
         return self.start()
@@ -195,10 +205,11 @@ class MicroBatcher:
         return self._put(_Request("caption", image, None, None, source, 0, "caption", wants_caption=True))
 
     def _put(self, request: _Request) -> Future[Any]:
-        if self._closed:
-            raise ShuttingDown("the server is shutting down")
         try:
-            self._queue.put_nowait(request)
+            with self._admit:
+                if self._closed:
+                    raise ShuttingDown("the server is shutting down")
+                self._queue.put_nowait(request)
         except queue.Full:
             with self._lock:
                 self._stats.rejected += 1
@@ -269,6 +280,9 @@ class MicroBatcher:
             groups.setdefault(r.key, []).append((r, f))
         for members in groups.values():
             self._finish_group(members)
+        for r in batch:  # a safety net: no caller waits forever on a request the worker skipped
+            if not r.future.done():
+                self._fail(r, RuntimeError("the model worker produced no result for this request"))
         log.debug("micro-batch of %d in %.1f ms (%d groups)", len(batch),
                   1000 * (time.perf_counter() - started), len(groups))
 

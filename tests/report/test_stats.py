@@ -88,3 +88,31 @@ def test_chunked_cooccurrence_equals_one_pass():
     col = Collection().add_all(records(500, per_category=15))
     whole, chunked = cooccurrence(col), cooccurrence(col, chunk=37)
     assert whole.labels == chunked.labels and np.array_equal(whole.counts, chunked.counts)
+
+
+def test_a_mixed_collection_compares_only_images_with_stored_scores():
+    with_scores = list(records(400, {"a": 1.0}, per_category=20, seed=1))
+    without = [dict(r, source=f"b/{i}.png", result=dict(r["result"], trace=None))
+               for i, r in enumerate(records(400, {"b": 1.0}, per_category=20, seed=2))]
+    col = Collection("folder").add_all(with_scores + without)
+    col.finish()
+    assert col.with_scores == 400 and col.scored_groups == {"a": 400}
+    assert separating_phrases(col) == []  # group b has no top phrases to compare: nothing is flagged
+    only_prompts = Collection("folder").add_all(without)
+    only_prompts.finish()
+    assert only_prompts.scored_groups == {"b": 400}
+    tops = [s.images("top") for s in only_prompts.phrases.values()]
+    assert tops == [s.images("prompt") for s in only_prompts.phrases.values()] and sum(tops) > 400  # prompts stand in
+
+
+def test_phrases_with_dollar_signs_do_not_break_the_figures(tmp_path):
+    from image2prompt.report import build_report
+
+    rows = [{"source": f"g{i % 2}/{i}.png", "ok": True, "result": {"prompt": "p", "phrases": [
+        {"text": t, "category": "flavors", "score": 0.1 * i} for t in ("$$", "a $x^{$ b", "$\\nosuchcmd$")]}}
+        for i in range(12)]
+    from tests.support.synthetic_records import write_jsonl
+
+    data = write_jsonl(tmp_path / "r.jsonl", iter(rows))
+    summary = build_report([data], html_path=tmp_path / "r.html")
+    assert summary["images"] == 12 and "$$" in (tmp_path / "r.html").read_text()

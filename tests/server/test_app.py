@@ -370,7 +370,7 @@ def test_readyz_waits_for_loading_and_reports_a_failed_load(serve_interrogator, 
     with running_app(create_app(broken, on_load_error=errors.append), monkeypatch, ready=False) as base:
         wait_for(lambda: bool(errors))
         r = httpx.get(base + "/readyz")
-        assert r.status_code == 503 and "no weights at /nowhere" in r.json()["error"]
+        assert r.status_code == 503 and "failed to load" in r.json()["error"] and "nowhere" not in r.text
         assert_json_error(httpx.get(base + "/v1/models"), 503, "failed to load")
 
 
@@ -388,3 +388,66 @@ def test_path_of_static_files_is_packaged():
     from image2prompt.server.app import STATIC
 
     assert {p.name for p in Path(STATIC).iterdir()} >= {"index.html", "app.js", "style.css"}
+
+
+def test_loopback_servers_refuse_other_hosts_and_other_sites_pages(serve_interrogator, monkeypatch, pictures):
+    cfg = ServerConfig(loopback_only=True, cors_origins=("https://app.example",))
+    with running_app(create_app(serve_interrogator, cfg), monkeypatch) as base:
+        port = base.rsplit(":", 1)[1]
+        assert httpx.get(base + "/healthz").status_code == 200
+        assert httpx.get(base + "/healthz", headers={"Host": f"localhost:{port}"}).status_code == 200
+        # DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1
+        assert_json_error(httpx.get(base + "/v1/models", headers={"Host": f"evil.example:{port}"}), 421,
+                          "localhost only")
+        # a page of another site posting a form (browsers send no preflight for multipart)
+        evil = httpx.post(base + "/v1/interrogate", files={"image": ("x.png", pictures[0], "image/png")},
+                          headers={"Origin": "https://evil.example"})
+        assert_json_error(evil, 403, "not allowed")
+        same = httpx.post(base + "/v1/interrogate", files={"image": ("x.png", pictures[0], "image/png")},
+                          data={"mode": "fast"}, headers={"Origin": f"http://127.0.0.1:{port}"}, timeout=120)
+        allowed = httpx.post(base + "/v1/interrogate", files={"image": ("x.png", pictures[0], "image/png")},
+                             data={"mode": "fast"}, headers={"Origin": "https://app.example"}, timeout=120)
+        assert same.status_code == 200 and allowed.status_code == 200
+
+
+def test_server_caps_settings_that_would_hold_the_worker(server_url, pictures):
+    assert_json_error(post_image(server_url, pictures[0], beam=9), 422, "beam")
+    assert_json_error(post_image(server_url, pictures[0], candidates=100000), 422, "candidates")
+
+
+def test_a1111_bodies_over_the_limit_are_413(serve_interrogator, monkeypatch):
+    with running_app(create_app(serve_interrogator, ServerConfig(max_upload_bytes=1000)), monkeypatch) as base:
+        def chunks():
+            yield b'{"image": "'
+            for _ in range(100):
+                yield b"A" * 1000
+            yield b'"}'
+
+        r = httpx.post(base + "/interrogator/prompt", content=chunks(), headers={"content-type": "application/json"})
+        assert_json_error(r, 413, "limit")
+
+
+def test_batch_budget_holds_across_zips_and_a_failing_model_fails_records_not_the_batch(
+        serve_interrogator, monkeypatch, pictures):
+    def zipped(k: int) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr(f"big{k}.png", b"\0" * 600_000)  # compresses to almost nothing
+        return buf.getvalue()
+
+    cfg = ServerConfig(max_batch_bytes=1_000_000, max_upload_bytes=700_000)
+    with running_app(create_app(serve_interrogator, cfg), monkeypatch) as base:
+        files = [("files", (f"{k}.zip", zipped(k), "application/zip")) for k in range(2)]
+        assert_json_error(httpx.post(base + "/v1/batch", files=files, data={"mode": "fast"}), 413,
+                          "unpacks to more than the 1000000-byte limit")
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("CUDA out of memory (pretend)")
+
+        monkeypatch.setattr(serve_interrogator, "_search", broken)
+        files = [("files", (f"{i}.png", pictures[i], "image/png")) for i in range(3)]
+        r = httpx.post(base + "/v1/batch", files=files, data={"mode": "fast"}, timeout=120)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["failed"] == 3 and all("internal error" in rec["error"] for rec in body["records"])
+        assert "CUDA" not in r.text

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..io import DEFAULT_MAX_PIXELS
 from .main import (
     CONTEXT_SETTINGS,
     FatalError,
@@ -26,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..interrogator import Interrogator
 
 API_KEY_ENV = "IMAGE2PROMPT_API_KEY"
+SERVE_MAX_PIXELS = 36_000_000  # image2prompt.server.app.SERVE_MAX_PIXELS (not imported: FastAPI may be missing)
 
 
 def is_loopback(host: str) -> bool:
@@ -53,8 +53,9 @@ def is_loopback(host: str) -> bool:
 @click.option("--max-upload-mb", type=click.FloatRange(min=0.01), default=20, show_default=True, metavar="MB",
               help="Largest image (or request body) accepted; batch uploads may total --max-batch-mb.")
 @click.option("--max-batch-mb", type=click.FloatRange(min=0.01), default=256, show_default=True, metavar="MB")
-@click.option("--max-pixels", metavar="N|none", default=str(DEFAULT_MAX_PIXELS), show_default=True,
-              callback=_max_pixels_callback, help="Refuse images with more than N pixels (413).")
+@click.option("--max-pixels", metavar="N|none", default=str(SERVE_MAX_PIXELS), show_default=True,
+              callback=_max_pixels_callback,
+              help="Refuse images with more than N pixels (413). Memory: each waiting request holds 3 bytes a pixel.")
 @click.option("--formats", default="BMP,GIF,JPEG,PNG,TIFF,WEBP", show_default=True, metavar="LIST",
               help="Image formats accepted (Pillow names, comma-separated); others get 415.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True, metavar="N",
@@ -111,7 +112,7 @@ def serve(host: str, port: int, target: str | None, clip_name: tuple[str, ...], 
         api_key=api_key or None, allow_urls=allow_urls, cors_origins=cors_origins,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_batch_bytes=int(max_batch_mb * 1024 * 1024),
         max_pixels=max_pixels, formats=names, max_batch=max_batch, max_wait=max_wait_ms / 1000,
-        max_queue=max_queue, timeout=timeout)
+        max_queue=max_queue, timeout=timeout, loopback_only=is_loopback(host))
     failed: list[str] = []
     server: Any = None
 

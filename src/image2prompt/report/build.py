@@ -62,6 +62,7 @@ def build_report(results: Sequence[str | Path], options: ReportOptions | None = 
         if not Path(path).exists():
             raise ReportError(f"{path}: no such file")
         col.add_all(read_records(path))
+    col.finish()
     if opts.group_by and opts.group_by.strip() == "folder":
         col.shorten_folders()
     if col.images == 0:
@@ -107,11 +108,11 @@ def _top_phrases(col: Collection, category: str, n: int, group: str | None = Non
 
 
 def _summary(col: Collection, opts: ReportOptions, separation: list[Separation], cooc: Cooccurrence) -> dict[str, Any]:
-    n = col.images
+    n, scored = col.images, max(1, col.scored)
     cats = {}
     for category in col.categories():
         cats[category] = [{
-            "text": s.text, "images": s.images("top"), "share": s.images("top") / n,
+            "text": s.text, "images": s.images("top"), "share": s.images("top") / scored,
             "in_prompts": s.images("prompt") / n, "mean_score": _finite(s.mean),
             "quartiles": [float(v) for v in np.percentile(s.sample, [25, 50, 75])] if s.sample else None,
             "hypothesis": s.hypothesis} for s in _top_phrases(col, category, opts.top)]
@@ -237,7 +238,7 @@ def _page(col: Collection, opts: ReportOptions, summary: dict[str, Any], separat
         if not top:
             continue
         uri = plots.score_boxes(category, [s.text for s in top], [s.sample or [float("nan")] for s in top],
-                                [s.images("top") / n for s in top])
+                                [s.images("top") / max(1, col.scored) for s in top])
         note = " <span class=hyp>names are hypotheses about resemblance</span>" if any(s.hypothesis for s in top) else ""
         parts.append(f"<figure><img alt='scores of {e(category)}' src='{uri}'><figcaption>{e(category)}{note}"
                      f"</figcaption></figure>")

@@ -117,6 +117,9 @@ class Collection:
         self._random = self.rng.random
         self.phrases: dict[tuple[str, str], PhraseStats] = {}
         self.groups: dict[str, int] = {}  # group -> ok images
+        #: group -> images whose top phrases are known (--store-scores): the base of every share of
+        #: "top" counts, so a collection that mixes runs with and without scores compares like with like
+        self.scored_groups: dict[str, int] = {}
         self.errors = 0
         self.records = 0
         self.weak = 0
@@ -154,6 +157,7 @@ class Collection:
         label = None
         if isinstance(top, dict) and top:
             self.with_scores += 1
+            self.scored_groups[group] = self.scored_groups.get(group, 0) + 1
             for category, phrases in top.items():
                 for p in phrases or ():
                     stats = self._stats(category, p)
@@ -165,8 +169,7 @@ class Collection:
         for p in res.get("phrases") or ():
             stats = self._stats(p.get("category", "?"), p)
             stats.prompt[group] = stats.prompt.get(group, 0) + 1
-            if not top:  # no stored top phrases: the prompt's phrases are all that is known
-                stats.top[group] = stats.top.get(group, 0) + 1
+            if not top:  # no stored top phrases: the prompt's phrases are all that is known of its scores
                 self._score(stats, p.get("score"))
             ids.append(self._ids[(stats.category, stats.text)])
         self.prompt_ends.append(len(ids))
@@ -199,6 +202,18 @@ class Collection:
             if j < RESERVOIR:
                 stats.sample[j] = float(score)
 
+    def finish(self) -> None:
+        """After the last record: with no stored top phrases at all, the prompts' phrases stand in for them."""
+        if self.with_scores == 0:
+            for stats in self.phrases.values():
+                stats.top = dict(stats.prompt)
+            self.scored_groups = dict(self.groups)
+
+    @property
+    def scored(self) -> int:
+        """Images whose "top" phrases the shares are taken over."""
+        return sum(self.scored_groups.values())
+
     def shorten_folders(self) -> None:
         """Name folder groups by what tells them apart: ``/data/set/cool`` and ``/data/set/warm``
         become ``cool`` and ``warm`` (their common parent dropped)."""
@@ -217,6 +232,7 @@ class Collection:
             return {mapping.get(g, g): k for g, k in counts.items()}
 
         self.groups, self.weak_by_group = moved(self.groups), moved(self.weak_by_group)
+        self.scored_groups = moved(self.scored_groups)
         for stats in self.phrases.values():
             stats.top, stats.prompt = moved(stats.top), moved(stats.prompt)
         for ref in self._points.items + self._weak_sample.items:

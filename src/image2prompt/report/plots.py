@@ -23,7 +23,7 @@ def _plt() -> Any:
     import matplotlib.pyplot as plt
 
     plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
-                         "figure.dpi": DPI})
+                         "figure.dpi": DPI, "text.parse_math": False})  # a phrase with "$" is text, not TeX
     return plt
 
 

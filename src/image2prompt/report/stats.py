@@ -108,11 +108,12 @@ def separating_phrases(col: Collection, *, q: float = 0.05, min_images: int = 5,
                        seed: int = 0) -> list[Separation]:
     """Every tested (group, phrase) with its effect, interval and q-value, most significant first.
     With two groups only the first is tested against the second (the other is its mirror)."""
-    groups = sorted(col.groups, key=lambda g: -col.groups[g])
+    sizes = col.scored_groups  # shares are over the images whose top phrases are known
+    groups = sorted((g for g in sizes if sizes[g]), key=lambda g: -sizes[g])
     if len(groups) < 2:
         return []
     tested = groups[:1] if len(groups) == 2 else groups
-    total = col.images
+    total = col.scored
     keys = [k for k, s in col.phrases.items() if s.images("top") >= min_images]
     if not keys:
         return []
@@ -121,7 +122,7 @@ def separating_phrases(col: Collection, *, q: float = 0.05, min_images: int = 5,
     rows: list[tuple[int, int, float, float, float]] = []
     ps: list[np.ndarray] = []
     for j, g in enumerate(tested):
-        n1, n2 = col.groups[g], total - col.groups[g]
+        n1, n2 = sizes[g], total - sizes[g]
         if n1 == 0 or n2 == 0:
             continue
         c1, c2 = counts[:, j], every - counts[:, j]
@@ -135,7 +136,7 @@ def separating_phrases(col: Collection, *, q: float = 0.05, min_images: int = 5,
     out = []
     for (i, j, s1, s2, _), pv, qq in zip(rows, p, qv):
         g = tested[j]
-        n1, n2 = col.groups[g], total - col.groups[g]
+        n1, n2 = sizes[g], total - sizes[g]
         boot = rng.binomial(n1, s1, resamples) / n1 - rng.binomial(n2, s2, resamples) / n2 \
             if qq <= q or abs(s1 - s2) >= 0.05 else None
         low, high = (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))) if boot is not None \

@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 #: Encoded formats accepted by default (PIL names): what browsers and cameras send.
 DEFAULT_FORMATS = ("BMP", "GIF", "JPEG", "PNG", "TIFF", "WEBP")
+#: The server's pixel limit: 36 MP covers 24 MP cameras and 6000x6000 scans; a queue of 64 such
+#: requests holds at most 64 x 108 MB.
+SERVE_MAX_PIXELS = 36_000_000
 #: Paths answered without an API key: liveness, readiness, the UI's static page and the API docs.
 OPEN_PATHS = ("/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/favicon.ico")
 #: A1111 category names of the reference's tables, for /interrogator/analyze.
@@ -75,7 +78,8 @@ class ServerConfig:
     max_upload_bytes: int = 20 * 1024 * 1024  # one request's body (a batch: max_batch_bytes)
     max_batch_bytes: int = 256 * 1024 * 1024
     max_batch_files: int = 500
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    max_pixels: int | None = SERVE_MAX_PIXELS  # decoded RGB is 3 bytes a pixel, held until its batch runs
+    decoders: int = 2  # images decoded at once (each may take 3-4 bytes a pixel while it decodes)
     formats: tuple[str, ...] = DEFAULT_FORMATS
     allow_urls: bool = False  # fetch {"url": ...}; private and loopback addresses are refused even then
     url_timeout: float = 20.0
@@ -86,6 +90,7 @@ class ServerConfig:
     max_queue: int = 64  # requests waiting; past it: 503 with Retry-After
     retry_after: int = 1  # seconds, in 503 answers
     batch_keep: int = 16  # finished batch uploads kept for download
+    loopback_only: bool = False  # bound to loopback: answer only Host: localhost/127.0.0.1/[::1] (DNS rebinding)
 
 
 class HTTPError(Exception):
@@ -107,14 +112,15 @@ class SearchFields(BaseModel):
     mode: str = "best"
     negative: bool = False
     caption: str | None = Field(None, description="Use this caption instead of generating one.")
-    beam: int | None = None
-    max_tokens: int | None = None
-    candidates: int | None = None
-    min_flavors: int | None = None
-    max_flavors: int | None = None
+    # Upper bounds keep one request from holding the shared model worker for minutes.
+    beam: int | None = Field(None, le=8)
+    max_tokens: int | None = Field(None, le=300)
+    candidates: int | None = Field(None, le=8192)
+    min_flavors: int | None = Field(None, le=64)
+    max_flavors: int | None = Field(None, le=64)
     chunks: bool | None = None
     trace: bool | None = None
-    trace_top: int | None = None
+    trace_top: int | None = Field(None, le=50)
 
     def settings(self) -> SearchSettings:
         given = self.model_dump(exclude={"caption", "image", "url"}, exclude_none=True)
@@ -193,6 +199,8 @@ class _State:
     ready: threading.Event = field(default_factory=threading.Event)
     batches: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     on_load_error: Callable[[str], None] | None = None
+    decoding: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    downloads: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
 
     def load(self) -> None:
         try:
@@ -212,7 +220,7 @@ class _State:
 
     def need(self) -> tuple[Interrogator, MicroBatcher]:
         if self.error is not None:
-            raise HTTPError(503, f"the models failed to load: {self.error}")
+            raise HTTPError(503, "the models failed to load (the server's log says why)")
         if not self.ready.is_set() or self.interrogator is None or self.batcher is None:
             raise HTTPError(503, "the models are still loading; try again shortly", {"Retry-After": "5"})
         return self.interrogator, self.batcher
@@ -225,7 +233,7 @@ def create_app(interrogator: Union["Interrogator", Loader], config: ServerConfig
     config = config or ServerConfig()
     loader: Loader = interrogator if callable(interrogator) and not hasattr(interrogator, "encode") \
         else (lambda: interrogator)  # type: ignore[assignment,return-value]
-    state = _State(config, loader, on_load_error=on_load_error)
+    state = _State(config, loader, on_load_error=on_load_error, decoding=asyncio.Semaphore(max(1, config.decoders)))
 
     async def lifespan(app: FastAPI) -> Any:
         thread = threading.Thread(target=state.load, name="image2prompt-load", daemon=True)
@@ -259,6 +267,8 @@ class _Guard:
     def __init__(self, app: Any, config: ServerConfig) -> None:
         self.app, self.config = app, config
         self.key = config.api_key.encode() if config.api_key else None
+        self.loopback = config.loopback_only
+        self.origins = set(config.cors_origins)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -285,7 +295,8 @@ class _Guard:
                 await _error(500, "internal error (the server logged the details)")(scope, receive, send_logged)
         finally:
             client = scope.get("client") or ("-", 0)
-            log.info("%s %s %s %d %.1fms", client[0], scope.get("method", "-"), path, status[0],
+            shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in path[:300])  # one line, always
+            log.info("%s %s %s %d %.1fms", client[0], scope.get("method", "-"), shown, status[0],
                      1000 * (time.perf_counter() - started))
 
     def body_limit(self, path: str) -> int:
@@ -296,6 +307,15 @@ class _Guard:
 
     def _refusal(self, scope: dict[str, Any], path: str) -> Response | None:
         headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
+        host = headers.get("host", b"").decode("latin-1").lower()
+        if self.loopback and _hostname(host) not in LOOPBACK_NAMES:
+            # DNS rebinding: a page on evil.example that resolves to 127.0.0.1 sends Host: evil.example
+            return _error(421, f"this server answers to localhost only, not to Host {host[:80]!r}")
+        origin = headers.get("origin", b"").decode("latin-1")
+        if origin and scope.get("method") not in ("GET", "HEAD", "OPTIONS") and origin not in self.origins \
+                and _hostport(origin) != host:
+            # a page of another site POSTing a form here (no CORS preflight for multipart): refused
+            return _error(403, f"requests from pages on {origin[:80]} are not allowed (see --cors-origin)")
         if self.key is not None and scope.get("method") != "OPTIONS" and path not in OPEN_PATHS \
                 and not path.startswith("/static/"):
             given = headers.get("x-api-key", b"")
@@ -310,6 +330,21 @@ class _Guard:
         if declared.isdigit() and int(declared) > limit:
             return _error(413, f"request body of {int(declared)} bytes is over the {limit}-byte limit")
         return None
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
+
+
+def _hostname(host: str) -> str:
+    """``Host`` without its port (``[::1]:7860`` -> ``[::1]``)."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _hostport(origin: str) -> str:
+    """``https://a.example:8443`` -> ``a.example:8443`` (what the Host header of a same-origin request says)."""
+    return origin.split("://", 1)[-1].rstrip("/").lower()
 
 
 class _BodyTooLarge(Exception):
@@ -413,6 +448,21 @@ async def _parse(request: Request, model: type[BaseModel]) -> tuple[BaseModel, b
     raise HTTPError(415, f"content type {ctype!r} is not accepted: send JSON or multipart/form-data")
 
 
+async def _json(request: Request, model: type[BaseModel]) -> Any:
+    """A JSON body validated by ``model`` (read here, so the body limit answers 413, not 400)."""
+    try:
+        payload = await request.json()
+    except ValueError:
+        raise HTTPError(400, "the body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise HTTPError(422, "invalid request: the JSON body must be an object")
+    return _validate(model, payload)
+
+
+def _json_doc(model: type[BaseModel]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
 def _validate(model: type[BaseModel], raw: dict[str, Any]) -> Any:
     try:
         return model.model_validate(raw)
@@ -441,10 +491,13 @@ async def _decode(state: _State, data: bytes | None, name: str) -> Any:
         if data is None:
             if not cfg.allow_urls:
                 raise HTTPError(400, "fetching URLs is off on this server (start it with --allow-urls)")
-            data = await run_in_threadpool(download_bytes, name, cfg.url_timeout, public_only=True)
+            async with state.downloads:
+                data = await run_in_threadpool(download_bytes, name, cfg.url_timeout, public_only=True,
+                                               max_bytes=cfg.max_upload_bytes)
         if len(data) > cfg.max_upload_bytes:
             raise HTTPError(413, f"{name}: image of {len(data)} bytes is over the {cfg.max_upload_bytes}-byte limit")
-        return await run_in_threadpool(_load, data, name, cfg)
+        async with state.decoding:
+            return await run_in_threadpool(_load, data, name, cfg)
     except ImageLoadError as err:
         raise _image_error(err) from None
 
@@ -475,25 +528,38 @@ async def _wait(request: Request, submit: Callable[[], Future[Any]], timeout: fl
     while True:
         left = deadline - loop.time()
         if left <= 0:
-            fut.cancel()
-            raise HTTPError(504, f"no result within {timeout:g} s; the request was cancelled")
+            started = not fut.cancel()
+            waiter.add_done_callback(_retrieve)
+            raise HTTPError(504, f"no result within {timeout:g} s" + (
+                "" if started else "; the request was cancelled before it reached the model"))
         done, _ = await asyncio.wait({waiter}, timeout=min(0.25, left))
         if done:
             break
         if await request.is_disconnected():
             fut.cancel()
+            waiter.add_done_callback(_retrieve)
             log.info("%s %s: the client went away; its request was cancelled", request.method, request.url.path)
             raise HTTPError(499, "client closed the request")
     try:
         return waiter.result()
     except ImageLoadError as err:
         raise _image_error(err) from None
-    except (SettingsError, ValueError) as err:
+    except SettingsError as err:
         raise HTTPError(422, one_line(err)) from None
     except ShuttingDown as err:
         raise HTTPError(503, str(err)) from None
+    except Image2PromptError as err:  # e.g. features of other encoders: the request's fault, said in words
+        if isinstance(err, ValueError):
+            raise HTTPError(422, one_line(err)) from None
+        raise
     except asyncio.CancelledError:
         raise HTTPError(503, "the request was cancelled") from None
+
+
+def _retrieve(fut: Any) -> None:
+    """Read an abandoned future's outcome so asyncio does not log it as never retrieved."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _result_json(result: Any, settings: SearchSettings) -> dict[str, Any]:
@@ -523,7 +589,8 @@ def _routes(app: FastAPI, state: _State) -> None:
     async def readyz() -> JSONResponse:
         if state.ready.is_set():
             return JSONResponse({"ready": True})
-        body = {"ready": False, "error": state.error} if state.error else {"ready": False}
+        body = {"ready": False, "error": "the models failed to load (the server's log says why)"} \
+            if state.error else {"ready": False}
         return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
     @app.get("/v1/models", tags=["native"], summary="The loaded models, the modes and the limits.")
@@ -594,8 +661,10 @@ def _routes(app: FastAPI, state: _State) -> None:
         ip, _ = state.need()
         return [c.name for c in ip.clips]
 
-    @app.post("/interrogator/prompt", tags=["a1111"], summary="A1111 extension: an image's prompt.")
-    async def a1111_prompt(request: Request, body: A1111PromptBody) -> dict[str, str]:
+    @app.post("/interrogator/prompt", tags=["a1111"], summary="A1111 extension: an image's prompt.",
+              openapi_extra=_json_doc(A1111PromptBody))
+    async def a1111_prompt(request: Request) -> dict[str, str]:
+        body = await _json(request, A1111PromptBody)
         ip, batcher = state.need()
         _check_clip(ip, body.clip_model_name)
         if body.caption_model_name and ip.caption_name and body.caption_model_name != ip.caption_name:
@@ -608,8 +677,10 @@ def _routes(app: FastAPI, state: _State) -> None:
         result = await _wait(request, lambda: batcher.submit(image, settings), cfg.timeout)
         return {"prompt": result.prompt}
 
-    @app.post("/interrogator/analyze", tags=["a1111"], summary="A1111 extension: top 5 labels per category.")
-    async def a1111_analyze(request: Request, body: A1111AnalyzeBody) -> dict[str, dict[str, float]]:
+    @app.post("/interrogator/analyze", tags=["a1111"], summary="A1111 extension: top 5 labels per category.",
+              openapi_extra=_json_doc(A1111AnalyzeBody))
+    async def a1111_analyze(request: Request) -> dict[str, dict[str, float]]:
+        body = await _json(request, A1111AnalyzeBody)
         ip, batcher = state.need()
         _check_clip(ip, body.clip_model_name)
         image = await _decode(state, _b64(body.image), "image")
@@ -617,8 +688,10 @@ def _routes(app: FastAPI, state: _State) -> None:
         return {A1111_CATEGORIES.get(c, c): {p.text: p.score for p in phrases}
                 for c, phrases in analysis.categories.items()}
 
-    @app.post("/sdapi/v1/interrogate", tags=["a1111"], summary="A1111: interrogate with model 'clip'.")
-    async def sdapi_interrogate(request: Request, body: A1111InterrogateBody) -> dict[str, str]:
+    @app.post("/sdapi/v1/interrogate", tags=["a1111"], summary="A1111: interrogate with model 'clip'.",
+              openapi_extra=_json_doc(A1111InterrogateBody))
+    async def sdapi_interrogate(request: Request) -> dict[str, str]:
+        body = await _json(request, A1111InterrogateBody)
         _, batcher = state.need()
         if body.model.strip().lower() != "clip":
             raise HTTPError(422, f"model {body.model!r} is not served here; only 'clip' (deepdanbooru is A1111's own)")
@@ -663,22 +736,28 @@ async def _batch(request: Request, state: _State) -> dict[str, Any]:
     except SettingsError as err:
         raise HTTPError(422, str(err)) from None
     inputs: list[tuple[str, bytes | None, str | None]] = []  # (name, data, error)
+    budget = cfg.max_batch_bytes  # one budget for the whole batch: uploads and what zips unpack to
     for up in uploads:
         data = await up.read()
         name = PurePosixPath((up.filename or "upload").replace("\\", "/")).name or "upload"
         if name.lower().endswith(".zip"):
-            inputs.extend(_unzip(name, data, cfg))
+            members = await run_in_threadpool(_unzip, name, data, cfg, cfg.max_batch_files - len(inputs), budget)
+            budget -= sum(len(d) for _, d, _ in members if d is not None)
+            inputs.extend(members)
         else:
+            budget -= len(data)
             inputs.append((name, data, None))
         if len(inputs) > cfg.max_batch_files:
             raise HTTPError(413, f"more than {cfg.max_batch_files} images in one batch")
+        if budget < 0:
+            raise HTTPError(413, f"the batch unpacks to more than the {cfg.max_batch_bytes}-byte limit")
     fingerprint = ip.fingerprint(settings)
     limit = asyncio.Semaphore(max(1, batcher.max_batch))
 
     async def one(name: str, data: bytes | None, error: str | None) -> dict[str, Any]:
-        digest = hashlib.sha256(data).hexdigest() if data is not None else None
         if error is not None or data is None:
-            return make_record(name, digest, fingerprint, None, error or f"{name}: no data")
+            return make_record(name, None, fingerprint, None, error or f"{name}: no data")
+        digest = await run_in_threadpool(lambda: hashlib.sha256(data).hexdigest())
         async with limit:
             try:
                 image = await _decode(state, data, name)
@@ -689,9 +768,19 @@ async def _batch(request: Request, state: _State) -> dict[str, Any]:
                     raise
                 return make_record(name, digest, fingerprint, None, err.message if err.message.startswith(name)
                                    else f"{name}: {err.message}")
+            except Exception as err:  # noqa: BLE001  a bug or the model failing: this image's record says so
+                log.error("batch upload: %s failed", name, exc_info=err)
+                return make_record(name, digest, fingerprint, None, f"{name}: internal error (the server logged "
+                                                                    "the details)")
         return make_record(name, digest, fingerprint, result, None)
 
-    records = await asyncio.gather(*(one(*item) for item in inputs))
+    tasks = [asyncio.ensure_future(one(*item)) for item in inputs]
+    try:
+        records = await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:  # the client went away: nobody reads the rest
+            t.cancel()
+        raise
     bid = uuid.uuid4().hex[:12]
     state.batches[bid] = {"records": records, "prefix": prefix, "suffix": suffix}
     while len(state.batches) > cfg.batch_keep:
@@ -714,9 +803,11 @@ async def _wait_queued(request: Request, submit: Callable[[], Future[Any]], time
             await asyncio.sleep(0.05)
 
 
-def _unzip(name: str, data: bytes, cfg: ServerConfig) -> list[tuple[str, bytes | None, str | None]]:
-    """The images of a zip upload, each named ``archive.zip/inner/path.png``; members are read
-    with the upload limit, and an archive that claims more than the batch limit is refused."""
+def _unzip(name: str, data: bytes, cfg: ServerConfig, room: int,
+           budget: int) -> list[tuple[str, bytes | None, str | None]]:
+    """The images of a zip upload, each named ``archive.zip/inner/path.png``. Nothing is unpacked
+    when the archive holds more than ``room`` images or claims more than ``budget`` bytes; each
+    member is read with the upload limit (a member that lies about its size is cut there)."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
@@ -725,8 +816,10 @@ def _unzip(name: str, data: bytes, cfg: ServerConfig) -> list[tuple[str, bytes |
     # as in a folder: images only (a training set's zip holds its .txt captions too), no hidden files
     members = [m for m in archive.infolist()
                if not m.is_dir() and not _hidden(m.filename) and is_image_filename(m.filename)]
-    if sum(m.file_size for m in members) > cfg.max_batch_bytes:
-        raise HTTPError(413, f"{name}: unpacks to more than the {cfg.max_batch_bytes}-byte batch limit")
+    if len(members) > room:
+        raise HTTPError(413, f"{name}: more than {cfg.max_batch_files} images in one batch")
+    if sum(m.file_size for m in members) > budget:
+        raise HTTPError(413, f"{name}: the batch unpacks to more than the {cfg.max_batch_bytes}-byte limit")
     for m in members:
         inner = "/".join([name] + [p for p in m.filename.replace("\\", "/").split("/") if p not in ("", ".", "..")])
         if m.file_size > cfg.max_upload_bytes:
