@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from image2prompt import Config, Interrogator, SearchSettings
 from image2prompt.errors import SettingsError
 from image2prompt.service import Busy, MicroBatcher, ShuttingDown
+from tests.support.gate import gate_encode
 
 
 @pytest.fixture(scope="module")
@@ -25,19 +25,6 @@ SETTINGS = [SearchSettings(mode="fast"), SearchSettings(mode="classic"), SearchS
             SearchSettings(mode="fast", max_tokens=20)]
 
 
-def gated(monkeypatch: pytest.MonkeyPatch, ip: Interrogator) -> threading.Event:
-    """Hold the model worker in its next encode until the event is set (the encode itself is real)."""
-    gate = threading.Event()
-    real = ip.encode
-
-    def encode(*args, **kwargs):
-        gate.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(ip, "encode", encode)
-    return gate
-
-
 def wait_until(cond, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -49,7 +36,7 @@ def wait_until(cond, timeout: float = 10.0) -> None:
 def test_concurrent_requests_share_a_batch_and_each_gets_its_own_result(ip, images, monkeypatch):
     jobs = [(images[i], SETTINGS[i % len(SETTINGS)], "a photo" if i % 3 == 0 else None) for i in range(10)]
     alone = [ip.interrogate(im, settings=s, caption=c) for im, s, c in jobs]
-    gate = gated(monkeypatch, ip)
+    gate = gate_encode(monkeypatch, ip)
     with MicroBatcher(ip, max_batch=16, max_wait=0.0) as batcher:
         first = batcher.submit(*jobs[0][:2], caption=jobs[0][2])
         wait_until(lambda: batcher.stats.queued == 0)  # the worker holds the first one, at the gate
@@ -83,7 +70,7 @@ def test_analyze_and_caption_requests_ride_along(ip, images):
 
 
 def test_a_bad_request_fails_alone(ip, images, monkeypatch):
-    gate = gated(monkeypatch, ip)
+    gate = gate_encode(monkeypatch, ip)
     with MicroBatcher(ip, max_wait=0.0) as batcher:
         first = batcher.submit(images[0], SearchSettings(mode="fast"))
         wait_until(lambda: batcher.stats.queued == 0)

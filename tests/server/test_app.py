@@ -21,6 +21,7 @@ from PIL import Image
 from image2prompt import Interrogator, SearchSettings
 from image2prompt.server import ServerConfig, create_app
 from tests.conftest import make_images
+from tests.support.gate import gate_encode
 from tests.support.http import serve_folder
 from tests.support.server import running_app
 
@@ -223,18 +224,6 @@ def test_one_log_line_per_request_with_latency(server_url, caplog):
 
 
 # --- one model, many clients -----------------------------------------------------------------------
-
-
-def gate_encode(monkeypatch: pytest.MonkeyPatch, ip: Interrogator) -> threading.Event:
-    gate = threading.Event()
-    real = ip.encode
-
-    def encode(*args, **kwargs):
-        gate.wait(60)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(ip, "encode", encode)
-    return gate
 
 
 def stats(base: str) -> dict:

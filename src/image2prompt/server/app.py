@@ -430,13 +430,7 @@ async def _parse(request: Request, model: type[BaseModel]) -> tuple[BaseModel, b
         data = await upload.read()
         return fields, data, upload.filename or "upload"
     if ctype in ("application/json", ""):
-        try:
-            payload = await request.json()
-        except ValueError:
-            raise HTTPError(400, "the body is not valid JSON") from None
-        if not isinstance(payload, dict):
-            raise HTTPError(422, "invalid request: the JSON body must be an object")
-        fields = _validate(model, payload)
+        fields = await _json(request, model)
         image, url = getattr(fields, "image", None), getattr(fields, "url", None)
         if image and url:
             raise HTTPError(422, "invalid request: give image or url, not both")
