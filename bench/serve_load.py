@@ -515,8 +515,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], models: dict
         f"a warm-up (>= {args.warmup:g} s and >= 4 full micro-batches) then {args.duration:g} s timed; "
         "a 503 waits min(Retry-After, 0.2 s)",
         f"server: image2prompt serve --max-queue {args.max_queue}{' ' + args.server_args if args.server_args else ''}"
-        f", one process per configuration, OMP_NUM_THREADS "
-        f"{args.server_threads if args.server_threads is not None else os.environ.get('OMP_NUM_THREADS', 'unset')}"
+        f", one process per configuration, torch threads {server_threads(args)}"
         f"; models: clip {_short(models['clip'])}, captioner "
         f"{_short(models['caption_model'])}, vocab {_short(models['vocab'])}"
         + (" (random-weight tiny models: service speed, not prompt quality)" if args.clip is None else ""),
@@ -541,6 +540,15 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], models: dict
     errs += [f"max batch {label(r)} FAILED: {r['error'].splitlines()[0]}" for r in results if "error" in r]
     text = emit_report("cpu", notes + srv + errs, headers, rows, args.markdown_out)
     return text, checks
+
+
+def server_threads(args: argparse.Namespace) -> str:
+    """The server's torch CPU threads (the machine line's "torch threads" is the load generator's)."""
+    if args.server_threads is not None:
+        return f"{args.server_threads} (--server-threads)"
+    if os.environ.get("OMP_NUM_THREADS"):
+        return f"{os.environ['OMP_NUM_THREADS']} (OMP_NUM_THREADS)"
+    return f"torch's default ({os.cpu_count()}, one per core)"
 
 
 def _short(name: str) -> str:
