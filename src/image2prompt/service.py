@@ -45,11 +45,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from .features import Features
     from .interrogator import Interrogator
 
-__all__ = ["Busy", "BatcherStats", "MicroBatcher", "ShuttingDown"]
+__all__ = ["SERVE_FORMATS", "SERVE_MAX_PIXELS", "Busy", "BatcherStats", "MicroBatcher", "ShuttingDown"]
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["search", "analyze", "caption"]
+
+#: What a service accepts from its clients by default (``image2prompt serve``; here, not in the
+#: FastAPI app, so the CLI can show them without FastAPI installed). Encoded formats (PIL names):
+#: what browsers and cameras send.
+SERVE_FORMATS = ("BMP", "GIF", "JPEG", "PNG", "TIFF", "WEBP")
+#: Pixels: 36 MP covers 24 MP cameras and 6000x6000 scans; each waiting request holds its decoded
+#: image (3 bytes a pixel), so a queue of 64 such requests holds at most 64 x 108 MB.
+SERVE_MAX_PIXELS = 36_000_000
 
 
 class Busy(Image2PromptError):

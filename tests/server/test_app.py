@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -41,6 +42,14 @@ def post_image(base: str, data: bytes, route: str = "/v1/interrogate", **fields)
     return httpx.post(base + route, files={"image": ("x.png", data, "image/png")},
                       data={k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fields.items()},
                       timeout=120)
+
+
+def chunked_json(kilobytes: int) -> Iterator[bytes]:
+    """A JSON body of about ``kilobytes`` kB sent in chunks, with no Content-Length."""
+    yield b'{"image": "'
+    for _ in range(kilobytes):
+        yield b"A" * 1000
+    yield b'"}'
 
 
 def assert_json_error(r: httpx.Response, status: int, words: str) -> None:
@@ -173,13 +182,8 @@ def test_size_limits(serve_interrogator, monkeypatch):
         wide = png(Image.new("RGB", (400, 240), (1, 2, 3)))
         assert_json_error(post_image(base, wide), 413, "image too large (400×240 pixels")
 
-        def chunks():  # no Content-Length: the body is counted as it arrives
-            yield b'{"image": "'
-            for _ in range(300):
-                yield b"A" * 1000
-            yield b'"}'
-
-        r = httpx.post(base + "/v1/interrogate", content=chunks(), headers={"content-type": "application/json"})
+        # no Content-Length: the body is counted as it arrives
+        r = httpx.post(base + "/v1/interrogate", content=chunked_json(300), headers={"content-type": "application/json"})
         assert_json_error(r, 413, "limit")
 
 
@@ -406,13 +410,8 @@ def test_server_caps_settings_that_would_hold_the_worker(server_url, pictures):
 
 def test_a1111_bodies_over_the_limit_are_413(serve_interrogator, monkeypatch):
     with running_app(create_app(serve_interrogator, ServerConfig(max_upload_bytes=1000)), monkeypatch) as base:
-        def chunks():
-            yield b'{"image": "'
-            for _ in range(100):
-                yield b"A" * 1000
-            yield b'"}'
-
-        r = httpx.post(base + "/interrogator/prompt", content=chunks(), headers={"content-type": "application/json"})
+        r = httpx.post(base + "/interrogator/prompt", content=chunked_json(100),
+                       headers={"content-type": "application/json"})
         assert_json_error(r, 413, "limit")
 
 

@@ -19,13 +19,13 @@ from .main import (
     pick_clip,
     verbosity_options,
 )
+from ..service import SERVE_FORMATS, SERVE_MAX_PIXELS
 from .progress import PROG, setup_logging
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..interrogator import Interrogator
 
 API_KEY_ENV = "IMAGE2PROMPT_API_KEY"
-SERVE_MAX_PIXELS = 36_000_000  # image2prompt.server.app.SERVE_MAX_PIXELS (not imported: FastAPI may be missing)
 
 
 def is_loopback(host: str) -> bool:
@@ -56,7 +56,7 @@ def is_loopback(host: str) -> bool:
 @click.option("--max-pixels", metavar="N|none", default=str(SERVE_MAX_PIXELS), show_default=True,
               callback=_max_pixels_callback,
               help="Refuse images with more than N pixels (413). Memory: each waiting request holds 3 bytes a pixel.")
-@click.option("--formats", default="BMP,GIF,JPEG,PNG,TIFF,WEBP", show_default=True, metavar="LIST",
+@click.option("--formats", default=",".join(SERVE_FORMATS), show_default=True, metavar="LIST",
               help="Image formats accepted (Pillow names, comma-separated); others get 415.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True, metavar="N",
               help="Requests encoded and searched together in one micro-batch; 1 turns micro-batching off.")

@@ -55,7 +55,6 @@ class ImageRef:
     content_hash: str | None
     group: str
     label: str | None  # its best medium (or first category's best phrase)
-    match_strength: float | None = None
 
 
 def grouper(spec: str | None) -> Callable[[dict[str, Any]], str]:
@@ -173,8 +172,7 @@ class Collection:
                 self._score(stats, p.get("score"))
             ids.append(self._ids[(stats.category, stats.text)])
         self.prompt_ends.append(len(ids))
-        ref = ImageRef(str(record.get("source", "")), record.get("content_hash"), group, label,
-                       res.get("match_strength") if isinstance(res.get("match_strength"), (int, float)) else None)
+        ref = ImageRef(str(record.get("source", "")), record.get("content_hash"), group, label)
         if res.get("weak_match"):
             self.weak += 1
             self.weak_by_group[group] = self.weak_by_group.get(group, 0) + 1
@@ -256,13 +254,6 @@ class Collection:
         for category, _ in self.phrases:
             seen.setdefault(category, None)
         return list(seen)
-
-    def prompts(self) -> Iterable[array]:
-        """Each image's prompt phrase ids."""
-        start = 0
-        for end in self.prompt_ends:
-            yield self.prompt_ids[start:end]
-            start = end
 
 
 class _Reservoir:

@@ -119,7 +119,7 @@ def separating_phrases(col: Collection, *, q: float = 0.05, min_images: int = 5,
         return []
     counts = np.array([[col.phrases[k].top.get(g, 0) for g in tested] for k in keys], np.float64)  # [P, G]
     every = np.array([col.phrases[k].images("top") for k in keys], np.float64)
-    rows: list[tuple[int, int, float, float, float]] = []
+    rows: list[tuple[int, int, float, float]] = []  # (phrase, group, share in it, share in the rest)
     ps: list[np.ndarray] = []
     for j, g in enumerate(tested):
         n1, n2 = sizes[g], total - sizes[g]
@@ -127,14 +127,14 @@ def separating_phrases(col: Collection, *, q: float = 0.05, min_images: int = 5,
             continue
         c1, c2 = counts[:, j], every - counts[:, j]
         ps.append(two_proportion_p(c1, n1, c2, n2))
-        rows += [(i, j, c1[i] / n1, c2[i] / n2, 0.0) for i in range(len(keys))]
+        rows += [(i, j, c1[i] / n1, c2[i] / n2) for i in range(len(keys))]
     if not rows:
         return []
     p = np.concatenate(ps)
     qv = benjamini_hochberg(p)
     rng = np.random.default_rng(seed)
     out = []
-    for (i, j, s1, s2, _), pv, qq in zip(rows, p, qv):
+    for (i, j, s1, s2), pv, qq in zip(rows, p, qv):
         g = tested[j]
         n1, n2 = sizes[g], total - sizes[g]
         boot = rng.binomial(n1, s1, resamples) / n1 - rng.binomial(n2, s2, resamples) / n2 \

@@ -43,11 +43,11 @@ from .. import __version__
 from ..batch.records import make_record, records_bytes
 from ..batch.sidecars import SidecarOptions, caption_text, sidecar_path
 from ..errors import Image2PromptError, ImageLoadError, SettingsError, one_line
-from ..io import DEFAULT_MAX_PIXELS, load_image
+from ..io import load_image
 from ..io.images import download_bytes
 from ..io.sources import is_image_filename
 from ..modes import get_mode, mode_names
-from ..service import Busy, MicroBatcher, ShuttingDown
+from ..service import SERVE_FORMATS, SERVE_MAX_PIXELS, Busy, MicroBatcher, ShuttingDown
 from ..settings import SearchSettings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,11 +56,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-#: Encoded formats accepted by default (PIL names): what browsers and cameras send.
-DEFAULT_FORMATS = ("BMP", "GIF", "JPEG", "PNG", "TIFF", "WEBP")
-#: The server's pixel limit: 36 MP covers 24 MP cameras and 6000x6000 scans; a queue of 64 such
-#: requests holds at most 64 x 108 MB.
-SERVE_MAX_PIXELS = 36_000_000
 #: Paths answered without an API key: liveness, readiness, the UI's static page and the API docs.
 OPEN_PATHS = ("/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/favicon.ico")
 #: A1111 category names of the reference's tables, for /interrogator/analyze.
@@ -80,7 +75,7 @@ class ServerConfig:
     max_batch_files: int = 500
     max_pixels: int | None = SERVE_MAX_PIXELS  # decoded RGB is 3 bytes a pixel, held until its batch runs
     decoders: int = 2  # images decoded at once (each may take 3-4 bytes a pixel while it decodes)
-    formats: tuple[str, ...] = DEFAULT_FORMATS
+    formats: tuple[str, ...] = SERVE_FORMATS
     allow_urls: bool = False  # fetch {"url": ...}; private and loopback addresses are refused even then
     url_timeout: float = 20.0
     cors_origins: tuple[str, ...] = ()
@@ -199,8 +194,11 @@ class _State:
     ready: threading.Event = field(default_factory=threading.Event)
     batches: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     on_load_error: Callable[[str], None] | None = None
-    decoding: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    decoding: asyncio.Semaphore = field(init=False)  # config.decoders images decode at a time
     downloads: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
+
+    def __post_init__(self) -> None:
+        self.decoding = asyncio.Semaphore(max(1, self.config.decoders))
 
     def load(self) -> None:
         try:
@@ -233,7 +231,7 @@ def create_app(interrogator: Union["Interrogator", Loader], config: ServerConfig
     config = config or ServerConfig()
     loader: Loader = interrogator if callable(interrogator) and not hasattr(interrogator, "encode") \
         else (lambda: interrogator)  # type: ignore[assignment,return-value]
-    state = _State(config, loader, on_load_error=on_load_error, decoding=asyncio.Semaphore(max(1, config.decoders)))
+    state = _State(config, loader, on_load_error=on_load_error)
 
     async def lifespan(app: FastAPI) -> Any:
         thread = threading.Thread(target=state.load, name="image2prompt-load", daemon=True)
