@@ -11,7 +11,7 @@ from image2prompt import Config, Interrogator, SearchSettings
 from image2prompt.cache import EmbeddingCache
 from image2prompt.prompt.subject import restates_subject, subject_words
 from image2prompt.render import weighted_prompt
-from image2prompt.search import emphasis_weight
+from image2prompt.search import emphasis_weight, weak_threshold
 from image2prompt.models.clip import load_clip
 from image2prompt.vocab import load_folder_pack
 
@@ -88,7 +88,7 @@ def test_style_mode_excludes_the_caption_and_subject_phrases(enc, small_vocab_di
         texts = [p.text for p in r.phrases]
         assert "a red fox in the snow" not in texts and "fox fur texture" not in texts and "snowy field" not in texts
         assert all(not restates_subject(t, subject_words(caption)) for t in texts)
-        assert {p.category for p in r.phrases} <= set(pack.categories())
+        assert {p.category for p in r.phrases} <= set(pack.categories()) | {"flavors"}  # + the active pack's
     batch = list(ci.interrogate_batch(images[:4], "style", captions=[caption] * 4))
     assert [r.prompt for r in batch] == [r.prompt for r in singles]
     assert [r.similarity for r in batch] == pytest.approx([r.similarity for r in singles], abs=1e-6)
@@ -120,7 +120,8 @@ def test_beam_one_equals_default_and_beam_two_never_worse_in_chain(enc, small_vo
 def test_confidence_fields(ci, images):
     r = ci.interrogate(images[1], "fast", caption="a thing")
     assert r.match_strength is not None and isinstance(r.weak_match, bool)
-    assert r.weak_match == (r.match_strength < SearchSettings().weak_z)
+    n = len(ci.vocab["flavors"].labels)
+    assert r.weak_match == (r.match_strength < weak_threshold(SearchSettings().weak_z, n))
     for p in r.phrases:
         assert p.margin is not None and 0.9 <= p.weight <= 1.3
     # the top fast phrases are the best of the merged pool: above their category median

@@ -31,8 +31,8 @@ from .index import ProgressFactory, VocabularyIndex
 from .modes import Chain, Outcome, Scored, SearchContext, Task, get_mode
 from .prompt import clean_caption
 from .results import Analysis, Result, Trace
-from .search import emphasis_weight, match_strength
-from .settings import SearchSettings, search_fingerprint
+from .search import emphasis_weight, weak_match
+from .settings import DEFAULT_FLOOR, SearchSettings, search_fingerprint
 from .vocab import VocabularyPack, load_style_pack, load_vocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -201,7 +201,8 @@ class Interrogator:
         return SearchContext(self, SearchSettings()).similarity(f, texts)
 
     def style_indexes(self) -> list[VocabularyIndex]:
-        """Indexes over the style pack plus the active pack's mediums, movements and artists."""
+        """Indexes over the style pack plus the active pack's mediums, movements and artists (style
+        mode scores the active pack's flavors with the main indexes, so they are not held twice)."""
         with self._style_lock:  # built once, even when threads ask at the same time
             if self._style_indexes is None:
                 tables = dict(load_style_pack().tables)
@@ -320,24 +321,31 @@ class Interrogator:
         from . import __version__
 
         s = ctx.settings
+        for p in [*scored.phrases, *scored.rejected]:
+            if p.z is None:  # a mode that scored against other features (style) has set its own
+                median, std = ctx.category_stats(p.category, feats)
+                p.margin, p.z = p.score - median, (p.score - median) / std
         for p in scored.phrases:
-            median, std = ctx.category_stats(p.category, feats)
-            p.margin = p.score - median
-            p.weight = emphasis_weight(p.margin / std) if mode != "negative" else 1.0
+            p.weight = emphasis_weight(p.z) if mode != "negative" else 1.0  # type: ignore[arg-type]
+        bar = s.floor if s.floor is not None else DEFAULT_FLOOR
+        below = mode == "negative"
+        specificity = (sum((p.z <= -bar if below else p.z >= bar) for p in scored.phrases)  # type: ignore[operator]
+                       / len(scored.phrases)) if scored.phrases else None
         flavors = ctx.table_scores("flavors", feats) if "flavors" in self.vocab else ctx.merged_scores(feats)[1]
-        strength = match_strength(flavors)
+        strength, weak = weak_match(flavors, s.weak_z)
         trace = None
         if s.trace:
             top = {c: ctx.top(c, feats, s.trace_top) for c in self.vocab.categories() if c != "negative"}
             for c, phrases in top.items():
                 for p in phrases:
-                    p.margin = p.score - ctx.category_stats(c, feats)[0]
+                    median, std = ctx.category_stats(c, feats)
+                    p.margin, p.z = p.score - median, (p.score - median) / std
             trace = Trace(outcome.steps, scored.name or None, top)
         return Result(
             prompt=scored.prompt, mode=mode, caption=feats.caption if with_caption else None, similarity=sim,
             clip_model=self.clip_name, caption_model=feats.caption_model if with_caption else None,
             phrases=scored.phrases, source=feats.source, token_count=ctx.count_tokens(scored.prompt),
-            match_strength=strength, weak_match=strength is not None and strength < s.weak_z,
+            match_strength=strength, weak_match=weak, specificity=specificity, rejected=list(scored.rejected),
             chunks=ctx.chunks(scored.prompt) if s.chunks else None,
             fingerprint=fingerprint, version=__version__, trace=trace,
         )
@@ -386,13 +394,14 @@ class Interrogator:
         ctx = SearchContext(self, SearchSettings())
         cats = {c: ctx.top(c, feats, top_n) for c in self.vocab.categories() if c != "negative"}
         for c, phrases in cats.items():
-            median, _ = ctx.category_stats(c, feats)
+            median, std = ctx.category_stats(c, feats)
             for p in phrases:
-                p.margin = p.score - median
+                p.margin, p.z = p.score - median, (p.score - median) / std
         flavors = ctx.table_scores("flavors", feats) if "flavors" in self.vocab else ctx.merged_scores(feats)[1]
-        strength = match_strength(flavors)
+        strength, weak = weak_match(flavors, ctx.settings.weak_z)
+        floor = ctx.settings.floor if ctx.settings.floor is not None else DEFAULT_FLOOR
         return Analysis(cats, self.clip_name, feats.caption, feats.source, match_strength=strength,
-                        weak_match=strength is not None and strength < ctx.settings.weak_z)
+                        weak_match=weak, floor=floor)
 
 
 def _pick(outcome: Outcome, sims: Iterator[float]) -> tuple[Scored, float | None]:

@@ -179,6 +179,10 @@ def make_writer(fmt: str, stream: IO[str], single: bool) -> ResultWriter:
         raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}") from None
 
 
+def _below_floor(p: Any, floor: float | None) -> bool:
+    return floor is not None and p.z is not None and p.z < floor
+
+
 def format_analysis(analysis: Analysis) -> str:
     """Human-readable analysis: each category with its top phrases and scores."""
     lines: list[str] = []
@@ -193,11 +197,17 @@ def format_analysis(analysis: Analysis) -> str:
         lines.append(f"{category}:")
         for p in phrases:
             note = "  (hypothesis)" if p.hypothesis else ""
+            if _below_floor(p, analysis.floor):
+                note += "  (below floor)"
             margin = f"  {p.margin:+.4f} vs median" if p.margin is not None else ""
             lines.append(f"  {p.score:>{width}.4f}{margin}  {p.text}{note}")
     if any(p.hypothesis for ps in analysis.categories.values() for p in ps):
         lines.append("")
         lines.append("(hypothesis): the image resembles work tagged with this name; it does not say who made it.")
+    if any(_below_floor(p, analysis.floor) for ps in analysis.categories.values() for p in ps):
+        lines.append("")
+        lines.append(f"(below floor): less than {analysis.floor:g} standard deviations above its category's median; "
+                     f"the image does not support it on its own, and --floor {analysis.floor:g} keeps it out of prompts.")
     if analysis.weak_match:
         lines.append("")
         lines.append(WEAK_MATCH_WORDS)

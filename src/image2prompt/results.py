@@ -22,6 +22,7 @@ class Phrase:
     score: float  # CLIP similarity of the phrase alone to the image
     hypothesis: bool = False
     margin: float | None = None  # score minus the median score of its category for this image
+    z: float | None = None  # margin over its category's standard deviation: what the relevance floor reads
     weight: float = 1.0  # A1111-style emphasis derived from the margin (see docs/confidence.md)
 
 
@@ -58,6 +59,8 @@ class Result:
     token_count: int | None = None  # text tokens in the prompt (start/end excluded)
     match_strength: float | None = None  # how far the best flavor stands out: z-score in its table
     weak_match: bool = False  # True when match_strength is low: treat every phrase with suspicion
+    specificity: float | None = None  # share of the phrases that clear the relevance floor (None: no phrases)
+    rejected: list[Phrase] = field(default_factory=list)  # what the floor kept out that would have been used
     negative: "Result | None" = None  # the paired negative prompt, when asked for
     chunks: list[str] | None = None  # the prompt split into <=75-token chunks, when asked for
     fingerprint: str | None = None  # settings + models + vocabulary (Interrogator.fingerprint): a resume key
@@ -81,6 +84,7 @@ class Analysis:
     source: str | None = None
     match_strength: float | None = None  # as in Result: how far the best flavor stands out
     weak_match: bool = False  # as in Result: no phrase stands out, treat every one with suspicion
+    floor: float | None = None  # the relevance floor phrases are marked against (Phrase.z below it: weak)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -19,6 +19,12 @@ from .errors import SettingsError
 #: The modes built into the package (plugins may register more, see image2prompt.modes).
 BUILTIN_MODES = ("best", "classic", "fast", "negative", "turbo", "style")
 
+#: The bar ``Result.specificity`` and ``analyze`` measure phrases against when the relevance
+#: floor is off, in standard deviations over the category's median for the image: the value
+#: the quality lab's floor figures were taken at. The floor itself is off by default
+#: (``SearchSettings.floor``), because on the lab no value of it met its target (docs/confidence.md).
+DEFAULT_FLOOR = 1.0
+
 #: Text tokens per chunk when a long prompt is split (A1111's BREAK, ComfyUI's concat):
 #: one 77-token window less its start and end tokens.
 CHUNK_TOKENS = 75
@@ -39,12 +45,13 @@ class SearchSettings:
     keep: int | None = None  # turbo: after the first step keep only this many phrases, highest gain first
     shortlist: int = 48  # turbo: phrases scored per lazy round, highest mean past gain first
     max_rounds: int = 2  # turbo: at most this many lazy rounds per chain step
-    refresh_every: int = 8  # turbo: rescore the whole pool every this many steps (0: only the first)
+    refresh_every: int = 16  # turbo: rescore the whole pool every this many steps (0: only the first)
     style_phrases: int = 12  # style: at most this many phrases
     chunks: bool = False  # also return the prompt split into CHUNK_TOKENS-token chunks
     negative: bool = False  # also return the paired negative prompt, from the same features
     score_prompt: bool = True  # fast/classic: compute Result.similarity (one text encode per image)
-    weak_z: float = 4.0  # a best flavor less than this many standard deviations above its table's mean is weak
+    floor: float | None = None  # relevance floor: a phrase needs this z over its category's median (None: off)
+    weak_z: float = 4.0  # weak match below this z of the best flavor, for a 100k table; scaled to other sizes
     trace: bool = False  # record each chain step and the top phrases per category (Result.trace)
     trace_top: int = 10  # phrases per category in the trace
 
@@ -79,7 +86,7 @@ class SearchSettings:
 
 #: Bumped whenever a change of this package changes what a search returns for the same
 #: settings, models and vocabulary; it is part of every fingerprint, so resumed runs redo the work.
-SEARCH_REVISION = 1
+SEARCH_REVISION = 2
 
 
 def search_fingerprint(settings: SearchSettings, *, clip: Sequence[str], captioner: str | None,
@@ -115,6 +122,9 @@ def _problems(s: SearchSettings) -> list[str]:
     for name in ("chunks", "negative", "score_prompt", "trace"):
         if not isinstance(getattr(s, name), bool):
             out.append(f"{name} must be true or false, got {getattr(s, name)!r}")
+    if s.floor is not None and (isinstance(s.floor, bool) or not isinstance(s.floor, (int, float))
+                                or s.floor != s.floor or abs(s.floor) == float("inf")):
+        out.append(f"floor must be a number or None (off), got {s.floor!r}")
     if isinstance(s.weak_z, bool) or not isinstance(s.weak_z, (int, float)):
         out.append(f"weak_z must be a number, got {s.weak_z!r}")
     return out

@@ -115,6 +115,19 @@ def test_analyze_route(server_url, serve_interrogator, pictures):
     assert isinstance(body["weak_match"], bool) and body["match_strength"] == pytest.approx(want.match_strength)
 
 
+def test_floor_field(server_url, serve_interrogator, pictures):
+    for given, floor in (("off", None), ("1.5", 1.5)):
+        r = post_image(server_url, pictures[0], mode="fast", floor=given)
+        assert r.status_code == 200, r.text
+        want = alone(serve_interrogator, pictures[0], SearchSettings(mode="fast", floor=floor))
+        assert r.json()["prompt"] == want.prompt
+        assert [p["text"] for p in r.json()["rejected"]] == [p.text for p in want.rejected]
+    b64 = base64.b64encode(pictures[0]).decode()
+    r = httpx.post(server_url + "/v1/interrogate", json={"image": b64, "mode": "fast", "floor": 1.5}, timeout=120)
+    assert r.status_code == 200 and all(p["z"] >= 1.5 for p in r.json()["phrases"])
+    assert_json_error(post_image(server_url, pictures[0], mode="fast", floor="high"), 422, "floor")
+
+
 # --- routes of existing clients -------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import threading
@@ -123,6 +124,15 @@ def test_prompt_tab_shows_the_servers_prompt(ui: UI, server_url: str, upload_dir
     # One table row per phrase of the result, and no error shown.
     expect(page.locator("#phrases tbody tr")).to_have_count(len(direct["phrases"]))
     expect(page.locator("#error")).to_be_hidden()
+    # What the relevance floor kept out is listed under the phrases, and the specificity shown.
+    if direct["rejected"]:
+        expect(page.locator("#rejected-block")).to_be_visible()
+        expect(page.locator("#rejected tbody tr")).to_have_count(len(direct["rejected"]))
+    else:
+        expect(page.locator("#rejected-block")).to_be_hidden()
+    if direct["specificity"] is not None:
+        shown = math.floor(direct["specificity"] * 100 + 0.5)  # JavaScript's Math.round
+        assert page.text_content("#specificity") == f"specific {shown}%"
 
 
 def test_prompt_tab_without_negative_hides_it(ui: UI, upload_dir: Path) -> None:
@@ -136,7 +146,7 @@ def test_prompt_tab_without_negative_hides_it(ui: UI, upload_dir: Path) -> None:
     assert re.fullmatch(r"\d+ / 75 tokens", page.text_content("#tokens") or "")
 
 
-def test_analyze_tab_shows_bars_and_hypothesis_badges(ui: UI, upload_dir: Path) -> None:
+def test_analyze_tab_shows_bars_and_hypothesis_badges(ui: UI, server_url: str, upload_dir: Path) -> None:
     page = ui.page
     page.click("#tab-analyze")
     expect(page.locator("#panel-analyze")).to_be_visible()
@@ -152,7 +162,12 @@ def test_analyze_tab_shows_bars_and_hypothesis_badges(ui: UI, upload_dir: Path) 
     # Only the artists are hypotheses: the mediums carry no badge.
     mediums = page.locator("#analyze-results .category", has=page.locator("h3", has_text="Mediums"))
     expect(mediums.locator(".bar").first).to_be_visible()
-    expect(mediums.locator(".badge")).to_have_count(0)
+    expect(mediums.locator(".badge", has_text="hypothesis")).to_have_count(0)
+    # Phrases under the relevance floor are marked, and only those.
+    status, direct = _post_multipart(server_url + "/v1/analyze", {}, "image", upload_dir / "first.png")
+    assert status == 200, direct
+    below = sum(1 for ps in direct["categories"].values() for p in ps if p["z"] < direct["floor"])
+    expect(page.locator("#analyze-results .badge.weak")).to_have_count(below)
     # Bars are scaled within their block: the best phrase of each block is the longest bar.
     widths = page.eval_on_selector_all(
         "#analyze-results .category",

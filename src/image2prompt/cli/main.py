@@ -338,6 +338,24 @@ def _flavors_callback(value: str) -> tuple[int, int]:
     return numbers[0], numbers[1]
 
 
+def _floor_default() -> str:
+    floor = SearchSettings().floor
+    return "off" if floor is None else f"{floor:g}"
+
+
+def _floor_callback(value: str) -> float | None:
+    text = str(value).strip().lower()
+    if text in ("off", "none"):
+        return None
+    try:
+        z = float(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give a number of standard deviations, e.g. 1.5, or off") from None
+    if z != z or abs(z) == float("inf"):
+        raise click.BadParameter(f"{value!r}: give a finite number, or off")
+    return z
+
+
 def search_options(f: F) -> F:
     """The search options of ``run`` and ``batch``: --mode ... --memory-budget (one definition for both)."""
     for option in reversed([
@@ -365,6 +383,11 @@ def search_options(f: F) -> F:
                      show_default=True, metavar="MIN,MAX",
                      help="Phrases a search adds: at least MIN steps, at most MAX (fast mode adds MAX). Each step "
                           "of best mode scores every candidate, so MAX bounds its time; a single number sets MAX."),
+        click.option("--floor", callback=lambda c, p, v: _floor_callback(v), default=_floor_default(),
+                     show_default=True, metavar="Z|off",
+                     help="Relevance floor: a phrase enters the prompt only if it scores Z standard deviations "
+                          "above its category's median for this image (negative mode: below). off: the "
+                          "reference's behaviour. Phrases it keeps out are listed in --format json."),
         click.option("--memory-budget", type=click.IntRange(min=16), metavar="MB",
                      help="Activation memory for one text batch (default: 512 on CPU, 2048 on CUDA)."),
     ]):
@@ -401,8 +424,8 @@ def input_options(f: F) -> F:
 @input_options
 @verbosity_options
 def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_tokens: int, chunks: bool,
-        candidates: int, flavors: tuple[int, int], memory_budget: int | None, target: str | None, clip_name: tuple[str, ...],
-        caption_model: str | None, caption: str | None, vocab: tuple[str, ...], device: str,
+        candidates: int, flavors: tuple[int, int], floor: float | None, memory_budget: int | None, target: str | None,
+        clip_name: tuple[str, ...], caption_model: str | None, caption: str | None, vocab: tuple[str, ...], device: str,
         precision: str, low_vram: bool, cache_dir: str | None, fmt: str, output: str | None,
         batch_size: int, max_pixels: int | None, quiet: bool, verbose: bool, debug: bool) -> None:
     """Write a prompt scaffold for each image: a starting point to edit, not a recovered prompt.
@@ -427,7 +450,7 @@ def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_
         # skip the one text encode per image that computes it
         settings = SearchSettings(mode=mode, beam=beam, max_tokens=max_tokens, chunks=chunks,
                                   candidates=candidates, min_flavors=flavors[0], max_flavors=flavors[1],
-                                  negative=with_negative, score_prompt=shows_similarity(fmt))
+                                  floor=floor, negative=with_negative, score_prompt=shows_similarity(fmt))
     items = list(expand_sources(inputs))
     show_progress = progress_enabled(quiet)
     with _open_output(output, fmt) as stream:
@@ -589,7 +612,8 @@ class _BatchProgress:
               help="With --ray: CPUs each actor takes (leave some for the decoding tasks).")
 @verbosity_options
 def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with_negative: bool, beam: int,
-          max_tokens: int, chunks: bool, candidates: int, flavors: tuple[int, int], memory_budget: int | None,
+          max_tokens: int, chunks: bool, candidates: int, flavors: tuple[int, int], floor: float | None,
+          memory_budget: int | None,
           target: str | None, clip_name: tuple[str, ...], caption_model: str | None, caption: str | None,
           vocab: tuple[str, ...], device: str, precision: str, low_vram: bool, cache_dir: str | None,
           batch_size: int, max_pixels: int | None, allow_urls: bool, column: str | None,
@@ -626,7 +650,7 @@ def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with
 
         settings = SearchSettings(mode=mode, beam=beam, max_tokens=max_tokens, chunks=chunks,
                                   candidates=candidates, min_flavors=flavors[0], max_flavors=flavors[1],
-                                  negative=with_negative)
+                                  floor=floor, negative=with_negative)
         config = Config(clip_model=list(clip), caption_model=captioner, device=device, precision=precision,
                         cache_dir=cache_dir, vocab=tuple(vocab), low_vram=low_vram, memory_budget_mb=memory_budget)
         sidecar_options = SidecarOptions(ext=sidecar, on_existing=on_existing, prefix=prefix, suffix=suffix,

@@ -39,6 +39,7 @@ class Scored:
     prompt: str
     phrases: list[Phrase] = field(default_factory=list)
     name: str = ""  # which kind of candidate it is (best mode's caption/classic/fast/chain), for traces
+    rejected: list[Phrase] = field(default_factory=list)  # what the relevance floor kept out of it
 
 
 @dataclass
@@ -179,16 +180,70 @@ class SearchContext:
         every = np.concatenate([self.table_scores(c, feats) for c in cats]) if cats else np.empty(0, np.float32)
         return view, every[view.rows]
 
-    def top(self, category: str, feats: Features, k: int, *, largest: bool = True) -> list[Phrase]:
+    def top(self, category: str, feats: Features, k: int, *, largest: bool = True,
+            floored: bool = False) -> list[Phrase]:
+        """The ``k`` best phrases of a table (``largest=False``: the worst); with ``floored``, only
+        those that clear the relevance floor (mirrored for the worst)."""
         scores = self.table_scores(category, feats)
+        if floored and self.settings.floor is not None:
+            median, std = self.category_stats(category, feats)
+            z = (scores.astype(np.float64) - median) / std  # as clears_floor computes it, so both agree
+            passing = z >= self.settings.floor if largest else z <= -self.settings.floor
+            scores = np.where(passing, scores, -np.inf if largest else np.inf).astype(np.float32)
+            k = min(k, int(passing.sum()))
         s, idx = top_k_of_scores(scores, k, largest=largest)
         labels = self.vocab[category].labels
         return [phrase(labels[i], category, float(v)) for v, i in zip(s, idx)]
 
-    def top_merged(self, feats: Features, k: int) -> list[Phrase]:
+    def top_merged(self, feats: Features, k: int, *, floored: bool = False) -> list[Phrase]:
+        """The ``k`` best phrases of the merged table; with ``floored``, only those that clear
+        the relevance floor (fewer than ``k`` when fewer clear it)."""
         view, scores = self.merged_scores(feats)
+        if floored and self.settings.floor is not None:
+            passing = self.merged_z(feats) >= self.settings.floor
+            scores = np.where(passing, scores, -np.inf).astype(np.float32)
+            k = min(k, int(passing.sum()))
         s, idx = top_k_of_scores(scores, k)
         return [phrase(view.labels[i], view.categories[i], float(v)) for v, i in zip(s, idx)]
+
+    def merged_z(self, feats: Features) -> np.ndarray:
+        """Each merged-table phrase's z over its own category's median for this image."""
+        memo = self.memo(feats)
+        if "merged_z" not in memo:
+            view, scores = self.merged_scores(feats)
+            cats = np.asarray(view.categories)
+            z = np.empty(scores.shape, np.float64)  # float64, as clears_floor computes it
+            for c in np.unique(cats):
+                rows = cats == c
+                median, std = self.category_stats(str(c), feats)
+                z[rows] = (scores[rows].astype(np.float64) - median) / std
+            memo["merged_z"] = z
+        return memo["merged_z"]
+
+    # -- the relevance floor (docs/confidence.md) ------------------------------------------
+    def z(self, p: Phrase, feats: Features) -> float:
+        """``p``'s z over its category's median for this image: (score - median) / std."""
+        median, std = self.category_stats(p.category, feats)
+        return (p.score - median) / std
+
+    def clears_floor(self, p: Phrase, feats: Features, *, below: bool = False,
+                     floor: float | None = None) -> bool:
+        """Whether the image supports ``p`` on its own: its z is at least the floor (negative
+        mode, ``below``: at most minus the floor). Always True with the floor off."""
+        f = self.settings.floor if floor is None else floor
+        if f is None:
+            return True
+        z = self.z(p, feats)
+        return z <= -f if below else z >= f
+
+    def split_floor(self, phrases: Sequence[Phrase], feats: Features, *,
+                    below: bool = False) -> tuple[list[Phrase], list[Phrase]]:
+        """``(kept, rejected)``: the phrases that clear the floor, and those that do not."""
+        kept: list[Phrase] = []
+        rejected: list[Phrase] = []
+        for p in phrases:
+            (kept if self.clears_floor(p, feats, below=below) else rejected).append(p)
+        return kept, rejected
 
     def category_stats(self, category: str, feats: Features) -> tuple[float, float]:
         """Median and standard deviation of a category's scores for this image."""
@@ -284,7 +339,14 @@ def chain_outcome(by_text: dict[str, Phrase], chain: Chain | None, *, score: boo
     return Outcome([scored], similarity=result.similarity, steps=steps)
 
 
+def with_rejected(outcome: Outcome, rejected: list[Phrase]) -> Outcome:
+    """``outcome`` with ``rejected`` (the phrases the relevance floor kept out) on its candidates."""
+    for c in outcome.candidates:
+        c.rejected = list(rejected)
+    return outcome
+
+
 __all__ = [
     "SEPARATOR", "Chain", "Mode", "OnePromptMode", "Outcome", "Scored", "SearchContext", "Task", "chain_from_best_phrase",
-    "chain_outcome", "chain_steps", "kept_phrases", "phrase",
+    "chain_outcome", "chain_steps", "kept_phrases", "phrase", "with_rejected",
 ]

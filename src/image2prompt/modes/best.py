@@ -34,7 +34,7 @@ class BestMode:
 
     def plan(self, ctx: SearchContext, batch: Sequence[Features]) -> list[Task]:
         s = ctx.settings
-        pools = [ctx.top_merged(feats, self.pool_size(ctx)) for feats in batch]
+        pools = [ctx.top_merged(feats, self.pool_size(ctx), floored=True) for feats in batch]
         starts = ctx.similarities([(feats, feats.caption or "") for feats in batch])  # one text batch
         tasks = []
         for feats, pool, sim in zip(batch, pools, starts):
@@ -43,12 +43,22 @@ class BestMode:
                                min_count=s.min_flavors, max_count=s.max_flavors, beam=s.beam, fits=ctx.fits,
                                **self.chain_options(ctx))  # type: ignore[arg-type]
             chain = Chain(feats, state, ctx.indexes)
-            tasks.append(Task([chain], lambda f=feats, c=chain, p=pool: self.finish(ctx, f, c, p)))
+            chains = [chain]
+            plain: list[Phrase] | None = None
+            if s.floor is not None and s.trace:  # what the unfloored chain would have used: run it too
+                plain = ctx.top_merged(feats, self.pool_size(ctx))
+                chains.append(Chain(feats, ChainState(
+                    [p.text for p in plain], ctx.at_limit, start=caption, start_similarity=sim,
+                    min_count=s.min_flavors, max_count=s.max_flavors, beam=s.beam, fits=ctx.fits,
+                    **self.chain_options(ctx)), ctx.indexes))  # type: ignore[arg-type]
+            tasks.append(Task(chains, lambda f=feats, c=chains, p=pool, u=plain: self.finish(ctx, f, c, p, u)))
         return tasks
 
-    def finish(self, ctx: SearchContext, feats: Features, chain: Chain, pool: list[Phrase]) -> Outcome:
+    def finish(self, ctx: SearchContext, feats: Features, chains: list[Chain], pool: list[Phrase],
+               plain: list[Phrase] | None = None) -> Outcome:
         s = ctx.settings
         caption = feats.caption or ""
+        chain = chains[0]
         result = chain.state.result()
         by_text = {p.text: p for p in pool}
         chained = Scored(result.prompt, [by_text[t] for t in result.phrases], "chain")
@@ -61,7 +71,24 @@ class BestMode:
             fast_candidate(ctx, feats, caption, s.max_flavors),
             chained,
         ]
+        if s.floor is not None:  # whichever candidate wins, what the unfloored search would have used
+            rejected = rejected_by_floor(ctx, feats, chains, plain, self.pool_size(ctx))
+            for c in candidates:
+                c.rejected = rejected
         return Outcome(candidates, score=True, steps=chain_steps(chain.state))
+
+
+def rejected_by_floor(ctx: SearchContext, feats: Features, chains: list[Chain], plain: list[Phrase] | None,
+                      pool_size: int) -> list[Phrase]:
+    """The phrases the floor kept out that the unfloored search would have used: exactly, from
+    the unfloored chain, when it ran (``trace``); otherwise the unfloored pool's first
+    ``max_flavors`` phrases (the ones fast mode would take) that do not clear the floor."""
+    if plain is not None and len(chains) > 1:
+        by_text = {p.text: p for p in plain}
+        used = [by_text[t] for t in chains[1].state.result().phrases]
+    else:
+        used = ctx.top_merged(feats, min(pool_size, ctx.settings.max_flavors))
+    return [p for p in used if not ctx.clears_floor(p, feats)]
 
 
 def extend_past_window(ctx: SearchContext, scored: Scored, pool: Sequence[Phrase]) -> Scored:
@@ -77,4 +104,4 @@ def extend_past_window(ctx: SearchContext, scored: Scored, pool: Sequence[Phrase
             break
         prompt = candidate
         phrases.append(p)
-    return Scored(prompt, phrases, scored.name)
+    return Scored(prompt, phrases, scored.name, scored.rejected)

@@ -16,7 +16,8 @@ import numpy as np
 from ..features import Features
 from ..prompt.subject import restates_subject, subject_words
 from ..results import Phrase
-from .base import SearchContext, Task, chain_from_best_phrase, chain_outcome, phrase
+from ..search import category_stats, top_k_of_scores
+from .base import SearchContext, Task, chain_from_best_phrase, chain_outcome, phrase, with_rejected
 
 #: Phrases whose embedding is this close to the caption's restate the subject.
 SUBJECT_COSINE = 0.95
@@ -48,17 +49,35 @@ class StyleMode:
             cap_feats = feats.with_vectors(cap) if cap else None
             subject = subject_words(caption or "")
             pool: list[Phrase] = []
-            for category in pack.categories():
-                scores = ctx.table_scores(category, styled, indexes)
-                near = ctx.table_scores(category, cap_feats, indexes) if cap_feats is not None else None
-                for i, label in enumerate(pack[category].labels):
+            rejected: list[Phrase] = []
+            # the style pack with the active pack's mediums, movements and artists, then the
+            # active pack's own flavors (only their best `candidates`: a 100k table is mostly subject)
+            tables = [(c, indexes, None) for c in pack.categories()]
+            if "flavors" in ctx.vocab and "flavors" not in pack:
+                tables.append(("flavors", ctx.indexes, s.candidates))
+            for category, where, limit in tables:
+                scores = ctx.table_scores(category, styled, where)
+                near = ctx.table_scores(category, cap_feats, where) if cap_feats is not None else None
+                labels = where[0].pack[category].labels
+                median, std = category_stats(scores)  # z on the styled features, which style mode searches
+                rows = range(len(labels)) if limit is None else top_k_of_scores(scores, limit)[1]
+                for i in rows:
+                    label = labels[i]
                     if restates_subject(label, subject) or (near is not None and near[i] >= SUBJECT_COSINE):
                         continue
-                    pool.append(phrase(label, category, float(scores[i])))
+                    p = phrase(label, category, float(scores[i]))
+                    p.margin = p.score - median
+                    p.z = p.margin / std
+                    (pool if s.floor is None or p.z >= s.floor else rejected).append(p)
             pool.sort(key=lambda p: -p.score)  # stable: table order breaks ties
+            if rejected:  # of the phrases the unfloored search would start from, those kept out
+                out = {id(p) for p in rejected}
+                rejected = [p for p in sorted(pool + rejected, key=lambda p: -p.score)[: s.style_phrases]
+                            if id(p) in out]
             by_text, chain = chain_from_best_phrase(ctx, styled, pool[: s.candidates],
                                                     min_count=min(4, s.style_phrases),
                                                     max_count=max(0, s.style_phrases - 1), indexes=indexes)
             tasks.append(Task([chain] if chain else [],
-                              lambda b=by_text, c=chain: chain_outcome(b, c, score=True)))
+                              lambda b=by_text, c=chain, r=rejected: with_rejected(
+                                  chain_outcome(b, c, score=True), r)))
         return tasks

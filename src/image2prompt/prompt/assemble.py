@@ -67,9 +67,16 @@ def cut_to_fit(text: str, count_tokens: CountTokens, max_tokens: int = DEFAULT_M
     return " ".join(words[:lo]).rstrip(" ,;:")
 
 
-def classic_prompt(caption: str, medium: str, artist: str, trending: str, movement: str,
-                   flavors: Sequence[str]) -> str:
-    """The reference's classic layout; ", medium" is dropped when the caption starts with it."""
+def classic_prompt(caption: str, medium: str | None, artist: str | None, trending: str | None,
+                   movement: str | None, flavors: Sequence[str], *, joined: bool = False) -> str:
+    """The reference's classic layout; ", medium" is dropped when the caption starts with it.
+    With ``joined`` (or a part given as None: the relevance floor kept it out) the parts
+    present are joined with the separator, none left empty."""
+    if joined or None in (medium, artist, trending, movement):
+        if medium and caption.startswith(medium):
+            medium = None
+        head = " ".join(x for x in (medium, artist) if x)
+        return SEPARATOR.join(x for x in (caption, head, trending, movement, *flavors) if x)
     tail = f"{artist}, {trending}, {movement}, {SEPARATOR.join(flavors)}"
     if not caption:
         return f"{medium} {tail}"

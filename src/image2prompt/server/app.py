@@ -116,9 +116,13 @@ class SearchFields(BaseModel):
     chunks: bool | None = None
     trace: bool | None = None
     trace_top: int | None = Field(None, le=50)
+    floor: Union[float, Literal["off"], None] = Field(
+        None, description="Relevance floor in standard deviations over the category's median, or off.")
 
     def settings(self) -> SearchSettings:
         given = self.model_dump(exclude={"caption", "image", "url"}, exclude_none=True)
+        if given.get("floor") == "off":
+            given["floor"] = None
         settings = SearchSettings(score_prompt=True, **given)
         get_mode(settings.mode)  # an unknown mode is the request's error, before any image is read
         return settings
@@ -172,7 +176,8 @@ _IMAGE_FORM = {"type": "object", "required": ["image"], "properties": {
     "image": {"type": "string", "format": "binary"},
     **{k: {"type": t} for k, t in (("mode", "string"), ("negative", "boolean"), ("caption", "string"),
                                    ("beam", "integer"), ("max_tokens", "integer"), ("candidates", "integer"),
-                                   ("min_flavors", "integer"), ("max_flavors", "integer"), ("chunks", "boolean"))}}}
+                                   ("min_flavors", "integer"), ("max_flavors", "integer"), ("chunks", "boolean"),
+                                   ("floor", "string"))}}}
 _ANALYZE_FORM = {"type": "object", "required": ["image"], "properties": {
     "image": {"type": "string", "format": "binary"}, "top": {"type": "integer"}}}
 _BATCH_FORM = {"type": "object", "required": ["files"], "properties": {

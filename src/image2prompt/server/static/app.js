@@ -351,6 +351,7 @@
         textCell,
         el("td", { text: p.category }),
         el("td", { className: "num", text: fmt(p.score, 3) }),
+        el("td", { className: "num", text: typeof p.z === "number" ? fmt(p.z, 1) : "" }),
       ]));
     });
   }
@@ -377,6 +378,13 @@
 
     $("weak-warning").hidden = !r.weak_match;
     renderPhrases($("phrases").tBodies[0], r.phrases);
+    const spec = $("specificity");
+    spec.hidden = typeof r.specificity !== "number";
+    spec.textContent = spec.hidden ? "" : `specific ${Math.round(r.specificity * 100)}%`;
+    spec.title = "Share of the phrases that the image supports on their own (they clear the relevance floor)";
+    const rejected = r.rejected || [];
+    $("rejected-block").hidden = !rejected.length;
+    renderPhrases($("rejected").tBodies[0], rejected);
   }
 
   function intField(form, name, input) {
@@ -416,6 +424,12 @@
     return (x) => 20 + 80 * Math.max(0, Math.min(1, (x - lo) / (hi - lo)));
   }
 
+  const FLOOR_TIP = "Too close to its category's median for this image: a relevance floor at this level keeps it out of prompts.";
+
+  function belowFloor(p, floor) {
+    return typeof floor === "number" && typeof p.z === "number" && p.z < floor;
+  }
+
   function renderAnalysis(data) {
     $("analyze-output").hidden = false;
     $("analyze-weak-warning").hidden = !data.weak_match;
@@ -435,6 +449,7 @@
           fill,
           el("span", { className: "bar-label", text: p.text }),
           p.hypothesis ? hypothesisBadge() : null,
+          belowFloor(p, data.floor) ? el("span", { className: "badge weak", text: "below floor", title: FLOOR_TIP }) : null,
           el("span", { className: "bar-score", text: fmt(p.score, 3) }),
         ]);
         if (p.hypothesis) bar.title = HYPOTHESIS_TIP;
