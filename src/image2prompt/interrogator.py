@@ -323,23 +323,20 @@ class Interrogator:
         s = ctx.settings
         for p in [*scored.phrases, *scored.rejected]:
             if p.z is None:  # a mode that scored against other features (style) has set its own
-                median, std = ctx.category_stats(p.category, feats)
-                p.margin, p.z = p.score - median, (p.score - median) / std
+                ctx.mark(p, feats)
         for p in scored.phrases:
             p.weight = emphasis_weight(p.z) if mode != "negative" else 1.0  # type: ignore[arg-type]
         bar = s.floor if s.floor is not None else DEFAULT_FLOOR
-        below = mode == "negative"
-        specificity = (sum((p.z <= -bar if below else p.z >= bar) for p in scored.phrases)  # type: ignore[operator]
+        specificity = (sum(ctx.clears_floor(p, feats, below=mode == "negative", floor=bar) for p in scored.phrases)
                        / len(scored.phrases)) if scored.phrases else None
         flavors = ctx.table_scores("flavors", feats) if "flavors" in self.vocab else ctx.merged_scores(feats)[1]
         strength, weak = weak_match(flavors, s.weak_z)
         trace = None
         if s.trace:
             top = {c: ctx.top(c, feats, s.trace_top) for c in self.vocab.categories() if c != "negative"}
-            for c, phrases in top.items():
+            for phrases in top.values():
                 for p in phrases:
-                    median, std = ctx.category_stats(c, feats)
-                    p.margin, p.z = p.score - median, (p.score - median) / std
+                    ctx.mark(p, feats)
             trace = Trace(outcome.steps, scored.name or None, top)
         return Result(
             prompt=scored.prompt, mode=mode, caption=feats.caption if with_caption else None, similarity=sim,
@@ -393,10 +390,9 @@ class Interrogator:
     def analyze_features(self, feats: Features, top_n: int = 5) -> Analysis:
         ctx = SearchContext(self, SearchSettings())
         cats = {c: ctx.top(c, feats, top_n) for c in self.vocab.categories() if c != "negative"}
-        for c, phrases in cats.items():
-            median, std = ctx.category_stats(c, feats)
+        for phrases in cats.values():
             for p in phrases:
-                p.margin, p.z = p.score - median, (p.score - median) / std
+                ctx.mark(p, feats)
         flavors = ctx.table_scores("flavors", feats) if "flavors" in self.vocab else ctx.merged_scores(feats)[1]
         strength, weak = weak_match(flavors, ctx.settings.weak_z)
         floor = ctx.settings.floor if ctx.settings.floor is not None else DEFAULT_FLOOR

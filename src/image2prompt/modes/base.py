@@ -186,8 +186,7 @@ class SearchContext:
         those that clear the relevance floor (mirrored for the worst)."""
         scores = self.table_scores(category, feats)
         if floored and self.settings.floor is not None:
-            median, std = self.category_stats(category, feats)
-            z = (scores.astype(np.float64) - median) / std  # as clears_floor computes it, so both agree
+            z = self.table_z(category, feats)
             passing = z >= self.settings.floor if largest else z <= -self.settings.floor
             scores = np.where(passing, scores, -np.inf if largest else np.inf).astype(np.float32)
             k = min(k, int(passing.sum()))
@@ -200,40 +199,40 @@ class SearchContext:
         the relevance floor (fewer than ``k`` when fewer clear it)."""
         view, scores = self.merged_scores(feats)
         if floored and self.settings.floor is not None:
-            passing = self.merged_z(feats) >= self.settings.floor
+            cats = self.vocab.merged_categories()  # laid out as merged_scores lays out the scores
+            passing = np.concatenate([self.table_z(c, feats) for c in cats])[view.rows] >= self.settings.floor
             scores = np.where(passing, scores, -np.inf).astype(np.float32)
             k = min(k, int(passing.sum()))
         s, idx = top_k_of_scores(scores, k)
         return [phrase(view.labels[i], view.categories[i], float(v)) for v, i in zip(s, idx)]
 
-    def merged_z(self, feats: Features) -> np.ndarray:
-        """Each merged-table phrase's z over its own category's median for this image."""
-        memo = self.memo(feats)
-        if "merged_z" not in memo:
-            view, scores = self.merged_scores(feats)
-            cats = np.asarray(view.categories)
-            z = np.empty(scores.shape, np.float64)  # float64, as clears_floor computes it
-            for c in np.unique(cats):
-                rows = cats == c
-                median, std = self.category_stats(str(c), feats)
-                z[rows] = (scores[rows].astype(np.float64) - median) / std
-            memo["merged_z"] = z
-        return memo["merged_z"]
-
     # -- the relevance floor (docs/confidence.md) ------------------------------------------
-    def z(self, p: Phrase, feats: Features) -> float:
-        """``p``'s z over its category's median for this image: (score - median) / std."""
+    def table_z(self, category: str, feats: Features) -> np.ndarray:
+        """Each phrase's z over its category's median for this image, in float64 as
+        :meth:`mark` computes one phrase's, so a table and its phrases always agree."""
+        memo = self.memo(feats)
+        key = ("z", category)
+        if key not in memo:
+            median, std = self.category_stats(category, feats)
+            memo[key] = (self.table_scores(category, feats).astype(np.float64) - median) / std
+        return memo[key]
+
+    def mark(self, p: Phrase, feats: Features) -> float:
+        """Set ``p.margin`` and ``p.z`` from its category's scores for this image; returns the z."""
         median, std = self.category_stats(p.category, feats)
-        return (p.score - median) / std
+        p.margin = p.score - median
+        p.z = (p.score - median) / std
+        return p.z
 
     def clears_floor(self, p: Phrase, feats: Features, *, below: bool = False,
                      floor: float | None = None) -> bool:
         """Whether the image supports ``p`` on its own: its z is at least the floor (negative
-        mode, ``below``: at most minus the floor). Always True with the floor off."""
+        mode, ``below``: at most minus the floor). Always True with the floor off. A phrase
+        whose mode set its z (style mode, on the features it searched) is judged on that z."""
         f = self.settings.floor if floor is None else floor
         if f is None:
             return True
-        z = self.z(p, feats)
+        z = p.z if p.z is not None else self.mark(p, feats)
         return z <= -f if below else z >= f
 
     def split_floor(self, phrases: Sequence[Phrase], feats: Features, *,

@@ -38,24 +38,24 @@ class BestMode:
         starts = ctx.similarities([(feats, feats.caption or "") for feats in batch])  # one text batch
         tasks = []
         for feats, pool, sim in zip(batch, pools, starts):
-            caption = feats.caption or ""
-            state = ChainState([p.text for p in pool], ctx.at_limit, start=caption, start_similarity=sim,
-                               min_count=s.min_flavors, max_count=s.max_flavors, beam=s.beam, fits=ctx.fits,
-                               **self.chain_options(ctx))  # type: ignore[arg-type]
-            chain = Chain(feats, state, ctx.indexes)
-            chains = [chain]
+            def chain_over(phrases: list[Phrase], f: Features = feats, start: float = sim) -> Chain:
+                state = ChainState([p.text for p in phrases], ctx.at_limit, start=f.caption or "",
+                                   start_similarity=start, min_count=s.min_flavors, max_count=s.max_flavors,
+                                   beam=s.beam, fits=ctx.fits, **self.chain_options(ctx))  # type: ignore[arg-type]
+                return Chain(f, state, ctx.indexes)
+
+            chains = [chain_over(pool)]
             plain: list[Phrase] | None = None
             if s.floor is not None and s.trace:  # what the unfloored chain would have used: run it too
                 plain = ctx.top_merged(feats, self.pool_size(ctx))
-                chains.append(Chain(feats, ChainState(
-                    [p.text for p in plain], ctx.at_limit, start=caption, start_similarity=sim,
-                    min_count=s.min_flavors, max_count=s.max_flavors, beam=s.beam, fits=ctx.fits,
-                    **self.chain_options(ctx)), ctx.indexes))  # type: ignore[arg-type]
+                chains.append(chain_over(plain))
             tasks.append(Task(chains, lambda f=feats, c=chains, p=pool, u=plain: self.finish(ctx, f, c, p, u)))
         return tasks
 
     def finish(self, ctx: SearchContext, feats: Features, chains: list[Chain], pool: list[Phrase],
                plain: list[Phrase] | None = None) -> Outcome:
+        """``chains[0]`` searched ``pool``; with the floor and ``trace``, ``chains[1]`` searched
+        ``plain``, the unfloored pool."""
         s = ctx.settings
         caption = feats.caption or ""
         chain = chains[0]
@@ -72,20 +72,22 @@ class BestMode:
             chained,
         ]
         if s.floor is not None:  # whichever candidate wins, what the unfloored search would have used
-            rejected = rejected_by_floor(ctx, feats, chains, plain, self.pool_size(ctx))
+            unfloored = (chains[1], plain) if plain is not None else None
+            rejected = rejected_by_floor(ctx, feats, unfloored, self.pool_size(ctx))
             for c in candidates:
                 c.rejected = rejected
         return Outcome(candidates, score=True, steps=chain_steps(chain.state))
 
 
-def rejected_by_floor(ctx: SearchContext, feats: Features, chains: list[Chain], plain: list[Phrase] | None,
+def rejected_by_floor(ctx: SearchContext, feats: Features, unfloored: tuple[Chain, list[Phrase]] | None,
                       pool_size: int) -> list[Phrase]:
     """The phrases the floor kept out that the unfloored search would have used: exactly, from
-    the unfloored chain, when it ran (``trace``); otherwise the unfloored pool's first
-    ``max_flavors`` phrases (the ones fast mode would take) that do not clear the floor."""
-    if plain is not None and len(chains) > 1:
+    the unfloored chain and its pool, when it ran (``trace``); otherwise the unfloored pool's
+    first ``max_flavors`` phrases (the ones fast mode would take) that do not clear the floor."""
+    if unfloored is not None:
+        chain, plain = unfloored
         by_text = {p.text: p for p in plain}
-        used = [by_text[t] for t in chains[1].state.result().phrases]
+        used = [by_text[t] for t in chain.state.result().phrases]
     else:
         used = ctx.top_merged(feats, min(pool_size, ctx.settings.max_flavors))
     return [p for p in used if not ctx.clears_floor(p, feats)]

@@ -33,4 +33,3 @@ class NegativeMode:
                               lambda b=by_text, c=chain, r=rejected: with_rejected(
                                   chain_outcome(b, c, score=False), r)))
         return tasks
-
