@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, offline_env  # noqa: E402
+from _common import REPO_ROOT, offline_env, timed_search  # noqa: E402
 
 from bench.toyworld import metrics  # noqa: E402
 from bench.toyworld.vocab import PACK_DIR  # noqa: E402
@@ -61,18 +61,6 @@ def encode(it, scenes: list[Scene]):
     images = [render(s) for s in scenes]
     return it.encode(images, [subject_caption(s) for s in scenes], sources=[str(s.seed) for s in scenes],
                      generate_captions=False)
-
-
-def run_mode(it, feats, settings, repeats: int = 1):
-    """Results in input order and the best of ``repeats`` timings (seconds per image)."""
-    list(it.search_indexed(feats[:2], settings))  # warm: tables encoded, caches filled
-    best_t, results = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = dict(it.search_indexed(feats, settings))
-        best_t = min(best_t, time.perf_counter() - t0)
-        results = [out[i] for i in range(len(feats))]
-    return results, best_t / len(feats)
 
 
 def phrase_evidence(results, scenes, feats, it) -> dict:
@@ -209,7 +197,7 @@ def evaluate(model: Path, *, images: int, abstract: int, modes: tuple[str, ...],
     report["evidence"] = {}
     for floor, label in zip(floors, labels):
         for m in modes:
-            results, sec = run_mode(it, feats, SearchSettings(mode=m, floor=floor, **(settings or {})), repeats)
+            results, sec = timed_search(it, feats, SearchSettings(mode=m, floor=floor, **(settings or {})), repeats)
             report["modes"][m + label] = mode_figures(it, m, feats, scenes, results, sec)
             if floor is None and m in ("best", "fast"):
                 report["evidence"][m] = phrase_evidence(results, scenes, feats, it)

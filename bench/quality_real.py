@@ -69,7 +69,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, offline_env  # noqa: E402,F401  (REPO_ROOT: the repository root on sys.path)
+from _common import REPO_ROOT, offline_env, timed_search  # noqa: E402,F401  (REPO_ROOT: the repository root on sys.path)
 
 from bench.toyworld.metrics import bootstrap, paired_ratio  # noqa: E402
 
@@ -249,11 +249,7 @@ def evaluate(pairs: Sequence[Pair], *, clip: str, eval_clip: str, caption_model:
     prompts: dict[str, list[str]] = {}
     per_mode: dict[str, dict[str, Any]] = {}
     for m in modes:
-        list(it.search_indexed(feats[:1], settings[m]))  # warm-up: one image, not timed
-        t0 = time.perf_counter()
-        out = dict(it.search_indexed(feats, settings[m]))
-        seconds = (time.perf_counter() - t0) / n
-        results = [out[i] for i in range(n)]
+        results, seconds = timed_search(it, feats, settings[m])  # after one untimed image
         prompts[m] = [r.prompt for r in results]
         per_mode[m] = {"results": results, "seconds_per_image": seconds}
         log(f"{m}: {seconds:.3f} s per image")

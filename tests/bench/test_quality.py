@@ -56,7 +56,7 @@ def test_modes_recall_the_true_style_factors_well_above_chance(lab, mode: str) -
     from image2prompt import SearchSettings
 
     it, scenes, feats = lab
-    results, _ = quality.run_mode(it, feats, SearchSettings(mode=mode))
+    results, _ = quality.timed_search(it, feats, SearchSettings(mode=mode))
     scores = [metrics.score_phrases([p.text for p in r.phrases], s) for r, s in zip(results, scenes)]
     recall = float(np.mean([x.recall for x in scores]))
     chance = _random_baseline(it, results, scenes)
