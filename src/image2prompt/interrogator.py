@@ -31,7 +31,7 @@ from .index import ProgressFactory, VocabularyIndex
 from .modes import Chain, Outcome, Scored, SearchContext, Task, get_mode
 from .prompt import clean_caption
 from .results import Analysis, Result, Trace
-from .search import emphasis_weight, weak_match
+from .search import emphasis_weight
 from .settings import DEFAULT_FLOOR, SearchSettings, search_fingerprint
 from .vocab import VocabularyPack, load_style_pack, load_vocabulary
 
@@ -329,8 +329,7 @@ class Interrogator:
         bar = s.floor if s.floor is not None else DEFAULT_FLOOR
         specificity = (sum(ctx.clears_floor(p, feats, below=mode == "negative", floor=bar) for p in scored.phrases)
                        / len(scored.phrases)) if scored.phrases else None
-        flavors = ctx.table_scores("flavors", feats) if "flavors" in self.vocab else ctx.merged_scores(feats)[1]
-        strength, weak = weak_match(flavors, s.weak_z)
+        strength, weak = ctx.weak_match(feats)
         trace = None
         if s.trace:
             top = {c: ctx.top(c, feats, s.trace_top) for c in self.vocab.categories() if c != "negative"}
@@ -393,8 +392,7 @@ class Interrogator:
         for phrases in cats.values():
             for p in phrases:
                 ctx.mark(p, feats)
-        flavors = ctx.table_scores("flavors", feats) if "flavors" in self.vocab else ctx.merged_scores(feats)[1]
-        strength, weak = weak_match(flavors, ctx.settings.weak_z)
+        strength, weak = ctx.weak_match(feats)
         floor = ctx.settings.floor if ctx.settings.floor is not None else DEFAULT_FLOOR
         return Analysis(cats, self.clip_name, feats.caption, feats.source, match_strength=strength,
                         weak_match=weak, floor=floor)

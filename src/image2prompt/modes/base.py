@@ -23,7 +23,7 @@ from ..features import Features
 from ..index import MergedView, VocabularyIndex
 from ..prompt import at_limit, cut_to_fit, fits, split_into_chunks, truncate_to_fit
 from ..results import Phrase, TraceStep
-from ..search import ChainState, category_stats, similarities, top_k_of_scores
+from ..search import ChainState, category_stats, similarities, top_k_of_scores, weak_match
 from ..settings import CHUNK_TOKENS, SearchSettings
 from ..syntax import SEPARATOR
 from ..vocab import HYPOTHESIS_CATEGORIES, VocabularyPack
@@ -205,6 +205,12 @@ class SearchContext:
             k = min(k, int(passing.sum()))
         s, idx = top_k_of_scores(scores, k)
         return [phrase(view.labels[i], view.categories[i], float(v)) for v, i in zip(s, idx)]
+
+    def weak_match(self, feats: Features) -> tuple[float | None, bool]:
+        """``(match_strength, weak_match)`` of an image: how far its best flavor stands out
+        (the merged table when the pack has no flavors), against the threshold for that size."""
+        flavors = self.table_scores("flavors", feats) if "flavors" in self.vocab else self.merged_scores(feats)[1]
+        return weak_match(flavors, self.settings.weak_z)
 
     # -- the relevance floor (docs/confidence.md) ------------------------------------------
     def table_z(self, category: str, feats: Features) -> np.ndarray:
