@@ -124,15 +124,35 @@ def test_prompt_tab_shows_the_servers_prompt(ui: UI, server_url: str, upload_dir
     # One table row per phrase of the result, and no error shown.
     expect(page.locator("#phrases tbody tr")).to_have_count(len(direct["phrases"]))
     expect(page.locator("#error")).to_be_hidden()
-    # What the relevance floor kept out is listed under the phrases, and the specificity shown.
-    if direct["rejected"]:
-        expect(page.locator("#rejected-block")).to_be_visible()
-        expect(page.locator("#rejected tbody tr")).to_have_count(len(direct["rejected"]))
-    else:
-        expect(page.locator("#rejected-block")).to_be_hidden()
+    # The floor is off by default: nothing is kept out, and the specificity is shown.
+    assert direct["rejected"] == []
+    expect(page.locator("#rejected-block")).to_be_hidden()
     if direct["specificity"] is not None:
         shown = math.floor(direct["specificity"] * 100 + 0.5)  # JavaScript's Math.round
         assert page.text_content("#specificity") == f"specific {shown}%"
+
+
+def test_prompt_tab_lists_what_the_relevance_floor_kept_out(ui: UI, server_url: str, upload_dir: Path) -> None:
+    page = ui.page
+    image = upload_dir / "first.png"
+    page.uncheck("#negative")
+    page.click("details.advanced summary")
+    page.fill("#floor", "1.5")
+    page.select_option("#mode", "fast")
+    page.set_input_files("#prompt-file", str(image))
+    page.click("#run")
+    expect(page.locator("#prompt")).not_to_have_value("")
+    expect(page.locator("#run")).to_be_enabled()
+    status, direct = _post_multipart(server_url + "/v1/interrogate",
+                                     {"mode": "fast", "negative": "false", "floor": "1.5"}, "image", image)
+    assert status == 200, direct
+    assert page.input_value("#prompt") == direct["prompt"]
+    assert direct["rejected"], "random weights: some of fast mode's 32 phrases sit under z = 1.5"
+    expect(page.locator("#rejected-block")).to_be_visible()
+    expect(page.locator("#rejected tbody tr")).to_have_count(len(direct["rejected"]))
+    expect(page.locator("#rejected tbody tr").first).to_contain_text(direct["rejected"][0]["text"])
+    assert page.text_content("#specificity") == "specific 100%"
+    assert not ui.errors
 
 
 def test_prompt_tab_without_negative_hides_it(ui: UI, upload_dir: Path) -> None:

@@ -404,6 +404,8 @@
     if (caption) form.append("caption", caption);
     intField(form, "max_tokens", $("max-tokens"));
     intField(form, "beam", $("beam"));
+    const floor = $("floor").value.trim();
+    if (floor !== "") form.append("floor", String(parseFloat(floor)));
     renderResult(await postForm("/v1/interrogate", form));
   }
 
