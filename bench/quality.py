@@ -295,11 +295,23 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     floors = None
     if args.floors:
-        floors = tuple(None if f.strip().lower() == "off" else float(f) for f in args.floors.split(","))
+        try:
+            floors = tuple(None if f.strip().lower() == "off" else float(f) for f in args.floors.split(","))
+        except ValueError:
+            ap.error(f"--floors {args.floors!r}: give numbers or off, separated by commas")
     settings = {}
     for item in args.set:
         name, _, value = item.partition("=")
-        settings[name.strip()] = json.loads(value) if value.strip() not in ("", "None") else None
+        try:
+            settings[name.strip()] = json.loads(value) if value.strip() not in ("", "None") else None
+        except ValueError:
+            ap.error(f"--set {item!r}: give NAME=VALUE with a JSON value, e.g. shortlist=24")
+    try:
+        from image2prompt import SearchSettings
+
+        SearchSettings(**settings)
+    except (TypeError, ValueError) as err:
+        ap.error(f"--set: {err}")
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     unknown = sorted(set(modes) - set(ALL_MODES))
     if unknown:
