@@ -80,3 +80,36 @@ def test_split_into_chunks_keeps_parts_whole():
 ])
 def test_clean_caption(raw, clean):
     assert clean_caption(raw) == clean
+
+
+def _truncate_one_by_one(text: str, count, max_tokens: int) -> str:
+    """The rule truncate_to_fit bisects: add parts one at a time until one does not fit."""
+    parts = text.split(", ")
+    kept = cut_to_fit(parts[0], count, max_tokens)
+    if kept != parts[0]:
+        return kept
+    for part in parts[1:]:
+        candidate = kept + ", " + part if kept else part
+        if not fits(candidate, count, max_tokens):
+            break
+        kept = candidate
+    return kept
+
+
+def test_bisection_keeps_exactly_what_adding_parts_one_by_one_keeps() -> None:
+    import random
+
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tok = SimpleTokenizer()
+    counters = {"words": words, "clip": lambda t: len(tok.encode(t))}
+    rng = random.Random(0)
+    vocab = ["oil painting", "by greg rutkowski", "trending on artstation", "8k", "a", "", "sharp focus",
+             "highly detailed, intricate", "ünïcode", "x" * 30, "a photo of a cat sitting on a mat"]
+    for trial in range(300):
+        caption = rng.choice(["", "a cat", "a painting of a woman sitting on a table"])
+        text = ", ".join([caption] + [rng.choice(vocab) for _ in range(rng.randint(0, 40))])
+        for name, count in counters.items():
+            budget = rng.randint(3, 90)
+            assert truncate_to_fit(text, count, budget) == _truncate_one_by_one(text, count, budget), \
+                (name, budget, text)

@@ -38,17 +38,28 @@ def truncate_to_fit(text: str, count_tokens: CountTokens, max_tokens: int = DEFA
     ``kept + part`` with no ", " between them, which glues two words together.
     The first part (the caption) is always kept, cut at a word boundary if it alone
     is over the budget, so the result always fits.
+
+    A prompt's token count only grows as parts are added (the tokenizer splits at
+    the separator's punctuation), so the first part that no longer fits is found by
+    bisection: about log2(parts) tokenizer calls instead of one per part, the same
+    result as adding parts one by one until one does not fit.
     """
     parts = text.split(SEPARATOR)
     kept = cut_to_fit(parts[0], count_tokens, max_tokens)
     if kept != parts[0]:
         return kept
+    prefixes = []  # prefixes[i]: the first part and the next i + 1, joined as the prompt joins them
     for part in parts[1:]:
-        candidate = kept + SEPARATOR + part if kept else part
-        if not fits(candidate, count_tokens, max_tokens):
-            break
-        kept = candidate
-    return kept
+        kept = kept + SEPARATOR + part if kept else part
+        prefixes.append(kept)
+    lo, hi = -1, len(prefixes)  # prefixes[lo] fits (-1: the first part alone), prefixes[hi] does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(prefixes[mid], count_tokens, max_tokens):
+            lo = mid
+        else:
+            hi = mid
+    return prefixes[lo] if lo >= 0 else parts[0]
 
 
 def cut_to_fit(text: str, count_tokens: CountTokens, max_tokens: int = DEFAULT_MAX_TOKENS) -> str:
