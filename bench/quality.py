@@ -19,7 +19,9 @@ mode, each with a 95% bootstrap interval over the images:
   negative prompt's;
 - turbo against best (similarity and speed ratios); the weak-match statistic's
   AUC between world images and abstract ones; how often the top artist
-  hypothesis is right, by margin; each factor's zero-shot accuracy.
+  hypothesis is right, by margin; each factor's zero-shot accuracy;
+- the ceiling: the precision and recall an oracle that knows which phrases name
+  which factor reaches on the same scores, the bound for any floor rule.
 
 See docs/quality.md for the figures and what a miniature world can and cannot say.
 """
@@ -64,22 +66,24 @@ def encode(it, scenes: list[Scene]):
 
 
 def phrase_evidence(results, scenes, feats, it) -> dict:
-    """z and margin of every added phrase, by what it is for its image (true, false, distractor):
-    the numbers a relevance floor is chosen from (docs/confidence.md)."""
+    """z, support and margin of every added phrase, by what it is for its image (true, false,
+    distractor): the numbers the relevance floor is chosen from (docs/confidence.md)."""
     from bench.toyworld.vocab import classify
 
-    rows: dict[str, list[tuple[float, float]]] = {"true": [], "false": [], "distractor": []}
+    rows: dict[str, list[tuple[float, float, float]]] = {"true": [], "false": [], "distractor": []}
     for r, s in zip(results, scenes):
         for p in r.phrases:
-            rows[classify(p.text, s)].append((float(p.z), float(p.margin)))
+            rows[classify(p.text, s)].append((float(p.z), float(p.support), float(p.margin)))
     out = {}
     for kind, vals in rows.items():
-        z = np.array([v[0] for v in vals]) if vals else np.zeros(0)
-        m = np.array([v[1] for v in vals]) if vals else np.zeros(0)
+        z, sup, m = (np.array([v[k] for v in vals]) if vals else np.zeros(0) for k in range(3))
         out[kind] = {"n": len(vals), "median_z": float(np.median(z)) if z.size else None,
+                     "median_support": float(np.median(sup)) if sup.size else None,
                      "median_margin": float(np.median(m)) if m.size else None,
                      "share_z_at_least": {str(t): float((z >= t).mean()) if z.size else None
-                                          for t in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)}}
+                                          for t in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)},
+                     "share_support_at_least": {str(t): float((sup >= t).mean()) if sup.size else None
+                                                for t in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)}}
     return out
 
 
@@ -121,7 +125,20 @@ def mode_figures(it, mode: str, feats, scenes, results, seconds: float) -> dict:
         fig["subject_leaks_per_prompt"] = metrics.bootstrap([x.subject_leaks for x in scores])
         fig["prompts_with_leak"] = metrics.bootstrap([float(x.subject_leaks > 0) for x in scores])
     fig["_sims"] = [float(s) for s in sims]
+    fig["_recall"] = [x.recall for x in scores]
+    fig["_precision"] = [x.precision for x in scores]
+    fig["_distractors"] = [x.distractors for x in scores]
     return fig
+
+
+def floor_effect(on: dict, off: dict) -> dict:
+    """A floor's effect on one mode, paired image by image against the same mode with the floor
+    off: the mean change of recall, precision and distractors, with 95% bootstrap intervals."""
+    def change(key: str):
+        pairs = [(a, b) for a, b in zip(on[key], off[key]) if a is not None and b is not None]
+        return metrics.bootstrap([a - b for a, b in pairs])
+    return {"recall_change": change("_recall"), "precision_change": change("_precision"),
+            "distractors_change": change("_distractors")}
 
 
 def weak_match_figures(it, world_feats, abstract_feats) -> dict:
@@ -160,6 +177,50 @@ def artist_figures(it, feats, scenes, bins: int = 5) -> dict:
         "chance_on_artist_images": 1 / len(it.vocab["artists"].labels) * 2,  # two phrases per name
         "reliability": curve,
     }
+
+
+CEILING_GAPS = (0.0, 0.02, 0.04, 0.06, 0.08, 0.10, 0.15)
+
+
+def ceiling_figures(it, feats, scenes, gaps: tuple[float, ...] = CEILING_GAPS) -> list[dict]:
+    """What the model allows at best: an oracle that knows which phrases name which style
+    factor (no real vocabulary says) takes, per factor, the best-scoring phrase of the
+    best-scoring value, and only when that value leads the runner-up value by ``gap``. Its
+    precision at a given recall bounds what any phrase-by-phrase rule on these scores can
+    reach, since each factor's phrases then compete with nothing but their own kind."""
+    from image2prompt import SearchSettings
+    from image2prompt.modes.base import SearchContext
+
+    from bench.toyworld.vocab import FACTOR_PHRASES
+
+    ctx = SearchContext(it, SearchSettings(floor=None))
+    cats = it.vocab.merged_categories()
+    by_factor: dict[str, list[tuple[str, int, str]]] = {}
+    for c in cats:
+        for i, label in enumerate(it.vocab[c].labels):
+            hit = FACTOR_PHRASES.get(label)
+            if hit and hit[0] in metrics.RECALL_FACTORS:
+                by_factor.setdefault(hit[0], []).append((c, i, hit[1]))
+    picks: list[list[tuple[float, str]]] = []  # per image: (lead over the runner-up value, phrase)
+    for f in feats:
+        tables = {c: ctx.table_scores(c, f) for c in cats}
+        image = []
+        for rows in by_factor.values():
+            best: dict[str, tuple[float, str]] = {}
+            for c, i, value in rows:
+                score = float(tables[c][i])
+                if value not in best or score > best[value][0]:
+                    best[value] = (score, it.vocab[c].labels[i])
+            ranked = sorted(best.values(), reverse=True)
+            image.append((ranked[0][0] - ranked[1][0], ranked[0][1]))
+        picks.append(image)
+    out = []
+    for gap in gaps:
+        scores = [metrics.score_phrases([t for lead, t in image if lead >= gap], s) for image, s in zip(picks, scenes)]
+        out.append({"gap": gap, "precision": metrics.bootstrap([x.precision for x in scores]),
+                    "recall": metrics.bootstrap([x.recall for x in scores]),
+                    "phrases_per_prompt": float(np.mean([x.added for x in scores]))})
+    return out
 
 
 def turbo_figures(figs: dict, suffix: str = "") -> dict | None:
@@ -202,9 +263,14 @@ def evaluate(model: Path, *, images: int, abstract: int, modes: tuple[str, ...],
             if floor is None and m in ("best", "fast"):
                 report["evidence"][m] = phrase_evidence(results, scenes, feats, it)
     report["turbo_vs_best"] = {label or "default": turbo_figures(report["modes"], label) for label in labels}
+    if None in floors and len(floors) > 1:
+        off = floor_label(None)
+        report["floor_effect"] = {m + label: floor_effect(report["modes"][m + label], report["modes"][m + off])
+                                  for m in modes for f, label in zip(floors, labels) if f is not None}
     if abstract:
         report["weak_match"] = weak_match_figures(it, feats, abstract_feats)
     report["artists"] = artist_figures(it, feats, scenes)
+    report["ceiling"] = ceiling_figures(it, feats, scenes)
     return report
 
 
@@ -243,15 +309,28 @@ def markdown(report: dict) -> str:
         if t:
             lines += ["", f"Turbo against best ({label.strip(' ()')}): similarity ratio {_ci(t['similarity_ratio'])}, "
                           f"speed ratio {t['speed_ratio']:.2f}x."]
+    if report.get("floor_effect"):
+        lines += ["", "Each floor against the floor off, paired image by image (change of the mean):", "",
+                  "| mode | recall | precision | distractors / prompt |", "|---|---|---|---|"]
+        for m, e in report["floor_effect"].items():
+            lines.append(f"| {m} | {_ci(e['recall_change'])} | {_ci(e['precision_change'])} | "
+                         f"{_ci(e['distractors_change'])} |")
     for m, ev in report.get("evidence", {}).items():
         lines += ["", f"Added phrases of {m} mode with the floor off, by what they are for their image:", "",
-                  "| kind | phrases | median z | median margin | z >= 0.5 | 1.0 | 1.5 | 2.0 | 2.5 | 3.0 |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| kind | phrases | median margin | median z | median support | support >= 0.5 | 0.75 | 1.0 "
+                  "| 1.25 | 1.5 | 2.0 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for kind, e in ev.items():
             if not e["n"]:
                 continue
-            shares = " | ".join(f"{v:.2f}" for v in e["share_z_at_least"].values())
-            lines.append(f"| {kind} | {e['n']} | {e['median_z']:.2f} | {e['median_margin']:+.3f} | {shares} |")
+            shares = " | ".join(f"{v:.2f}" for v in e["share_support_at_least"].values())
+            lines.append(f"| {kind} | {e['n']} | {e['median_margin']:+.3f} | {e['median_z']:.2f} | "
+                         f"{e['median_support']:.2f} | {shares} |")
+    if report.get("ceiling"):
+        lines += ["", "The ceiling: an oracle that knows which phrases name which factor takes the best value's best "
+                      "phrase of each factor when it leads the runner-up value by the gap:", "",
+                  "| lead over the runner-up | recall | precision | phrases / prompt |", "|---|---|---|---|"]
+        for c in report["ceiling"]:
+            lines.append(f"| {c['gap']:.2f} | {_ci(c['recall'])} | {_ci(c['precision'])} | {c['phrases_per_prompt']:.1f} |")
     if "weak_match" in report:
         w = report["weak_match"]
         lines += ["", f"Weak match ({w['flavors']} flavors): AUC {_ci(w['auc'])}; match strength world "
