@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from image2prompt import Config, Interrogator, SearchSettings
@@ -27,6 +28,15 @@ def ci(tiny_open_clip: Path, small_vocab_dir: Path, tmp_path_factory: pytest.Tem
                         EmbeddingCache(tmp_path_factory.mktemp("c"), download=False), Config(caption_model=None))
 
 
+def _support(ci: Interrogator, feats, p) -> float:
+    """Computed here from the tables' raw scores: margin over the category's median, over the
+    standard deviation of every merged phrase's score for the image."""
+    ctx = SearchContext(ci, S())
+    every = np.concatenate([ctx.table_scores(c, feats).astype(np.float64) for c in ci.vocab.merged_categories()])
+    median = float(np.median(ctx.table_scores(p.category, feats)))
+    return (p.score - median) / float(every.std())
+
+
 def _z(ci: Interrogator, feats, p) -> float:
     ctx = SearchContext(ci, S())
     median, std = ctx.category_stats(p.category, feats)
@@ -42,12 +52,13 @@ def test_every_phrase_clears_the_floor_and_the_rejected_ones_do_not(ci, images, 
         for p in r.phrases:
             if below and p.category == "negative":
                 continue  # the negative list is generic by design and not floored
-            assert p.z is not None and (p.z <= -floor if below else p.z >= floor), (mode, p.text, p.z)
-            if mode != "style":  # style's z is on its own projected features; the rest on the image's
-                assert p.z == pytest.approx(_z(ci, f, p))
+            sup = p.support
+            assert sup is not None and (sup <= -floor if below else sup >= floor), (mode, p.text, sup)
+            if mode != "style":  # style's support is on its own projected features; the rest on the image's
+                assert sup == pytest.approx(_support(ci, f, p)) and p.z == pytest.approx(_z(ci, f, p))
         for p in r.rejected:
-            assert p.text not in {q.text for q in r.phrases} and p.margin is not None and p.z is not None
-            assert (p.z > -floor if below else p.z < floor), (mode, p.text, p.z)
+            assert p.text not in {q.text for q in r.phrases} and p.margin is not None and p.support is not None
+            assert (p.support > -floor if below else p.support < floor), (mode, p.text, p.support)
         if r.phrases and not below:
             assert r.specificity == 1.0
 
@@ -55,18 +66,18 @@ def test_every_phrase_clears_the_floor_and_the_rejected_ones_do_not(ci, images, 
 @pytest.mark.parametrize("mode", ["fast", "classic", "best"])
 def test_the_floor_keeps_out_what_the_unfloored_prompt_used(ci, images, mode: str) -> None:
     feats = ci.encode(images[:4], ["a picture"] * 4, generate_captions=False)
-    off = dict(ci.search_indexed(feats, S(mode=mode)))
+    off = dict(ci.search_indexed(feats, S(mode=mode, floor=None)))
     on = dict(ci.search_indexed(feats, S(mode=mode, floor=1.5)))
     kept_out = 0
     for i in off:
-        weak = {p.text for p in off[i].phrases if _z(ci, feats[i], p) < 1.5}
+        weak = {p.text for p in off[i].phrases if _support(ci, feats[i], p) < 1.5}
         if mode in ("fast", "classic"):  # exact: the unfloored prompt's phrases under the floor
             assert {p.text for p in on[i].rejected} == weak
         kept_out += len(on[i].rejected)
         assert off[i].rejected == []
         if off[i].phrases:  # (best mode may keep the caption alone: then there is no share to give)
             # specificity with the floor off: the share of phrases that would clear the default floor
-            share = sum(_z(ci, feats[i], p) >= DEFAULT_FLOOR for p in off[i].phrases) / len(off[i].phrases)
+            share = sum(_support(ci, feats[i], p) >= DEFAULT_FLOOR for p in off[i].phrases) / len(off[i].phrases)
             assert off[i].specificity == pytest.approx(share)
         else:
             assert off[i].specificity is None
@@ -75,11 +86,12 @@ def test_the_floor_keeps_out_what_the_unfloored_prompt_used(ci, images, mode: st
 
 def test_best_with_trace_lists_exactly_the_unfloored_chains_weak_picks(ci, images) -> None:
     feats = ci.encode(images[:2], ["a picture"] * 2, generate_captions=False)
-    off = dict(ci.search_indexed(feats, S(mode="best", trace=True)))
+    off = dict(ci.search_indexed(feats, S(mode="best", trace=True, floor=None)))
     on = dict(ci.search_indexed(feats, S(mode="best", trace=True, floor=1.5)))
     for i in off:
         chain = [s.phrase for s in off[i].trace.steps]
-        weak = [t for t in chain if _z(ci, feats[i], next(p for p in ci_pool(ci, feats[i]) if p.text == t)) < 1.5]
+        weak = [t for t in chain
+                if _support(ci, feats[i], next(p for p in ci_pool(ci, feats[i]) if p.text == t)) < 1.5]
         assert [p.text for p in on[i].rejected] == weak
 
 
@@ -124,7 +136,7 @@ def test_negative_mode_floors_flavors_only(ci, images) -> None:
     feats = ci.encode(images[:2], generate_captions=False)
     for f, r in zip(feats, (r for _, r in sorted(ci.search_indexed(feats, S(mode="negative", floor=1.0))))):
         assert all(p.category == "flavors" for p in r.rejected)
-        assert all(p.z <= -1.0 for p in r.phrases if p.category == "flavors")
+        assert all(p.support <= -1.0 for p in r.phrases if p.category == "flavors")
 
 
 def test_best_mode_lists_the_rejected_whichever_candidate_wins(ci, images) -> None:
@@ -148,8 +160,8 @@ def test_cli_floor_option(tiny_open_clip: Path, small_vocab_dir: Path, image_fol
     off = runner.invoke(cli, base + ["--floor", "off"])
     assert on.exit_code == 0 and off.exit_code == 0, (on.output, off.output)
     on_r, off_r = json.loads(on.stdout), json.loads(off.stdout)
-    assert all(p["z"] >= 1.5 for p in on_r["phrases"]) and off_r["rejected"] == []
-    assert {p["text"] for p in on_r["rejected"]} == {p["text"] for p in off_r["phrases"] if p["z"] < 1.5}
+    assert all(p["support"] >= 1.5 for p in on_r["phrases"]) and off_r["rejected"] == []
+    assert {p["text"] for p in on_r["rejected"]} == {p["text"] for p in off_r["phrases"] if p["support"] < 1.5}
     bad = runner.invoke(cli, base + ["--floor", "high"])
     assert bad.exit_code == 2 and "--floor" in bad.output and "Traceback" not in bad.output
 
@@ -158,7 +170,7 @@ def test_analysis_marks_phrases_below_the_floor(ci, images) -> None:
     from image2prompt.render import format_analysis
 
     a = ci.analyze(images[0], top_n=8)
-    assert a.floor == (S().floor if S().floor is not None else DEFAULT_FLOOR)
+    assert a.floor == DEFAULT_FLOOR == S().floor
     text = format_analysis(a)
-    below = [p for ps in a.categories.values() for p in ps if p.z < a.floor]
+    below = [p for ps in a.categories.values() for p in ps if p.support < a.floor]
     assert text.count("(below floor)") == len(below) + (1 if below else 0)

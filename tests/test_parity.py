@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from image2prompt import Config, Interrogator
+from image2prompt import Config, Interrogator, SearchSettings
 from image2prompt.cache import EmbeddingCache
 from image2prompt.models.clip import load_clip
 from image2prompt.vocab import load_folder_pack
@@ -73,7 +73,7 @@ def test_prompts_identical_to_reference(pair, images, mode):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             expected = ref_fn(img, caption=caption)
-        got = ours.interrogate(img, mode, caption=caption).prompt
+        got = ours.interrogate(img, mode, caption=caption, settings=SearchSettings.reference()).prompt
         if got == expected:
             identical += 1
         elif not _explained_by_glued_count(expected, got, count):

@@ -322,7 +322,7 @@ class Interrogator:
 
         s = ctx.settings
         for p in [*scored.phrases, *scored.rejected]:
-            if p.z is None:  # a mode that scored against other features (style) has set its own
+            if p.support is None:  # a mode that scored against other features (style) has set its own
                 ctx.mark(p, feats)
         for p in scored.phrases:
             p.weight = emphasis_weight(p.z) if mode != "negative" else 1.0  # type: ignore[arg-type]

@@ -180,7 +180,7 @@ def make_writer(fmt: str, stream: IO[str], single: bool) -> ResultWriter:
 
 
 def _below_floor(p: Any, floor: float | None) -> bool:
-    return floor is not None and p.z is not None and p.z < floor
+    return floor is not None and p.support is not None and p.support < floor
 
 
 def format_analysis(analysis: Analysis) -> str:
@@ -206,8 +206,9 @@ def format_analysis(analysis: Analysis) -> str:
         lines.append("(hypothesis): the image resembles work tagged with this name; it does not say who made it.")
     if any(_below_floor(p, analysis.floor) for ps in analysis.categories.values() for p in ps):
         lines.append("")
-        lines.append(f"(below floor): less than {analysis.floor:g} standard deviations above its category's median; "
-                     f"the image does not support it on its own, and --floor {analysis.floor:g} keeps it out of prompts.")
+        lines.append(f"(below floor): its support is under {analysis.floor:g} (its margin over its category's median, "
+                     f"in standard deviations of the image's scores over the whole vocabulary): the image does not "
+                     f"support it on its own, and --floor {analysis.floor:g} keeps it out of prompts.")
     if analysis.weak_match:
         lines.append("")
         lines.append(WEAK_MATCH_WORDS)

@@ -22,7 +22,8 @@ class Phrase:
     score: float  # CLIP similarity of the phrase alone to the image
     hypothesis: bool = False
     margin: float | None = None  # score minus the median score of its category for this image
-    z: float | None = None  # margin over its category's standard deviation: what the relevance floor reads
+    z: float | None = None  # margin over its category's standard deviation (the emphasis weight reads it)
+    support: float | None = None  # margin over the spread of the image's whole vocabulary: what the relevance floor reads
     weight: float = 1.0  # A1111-style emphasis derived from the margin (see docs/confidence.md)
 
 
@@ -84,7 +85,7 @@ class Analysis:
     source: str | None = None
     match_strength: float | None = None  # as in Result: how far the best flavor stands out
     weak_match: bool = False  # as in Result: no phrase stands out, treat every one with suspicion
-    floor: float | None = None  # the relevance floor phrases are marked against (Phrase.z below it: weak)
+    floor: float | None = None  # the relevance floor phrases are marked against (Phrase.support below it: weak)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -76,3 +76,27 @@ def test_the_top_artist_hypothesis_is_right_far_above_chance(lab) -> None:
             hits.append(top.text.removeprefix("inspired by ").removeprefix("by ") == s.artist)
     chance = 2 / len(it.vocab["artists"].labels)
     assert len(hits) >= 5 and np.mean(hits) >= max(0.25, 5 * chance), (hits, chance)
+
+
+def test_the_default_floor_makes_best_mode_specific_at_little_recall(lab) -> None:
+    """The relevance floor's default was chosen on the lab (docs/confidence.md): against the
+    reference's unfloored search it must keep the precision gain and the recall it was chosen for."""
+    from image2prompt import SearchSettings
+
+    it = lab[0]
+    scenes = sample_scenes(60, quality.EVAL_SEED)  # 20 images are too few for a steady distractor count
+    feats = quality.encode(it, scenes)
+    figures = {}
+    for name, floor in (("default", SearchSettings().floor), ("off", None)):
+        results, _ = quality.timed_search(it, feats, SearchSettings(mode="best", floor=floor))
+        scores = [metrics.score_phrases([p.text for p in r.phrases], s) for r, s in zip(results, scenes)]
+        figures[name] = {"precision": float(np.mean([x.precision for x in scores if x.precision is not None])),
+                         "recall": float(np.mean([x.recall for x in scores])),
+                         "distractors": float(np.mean([x.distractors for x in scores])),
+                         "rejected": float(np.mean([len(r.rejected) for r in results]))}
+    on, off = figures["default"], figures["off"]
+    assert SearchSettings().floor is not None
+    assert on["precision"] >= off["precision"] + 0.05, figures
+    assert on["distractors"] <= 0.85 * off["distractors"], figures
+    assert on["recall"] >= off["recall"] - 0.08, figures
+    assert on["rejected"] > 0 and off["rejected"] == 0, figures

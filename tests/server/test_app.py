@@ -124,7 +124,11 @@ def test_floor_field(server_url, serve_interrogator, pictures):
         assert [p["text"] for p in r.json()["rejected"]] == [p.text for p in want.rejected]
     b64 = base64.b64encode(pictures[0]).decode()
     r = httpx.post(server_url + "/v1/interrogate", json={"image": b64, "mode": "fast", "floor": 1.5}, timeout=120)
-    assert r.status_code == 200 and all(p["z"] >= 1.5 for p in r.json()["phrases"])
+    assert r.status_code == 200 and all(p["support"] >= 1.5 for p in r.json()["phrases"])
+    default = post_image(server_url, pictures[0], mode="fast")  # no field: the library's default floor
+    want = alone(serve_interrogator, pictures[0], SearchSettings(mode="fast"))
+    assert default.json()["prompt"] == want.prompt and SearchSettings().floor is not None
+    assert [p["text"] for p in default.json()["rejected"]] == [p.text for p in want.rejected]
     assert_json_error(post_image(server_url, pictures[0], mode="fast", floor="high"), 422, "floor")
 
 

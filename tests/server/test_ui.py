@@ -124,9 +124,12 @@ def test_prompt_tab_shows_the_servers_prompt(ui: UI, server_url: str, upload_dir
     # One table row per phrase of the result, and no error shown.
     expect(page.locator("#phrases tbody tr")).to_have_count(len(direct["phrases"]))
     expect(page.locator("#error")).to_be_hidden()
-    # The floor is off by default: nothing is kept out, and the specificity is shown.
-    assert direct["rejected"] == []
-    expect(page.locator("#rejected-block")).to_be_hidden()
+    # The relevance floor is on by default: what it kept out is listed, and the specificity shown.
+    expect(page.locator("#rejected tbody tr")).to_have_count(len(direct["rejected"]))
+    if direct["rejected"]:
+        expect(page.locator("#rejected-block")).to_be_visible()
+    else:
+        expect(page.locator("#rejected-block")).to_be_hidden()
     if direct["specificity"] is not None:
         shown = math.floor(direct["specificity"] * 100 + 0.5)  # JavaScript's Math.round
         assert page.text_content("#specificity") == f"specific {shown}%"
@@ -147,11 +150,19 @@ def test_prompt_tab_lists_what_the_relevance_floor_kept_out(ui: UI, server_url: 
                                      {"mode": "fast", "negative": "false", "floor": "1.5"}, "image", image)
     assert status == 200, direct
     assert page.input_value("#prompt") == direct["prompt"]
-    assert direct["rejected"], "random weights: some of fast mode's 32 phrases sit under z = 1.5"
+    assert direct["rejected"], "random weights: some of fast mode's 32 phrases sit under a support of 1.5"
     expect(page.locator("#rejected-block")).to_be_visible()
     expect(page.locator("#rejected tbody tr")).to_have_count(len(direct["rejected"]))
     expect(page.locator("#rejected tbody tr").first).to_contain_text(direct["rejected"][0]["text"])
     assert page.text_content("#specificity") == "specific 100%"
+    # "off" turns it off: the reference's prompt, nothing kept out.
+    page.fill("#floor", "off")
+    page.click("#run")
+    status, plain = _post_multipart(server_url + "/v1/interrogate",
+                                    {"mode": "fast", "negative": "false", "floor": "off"}, "image", image)
+    assert status == 200 and plain["rejected"] == [] and plain["prompt"] != direct["prompt"], plain
+    expect(page.locator("#prompt")).to_have_value(plain["prompt"])
+    expect(page.locator("#rejected-block")).to_be_hidden()
     assert not ui.errors
 
 
@@ -186,7 +197,7 @@ def test_analyze_tab_shows_bars_and_hypothesis_badges(ui: UI, server_url: str, u
     # Phrases under the relevance floor are marked, and only those.
     status, direct = _post_multipart(server_url + "/v1/analyze", {}, "image", upload_dir / "first.png")
     assert status == 200, direct
-    below = sum(1 for ps in direct["categories"].values() for p in ps if p["z"] < direct["floor"])
+    below = sum(1 for ps in direct["categories"].values() for p in ps if p["support"] < direct["floor"])
     expect(page.locator("#analyze-results .badge.weak")).to_have_count(below)
     # Bars are scaled within their block: the best phrase of each block is the longest bar.
     widths = page.eval_on_selector_all(

@@ -1,4 +1,6 @@
-"""Golden prompts: what every mode gave before the pipeline was split into stages.
+"""Golden prompts: what every mode gave before the pipeline was split into stages, with the
+reference's behaviour (``SearchSettings.reference``: no relevance floor), and what the floor
+gives on top (the ``-floor`` cases).
 
 ``python -m tests.support.golden`` rebuilds ``tests/data/golden_prompts.json`` from
 the tiny random-weight models (the same ones the tests build). Rebuild it only for an
@@ -32,6 +34,10 @@ CASES: list[tuple[str, str, dict[str, Any], bool]] = [
     ("turbo-keep3", "turbo", {"keep": 3}, False),
     ("best-with-negative", "best", {}, True),
     ("fast-150-chunked", "fast", {"max_tokens": 150, "chunks": True}, False),
+    ("best-floor", "best", {"floor": 1.0}, False),
+    ("fast-floor", "fast", {"floor": 1.0}, False),
+    ("classic-floor", "classic", {"floor": 1.0}, False),
+    ("style-floor", "style", {"floor": 1.0}, False),
 ]
 
 
@@ -57,7 +63,7 @@ def run_cases(clip_dir: Path, vocab_dir: Path, cache_dir: Path) -> dict[str, lis
                       EmbeddingCache(cache_dir, download=False), Config(caption_model=None))
     out: dict[str, list[dict[str, Any]]] = {}
     for name, mode, search, negative in CASES:
-        settings = SearchSettings(mode=mode, negative=negative, **search)
+        settings = SearchSettings.reference(mode=mode, negative=negative, **search)
         results = ci.interrogate_batch(images, captions=CAPTIONS, settings=settings)
         out[name] = [result_record(r) for r in results]
     return out

@@ -385,9 +385,10 @@ def search_options(f: F) -> F:
                           "of best mode scores every candidate, so MAX bounds its time; a single number sets MAX."),
         click.option("--floor", callback=lambda c, p, v: _floor_callback(v), default=_floor_default(),
                      show_default=True, metavar="Z|off",
-                     help="Relevance floor: a phrase enters the prompt only if it scores Z standard deviations "
-                          "above its category's median for this image (negative mode: below). off: the "
-                          "reference's behaviour. Phrases it keeps out are listed in --format json."),
+                     help="Relevance floor: a phrase enters the prompt only if the image supports it on its own: "
+                          "its score stands Z above its category's median for this image, in standard deviations "
+                          "of the image's scores over the whole vocabulary (negative mode: below). off: the "
+                          "reference's behaviour, for parity. Phrases it keeps out are listed in --format json."),
         click.option("--memory-budget", type=click.IntRange(min=16), metavar="MB",
                      help="Activation memory for one text batch (default: 512 on CPU, 2048 on CUDA)."),
     ]):

@@ -186,8 +186,8 @@ class SearchContext:
         those that clear the relevance floor (mirrored for the worst)."""
         scores = self.table_scores(category, feats)
         if floored and self.settings.floor is not None:
-            z = self.table_z(category, feats)
-            passing = z >= self.settings.floor if largest else z <= -self.settings.floor
+            support = self.table_support(category, feats)
+            passing = support >= self.settings.floor if largest else support <= -self.settings.floor
             scores = np.where(passing, scores, -np.inf if largest else np.inf).astype(np.float32)
             k = min(k, int(passing.sum()))
         s, idx = top_k_of_scores(scores, k, largest=largest)
@@ -200,7 +200,7 @@ class SearchContext:
         view, scores = self.merged_scores(feats)
         if floored and self.settings.floor is not None:
             cats = self.vocab.merged_categories()  # laid out as merged_scores lays out the scores
-            passing = np.concatenate([self.table_z(c, feats) for c in cats])[view.rows] >= self.settings.floor
+            passing = np.concatenate([self.table_support(c, feats) for c in cats])[view.rows] >= self.settings.floor
             scores = np.where(passing, scores, -np.inf).astype(np.float32)
             k = min(k, int(passing.sum()))
         s, idx = top_k_of_scores(scores, k)
@@ -213,33 +213,50 @@ class SearchContext:
         return weak_match(flavors, self.settings.weak_z)
 
     # -- the relevance floor (docs/confidence.md) ------------------------------------------
-    def table_z(self, category: str, feats: Features) -> np.ndarray:
-        """Each phrase's z over its category's median for this image, in float64 as
-        :meth:`mark` computes one phrase's, so a table and its phrases always agree."""
+    def vocab_spread(self, feats: Features) -> float:
+        """The spread of the image's whole vocabulary: the standard deviation of every merged
+        phrase's score, the unit the relevance floor measures margins in. One unit for every
+        table, so a table whose phrases all score alike (one that does not describe the image
+        as a whole) cannot have a phrase stand out just by being its table's best."""
         memo = self.memo(feats)
-        key = ("z", category)
+        if "spread" not in memo:
+            cats = self.vocab.merged_categories()
+            every = (np.concatenate([self.table_scores(c, feats).astype(np.float64) for c in cats])
+                     if cats else np.empty(0))
+            memo["spread"] = (float(every.std()) or 1e-6) if every.size else None
+        return memo["spread"]
+
+    def table_support(self, category: str, feats: Features) -> np.ndarray:
+        """Each phrase's support: its margin over its category's median for this image, in units
+        of :meth:`vocab_spread` (float64, as :meth:`mark` computes one phrase's)."""
+        memo = self.memo(feats)
+        key = ("support", category)
         if key not in memo:
             median, std = self.category_stats(category, feats)
-            memo[key] = (self.table_scores(category, feats).astype(np.float64) - median) / std
+            spread = self.vocab_spread(feats) or std
+            memo[key] = (self.table_scores(category, feats).astype(np.float64) - median) / spread
         return memo[key]
 
     def mark(self, p: Phrase, feats: Features) -> float:
-        """Set ``p.margin`` and ``p.z`` from its category's scores for this image; returns the z."""
+        """Set ``p.margin``, ``p.z`` and ``p.support`` from its category's scores for this image;
+        returns the support."""
         median, std = self.category_stats(p.category, feats)
         p.margin = p.score - median
-        p.z = (p.score - median) / std
-        return p.z
+        p.z = p.margin / std
+        p.support = p.margin / (self.vocab_spread(feats) or std)
+        return p.support
 
     def clears_floor(self, p: Phrase, feats: Features, *, below: bool = False,
                      floor: float | None = None) -> bool:
-        """Whether the image supports ``p`` on its own: its z is at least the floor (negative
-        mode, ``below``: at most minus the floor). Always True with the floor off. A phrase
-        whose mode set its z (style mode, on the features it searched) is judged on that z."""
+        """Whether the image supports ``p`` on its own: its support is at least the floor
+        (negative mode, ``below``: at most minus the floor). Always True with the floor off. A
+        phrase whose mode set its support (style mode, on the features it searched) is judged
+        on that."""
         f = self.settings.floor if floor is None else floor
         if f is None:
             return True
-        z = p.z if p.z is not None else self.mark(p, feats)
-        return z <= -f if below else z >= f
+        support = p.support if p.support is not None else self.mark(p, feats)
+        return support <= -f if below else support >= f
 
     def split_floor(self, phrases: Sequence[Phrase], feats: Features, *,
                     below: bool = False) -> tuple[list[Phrase], list[Phrase]]:

@@ -55,11 +55,14 @@ class StyleMode:
             tables = [(c, indexes, None) for c in pack.categories()]
             if "flavors" in ctx.vocab and "flavors" not in pack:
                 tables.append(("flavors", ctx.indexes, s.candidates))
-            for category, where, limit in tables:
-                scores = ctx.table_scores(category, styled, where)
+            every = [ctx.table_scores(category, styled, where) for category, where, _ in tables]
+            # support on the styled features, which style mode searches: in units of their spread
+            # over every table it draws on (SearchContext.vocab_spread is the same for the others)
+            spread = (float(np.concatenate(every).astype(np.float64).std()) if every else 0.0) or 1e-6
+            for (category, where, limit), scores in zip(tables, every):
                 near = ctx.table_scores(category, cap_feats, where) if cap_feats is not None else None
                 labels = where[0].pack[category].labels
-                median, std = category_stats(scores)  # z on the styled features, which style mode searches
+                median, std = category_stats(scores)
                 rows = range(len(labels)) if limit is None else top_k_of_scores(scores, limit)[1]
                 for i in rows:
                     label = labels[i]
@@ -68,7 +71,8 @@ class StyleMode:
                     p = phrase(label, category, float(scores[i]))
                     p.margin = p.score - median
                     p.z = p.margin / std
-                    (pool if s.floor is None or p.z >= s.floor else rejected).append(p)
+                    p.support = p.margin / spread
+                    (pool if s.floor is None or p.support >= s.floor else rejected).append(p)
             pool.sort(key=lambda p: -p.score)  # stable: table order breaks ties
             if rejected:  # of the phrases the unfloored search would start from, those kept out
                 out = {id(p) for p in rejected}

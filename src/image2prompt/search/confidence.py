@@ -15,7 +15,10 @@ WEAK_Z_TABLE = 100_000
 
 
 def category_stats(scores: np.ndarray) -> tuple[float, float]:
-    """Median and standard deviation of a category's scores for one image."""
+    """Median and standard deviation of a category's scores for one image (an empty table has
+    no phrase to judge: 0 and a tiny spread, without numpy's empty-slice warnings)."""
+    if scores.size == 0:
+        return 0.0, 1e-6
     return float(np.median(scores)), float(scores.std()) or 1e-6
 
 

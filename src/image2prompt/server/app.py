@@ -48,7 +48,7 @@ from ..io.images import download_bytes
 from ..io.sources import is_image_filename
 from ..modes import get_mode, mode_names
 from ..service import SERVE_FORMATS, SERVE_MAX_PIXELS, Busy, MicroBatcher, ShuttingDown
-from ..settings import SearchSettings
+from ..settings import DEFAULT_FLOOR, SearchSettings
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..interrogator import Interrogator
@@ -117,7 +117,9 @@ class SearchFields(BaseModel):
     trace: bool | None = None
     trace_top: int | None = Field(None, le=50)
     floor: Union[float, Literal["off"], None] = Field(
-        None, description="Relevance floor in standard deviations over the category's median, or off.")
+        None, description="Relevance floor (a phrase's margin over its category's median, in standard "
+                          "deviations of the image's scores over the whole vocabulary), or off; "
+                          f"default {DEFAULT_FLOOR:g}.")
 
     def settings(self) -> SearchSettings:
         given = self.model_dump(exclude={"caption", "image", "url"}, exclude_none=True)

@@ -351,7 +351,7 @@
         textCell,
         el("td", { text: p.category }),
         el("td", { className: "num", text: fmt(p.score, 3) }),
-        el("td", { className: "num", text: typeof p.z === "number" ? fmt(p.z, 1) : "" }),
+        el("td", { className: "num", text: typeof p.support === "number" ? fmt(p.support, 2) : "" }),
       ]));
     });
   }
@@ -404,8 +404,8 @@
     if (caption) form.append("caption", caption);
     intField(form, "max_tokens", $("max-tokens"));
     intField(form, "beam", $("beam"));
-    const floor = $("floor").value.trim();
-    if (floor !== "") form.append("floor", String(parseFloat(floor)));
+    const floor = $("floor").value.trim().toLowerCase();  // empty: the server's default; "off": none
+    if (floor !== "") form.append("floor", floor);  // a bad value gets the server's one-line error
     renderResult(await postForm("/v1/interrogate", form));
   }
 
@@ -426,10 +426,10 @@
     return (x) => 20 + 80 * Math.max(0, Math.min(1, (x - lo) / (hi - lo)));
   }
 
-  const FLOOR_TIP = "Too close to its category's median for this image: a relevance floor at this level keeps it out of prompts.";
+  const FLOOR_TIP = "Its support (margin over its category's median, in standard deviations of the image's scores over the whole vocabulary) is under the relevance floor, which keeps it out of prompts.";
 
   function belowFloor(p, floor) {
-    return typeof floor === "number" && typeof p.z === "number" && p.z < floor;
+    return typeof floor === "number" && typeof p.support === "number" && p.support < floor;
   }
 
   function renderAnalysis(data) {
