@@ -28,6 +28,7 @@ FP = "f" * 16
 def result(prompt: str = "a cat, oil painting", trace: bool = False) -> Result:
     return Result(prompt=prompt, mode="fast", caption="a cat", similarity=0.25, clip_model="clip",
                   caption_model=None, phrases=[Phrase("oil painting", "mediums", 0.3)], source="x",
+                  specificity=1.0, rejected=[Phrase("masterpiece", "flavors", 0.2, margin=0.01, support=0.1)],
                   negative=Result(prompt="blurry", mode="negative", caption=None, similarity=0.1,
                                   clip_model="clip", caption_model=None),
                   trace=Trace(top={"mediums": [Phrase("oil painting", "mediums", 0.3)]}) if trace else None,
@@ -61,6 +62,7 @@ def test_flatten_record() -> None:
     assert row["similarity"] == 0.25 and row["mode"] == "fast" and row["ok"] is True
     assert json.loads(row["phrases"])[0]["text"] == "oil painting"
     assert json.loads(row["trace"])["top"]["mediums"][0]["score"] == 0.3
+    assert row["specificity"] == 1.0 and json.loads(row["rejected"])[0]["support"] == 0.1
     assert flatten_record(row) == row  # flat records pass through
     err = flatten_record(make_record("b.png", None, FP, None, "b.png: bad"))
     assert err["ok"] is False and err["error"] == "b.png: bad" and err["prompt"] is None
@@ -144,6 +146,27 @@ def test_csv_of_another_tool_is_refused(tmp_path: Path) -> None:
     out.write_text("name,prompt\nx,y\n", encoding="utf-8")
     with pytest.raises(OutputError, match="columns"):
         open_output(out)
+
+
+def test_csv_of_an_earlier_version_is_resumed_with_its_own_columns(tmp_path: Path) -> None:
+    """Outputs written before ``specificity`` and ``rejected`` existed keep their header: a
+    resumed run appends rows of the same shape, and reading gives every row."""
+    import csv
+
+    out = tmp_path / "out.csv"
+    old = [c for c in FLAT_COLUMNS if c not in ("specificity", "rejected")]
+    row = flatten_record(make_record("a.png", "h1", FP, result(), None))
+    with open(out, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(old)
+        writer.writerow(["" if row[c] is None else row[c] for c in old])
+    with open_output(out) as w:
+        assert w.done_keys() == {("h1", FP)}
+        w.write(make_record("b.png", "h2", FP, result(), None))
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == ",".join(old) and len(lines) == 3
+    assert len(next(csv.reader([lines[2]]))) == len(old)
+    assert [r["source"] for r in read_records(out)] == ["a.png", "b.png"]
 
 
 def test_csv_rows_stay_on_one_line(tmp_path: Path) -> None:

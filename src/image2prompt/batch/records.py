@@ -18,10 +18,11 @@ settings add records under another fingerprint; the old ones stay).
 CSV and Parquet hold **flat** records (:func:`flatten_record`, the columns of
 :data:`FLAT_COLUMNS`): ``source, content_hash, fingerprint, ok, error, prompt,
 negative_prompt, caption, similarity, mode, clip_model, caption_model, weak_match,
-token_count`` and ``phrases`` and ``trace`` as JSON strings (``trace`` empty unless
-scores were kept). :func:`read_records` yields what the file holds: nested dicts from
+token_count``, ``phrases`` and ``trace`` as JSON strings (``trace`` empty unless
+scores were kept), ``specificity``, and ``rejected`` (what the relevance floor kept out)
+as a JSON string. :func:`read_records` yields what the file holds: nested dicts from
 JSONL, flat dicts from CSV and Parquet (typed: ``ok`` and ``weak_match`` are bools,
-``similarity`` a float, ``token_count`` an int, empty cells None).
+``similarity`` and ``specificity`` floats, ``token_count`` an int, empty cells None).
 
 Writing (:func:`open_output`): JSONL and CSV are journals, every record written and
 flushed as it comes (fsync every ``fsync_every`` records or ``fsync_seconds``); a torn
@@ -62,9 +63,13 @@ _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet":
 
 #: The columns of a flat record (CSV header, Parquet schema), in order.
 FLAT_COLUMNS = ("source", "content_hash", "fingerprint", "ok", "error", "prompt", "negative_prompt", "caption",
-                "similarity", "mode", "clip_model", "caption_model", "weak_match", "token_count", "phrases", "trace")
+                "similarity", "mode", "clip_model", "caption_model", "weak_match", "token_count", "phrases", "trace",
+                "specificity", "rejected")
+#: Earlier versions' CSV header (before ``specificity`` and ``rejected``): such an output is
+#: still resumed, its new rows written with its own columns.
+_OLD_CSV_HEADERS = (FLAT_COLUMNS[:16],)
 _BOOL_COLUMNS = ("ok", "weak_match")
-_FLOAT_COLUMNS = ("similarity",)
+_FLOAT_COLUMNS = ("similarity", "specificity")
 _INT_COLUMNS = ("token_count",)
 
 #: Records read from the journal per Parquet row group.
@@ -130,7 +135,9 @@ def flatten_record(record: dict[str, Any]) -> dict[str, Any]:
                    mode=res.get("mode"), clip_model=res.get("clip_model"), caption_model=res.get("caption_model"),
                    weak_match=res.get("weak_match"), token_count=res.get("token_count"),
                    negative_prompt=negative.get("prompt") if isinstance(negative, dict) else None,
-                   phrases=json.dumps(res.get("phrases") or [], ensure_ascii=False))
+                   phrases=json.dumps(res.get("phrases") or [], ensure_ascii=False),
+                   specificity=res.get("specificity"),
+                   rejected=json.dumps(res.get("rejected") or [], ensure_ascii=False))
         if res.get("trace") is not None:
             row["trace"] = json.dumps(res["trace"], ensure_ascii=False)
     return row
@@ -282,7 +289,8 @@ def _parquet() -> Any:
 def _arrow_schema() -> Any:
     import pyarrow as pa
 
-    types = {"ok": pa.bool_(), "weak_match": pa.bool_(), "similarity": pa.float64(), "token_count": pa.int64()}
+    types = {"ok": pa.bool_(), "weak_match": pa.bool_(), "similarity": pa.float64(), "specificity": pa.float64(),
+             "token_count": pa.int64()}
     return pa.schema([(c, types.get(c, pa.string())) for c in FLAT_COLUMNS])
 
 
@@ -533,7 +541,7 @@ class RecordWriter:
                 header = _csv_header(f)
                 if header is None:
                     return
-                if list(header) != list(FLAT_COLUMNS):
+                if tuple(header) != FLAT_COLUMNS and tuple(header) not in _OLD_CSV_HEADERS:
                     raise OutputError(f"{self.file}: its columns are not those of an image2prompt batch output; "
                                       "choose another --output")
                 self._header = header
