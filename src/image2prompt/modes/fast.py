@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..features import Features
 from ..prompt import fast_prompt
+from ..results import Phrase
 from .base import OnePromptMode, Scored, SearchContext, kept_phrases
 
 
@@ -13,13 +14,27 @@ def fast_candidate(ctx: SearchContext, feats: Features, caption: str, n: int) ->
     tops = ctx.top_merged(feats, n, floored=True)
     full = fast_prompt(caption, [p.text for p in tops])
     prompt = ctx.truncate(full)
-    rejected: list = []
+    rejected: list[Phrase] = []
     if ctx.settings.floor is not None:
-        plain = ctx.top_merged(feats, n)
-        plain_full = fast_prompt(caption, [p.text for p in plain])
-        used = kept_phrases(plain_full, ctx.truncate(plain_full), plain, len(caption))
-        rejected = [p for p in used if not ctx.clears_floor(p, feats)]
+        rejected = held_and_failing(ctx, feats, caption, ctx.top_merged(feats, n))
     return Scored(prompt, kept_phrases(full, prompt, tops, len(caption)), "fast", rejected)
+
+
+def held_and_failing(ctx: SearchContext, feats: Features, caption: str, plain: list[Phrase]) -> list[Phrase]:
+    """The phrases of the unfloored fast prompt (``caption`` and ``plain``, truncated) that fail
+    the floor, without truncating it: phrase ``j`` is in that prompt exactly when the prompt
+    through it fits, and that only gets harder as ``j`` grows, so bisecting over the failing
+    phrases alone finds them (no tokenizer call at all when every phrase clears the floor)."""
+    failing = [j for j, p in enumerate(plain) if not ctx.clears_floor(p, feats)]
+    texts = [p.text for p in plain]
+    lo, hi = -1, len(failing)  # failing[: lo + 1] are held; failing[hi:] are not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ctx.fits(fast_prompt(caption, texts[: failing[mid] + 1])):
+            lo = mid
+        else:
+            hi = mid
+    return [plain[j] for j in failing[: lo + 1]]
 
 
 class FastMode(OnePromptMode):

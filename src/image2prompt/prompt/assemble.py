@@ -45,6 +45,9 @@ def truncate_to_fit(text: str, count_tokens: CountTokens, max_tokens: int = DEFA
     result as adding parts one by one until one does not fit.
     """
     parts = text.split(SEPARATOR)
+    whole_checked = bool(parts[0])  # with no first part the prompt drops its leading separator
+    if whole_checked and fits(text, count_tokens, max_tokens):  # a short prompt (classic's, usually)
+        return text
     kept = cut_to_fit(parts[0], count_tokens, max_tokens)
     if kept != parts[0]:
         return kept
@@ -52,7 +55,9 @@ def truncate_to_fit(text: str, count_tokens: CountTokens, max_tokens: int = DEFA
     for part in parts[1:]:
         kept = kept + SEPARATOR + part if kept else part
         prefixes.append(kept)
-    lo, hi = -1, len(prefixes)  # prefixes[lo] fits (-1: the first part alone), prefixes[hi] does not
+    # prefixes[lo] fits (-1: the first part alone); prefixes[hi] does not (the last one is the
+    # whole text, already found too long when it was checked above)
+    lo, hi = -1, len(prefixes) - 1 if whole_checked else len(prefixes)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if fits(prefixes[mid], count_tokens, max_tokens):
