@@ -48,7 +48,9 @@ def test_serve_answers_an_a1111_client_like_the_cli(tiny_open_clip: Path, tiny_b
     models = ["--clip", f"local-dir:{tiny_open_clip}", "--caption-model", f"local-dir:{tiny_blip}",
               "--vocab", str(small_vocab_dir)]
     e = env() | {"IMAGE2PROMPT_CACHE_DIR": str(tmp_path / "cache")}
-    cli_prompt = subprocess.run([sys.executable, "-m", "image2prompt", str(image), "--mode", "fast", "-q", *models],
+    # the A1111 routes give the reference's prompts: the CLI's with the relevance floor off
+    cli_prompt = subprocess.run([sys.executable, "-m", "image2prompt", str(image), "--mode", "fast", "--floor", "off",
+                                 "-q", *models],
                                 capture_output=True, text=True, env=e, timeout=300, check=True).stdout.strip()
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "image2prompt", "serve", "--port", str(port), *models],

@@ -118,8 +118,8 @@ class SearchFields(BaseModel):
     trace_top: int | None = Field(None, le=50)
     floor: Union[float, Literal["off"], None] = Field(
         None, description="Relevance floor (a phrase's margin over its category's median, in standard "
-                          "deviations of the image's scores over the whole vocabulary), or off; "
-                          f"default {DEFAULT_FLOOR:g}.")
+                          "deviations of the image's scores over the whole vocabulary), or \"off\"; "
+                          f"omitted or null: the default, {DEFAULT_FLOOR:g}.")
 
     def settings(self) -> SearchSettings:
         given = self.model_dump(exclude={"caption", "image", "url"}, exclude_none=True)
@@ -672,7 +672,7 @@ def _routes(app: FastAPI, state: _State) -> None:
         if body.mode == "caption":
             caption = await _wait(request, lambda: batcher.submit_caption(image), cfg.timeout)
             return {"prompt": caption}
-        settings = SearchSettings(mode=body.mode)
+        settings = SearchSettings.reference(mode=body.mode)  # the extension's clients expect its prompts
         result = await _wait(request, lambda: batcher.submit(image, settings), cfg.timeout)
         return {"prompt": result.prompt}
 
@@ -695,7 +695,7 @@ def _routes(app: FastAPI, state: _State) -> None:
         if body.model.strip().lower() != "clip":
             raise HTTPError(422, f"model {body.model!r} is not served here; only 'clip' (deepdanbooru is A1111's own)")
         image = await _decode(state, _b64(body.image), "image")
-        settings = SearchSettings(mode="classic")  # what A1111's own CLIP interrogator writes
+        settings = SearchSettings.reference(mode="classic")  # what A1111's own CLIP interrogator writes
         result = await _wait(request, lambda: batcher.submit(image, settings), cfg.timeout)
         return {"caption": result.prompt}
 
