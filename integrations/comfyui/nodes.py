@@ -28,6 +28,7 @@ from image2prompt.io import load_image
 from image2prompt.models import CAPTION_MODELS, TARGETS, parse_caption_name, parse_clip_name
 from image2prompt.render import format_analysis
 from image2prompt.runner import Runner
+from image2prompt.settings import DEFAULT_FLOOR
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -246,6 +247,22 @@ def _text(default: str = "", tooltip: str = "") -> tuple[str, dict[str, Any]]:
     return ("STRING", {"default": default, "multiline": False, "tooltip": tooltip})
 
 
+def _floor(text: str) -> float | None:
+    """The floor field: a number, ``off``, or empty for the library's default."""
+    value = str(text).strip().lower()
+    if not value:
+        return DEFAULT_FLOOR
+    if value in ("off", "none"):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"floor {text!r}: give a number such as 0.75, or off") from None
+    if number != number or abs(number) == float("inf"):
+        raise ValueError(f"floor {text!r}: give a finite number, or off")
+    return number
+
+
 def _flag(default: bool, tooltip: str) -> tuple[str, dict[str, Any]]:
     return ("BOOLEAN", {"default": default, "tooltip": tooltip})
 
@@ -287,6 +304,8 @@ class Interrogate:
                 "max_tokens": ("INT", {"default": 77, "min": 3, "max": 1024, "step": 1,
                                        "tooltip": "Token budget of each prompt (77 = one CLIP window)"}),
                 "negative": _flag(False, "Also build a negative prompt from the same features"),
+                "floor": _text(f"{DEFAULT_FLOOR:g}", tooltip="Relevance floor: a phrase needs this much support "
+                               "from the image on its own; off: the reference clip-interrogator's prompts"),
                 "custom_caption_model": _text(tooltip="With caption_model custom: local-dir:PATH or hf:ORG/REPO"),
                 **_MODEL_INPUTS,
             },
@@ -299,12 +318,12 @@ class Interrogate:
     def interrogate(self, image: Any, mode: str, clip_model: str, caption_model: str, caption: str = "",
                     max_tokens: int = 77, negative: bool = False, custom_clip: str = "",
                     custom_caption_model: str = "", keep_loaded: bool = True, vocab: str = "",
-                    cache_dir: str = "") -> dict[str, Any]:
+                    cache_dir: str = "", floor: str = "") -> dict[str, Any]:
         count = _batch_size(image)
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
         try:
-            settings = SearchSettings(mode=mode, max_tokens=max_tokens, negative=negative)
+            settings = SearchSettings(mode=mode, max_tokens=max_tokens, negative=negative, floor=_floor(floor))
         except ValueError as err:  # a SettingsError: one line, as a plain ValueError
             raise ValueError(one_line(err)) from None
         key = _model_key(clip_model, custom_clip, caption_model, custom_caption_model, vocab, cache_dir)

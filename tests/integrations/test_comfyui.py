@@ -153,7 +153,7 @@ def test_choices_are_the_librarys(nodes: types.ModuleType) -> None:
     assert set(inputs["required"]["mode"][0]) == set(MODES)
     assert inputs["required"]["clip_model"][0] == [*TARGETS, "custom"] == ["sd15", "sd2", "sdxl", "custom"]
     assert inputs["required"]["caption_model"][0] == [*CAPTION_MODELS, "none", "custom"]
-    assert {"caption", "max_tokens", "negative", "keep_loaded", "vocab", "cache_dir"} <= set(inputs["optional"])
+    assert {"caption", "max_tokens", "negative", "floor", "keep_loaded", "vocab", "cache_dir"} <= set(inputs["optional"])
 
 
 def test_registry_metadata_and_requirements() -> None:
@@ -179,13 +179,16 @@ def test_registry_metadata_and_requirements() -> None:
     {"mode": "fast", "negative": True, "max_tokens": 40},
     {"mode": "classic", "caption": "a test image"},
     {"mode": "negative"},
-], ids=["best", "fast-negative", "classic-caption", "negative"])
+    {"mode": "fast", "floor": "off"},
+    {"mode": "classic", "floor": "1.5"},
+], ids=["best", "fast-negative", "classic-caption", "negative", "fast-floor-off", "classic-floor"])
 def test_interrogate_gives_the_librarys_prompts(nodes: types.ModuleType, library: Interrogator, batch: Any,
                                                 model_inputs: dict[str, Any], inputs: dict[str, Any]) -> None:
     out = interrogate(nodes, batch, model_inputs, **inputs)
     prompts, negatives, captions = out["result"]
+    floor = {"off": None, "1.5": 1.5}.get(inputs.get("floor", ""), SearchSettings().floor)
     settings = SearchSettings(mode=inputs["mode"], negative=inputs.get("negative", False),
-                              max_tokens=inputs.get("max_tokens", 77))
+                              max_tokens=inputs.get("max_tokens", 77), floor=floor)
     records = list(Runner(library, settings, caption=inputs.get("caption")).run(batch))
     expected = [r.result for r in records if r.result is not None]
     assert len(expected) == 3, [r.error for r in records]
@@ -406,3 +409,12 @@ def test_installs_from_a_clean_custom_nodes_folder(tmp_path: Path, folder: str) 
     assert seen["keys"] == sorted([ANALYZE, INTERROGATE]) and seen["web"] == "./web"
     assert seen["models_loaded"] == []  # importing the pack loads no model library
     assert not seen["tests_importable"]  # only the installed image2prompt was on the path
+
+
+def test_the_floor_field_turns_the_floor_off_and_refuses_nonsense(nodes: types.ModuleType, batch: Any,
+                                                                  model_inputs: dict[str, Any]) -> None:
+    off = interrogate(nodes, batch, model_inputs, mode="fast", floor="off")["result"][0]
+    default = interrogate(nodes, batch, model_inputs, mode="fast")["result"][0]
+    assert off != default  # random weights: the default floor keeps some of fast mode's phrases out
+    with pytest.raises(ValueError, match="floor 'high'"):
+        interrogate(nodes, batch, model_inputs, mode="fast", floor="high")
