@@ -119,7 +119,8 @@ def _reference_interrogator(spec: dict, data_path: str, chunk_size: int, require
 def _our_settings(spec: dict, **changes):
     from image2prompt import SearchSettings
 
-    return SearchSettings(candidates=spec.get("candidates", 2048), **changes)
+    # the reference's behaviour (no relevance floor): parity and speed are against its prompts
+    return SearchSettings.reference(candidates=spec.get("candidates", 2048), **changes)
 
 
 def _our_interrogator(spec: dict, pack):

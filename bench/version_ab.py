@@ -53,7 +53,8 @@ def main() -> None:
     cache = EmbeddingCache(args.cache_dir, download=False)
     staged = hasattr(image2prompt, "SearchSettings")
     if staged:
-        settings = image2prompt.SearchSettings(mode="best", candidates=args.candidates)
+        extra = {"floor": None} if "floor" in getattr(image2prompt.SearchSettings, "__dataclass_fields__", {}) else {}
+        settings = image2prompt.SearchSettings(mode="best", candidates=args.candidates, **extra)  # floor off in both
         ci = Interrogator(enc, None, pack, cache, Config(caption_model=None))
 
         def run(img, cap):  # type: ignore[no-untyped-def]
