@@ -58,7 +58,8 @@ class StyleMode:
             every = [ctx.table_scores(category, styled, where) for category, where, _ in tables]
             # support on the styled features, which style mode searches: in units of their spread
             # over every table it draws on (SearchContext.vocab_spread is the same for the others)
-            spread = (float(np.concatenate(every).astype(np.float64).std()) if every else 0.0) or 1e-6
+            pooled = np.concatenate(every).astype(np.float64) if every else np.empty(0)
+            spread = (float(pooled.std()) if pooled.size else 0.0) or 1e-6
             for (category, where, limit), scores in zip(tables, every):
                 near = ctx.table_scores(category, cap_feats, where) if cap_feats is not None else None
                 labels = where[0].pack[category].labels
