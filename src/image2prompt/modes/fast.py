@@ -28,8 +28,9 @@ def held_and_failing(ctx: SearchContext, feats: Features, caption: str, plain: l
     failing = [j for j, p in enumerate(plain) if not ctx.clears_floor(p, feats)]
     texts = [p.text for p in plain]
     lo, hi = -1, len(failing)  # failing[: lo + 1] are held; failing[hi:] are not
+    first = True  # the failing phrases score lowest, so most often none is held: try the first alone
     while hi - lo > 1:
-        mid = (lo + hi) // 2
+        mid, first = (0 if first else (lo + hi) // 2), False
         if ctx.fits(fast_prompt(caption, texts[: failing[mid] + 1])):
             lo = mid
         else:
