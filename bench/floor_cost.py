@@ -47,10 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args(argv)
-    try:
-        floors = tuple(None if f.strip().lower() == "off" else float(f) for f in args.floors.split(","))
-    except ValueError:
-        ap.error(f"--floors {args.floors!r}: give numbers or off, separated by commas")
+    floors = quality.parse_floors(ap, args.floors)
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     unknown = sorted(set(modes) - set(quality.ALL_MODES))
     if unknown:

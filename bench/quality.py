@@ -358,6 +358,16 @@ def _public(obj):
     return obj
 
 
+def parse_floors(ap: argparse.ArgumentParser, text: str) -> tuple[float | None, ...]:
+    """``--floors off,0.75,...`` as floors (None: off); a bad one is the parser's one-line error."""
+    from image2prompt.settings import parse_floor
+
+    try:
+        return tuple(parse_floor(f) for f in text.split(","))
+    except ValueError:
+        ap.error(f"--floors {text!r}: give numbers or off, separated by commas")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=MODEL_DIR, help="a local-dir: open_clip folder")
@@ -372,12 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="a search setting for every mode (repeatable), e.g. --set shortlist=24")
     args = ap.parse_args(argv)
-    floors = None
-    if args.floors:
-        try:
-            floors = tuple(None if f.strip().lower() == "off" else float(f) for f in args.floors.split(","))
-        except ValueError:
-            ap.error(f"--floors {args.floors!r}: give numbers or off, separated by commas")
+    floors = parse_floors(ap, args.floors) if args.floors else None
     settings = {}
     for item in args.set:
         name, _, value = item.partition("=")

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from image2prompt import Image2PromptError, SearchSettings
-from image2prompt.errors import one_line
+from image2prompt.errors import SettingsError, one_line
 from image2prompt.io import load_image
 from image2prompt.models import CAPTION_MODELS, TARGETS, parse_caption_name, parse_clip_name
 from image2prompt.render import format_analysis
 from image2prompt.runner import Runner
-from image2prompt.settings import DEFAULT_FLOOR
+from image2prompt.settings import DEFAULT_FLOOR, parse_floor
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -249,18 +249,12 @@ def _text(default: str = "", tooltip: str = "") -> tuple[str, dict[str, Any]]:
 
 def _floor(text: str) -> float | None:
     """The floor field: a number, ``off``, or empty for the library's default."""
-    value = str(text).strip().lower()
-    if not value:
+    if not str(text).strip():
         return DEFAULT_FLOOR
-    if value in ("off", "none"):
-        return None
     try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"floor {text!r}: give a number such as 0.75, or off") from None
-    if number != number or abs(number) == float("inf"):
-        raise ValueError(f"floor {text!r}: give a finite number, or off")
-    return number
+        return parse_floor(text)
+    except SettingsError as err:  # one line, as a plain ValueError like the node's other input errors
+        raise ValueError(one_line(err)) from None
 
 
 def _flag(default: bool, tooltip: str) -> tuple[str, dict[str, Any]]:

@@ -98,6 +98,21 @@ class SearchSettings:
 SEARCH_REVISION = 3  # 3: the relevance floor reads support (margin over the vocabulary's spread), not z
 
 
+def parse_floor(text: str) -> float | None:
+    """A relevance floor as front ends take it: a finite number, or ``off`` (``none``) for
+    None. Anything else is a :class:`SettingsError` naming the value."""
+    value = str(text).strip().lower()
+    if value in ("off", "none"):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingsError(f"floor {text!r}: give a number of standard deviations, e.g. 0.75, or off") from None
+    if number != number or abs(number) == float("inf"):
+        raise SettingsError(f"floor {text!r}: give a finite number, or off")
+    return number
+
+
 def search_fingerprint(settings: SearchSettings, *, clip: Sequence[str], captioner: str | None,
                        vocab: Mapping[str, str]) -> str:
     """The resume and micro-batch key: the settings with the encoders' cache keys, the captioner's

@@ -24,7 +24,7 @@ from ..batch.engine import failure_manifest_path
 from ..batch.records import FORMATS as RECORD_FORMATS
 from ..batch.sidecars import ON_EXISTING
 from ..cache import EmbeddingCache
-from ..errors import Image2PromptError, ImageLoadError, one_line
+from ..errors import Image2PromptError, ImageLoadError, SettingsError, one_line
 from ..io import DEFAULT_MAX_PIXELS, ImageSource, expand_sources, load_image
 from ..models._registry import (
     CAPTION_MODELS,
@@ -39,7 +39,7 @@ from ..models._registry import (
 from ..render import FORMATS, format_analysis, make_writer, shows_similarity
 from ..results import MODES
 from ..runner import Runner
-from ..settings import SearchSettings
+from ..settings import SearchSettings, parse_floor
 from .progress import PROG, Reporter, progress_enabled, setup_logging, table_progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -344,16 +344,10 @@ def _floor_default() -> str:
 
 
 def _floor_callback(value: str) -> float | None:
-    text = str(value).strip().lower()
-    if text in ("off", "none"):
-        return None
     try:
-        z = float(text)
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give a number of standard deviations, e.g. 1.5, or off") from None
-    if z != z or abs(z) == float("inf"):
-        raise click.BadParameter(f"{value!r}: give a finite number, or off")
-    return z
+        return parse_floor(value)
+    except SettingsError as err:
+        raise click.BadParameter(str(err)) from None
 
 
 def search_options(f: F) -> F:
