@@ -186,10 +186,7 @@ class SearchContext:
         those that clear the relevance floor (mirrored for the worst)."""
         scores = self.table_scores(category, feats)
         if floored and self.settings.floor is not None:
-            support = self.table_support(category, feats)
-            passing = support >= self.settings.floor if largest else support <= -self.settings.floor
-            scores = np.where(passing, scores, -np.inf if largest else np.inf).astype(np.float32)
-            k = min(k, int(passing.sum()))
+            scores, k = self._floored(scores, self.table_support(category, feats), k, largest)
         s, idx = top_k_of_scores(scores, k, largest=largest)
         labels = self.vocab[category].labels
         return [phrase(labels[i], category, float(v)) for v, i in zip(s, idx)]
@@ -200,11 +197,19 @@ class SearchContext:
         view, scores = self.merged_scores(feats)
         if floored and self.settings.floor is not None:
             cats = self.vocab.merged_categories()  # laid out as merged_scores lays out the scores
-            passing = np.concatenate([self.table_support(c, feats) for c in cats])[view.rows] >= self.settings.floor
-            scores = np.where(passing, scores, -np.inf).astype(np.float32)
-            k = min(k, int(passing.sum()))
+            support = np.concatenate([self.table_support(c, feats) for c in cats])[view.rows]
+            scores, k = self._floored(scores, support, k, largest=True)
         s, idx = top_k_of_scores(scores, k)
         return [phrase(view.labels[i], view.categories[i], float(v)) for v, i in zip(s, idx)]
+
+    def _floored(self, scores: np.ndarray, support: np.ndarray, k: int, largest: bool) -> tuple[np.ndarray, int]:
+        """``scores`` with the phrases under the floor (over it, for the worst) pushed out of
+        reach of a top-k, and ``k`` cut to how many are left."""
+        f = self.settings.floor
+        assert f is not None
+        passing = support >= f if largest else support <= -f
+        scores = np.where(passing, scores, -np.inf if largest else np.inf).astype(np.float32)
+        return scores, min(k, int(passing.sum()))
 
     def weak_match(self, feats: Features) -> tuple[float | None, bool]:
         """``(match_strength, weak_match)`` of an image: how far its best flavor stands out

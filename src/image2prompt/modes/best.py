@@ -14,7 +14,7 @@ from ..features import Features
 from ..results import Phrase
 from ..search import ChainState
 from ..syntax import SEPARATOR
-from .base import Chain, Outcome, Scored, SearchContext, Task, chain_steps
+from .base import Chain, Outcome, Scored, SearchContext, Task, chain_steps, with_rejected
 from .classic import classic_candidate
 from .fast import fast_candidate
 
@@ -65,18 +65,19 @@ class BestMode:
         if s.max_tokens > ctx.window:
             chained = extend_past_window(ctx, chained, pool)
         # As in the reference, the classic candidate here uses max_flavors flavors.
+        # (Their own rejected lists are not built: best mode lists its own, below.)
         candidates = [
             Scored(caption, [], "caption"),
-            classic_candidate(ctx, feats, caption, s.max_flavors),
-            fast_candidate(ctx, feats, caption, s.max_flavors),
+            classic_candidate(ctx, feats, caption, s.max_flavors, list_rejected=False),
+            fast_candidate(ctx, feats, caption, s.max_flavors, list_rejected=False),
             chained,
         ]
-        if s.floor is not None:  # whichever candidate wins, what the unfloored search would have used
-            unfloored = (chains[1], plain) if plain is not None else None
-            rejected = rejected_by_floor(ctx, feats, unfloored, self.pool_size(ctx))
-            for c in candidates:
-                c.rejected = rejected
-        return Outcome(candidates, score=True, steps=chain_steps(chain.state))
+        outcome = Outcome(candidates, score=True, steps=chain_steps(chain.state))
+        if s.floor is None:
+            return outcome
+        # whichever candidate wins, what the unfloored search would have used
+        unfloored = (chains[1], plain) if plain is not None else None
+        return with_rejected(outcome, rejected_by_floor(ctx, feats, unfloored, self.pool_size(ctx)))
 
 
 def rejected_by_floor(ctx: SearchContext, feats: Features, unfloored: tuple[Chain, list[Phrase]] | None,

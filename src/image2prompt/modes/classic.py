@@ -7,17 +7,19 @@ from ..prompt import classic_prompt
 from .base import OnePromptMode, Scored, SearchContext, kept_phrases
 
 
-def classic_candidate(ctx: SearchContext, feats: Features, caption: str, n_flavors: int) -> Scored:
+def classic_candidate(ctx: SearchContext, feats: Features, caption: str, n_flavors: int, *,
+                      list_rejected: bool = True) -> Scored:
     """The reference's layout. With the relevance floor on, a part whose best phrase does not
-    clear the floor is left out, the flavors are the best that clear it, and the unfloored
-    prompt's phrases that did not are ``rejected``."""
+    clear the floor is left out, the flavors are the best that clear it, and (``list_rejected``)
+    the unfloored prompt's phrases that did not are ``rejected``."""
     parts = [ctx.top(c, feats, 1)[0] for c in ("mediums", "artists", "trendings", "movements")]
-    plain = _assemble(ctx, caption, parts, ctx.top("flavors", feats, n_flavors))
     if ctx.settings.floor is None:
-        return plain
+        return _assemble(ctx, caption, parts, ctx.top("flavors", feats, n_flavors))
     kept = [p if ctx.clears_floor(p, feats) else None for p in parts]
     floored = _assemble(ctx, caption, kept, ctx.top("flavors", feats, n_flavors, floored=True), joined=True)
-    floored.rejected = [p for p in plain.phrases if not ctx.clears_floor(p, feats)]
+    if list_rejected:
+        plain = _assemble(ctx, caption, parts, ctx.top("flavors", feats, n_flavors))
+        floored.rejected = [p for p in plain.phrases if not ctx.clears_floor(p, feats)]
     return floored
 
 

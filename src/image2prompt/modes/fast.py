@@ -8,14 +8,16 @@ from ..results import Phrase
 from .base import OnePromptMode, Scored, SearchContext, kept_phrases
 
 
-def fast_candidate(ctx: SearchContext, feats: Features, caption: str, n: int) -> Scored:
+def fast_candidate(ctx: SearchContext, feats: Features, caption: str, n: int, *,
+                   list_rejected: bool = True) -> Scored:
     """The caption and the ``n`` best merged phrases; with the relevance floor on, the best
-    ``n`` of those that clear it, and the unfloored prompt's phrases that did not as ``rejected``."""
+    ``n`` of those that clear it, and (``list_rejected``) the unfloored prompt's phrases that
+    did not as ``rejected``."""
     tops = ctx.top_merged(feats, n, floored=True)
     full = fast_prompt(caption, [p.text for p in tops])
     prompt = ctx.truncate(full)
     rejected: list[Phrase] = []
-    if ctx.settings.floor is not None:
+    if ctx.settings.floor is not None and list_rejected:
         rejected = held_and_failing(ctx, feats, caption, ctx.top_merged(feats, n))
     return Scored(prompt, kept_phrases(full, prompt, tops, len(caption)), "fast", rejected)
 
