@@ -54,3 +54,40 @@ def test_captioners_follow_the_plugin_protocol(tiny_blip: Path):
 
     cap = load_captioner(f"local-dir:{tiny_blip}", device="cpu")
     assert isinstance(cap, CaptionerLike) and callable(cap.offload) and callable(cap.activate)
+
+
+def test_blip_vision_attention_runs_fused_and_matches_eager(tiny_blip: Path, images):
+    """The fused vision attention is the same attention: held to transformers' eager BLIP."""
+    import torch
+    from transformers import BlipForConditionalGeneration
+
+    from image2prompt.models.captioners import fuse_blip_vision_attention
+
+    cap = load_captioner(f"local-dir:{tiny_blip}", device="cpu")
+    eager = BlipForConditionalGeneration.from_pretrained(tiny_blip).eval()
+    layers = eager.config.vision_config.num_hidden_layers
+    assert fuse_blip_vision_attention(eager.__class__.from_pretrained(tiny_blip)) == layers
+    # the loaded captioner is already fused: a second pass finds its modules changed, not eager
+    fused_forwards = [m.forward for m in cap.model.vision_model.modules() if type(m).__name__ == "BlipAttention"]
+    assert len(fused_forwards) == layers
+    assert all(getattr(f, "__func__", None) is not None for f in fused_forwards)
+
+    # BLIP's vision init (std 1e-10) makes every token alike and attention uniform, where any
+    # attention looks right: give both towers the same random weights.
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for pe, pc in zip(eager.vision_model.parameters(), cap.model.vision_model.parameters()):
+            if pe.dim() >= 2:
+                w = torch.randn(pe.shape, generator=gen) * 0.2
+                pe.copy_(w)
+                pc.copy_(w)
+    pixels = cap.processor(images=images[:2], return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        probs = eager.vision_model(pixel_values=pixels, output_attentions=True).attentions[0]
+        assert probs.max().item() > 10.0 / probs.shape[-1]  # far from uniform
+        want = eager.vision_model(pixel_values=pixels).last_hidden_state
+        got = cap.model.vision_model(pixel_values=pixels).last_hidden_state
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        tokens = dict(max_new_tokens=12, do_sample=False, num_beams=1)
+        assert torch.equal(cap.model.generate(pixel_values=pixels, **tokens),
+                           eager.generate(pixel_values=pixels, **tokens))
