@@ -55,13 +55,14 @@ class Config:
     caption_model: str | None = "auto"  # auto: blip-large (blip-base with low_vram); None: captions are given
     device: str = "auto"  # auto picks cuda, then mps, then cpu
     precision: str = "auto"  # auto: fp16 on CUDA, fp32 elsewhere; or fp32 / fp16 / bf16
+    caption_precision: str | None = None  # the captioner's, if not precision's (bf16 on an AMX CPU)
     cache_dir: str | None = None  # embedding cache; default: the per-user cache directory
     download_cache: bool = True  # fetch the reference's precomputed tables (skipped offline)
     vocab: Sequence[str] = ()  # --vocab paths: a folder replaces the pack, .txt files add categories
     low_vram: bool = False  # keep only one model on the accelerator at a time
     memory_budget_mb: int | None = None  # activation memory per text batch; None: a default per device
     caption_max_tokens: int = 32
-    caption_batch_size: int = 8
+    caption_batch_size: int = 16
     image_batch_size: int = 16
 
     @property
@@ -121,7 +122,8 @@ class Interrogator:
         vocab = load_vocabulary(config.vocab)  # fail fast on a bad --vocab before loading models
         captioner = None
         if config.captioner:
-            captioner = load_captioner(config.captioner, device=config.device, precision=config.precision,
+            captioner = load_captioner(config.captioner, device=config.device,
+                                       precision=config.caption_precision or config.precision,
                                        max_new_tokens=config.caption_max_tokens)
             if config.low_vram and hasattr(captioner, "offload"):
                 captioner.offload()

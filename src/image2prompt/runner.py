@@ -141,7 +141,7 @@ class Runner:
         interrogator: InterrogatorOrFactory,
         settings: SearchSettings | None = None,
         *,
-        batch_size: int = 8,
+        batch_size: int = 16,
         workers: int = 2,
         prefetch: int | None = None,
         order: Order = "input",

@@ -412,3 +412,34 @@ def test_analyze_takes_max_pixels_too(tmp_path: Path, model_args: list[str]) -> 
     refused = invoke("analyze", img, *model_args, "--max-pixels", "100")
     assert refused.exit_code == 1 and "image too large (20×10 pixels, limit 100 pixels" in refused.stderr
     assert invoke("analyze", img, *model_args, "--max-pixels", "none").exit_code == 0
+
+
+def test_caption_precision_sets_the_captioner_alone(image_folder: Path, model_args: list[str]) -> None:
+    """--caption-precision bf16 captions in bf16 while CLIP stays at --precision's fp32."""
+    result = invoke(image_folder / "a.png", image_folder / "c.webp", *model_args, "--mode", "fast",
+                    "--caption-precision", "bf16", "--batch-size", 2, "--format", "jsonl", "-v")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 2 and all(json.loads(x)["caption"] for x in result.stdout.splitlines())
+    assert "loading captioner" in result.stderr and " as bf16" in result.stderr.split("loading captioner")[1].splitlines()[0]
+    assert " as fp32" in result.stderr.split("loading CLIP")[1].splitlines()[0]
+
+
+def test_caption_precision_fp16_on_cpu_is_one_line(image: Path, model_args: list[str]) -> None:
+    result = invoke(image, *model_args, "--caption-precision", "fp16")
+    assert result.exit_code != 0
+    assert "fp16 is not supported on CPU" in result.stderr
+    assert_no_traceback(result)
+
+
+def test_batch_size_reaches_both_models(tiny_open_clip: Path, tiny_blip: Path, small_vocab_dir: Path,
+                                        tmp_path: Path) -> None:
+    from image2prompt.cli.main import load_interrogator
+
+    kw = dict(clip=[f"local-dir:{tiny_open_clip}"], captioner=f"local-dir:{tiny_blip}", device="cpu",
+              precision="auto", cache_dir=str(tmp_path / "emb"), vocab=[str(small_vocab_dir)], low_vram=False,
+              show_progress=False, debug=False)
+    ic = load_interrogator(**kw, batch_size=3, caption_precision="bf16")
+    assert (ic.config.caption_batch_size, ic.config.image_batch_size) == (3, 3)
+    assert str(ic.captioner.dtype) == "torch.bfloat16" and str(ic.clips[0].dtype) == "torch.float32"
+    default = load_interrogator(**kw)
+    assert default.config.caption_batch_size == 16 and str(default.captioner.dtype) == "torch.float32"

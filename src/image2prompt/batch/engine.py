@@ -245,7 +245,7 @@ class BatchJob:
         fmt: str | None = None,
         allow_urls: bool = False,
         column: str | None = None,
-        batch_size: int = 8,
+        batch_size: int = 16,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         caption: str | None = None,
         store_features: str | os.PathLike[str] | None = None,

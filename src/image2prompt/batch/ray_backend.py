@@ -131,7 +131,7 @@ def run_on_ray(
     encode_actors: int = 1,
     search_actors: int = 1,
     num_gpus_per_actor: float = 0,
-    batch_size: int = 8,
+    batch_size: int = 16,
     allow_urls: bool = False,
     column: str | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -418,7 +418,7 @@ def _fingerprint_task(config: Config, settings: SearchSettings) -> str:
     from ..interrogator import Interrogator
 
     # Device and precision are not part of the fingerprint: load on the CPU.
-    ic = Interrogator.load(replace(config, device="cpu", precision="auto", low_vram=False))
+    ic = Interrogator.load(replace(config, device="cpu", precision="auto", caption_precision=None, low_vram=False))
     return ic.fingerprint(settings)
 
 
@@ -695,7 +695,7 @@ class _NamedCaptioner:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def caption(self, images: Sequence[Any], *, batch_size: int = 8) -> list[str]:
+    def caption(self, images: Sequence[Any], *, batch_size: int = 16) -> list[str]:
         raise RuntimeError("search actors do not caption")
 
 
@@ -706,7 +706,7 @@ class _Searcher:
                  store_features: str | None) -> None:
         changes: dict[str, Any] = {"caption_model": None}
         if not on_gpu:
-            changes.update(device="cpu", precision="auto", low_vram=False)
+            changes.update(device="cpu", precision="auto", caption_precision=None, low_vram=False)
         self.config = replace(config, **changes)
         self.settings = settings
         self.scores = scores

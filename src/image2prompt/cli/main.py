@@ -220,6 +220,10 @@ def model_options(default_captioner_help: str) -> Callable[[F], F]:
             click.option("--precision", default="auto", show_default=True,
                          type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
                          help="Model weights precision (auto: fp16 on CUDA, fp32 elsewhere)."),
+            click.option("--caption-precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+                         help="The captioner's precision, if not --precision's. On a CPU with AMX or "
+                              "AVX512-BF16, bf16 captions about 2.5x faster while CLIP's scores stay fp32; "
+                              "captions may differ from fp32's in a word."),
             click.option("--low-vram", is_flag=True,
                          help="Keep only one model on the GPU at a time (run also defaults to blip-base captions)."),
             click.option("--cache-dir", type=click.Path(), metavar="DIR", callback=_cache_dir_callback,
@@ -274,14 +278,16 @@ def pick_captioner(caption_model: str | None) -> str | None:
 def load_interrogator(*, clip: Sequence[str], captioner: str | None, device: str, precision: str,
                       cache_dir: str | None, vocab: Sequence[str], low_vram: bool, show_progress: bool,
                       debug: bool, say: Callable[[str], None] | None = None,
-                      memory_budget_mb: int | None = None) -> "Interrogator":
+                      memory_budget_mb: int | None = None, caption_precision: str | None = None,
+                      batch_size: int | None = None) -> "Interrogator":
     """Load the models (the only place torch gets imported), from load-time settings only."""
     with fatal_errors(debug, ValueError):
         from ..interrogator import Config, Interrogator
 
+        batches = {} if batch_size is None else {"caption_batch_size": batch_size, "image_batch_size": batch_size}
         config = Config(clip_model=list(clip), caption_model=captioner, device=device, precision=precision,
-                        cache_dir=cache_dir, vocab=tuple(vocab), low_vram=low_vram,
-                        memory_budget_mb=memory_budget_mb)
+                        caption_precision=caption_precision, cache_dir=cache_dir, vocab=tuple(vocab),
+                        low_vram=low_vram, memory_budget_mb=memory_budget_mb, **batches)
         if show_progress:
             name = config.captioner
             what = " + ".join(clip) + (f" and {name}" if name else "")
@@ -393,8 +399,8 @@ def search_options(f: F) -> F:
 def input_options(f: F) -> F:
     """--batch-size and --max-pixels, shared by ``run`` and ``batch``."""
     for option in reversed([
-        click.option("--batch-size", type=click.IntRange(min=1), metavar="N", default=8, show_default=True,
-                     help="Images loaded and encoded together."),
+        click.option("--batch-size", type=click.IntRange(min=1), metavar="N", default=16, show_default=True,
+                     help="Images decoded ahead and sent through the captioner and CLIP together."),
         click.option("--max-pixels", metavar="N|none", default=str(DEFAULT_MAX_PIXELS), show_default=True,
                      callback=_max_pixels_callback,
                      help="Refuse images with more than N pixels (width × height, read from the file's header "
@@ -421,7 +427,7 @@ def input_options(f: F) -> F:
 def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_tokens: int, chunks: bool,
         candidates: int, flavors: tuple[int, int], floor: float | None, memory_budget: int | None, target: str | None,
         clip_name: tuple[str, ...], caption_model: str | None, caption: str | None, vocab: tuple[str, ...], device: str,
-        precision: str, low_vram: bool, cache_dir: str | None, fmt: str, output: str | None,
+        precision: str, caption_precision: str | None, low_vram: bool, cache_dir: str | None, fmt: str, output: str | None,
         batch_size: int, max_pixels: int | None, quiet: bool, verbose: bool, debug: bool) -> None:
     """Write a prompt scaffold for each image: a starting point to edit, not a recovered prompt.
 
@@ -454,9 +460,9 @@ def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_
 
         def load() -> "Interrogator":  # called by the runner once the first image has decoded
             return load_interrogator(clip=clip, captioner=captioner, device=device, precision=precision,
-                                     cache_dir=cache_dir, vocab=vocab, low_vram=low_vram,
-                                     show_progress=show_progress, debug=debug, say=reporter.say,
-                                     memory_budget_mb=memory_budget)
+                                     caption_precision=caption_precision, cache_dir=cache_dir, vocab=vocab,
+                                     low_vram=low_vram, show_progress=show_progress, debug=debug,
+                                     say=reporter.say, memory_budget_mb=memory_budget, batch_size=batch_size)
 
         failures = 0
         try:
@@ -610,7 +616,7 @@ def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with
           max_tokens: int, chunks: bool, candidates: int, flavors: tuple[int, int], floor: float | None,
           memory_budget: int | None,
           target: str | None, clip_name: tuple[str, ...], caption_model: str | None, caption: str | None,
-          vocab: tuple[str, ...], device: str, precision: str, low_vram: bool, cache_dir: str | None,
+          vocab: tuple[str, ...], device: str, precision: str, caption_precision: str | None, low_vram: bool, cache_dir: str | None,
           batch_size: int, max_pixels: int | None, allow_urls: bool, column: str | None,
           store_features: str | None, store_scores: int | None, sidecar: str | None, on_existing: str,
           prefix: str | None, suffix: str | None, dedupe: bool, retry_failed: bool, ray_address: str | None,
@@ -647,14 +653,17 @@ def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with
                                   candidates=candidates, min_flavors=flavors[0], max_flavors=flavors[1],
                                   floor=floor, negative=with_negative)
         config = Config(clip_model=list(clip), caption_model=captioner, device=device, precision=precision,
-                        cache_dir=cache_dir, vocab=tuple(vocab), low_vram=low_vram, memory_budget_mb=memory_budget)
+                        caption_precision=caption_precision, cache_dir=cache_dir, vocab=tuple(vocab),
+                        low_vram=low_vram, memory_budget_mb=memory_budget, caption_batch_size=batch_size,
+                        image_batch_size=batch_size)
         sidecar_options = SidecarOptions(ext=sidecar, on_existing=on_existing, prefix=prefix, suffix=suffix,
                                          dedupe=dedupe) if sidecar is not None else None
 
     def load() -> "Interrogator":  # called once the first image needs the model
         return load_interrogator(clip=clip, captioner=captioner, device=device, precision=precision,
-                                 cache_dir=cache_dir, vocab=vocab, low_vram=low_vram, show_progress=show_bar,
-                                 debug=debug, say=progress.say, memory_budget_mb=memory_budget)
+                                 caption_precision=caption_precision, cache_dir=cache_dir, vocab=vocab,
+                                 low_vram=low_vram, show_progress=show_bar, debug=debug, say=progress.say,
+                                 memory_budget_mb=memory_budget, batch_size=batch_size)
 
     job = BatchJob(inputs, output, interrogator=load, settings=settings, config=config, fmt=fmt,
                    allow_urls=allow_urls, column=column, batch_size=batch_size, max_pixels=max_pixels,
@@ -707,7 +716,7 @@ def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with
                    "before decoding); none lifts the limit.")
 @verbosity_options
 def analyze(image: str, top_n: int, target: str | None, clip_name: tuple[str, ...], caption_model: str | None,
-            caption: str | None, vocab: tuple[str, ...], device: str, precision: str, low_vram: bool,
+            caption: str | None, vocab: tuple[str, ...], device: str, precision: str, caption_precision: str | None, low_vram: bool,
             cache_dir: str | None, fmt: str, max_pixels: int | None, quiet: bool, verbose: bool,
             debug: bool) -> None:
     """Show the top phrases of every vocabulary category for IMAGE, with CLIP scores.
@@ -730,7 +739,8 @@ def analyze(image: str, top_n: int, target: str | None, clip_name: tuple[str, ..
     except ImageLoadError as err:
         raise FatalError(str(err)) from None
     interrogator = load_interrogator(clip=clip, captioner=captioner, device=device, precision=precision,
-                                     cache_dir=cache_dir, vocab=vocab, low_vram=low_vram,
+                                     caption_precision=caption_precision, cache_dir=cache_dir, vocab=vocab,
+                                     low_vram=low_vram,
                                      show_progress=progress_enabled(quiet), debug=debug)
     with fatal_errors(debug):
         if caption is None and interrogator.captioner is not None:

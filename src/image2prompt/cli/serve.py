@@ -70,7 +70,7 @@ def is_loopback(host: str) -> bool:
               help="Activation memory for one text batch (default: 512 on CPU, 2048 on CUDA).")
 @verbosity_options
 def serve(host: str, port: int, target: str | None, clip_name: tuple[str, ...], caption_model: str | None,
-          caption: str | None, vocab: tuple[str, ...], device: str, precision: str, low_vram: bool,
+          caption: str | None, vocab: tuple[str, ...], device: str, precision: str, caption_precision: str | None, low_vram: bool,
           cache_dir: str | None, api_key: str | None, insecure_no_auth: bool, allow_urls: bool,
           cors_origins: tuple[str, ...], max_upload_mb: float, max_batch_mb: float, max_pixels: int | None,
           formats: str, max_batch: int, max_wait_ms: float, max_queue: int, timeout: float,
@@ -118,8 +118,9 @@ def serve(host: str, port: int, target: str | None, clip_name: tuple[str, ...], 
 
     def load() -> "Interrogator":
         return load_interrogator(clip=clip, captioner=captioner, device=device, precision=precision,
-                                 cache_dir=cache_dir, vocab=vocab, low_vram=low_vram, show_progress=False,
-                                 debug=debug, memory_budget_mb=memory_budget)
+                                 caption_precision=caption_precision, cache_dir=cache_dir, vocab=vocab,
+                                 low_vram=low_vram, show_progress=False, debug=debug,
+                                 memory_budget_mb=memory_budget)
 
     def load_failed(message: str) -> None:
         failed.append(message)

@@ -44,7 +44,7 @@ class Captioner:
     def __repr__(self) -> str:
         return f"Captioner({self.name!r}, device={self.device}, dtype={dtype_name(self.dtype)})"
 
-    def caption(self, images: Sequence[Any], *, batch_size: int = 8) -> list[str]:
+    def caption(self, images: Sequence[Any], *, batch_size: int = 16) -> list[str]:
         out: list[str] = []
         for start in range(0, len(images), batch_size):
             out.extend(self._caption_batch(list(images[start : start + batch_size])))
