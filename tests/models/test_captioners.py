@@ -61,16 +61,18 @@ def test_blip_vision_attention_runs_fused_and_matches_eager(tiny_blip: Path, ima
     import torch
     from transformers import BlipForConditionalGeneration
 
-    from image2prompt.models.captioners import fuse_blip_vision_attention
+    from transformers.models.blip.modeling_blip import BlipAttention
+
+    from image2prompt.models.captioners import FusedBlipAttention, fuse_blip_vision_attention
 
     cap = load_captioner(f"local-dir:{tiny_blip}", device="cpu")
     eager = BlipForConditionalGeneration.from_pretrained(tiny_blip).eval()
     layers = eager.config.vision_config.num_hidden_layers
-    assert fuse_blip_vision_attention(eager.__class__.from_pretrained(tiny_blip)) == layers
-    # the loaded captioner is already fused: a second pass finds its modules changed, not eager
-    fused_forwards = [m.forward for m in cap.model.vision_model.modules() if type(m).__name__ == "BlipAttention"]
-    assert len(fused_forwards) == layers
-    assert all(getattr(f, "__func__", None) is not None for f in fused_forwards)
+    # the loaded captioner's vision attention is fused, all of it, and fusing again changes nothing
+    kinds = [type(m) for m in cap.model.modules() if isinstance(m, BlipAttention)]
+    assert kinds == [FusedBlipAttention] * layers
+    assert fuse_blip_vision_attention(cap.model) == 0
+    assert not any(type(m) is FusedBlipAttention for m in eager.modules())
 
     # BLIP's vision init (std 1e-10) makes every token alike and attention uniform, where any
     # attention looks right: give both towers the same random weights.
@@ -91,3 +93,22 @@ def test_blip_vision_attention_runs_fused_and_matches_eager(tiny_blip: Path, ima
         tokens = dict(max_new_tokens=12, do_sample=False, num_beams=1)
         assert torch.equal(cap.model.generate(pixel_values=pixels, **tokens),
                            eager.generate(pixel_values=pixels, **tokens))
+
+
+def test_a_fused_blip_pickles_and_gives_eager_attentions_when_asked(tiny_blip: Path, images):
+    import pickle
+
+    import torch
+
+    cap = load_captioner(f"local-dir:{tiny_blip}", device="cpu")
+    copy = pickle.loads(pickle.dumps(cap.model.vision_model))
+    pixels = cap.processor(images=images[:1], return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        torch.testing.assert_close(copy(pixel_values=pixels).last_hidden_state,
+                                   cap.model.vision_model(pixel_values=pixels).last_hidden_state)
+        # the fused forward's own fallback: asked for the weights, it runs the eager attention
+        attn = cap.model.vision_model.encoder.layers[0].self_attn
+        hidden = torch.randn(1, 5, attn.embed_dim)
+        out, weights = attn(hidden, output_attentions=True)
+        assert weights is not None and weights.shape == (1, attn.num_heads, 5, 5)
+        torch.testing.assert_close(out, attn(hidden)[0])
