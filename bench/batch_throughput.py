@@ -148,15 +148,26 @@ def overlap_rates(ref: dict, ours: dict) -> tuple[float, float, float] | None:
     """Each side's images/s over the seconds both were running (parallel runs only).
 
     The faster side finishes first and the slower one then has the machine to itself, which
-    flatters the slower side's whole-run rate; this counts only the images each finished
-    while the other was still timing. Returns (seconds, reference ips, ours ips).
+    flatters the slower side's whole-run rate. This takes the window in which both were
+    timing, and each side's rate between its first and its last completion inside it: the
+    images finished after the first, over the seconds between the two. The runner finishes
+    a whole batch at once, so a window edge that cuts a batch would otherwise count all of
+    it or none of it. Returns (window seconds, reference ips, ours ips), or None when either
+    side finished fewer than two times inside the window.
     """
     lo = max(ref["start"], ours["start"])
     hi = min(ref["done_at"][-1] if ref["done_at"] else lo, ours["done_at"][-1] if ours["done_at"] else lo)
-    if hi - lo < 1.0:
+
+    def rate(done_at: list[float]) -> float | None:
+        inside = [t for t in done_at if lo <= t <= hi]
+        if len(inside) < 2 or inside[-1] <= inside[0]:
+            return None
+        return sum(t > inside[0] for t in inside) / (inside[-1] - inside[0])
+
+    r, o = rate(ref["done_at"]), rate(ours["done_at"])
+    if r is None or o is None:
         return None
-    count = lambda res: sum(lo < t <= hi for t in res["done_at"])  # noqa: E731
-    return hi - lo, count(ref) / (hi - lo), count(ours) / (hi - lo)
+    return hi - lo, r, o
 
 
 def worker_main(spec_path: str) -> None:

@@ -221,9 +221,9 @@ def model_options(default_captioner_help: str) -> Callable[[F], F]:
                          type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
                          help="Model weights precision (auto: fp16 on CUDA, fp32 elsewhere)."),
             click.option("--caption-precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
-                         help="The captioner's precision, if not --precision's. On a CPU with AMX or "
-                              "AVX512-BF16, bf16 captions about 2.5x faster while CLIP's scores stay fp32; "
-                              "captions may differ from fp32's in a word."),
+                         help="The captioner's precision (default: --precision's; auto: fp16 on CUDA, fp32 "
+                              "elsewhere). On a CPU with AMX, bf16 captions about 2.5x faster while CLIP's "
+                              "scores stay fp32; captions may differ from fp32's in a word."),
             click.option("--low-vram", is_flag=True,
                          help="Keep only one model on the GPU at a time (run also defaults to blip-base captions)."),
             click.option("--cache-dir", type=click.Path(), metavar="DIR", callback=_cache_dir_callback,
