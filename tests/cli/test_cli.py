@@ -433,13 +433,13 @@ def test_caption_precision_fp16_on_cpu_is_one_line(image: Path, model_args: list
 
 def test_batch_size_reaches_both_models(tiny_open_clip: Path, tiny_blip: Path, small_vocab_dir: Path,
                                         tmp_path: Path) -> None:
-    from image2prompt.cli.main import load_interrogator
+    from image2prompt.cli.main import load_interrogator, model_config
 
     kw = dict(clip=[f"local-dir:{tiny_open_clip}"], captioner=f"local-dir:{tiny_blip}", device="cpu",
-              precision="auto", cache_dir=str(tmp_path / "emb"), vocab=[str(small_vocab_dir)], low_vram=False,
-              show_progress=False, debug=False)
-    ic = load_interrogator(**kw, batch_size=3, caption_precision="bf16")
+              precision="auto", cache_dir=str(tmp_path / "emb"), vocab=[str(small_vocab_dir)], low_vram=False)
+    ic = load_interrogator(model_config(**kw, batch_size=3, caption_precision="bf16"), show_progress=False,
+                           debug=False)
     assert (ic.config.caption_batch_size, ic.config.image_batch_size) == (3, 3)
     assert str(ic.captioner.dtype) == "torch.bfloat16" and str(ic.clips[0].dtype) == "torch.float32"
-    default = load_interrogator(**kw)
+    default = load_interrogator(model_config(**kw, caption_precision=None), show_progress=False, debug=False)
     assert default.config.caption_batch_size == 16 and str(default.captioner.dtype) == "torch.float32"

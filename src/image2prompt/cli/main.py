@@ -43,7 +43,7 @@ from ..settings import SearchSettings, parse_floor
 from .progress import PROG, Reporter, progress_enabled, setup_logging, table_progress
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..interrogator import Interrogator
+    from ..interrogator import Config, Interrogator
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -275,22 +275,29 @@ def pick_captioner(caption_model: str | None) -> str | None:
     return caption_model
 
 
-def load_interrogator(*, clip: Sequence[str], captioner: str | None, device: str, precision: str,
-                      cache_dir: str | None, vocab: Sequence[str], low_vram: bool, show_progress: bool,
-                      debug: bool, say: Callable[[str], None] | None = None,
-                      memory_budget_mb: int | None = None, caption_precision: str | None = None,
-                      batch_size: int | None = None) -> "Interrogator":
+def model_config(*, clip: Sequence[str], captioner: str | None, device: str, precision: str,
+                 caption_precision: str | None, cache_dir: str | None, vocab: Sequence[str], low_vram: bool,
+                 memory_budget_mb: int | None = None, batch_size: int | None = None) -> "Config":
+    """The load-time ``Config`` from the model options the commands share. ``batch_size``
+    (``--batch-size``, where a command has it) is also the captioner's and the image tower's."""
+    from ..interrogator import Config
+
+    batches = {} if batch_size is None else {"caption_batch_size": batch_size, "image_batch_size": batch_size}
+    return Config(clip_model=list(clip), caption_model=captioner, device=device, precision=precision,
+                  caption_precision=caption_precision, cache_dir=cache_dir, vocab=tuple(vocab),
+                  low_vram=low_vram, memory_budget_mb=memory_budget_mb, **batches)
+
+
+def load_interrogator(config: "Config", *, show_progress: bool, debug: bool,
+                      say: Callable[[str], None] | None = None) -> "Interrogator":
     """Load the models (the only place torch gets imported), from load-time settings only."""
     with fatal_errors(debug, ValueError):
-        from ..interrogator import Config, Interrogator
+        from ..interrogator import Interrogator
 
-        batches = {} if batch_size is None else {"caption_batch_size": batch_size, "image_batch_size": batch_size}
-        config = Config(clip_model=list(clip), caption_model=captioner, device=device, precision=precision,
-                        caption_precision=caption_precision, cache_dir=cache_dir, vocab=tuple(vocab),
-                        low_vram=low_vram, memory_budget_mb=memory_budget_mb, **batches)
         if show_progress:
             name = config.captioner
-            what = " + ".join(clip) + (f" and {name}" if name else "")
+            clips = [config.clip_model] if isinstance(config.clip_model, str) else list(config.clip_model)
+            what = " + ".join(clips) + (f" and {name}" if name else "")
             (say or (lambda m: click.echo(m, err=True)))(f"{PROG}: loading {what}...")
         else:
             _quiet_library_progress()
@@ -459,10 +466,10 @@ def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_
         reporter = Reporter(len(items), show_progress)
 
         def load() -> "Interrogator":  # called by the runner once the first image has decoded
-            return load_interrogator(clip=clip, captioner=captioner, device=device, precision=precision,
-                                     caption_precision=caption_precision, cache_dir=cache_dir, vocab=vocab,
-                                     low_vram=low_vram, show_progress=show_progress, debug=debug,
-                                     say=reporter.say, memory_budget_mb=memory_budget, batch_size=batch_size)
+            config = model_config(clip=clip, captioner=captioner, device=device, precision=precision,
+                                  caption_precision=caption_precision, cache_dir=cache_dir, vocab=vocab,
+                                  low_vram=low_vram, memory_budget_mb=memory_budget, batch_size=batch_size)
+            return load_interrogator(config, show_progress=show_progress, debug=debug, say=reporter.say)
 
         failures = 0
         try:
@@ -647,23 +654,17 @@ def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with
     show_bar = progress_enabled(quiet)
     progress = _BatchProgress(inputs, allow_urls, column, show_bar, quiet)
     with fatal_errors(debug, ValueError):
-        from ..interrogator import Config
-
         settings = SearchSettings(mode=mode, beam=beam, max_tokens=max_tokens, chunks=chunks,
                                   candidates=candidates, min_flavors=flavors[0], max_flavors=flavors[1],
                                   floor=floor, negative=with_negative)
-        config = Config(clip_model=list(clip), caption_model=captioner, device=device, precision=precision,
-                        caption_precision=caption_precision, cache_dir=cache_dir, vocab=tuple(vocab),
-                        low_vram=low_vram, memory_budget_mb=memory_budget, caption_batch_size=batch_size,
-                        image_batch_size=batch_size)
+        config = model_config(clip=clip, captioner=captioner, device=device, precision=precision,
+                              caption_precision=caption_precision, cache_dir=cache_dir, vocab=vocab,
+                              low_vram=low_vram, memory_budget_mb=memory_budget, batch_size=batch_size)
         sidecar_options = SidecarOptions(ext=sidecar, on_existing=on_existing, prefix=prefix, suffix=suffix,
                                          dedupe=dedupe) if sidecar is not None else None
 
     def load() -> "Interrogator":  # called once the first image needs the model
-        return load_interrogator(clip=clip, captioner=captioner, device=device, precision=precision,
-                                 caption_precision=caption_precision, cache_dir=cache_dir, vocab=vocab,
-                                 low_vram=low_vram, show_progress=show_bar, debug=debug, say=progress.say,
-                                 memory_budget_mb=memory_budget, batch_size=batch_size)
+        return load_interrogator(config, show_progress=show_bar, debug=debug, say=progress.say)
 
     job = BatchJob(inputs, output, interrogator=load, settings=settings, config=config, fmt=fmt,
                    allow_urls=allow_urls, column=column, batch_size=batch_size, max_pixels=max_pixels,
@@ -738,10 +739,9 @@ def analyze(image: str, top_n: int, target: str | None, clip_name: tuple[str, ..
         img = load_image(source, max_pixels=max_pixels)
     except ImageLoadError as err:
         raise FatalError(str(err)) from None
-    interrogator = load_interrogator(clip=clip, captioner=captioner, device=device, precision=precision,
-                                     caption_precision=caption_precision, cache_dir=cache_dir, vocab=vocab,
-                                     low_vram=low_vram,
-                                     show_progress=progress_enabled(quiet), debug=debug)
+    config = model_config(clip=clip, captioner=captioner, device=device, precision=precision,
+                          caption_precision=caption_precision, cache_dir=cache_dir, vocab=vocab, low_vram=low_vram)
+    interrogator = load_interrogator(config, show_progress=progress_enabled(quiet), debug=debug)
     with fatal_errors(debug):
         if caption is None and interrogator.captioner is not None:
             caption = interrogator.caption([img])[0]

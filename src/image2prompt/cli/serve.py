@@ -14,6 +14,7 @@ from .main import (
     _max_pixels_callback,
     cli,
     load_interrogator,
+    model_config,
     model_options,
     pick_captioner,
     pick_clip,
@@ -117,10 +118,10 @@ def serve(host: str, port: int, target: str | None, clip_name: tuple[str, ...], 
     server: Any = None
 
     def load() -> "Interrogator":
-        return load_interrogator(clip=clip, captioner=captioner, device=device, precision=precision,
-                                 caption_precision=caption_precision, cache_dir=cache_dir, vocab=vocab,
-                                 low_vram=low_vram, show_progress=False, debug=debug,
-                                 memory_budget_mb=memory_budget)
+        config = model_config(clip=clip, captioner=captioner, device=device, precision=precision,
+                              caption_precision=caption_precision, cache_dir=cache_dir, vocab=vocab,
+                              low_vram=low_vram, memory_budget_mb=memory_budget)
+        return load_interrogator(config, show_progress=False, debug=debug)
 
     def load_failed(message: str) -> None:
         failed.append(message)
