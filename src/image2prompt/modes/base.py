@@ -23,7 +23,7 @@ from ..features import Features
 from ..index import MergedView, VocabularyIndex
 from ..prompt import at_limit, cut_to_fit, fits, split_into_chunks, truncate_to_fit
 from ..results import Phrase, TraceStep
-from ..search import ChainState, category_stats, similarities, top_k_of_scores, weak_match
+from ..search import ChainState, category_stats, pooled_spread, similarities, top_k_of_scores, weak_match
 from ..settings import CHUNK_TOKENS, SearchSettings
 from ..syntax import SEPARATOR
 from ..vocab import HYPOTHESIS_CATEGORIES, VocabularyPack
@@ -225,10 +225,7 @@ class SearchContext:
         as a whole) cannot have a phrase stand out just by being its table's best."""
         memo = self.memo(feats)
         if "spread" not in memo:
-            cats = self.vocab.merged_categories()
-            every = (np.concatenate([self.table_scores(c, feats).astype(np.float64) for c in cats])
-                     if cats else np.empty(0))
-            memo["spread"] = (float(every.std()) or 1e-6) if every.size else None
+            memo["spread"] = pooled_spread([self.table_scores(c, feats) for c in self.vocab.merged_categories()])
         return memo["spread"]
 
     def table_support(self, category: str, feats: Features) -> np.ndarray:

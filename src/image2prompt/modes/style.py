@@ -16,7 +16,7 @@ import numpy as np
 from ..features import Features
 from ..prompt.subject import restates_subject, subject_words
 from ..results import Phrase
-from ..search import category_stats, top_k_of_scores
+from ..search import category_stats, pooled_spread, top_k_of_scores
 from .base import SearchContext, Task, chain_from_best_phrase, chain_outcome, phrase, with_rejected
 
 #: Phrases whose embedding is this close to the caption's restate the subject.
@@ -58,8 +58,7 @@ class StyleMode:
             every = [ctx.table_scores(category, styled, where) for category, where, _ in tables]
             # support on the styled features, which style mode searches: in units of their spread
             # over every table it draws on (SearchContext.vocab_spread is the same for the others)
-            pooled = np.concatenate(every).astype(np.float64) if every else np.empty(0)
-            spread = (float(pooled.std()) if pooled.size else 0.0) or 1e-6
+            spread = pooled_spread(every) or 1e-6
             for (category, where, limit), scores in zip(tables, every):
                 near = ctx.table_scores(category, cap_feats, where) if cap_feats is not None else None
                 labels = where[0].pack[category].labels

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Sequence
 
 import numpy as np
 
@@ -20,6 +21,14 @@ def category_stats(scores: np.ndarray) -> tuple[float, float]:
     if scores.size == 0:
         return 0.0, 1e-6
     return float(np.median(scores)), float(scores.std()) or 1e-6
+
+
+def pooled_spread(tables: Sequence[np.ndarray]) -> float | None:
+    """The standard deviation of every score of ``tables`` pooled (in float64): the unit the
+    relevance floor measures a phrase's support in. None when the tables hold no score."""
+    if not any(t.size for t in tables):
+        return None
+    return float(np.concatenate([t.astype(np.float64) for t in tables]).std()) or 1e-6
 
 
 def match_strength(scores: np.ndarray) -> float | None:
