@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
+import math
 import threading
 from typing import Any, Sequence
 
@@ -100,6 +102,8 @@ def load_captioner(name: str, *, device: DeviceLike = "auto", precision: str = "
                                          advice=CAPTION_ADVICE)
     if spec.kind == "blip":
         fuse_blip_vision_attention(model)
+        chunk_blip_vision(model)
+        absorb_blip_cross_attention(model)
     return Captioner(spec, model, processor, dev, dtype, max_new_tokens)
 
 
@@ -125,9 +129,186 @@ def _fused_blip_attention() -> type | None:
     return type("FusedBlipAttention", (BlipAttention,), {"forward": _sdpa_forward, "__module__": __name__})
 
 
+# glibc's malloc serves a block from its heap, and reuses it, once the block is at most its
+# mmap threshold, which adapts up to 32 MiB; a bigger block is mapped fresh, and every page of
+# it faults on first touch. Half of that, so that a chunk's largest tensor stays on the heap.
+_CHUNK_BYTES = 16 * 2**20
+
+
+def chunk_blip_vision(model: Any) -> int:
+    """Run a BLIP vision tower on a CPU in chunks of images small enough for the allocator.
+
+    Batched by 16 at 384 px, the tower's MLP makes 113 MB activations (16 x 577 x 3072
+    floats at blip-base size), and its attention input 85 MB. glibc maps each such block
+    fresh and unmaps it when freed, so every batch took about a million page faults (about
+    4 GB of memory first touched). In chunks whose largest activation is at most 16 MiB (2
+    images at blip-base size in fp32, 1 at blip-large size; the fused attention's
+    probabilities are never materialised), the same blocks come back from the heap: no
+    faults, and captions took about a tenth less time per image (docs/benchmarks.md). Each
+    chunk's matrix products still have at least 577 rows. Each image's features are
+    computed as before (the tower has no cross-image operation; the tests hold chunked to
+    whole batches).
+
+    Chunks are used on a CPU, in eval mode, when neither hidden states nor attentions are
+    recorded (asked for in the call or the config); otherwise the tower runs as
+    transformers' own. The modules that are exactly transformers' ``BlipVisionModel`` become
+    ``ChunkedBlipVisionModel``, a subclass. Returns how many modules changed.
+    """
+    chunked = _chunked_blip_vision()
+    if chunked is None:  # pragma: no cover
+        return 0
+    base = chunked.__mro__[1]
+    n = 0
+    for module in model.modules():
+        if type(module) is base:
+            module.__class__ = chunked
+            n += 1
+    return n
+
+
+def _vision_chunk(config: Any, pixel_values: torch.Tensor, dtype: torch.dtype) -> int:
+    """Images per chunk: the most whose largest activation (in the tower's ``dtype``) fits in
+    _CHUNK_BYTES, at least 1. The largest is the MLP's or the attention input's (the fused
+    attention's probabilities are never materialised)."""
+    patch = int(getattr(config, "patch_size", 16))
+    tokens = (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch) + 1
+    width = max(int(getattr(config, "intermediate_size", 0)), 3 * int(getattr(config, "hidden_size", 0)), 1)
+    return max(1, _CHUNK_BYTES // (tokens * width * torch.empty((), dtype=dtype).element_size()))
+
+
+@functools.lru_cache(maxsize=None)
+def _chunked_blip_vision() -> type | None:
+    try:
+        from transformers.models.blip.modeling_blip import BlipVisionModel
+    except ImportError:  # pragma: no cover
+        return None
+
+    def forward(self: Any, pixel_values: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
+        # what transformers records per forward (hidden states, attentions: asked for in the
+        # call or in the config; 0 selects a layer) can't be joined across chunks
+        asked = [getattr(self.config, key, None) if kwargs.get(key) is None else kwargs[key]
+                 for key in ("output_hidden_states", "output_attentions")]
+        records = any(value is not None and value is not False for value in asked)
+        whole = (pixel_values is None or args or records or self.training or pixel_values.device.type != "cpu")
+        step = 0 if whole else _vision_chunk(self.config, pixel_values, self.dtype)
+        if whole or pixel_values.shape[0] <= step:
+            return BlipVisionModel.forward(self, pixel_values, *args, **kwargs)
+        parts = [BlipVisionModel.forward(self, pixel_values[i : i + step], **kwargs)
+                 for i in range(0, pixel_values.shape[0], step)]
+        fields = [tuple(part) if isinstance(part, tuple) else tuple(part.values()) for part in parts]
+        if not all(isinstance(value, torch.Tensor) for value in fields[0]):  # pragma: no cover - a backstop
+            return BlipVisionModel.forward(self, pixel_values, **kwargs)
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat(values) for values in zip(*fields))
+        return type(parts[0])(**{key: torch.cat([part[key] for part in parts]) for key in parts[0]})
+
+    cls = type("ChunkedBlipVisionModel", (BlipVisionModel,), {"forward": forward, "__module__": __name__})
+    try:  # transformers 5 looks up what a model records (hidden states, attentions) by class name
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+
+        dict.__setitem__(_CAN_RECORD_REGISTRY, str(cls), BlipVisionModel._can_record_outputs)
+    except (ImportError, AttributeError, TypeError):  # pragma: no cover - other versions
+        pass
+    return cls
+
+
+def absorb_blip_cross_attention(model: Any) -> int:
+    """Let a BLIP text decoder's cross-attention attend in the image encoder's own space (CPU).
+
+    Greedy captioning spends a third of the decoder's time on the cross-attention's keys and
+    values: every layer projects every image's 577 tokens once (16 GFLOP per image at
+    blip-base size), then every generated token reads all of those projections back (1.4 GB
+    per image over 32 tokens, in fp32). Both projections are linear, so they can be folded
+    into the query and the output instead ("absorbed", as in DeepSeek-V2's attention): with
+    ``q W_k`` per head, the scores are ``(q W_k) X^T`` over the encoder states ``X`` (the key
+    bias adds the same ``q . b_k`` to every score of a row, which the softmax cancels), and the
+    output is ``(p X) W_v^T + b_v``, since each row of ``p`` sums to one. Nothing is projected
+    or cached, and the one ``X`` of each image, shared by every layer, is what each step reads.
+    The price is attention arithmetic in the encoder's width, heads times more per generated
+    token: at blip-base size (12 heads) the arithmetic breaks even with the projections at
+    about 70 tokens, and captions here stop at 32. With 32 tokens the decoder took about a
+    quarter less time per image (docs/benchmarks.md). In fp32 the tokens are the same and the
+    scores equal to float rounding (the tests hold them to transformers', and bf16 to within
+    bf16's error).
+
+    The absorbed forward runs on a CPU, in eval mode, and only where encoder states are
+    given; anywhere else (a GPU, where the decoder is bound by kernel launches and the cached
+    projections are the cheaper path, or training) it is transformers' own. Only the
+    ``crossattention`` modules change, into ``AbsorbedBlipCrossAttention``, a subclass; it
+    returns the attention probabilities as transformers does. transformers before 5, whose
+    attention takes and returns its own cache, is left alone. Returns how many modules changed.
+    """
+    absorbed = _absorbed_blip_cross_attention()
+    if absorbed is None:
+        return 0
+    base = absorbed.__mro__[1]
+    n = 0
+    for name, module in model.named_modules():
+        if (type(module) is base and name.endswith("crossattention.self")
+                and isinstance(getattr(module, "key", None), torch.nn.Linear)
+                and isinstance(getattr(module, "value", None), torch.nn.Linear)
+                and module.key.out_features == module.num_attention_heads * module.attention_head_size):
+            module.__class__ = absorbed
+            n += 1
+    log.debug("BLIP cross-attention: %d modules absorbed", n)
+    return n
+
+
+# The parameters of transformers 5's BlipTextSelfAttention.forward (the cache's name changed
+# within 5); 4.x also takes head_mask, past_key_value and output_attentions, and returns a cache.
+_TEXT_ATTENTION_PARAMS = {"self", "hidden_states", "attention_mask", "encoder_hidden_states",
+                          "encoder_attention_mask", "cache", "past_key_values", "kwargs"}
+
+
+@functools.lru_cache(maxsize=None)
+def _absorbed_blip_cross_attention() -> type | None:
+    try:
+        from transformers.models.blip.modeling_blip_text import BlipTextSelfAttention
+    except ImportError:  # pragma: no cover - a transformers without BLIP
+        return None
+    if not set(inspect.signature(BlipTextSelfAttention.forward).parameters) <= _TEXT_ATTENTION_PARAMS:
+        return None
+
+    def forward(self: Any, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                encoder_hidden_states: torch.Tensor | None = None,
+                encoder_attention_mask: torch.Tensor | None = None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+        x = encoder_hidden_states
+        # (bmm doesn't broadcast: one image's states for many prompts go to transformers' matmul)
+        if x is None or self.training or x.device.type != "cpu" or x.shape[0] != hidden_states.shape[0]:
+            return BlipTextSelfAttention.forward(
+                self, hidden_states, attention_mask=attention_mask, encoder_hidden_states=x,
+                encoder_attention_mask=encoder_attention_mask, **kwargs)
+        bsz, length, _ = hidden_states.shape
+        heads, dim = self.num_attention_heads, self.attention_head_size
+        tokens, width = x.shape[1], x.shape[2]
+        # per head h: q_h W_k,h, a query in the encoder's width
+        q = self.query(hidden_states).view(bsz * length, heads, dim).transpose(0, 1)
+        qk = torch.bmm(q, self.key.weight.view(heads, dim, width))
+        qk = qk.view(heads, bsz, length, width).transpose(0, 1).reshape(bsz, heads * length, width)
+        scores = torch.bmm(qk, x.transpose(1, 2)).view(bsz, heads, length, tokens) / math.sqrt(dim)
+        if encoder_attention_mask is not None:
+            scores = scores + encoder_attention_mask.to(scores.device)
+        probs = scores.softmax(dim=-1)
+        px = torch.bmm(probs.view(bsz, heads * length, tokens), x)
+        px = px.view(bsz, heads, length, width).transpose(0, 1).reshape(heads, bsz * length, width)
+        w_v = self.value.weight.view(heads, dim, width).transpose(1, 2)
+        if self.value.bias is None:
+            ctx = torch.bmm(px, w_v)
+        else:
+            ctx = torch.baddbmm(self.value.bias.view(heads, 1, dim), px, w_v)
+        return ctx.view(heads, bsz, length, dim).permute(1, 2, 0, 3).reshape(bsz, length, heads * dim), probs
+
+    return type("AbsorbedBlipCrossAttention", (BlipTextSelfAttention,),
+                {"forward": forward, "__module__": __name__})
+
+
 def __getattr__(name: str) -> Any:
-    if name == "FusedBlipAttention" and _fused_blip_attention() is not None:
-        return _fused_blip_attention()
+    # Module-level names for the classes built above, so that a changed model pickles.
+    made = {"FusedBlipAttention": _fused_blip_attention,
+            "AbsorbedBlipCrossAttention": _absorbed_blip_cross_attention,
+            "ChunkedBlipVisionModel": _chunked_blip_vision}.get(name)
+    if made is not None and made() is not None:
+        return made()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
