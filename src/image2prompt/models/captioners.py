@@ -154,14 +154,20 @@ def chunk_blip_vision(model: Any) -> int:
     transformers' own. The modules that are exactly transformers' ``BlipVisionModel`` become
     ``ChunkedBlipVisionModel``, a subclass. Returns how many modules changed.
     """
-    chunked = _chunked_blip_vision()
-    if chunked is None:  # pragma: no cover
+    return _retype(model, _chunked_blip_vision())
+
+
+def _retype(model: Any, made: type | None, accept: Any = None) -> int:
+    """Give ``made`` (one of the subclasses built below) to every module of ``model`` that is
+    exactly its base class and that ``accept(name, module)``, if given, takes. Returns how
+    many changed (0 where this transformers lacks the base)."""
+    if made is None:
         return 0
-    base = chunked.__mro__[1]
+    base = made.__mro__[1]
     n = 0
-    for module in model.modules():
-        if type(module) is base:
-            module.__class__ = chunked
+    for name, module in model.named_modules():
+        if type(module) is base and (accept is None or accept(name, module)):
+            module.__class__ = made
             n += 1
     return n
 
@@ -238,18 +244,11 @@ def absorb_blip_cross_attention(model: Any) -> int:
     returns the attention probabilities as transformers does. transformers before 5, whose
     attention takes and returns its own cache, is left alone. Returns how many modules changed.
     """
-    absorbed = _absorbed_blip_cross_attention()
-    if absorbed is None:
-        return 0
-    base = absorbed.__mro__[1]
-    n = 0
-    for name, module in model.named_modules():
-        if (type(module) is base and name.endswith("crossattention.self")
-                and isinstance(getattr(module, "key", None), torch.nn.Linear)
-                and isinstance(getattr(module, "value", None), torch.nn.Linear)
-                and module.key.out_features == module.num_attention_heads * module.attention_head_size):
-            module.__class__ = absorbed
-            n += 1
+    n = _retype(model, _absorbed_blip_cross_attention(), lambda name, module: (
+        name.endswith("crossattention.self")
+        and isinstance(getattr(module, "key", None), torch.nn.Linear)
+        and isinstance(getattr(module, "value", None), torch.nn.Linear)
+        and module.key.out_features == module.num_attention_heads * module.attention_head_size))
     log.debug("BLIP cross-attention: %d modules absorbed", n)
     return n
 
@@ -326,16 +325,8 @@ def fuse_blip_vision_attention(model: Any) -> int:
     (``output_attentions=True``) gets none on transformers 5 and the eager path before it.
     Returns how many modules were changed.
     """
-    fused = _fused_blip_attention()
-    if fused is None:  # pragma: no cover
-        return 0
-    base = fused.__mro__[1]
-    n = 0
-    for module in model.modules():
-        if type(module) is base and all(
-                hasattr(module, a) for a in ("qkv", "projection", "num_heads", "head_dim", "scale", "dropout")):
-            module.__class__ = fused
-            n += 1
+    n = _retype(model, _fused_blip_attention(), lambda name, module: all(
+        hasattr(module, a) for a in ("qkv", "projection", "num_heads", "head_dim", "scale", "dropout")))
     log.debug("BLIP vision attention: %d modules on the fused kernel", n)
     return n
 
