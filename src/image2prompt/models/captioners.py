@@ -110,7 +110,7 @@ def load_captioner(name: str, *, device: DeviceLike = "auto", precision: str = "
 def _sdpa_forward(self: Any, hidden_states: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, Any]:
     """BlipAttention.forward with torch's fused kernel in place of matmul, scale, softmax, matmul."""
     if kwargs.get("output_attentions"):  # transformers < 5 pass the flag: give them the weights
-        return super(type(self), self).forward(hidden_states, **kwargs)
+        return super(_fused_blip_attention(), self).forward(hidden_states, **kwargs)
     bsz, length, dim = hidden_states.size()
     q, k, v = (self.qkv(hidden_states).reshape(bsz, length, 3, self.num_heads, self.head_dim)
                .permute(2, 0, 3, 1, 4).unbind(0))
@@ -179,7 +179,7 @@ def _vision_chunk(config: Any, pixel_values: torch.Tensor, dtype: torch.dtype) -
     patch = int(getattr(config, "patch_size", 16))
     tokens = (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch) + 1
     width = max(int(getattr(config, "intermediate_size", 0)), 3 * int(getattr(config, "hidden_size", 0)), 1)
-    return max(1, _CHUNK_BYTES // (tokens * width * torch.empty((), dtype=dtype).element_size()))
+    return max(1, _CHUNK_BYTES // (tokens * width * dtype.itemsize))
 
 
 @functools.lru_cache(maxsize=None)
