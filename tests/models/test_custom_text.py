@@ -63,6 +63,10 @@ def test_loads_as_custom_text_clip(custom):
     assert type(enc.model).__name__ == "CustomTextCLIP"
     assert enc.tower is enc.model.text
     assert enc.embed_dim == 32 and enc.text_width == 64 and enc.text_heads == 2
+    # the GELU swap (models/activations.py) lands in the text tower only
+    kinds = {name: type(m).__name__ for name, m in enc.model.named_modules() if "GELU" in type(m).__name__}
+    assert {n for n, k in kinds.items() if k == "NativeGELU"} == {n for n in kinds if n.startswith("text.")} != set()
+    assert all(k == "GELU" for n, k in kinds.items() if n.startswith("visual."))
 
 
 def test_fast_paths_only_where_exact(custom):

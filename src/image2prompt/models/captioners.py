@@ -16,6 +16,7 @@ from ..errors import ModelLoadError
 from ._registry import CaptionerLike, CaptionSpec, captioner_plugin, parse_caption_name
 from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
 from .loading import CAPTION_ADVICE, call_plugin, load_transformers
+from .retype import retype
 
 log = logging.getLogger(__name__)
 
@@ -154,22 +155,7 @@ def chunk_blip_vision(model: Any) -> int:
     transformers' own. The modules that are exactly transformers' ``BlipVisionModel`` become
     ``ChunkedBlipVisionModel``, a subclass. Returns how many modules changed.
     """
-    return _retype(model, _chunked_blip_vision())
-
-
-def _retype(model: Any, made: type | None, accept: Any = None) -> int:
-    """Give ``made`` (one of the subclasses built below) to every module of ``model`` that is
-    exactly its base class and that ``accept(name, module)``, if given, takes. Returns how
-    many changed (0 where this transformers lacks the base)."""
-    if made is None:
-        return 0
-    base = made.__mro__[1]
-    n = 0
-    for name, module in model.named_modules():
-        if type(module) is base and (accept is None or accept(name, module)):
-            module.__class__ = made
-            n += 1
-    return n
+    return retype(model, _chunked_blip_vision())
 
 
 def _vision_chunk(config: Any, pixel_values: torch.Tensor, dtype: torch.dtype) -> int:
@@ -244,7 +230,7 @@ def absorb_blip_cross_attention(model: Any) -> int:
     returns the attention probabilities as transformers does. transformers before 5, whose
     attention takes and returns its own cache, is left alone. Returns how many modules changed.
     """
-    n = _retype(model, _absorbed_blip_cross_attention(), lambda name, module: (
+    n = retype(model, _absorbed_blip_cross_attention(), lambda name, module: (
         name.endswith("crossattention.self")
         and isinstance(getattr(module, "key", None), torch.nn.Linear)
         and isinstance(getattr(module, "value", None), torch.nn.Linear)
@@ -325,7 +311,7 @@ def fuse_blip_vision_attention(model: Any) -> int:
     (``output_attentions=True``) gets none on transformers 5 and the eager path before it.
     Returns how many modules were changed.
     """
-    n = _retype(model, _fused_blip_attention(), lambda name, module: all(
+    n = retype(model, _fused_blip_attention(), lambda name, module: all(
         hasattr(module, a) for a in ("qkv", "projection", "num_heads", "head_dim", "scale", "dropout")))
     log.debug("BLIP vision attention: %d modules on the fused kernel", n)
     return n

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..errors import ModelLoadError, one_line
 from ..syntax import SEPARATOR
 from ._registry import ClipSpec, clip_plugin, parse_clip_name
+from .activations import native_gelu
 from .batching import plan_batches
 from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
 from .loading import CLIP_ADVICE, call_plugin, from_hub, load_transformers
@@ -313,6 +314,11 @@ class OpenClipEncoder(ClipEncoder):
         self.model = model
         self.preprocess = preprocess
         self.tower = text_tower(model)
+        # the text tower sees ever-varying shapes: no oneDNN kernel per shape (models/activations.py);
+        # this changes the given model's GELU modules in place
+        text = self.tower if self.tower is not model else getattr(model, "transformer", None)
+        if text is not None:
+            native_gelu(text)
         #: open_clip's own tokenizer (``texts -> [N, context] ids``), for non-standard towers.
         self.native_tokenizer = native_tokenizer
         self.standard_text = is_standard_text_tower(self.tower, tokenizer, native_tokenizer)
@@ -387,6 +393,8 @@ class HFClipEncoder(ClipEncoder):
                  dtype: torch.dtype, memory_budget_mb: int | None = None) -> None:
         self.model = model
         self.processor = processor
+        if getattr(model, "text_model", None) is not None:
+            native_gelu(model.text_model)  # as in OpenClipEncoder
         tcfg = model.config.text_config
         tok = HFTokenizerAdapter(processor.tokenizer, int(tcfg.max_position_embeddings))
         super().__init__(spec, device, dtype, tok, int(model.config.projection_dim), memory_budget_mb,
