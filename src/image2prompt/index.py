@@ -98,8 +98,9 @@ class VocabularyIndex:
 
     def _build(self, table: PhraseTable) -> np.ndarray:
         enc = self.encoder
+        quick_gelu = bool(getattr(enc, "quick_gelu_forced", False))  # see EmbeddingCache.load_table
         if self.cache is not None:
-            cached = self.cache.load_table(enc.cache_key, table, dim=enc.embed_dim)
+            cached = self.cache.load_table(enc.cache_key, table, dim=enc.embed_dim, quick_gelu=quick_gelu)
             if cached is not None:
                 log.debug("table %s for %s read from cache", table.name, enc.name)
                 if cached.token_ids is not None:
@@ -115,7 +116,7 @@ class VocabularyIndex:
         embeds = feats.astype(np.float16)  # rounded as stored, so a cache hit gives the same scores
         self._keep_token_ids(table.labels, token_ids)
         if self.cache is not None and len(table):
-            self.cache.save(enc.cache_key, table, embeds, token_ids=token_ids)
+            self.cache.save(enc.cache_key, table, embeds, token_ids=token_ids, quick_gelu=quick_gelu)
         return embeds.astype(np.float32)
 
     def _keep_token_ids(self, labels: Sequence[str], ids: Sequence[Sequence[int]]) -> None:

@@ -95,7 +95,9 @@ class SearchSettings:
 
 #: Bumped whenever a change of this package changes what a search returns for the same
 #: settings, models and vocabulary; it is part of every fingerprint, so resumed runs redo the work.
-SEARCH_REVISION = 3  # 3: the relevance floor reads support (margin over the vocabulary's spread), not z
+SEARCH_REVISION = 4  # 3: the relevance floor reads support (margin over the vocabulary's spread), not z
+# 4: QuickGELU-trained ARCH/TAG models (ViT-L-14/openai...) are built with QuickGELU (open_clip >= 2.29
+# builds them with GELU)
 
 
 def parse_floor(text: str) -> float | None:

@@ -221,3 +221,29 @@ def test_precomputed_files_are_asked_for_only_for_named_models_and_a_reachable_h
         assert asked == []  # never for local folders or hub schemes
         cache.load("ViT-B-32/openai", table)
         assert asked == ["ViT-B-32_openai_flavors.safetensors"]
+
+
+def test_our_gelu_files_are_stale_for_a_model_built_with_quick_gelu(
+        tmp_path: Path, table: PhraseTable, caplog: pytest.LogCaptureFixture):
+    """ViT-L-14/openai and the other QuickGELU-trained tags were built with GELU (by earlier
+    versions, or open_clip 2.29+ without asking): our files say which activation made them."""
+    from safetensors.numpy import load_file, save_file
+
+    cache = EmbeddingCache(tmp_path, download=False)
+    path = cache.save("ViT-L-14/openai", table, embeds(), token_ids=[[1], [2], [3]], quick_gelu=True)
+    assert load_file(str(path))["i2p_quick_gelu"].tolist() == [1]
+    assert cache.load_table("ViT-L-14/openai", table, quick_gelu=True) is not None
+
+    cache.save("ViT-L-14/openai", table, embeds(), token_ids=[[1], [2], [3]])  # built with GELU
+    assert "i2p_quick_gelu" not in load_file(str(path))
+    assert cache.load_table("ViT-L-14/openai", table) is not None  # a GELU model: right
+    with caplog.at_level("WARNING", logger="image2prompt"):
+        assert cache.load_table("ViT-L-14/openai", table, quick_gelu=True) is None
+        assert cache.load("ViT-L-14/openai", table, quick_gelu=True) is None
+    assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING"]
+    assert "was computed with GELU, but this model's weights were trained with QuickGELU" in (
+        caplog.records[0].getMessage())
+
+    # the reference's files (no token ids) cannot be told apart: its published ones were made right
+    save_file({"embeds": embeds(), "hash": hash_codes(table.sha256)}, str(path))
+    assert cache.load_table("ViT-L-14/openai", table, quick_gelu=True) is not None

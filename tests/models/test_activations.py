@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from image2prompt.models.activations import NativeGELU, native_gelu, gelu_erf
+from image2prompt.models.activations import NativeGELU, gelu_erf, native_gelu
 from image2prompt.models.clip import load_clip
 
 TEXTS = ["a photo of a dog", "an oil painting, by a painter, trending on artstation", "a", "red " * 30]
@@ -133,7 +133,7 @@ def test_no_onednn_kernel_per_shape(tmp_path: Path):
     def eltwise_runs(which: str) -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ONEDNN_", "DNNL_", "OMP_"))}
         env.update(ONEDNN_VERBOSE="1", OMP_NUM_THREADS="1")
-        done = subprocess.run([sys.executable, str(script), which], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, str(script), which], capture_output=True, text=True, check=False,
                               env=env, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
         return sum(",eltwise," in line for line in (done.stdout + done.stderr).splitlines())
@@ -143,3 +143,37 @@ def test_no_onednn_kernel_per_shape(tmp_path: Path):
         pytest.skip("this torch does not run GELU through oneDNN on this CPU: nothing to avoid")
     assert baseline >= 48
     assert eltwise_runs("ours") == 0
+
+
+def test_lean_quick_gelu_is_open_clips_bit_for_bit(tmp_path: Path, tiny_open_clip: Path):
+    import open_clip
+    from open_clip.transformer import QuickGELU
+
+    from image2prompt.models.activations import lean_quick_gelu
+
+    block = torch.nn.Sequential(QuickGELU(), torch.nn.GELU())
+    assert lean_quick_gelu(block) == 1 and type(block[0]).__name__ == "LeanQuickGELU"
+    x = torch.randn(9, 7, 128, generator=torch.Generator().manual_seed(1)) * 3
+    with torch.inference_mode():
+        assert torch.equal(block[0](x), QuickGELU()(x))
+    leaf = x.clone().requires_grad_()
+    block[0](leaf).sum().backward()  # with autograd: open_clip's own form
+    expect = x.clone().requires_grad_()
+    QuickGELU()(expect).sum().backward()
+    assert torch.equal(leaf.grad, expect.grad)
+
+    # a model built with QuickGELU (as ViT-L-14/openai now is): its text tower gets the lean one
+    d = tmp_path / "quick"
+    shutil.copytree(tiny_open_clip, d)
+    cfg = json.loads((d / "open_clip_config.json").read_text())
+    cfg["model_cfg"]["quick_gelu"] = True
+    (d / "open_clip_config.json").write_text(json.dumps(cfg))
+    enc = load_clip(f"local-dir:{d}", device="cpu")
+    kinds = {n: type(m).__name__ for n, m in enc.model.named_modules() if "GELU" in type(m).__name__}
+    assert {n for n, k in kinds.items() if k == "LeanQuickGELU"} == {n for n in kinds if n.startswith("transformer.")}
+    assert {k for n, k in kinds.items() if n.startswith("visual.")} == {"QuickGELU"}
+    plain, _, _ = open_clip.create_model_and_transforms(f"local-dir:{d}")
+    with torch.inference_mode():
+        full = F.normalize(plain.eval().encode_text(open_clip.get_tokenizer(f"local-dir:{d}")(TEXTS)).float(), dim=-1)
+    assert np.abs(enc.encode_texts(TEXTS) - full.numpy()).max() <= 1e-5
+    assert pickle.loads(pickle.dumps(enc.model)) is not None

@@ -179,3 +179,42 @@ def test_open_clip_with_a_transformers_tokenizer_matches_open_clip(tmp_path: Pat
     for text, row in zip(texts, ids.tolist()):
         n = row.index(enc.tokenizer.eot_id) + 1
         assert len(enc.token_ids([text])[0]) == n, text
+
+
+def test_quick_gelu_trained_tags_are_built_with_quick_gelu():
+    import open_clip
+
+    from image2prompt.models.clip import tag_needs_quick_gelu
+
+    assert tag_needs_quick_gelu(open_clip, "ViT-L-14", "openai")  # SD 1.x's text encoder
+    assert tag_needs_quick_gelu(open_clip, "ViT-B-32", "openai")
+    assert not tag_needs_quick_gelu(open_clip, "ViT-H-14", "laion2b_s32b_b79k")  # SD 2.x: GELU
+    assert not tag_needs_quick_gelu(open_clip, "ViT-bigG-14", "laion2b_s39b_b160k")  # SDXL: GELU
+    quick_archs = [(a, t) for a, t in open_clip.list_pretrained() if a.endswith("-quickgelu")]
+    assert quick_archs and not any(tag_needs_quick_gelu(open_clip, a, t) for a, t in quick_archs)
+    assert not tag_needs_quick_gelu(open_clip, "ViT-L-14", None)
+
+
+@pytest.mark.parametrize("name, forced", [("ViT-L-14/openai", True), ("ViT-H-14/laion2b_s32b_b79k", False)])
+def test_the_loader_asks_open_clip_for_quick_gelu(name: str, forced: bool, tiny_open_clip: Path,
+                                                   monkeypatch: pytest.MonkeyPatch):
+    """Named weights cannot be fetched here: open_clip is asked for them, and the tiny model
+    stands in for what it would return."""
+    import open_clip
+
+    real = open_clip.create_model_and_transforms
+    asked: list[dict] = []
+
+    def stand_in(model_name, pretrained=None, **kwargs):
+        asked.append({"model": model_name, "pretrained": pretrained, **kwargs})
+        kwargs.pop("force_quick_gelu", None)
+        return real(f"local-dir:{tiny_open_clip}", **kwargs)
+
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{tiny_open_clip}")
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", stand_in)
+    monkeypatch.setattr(open_clip, "get_tokenizer", lambda _name: tokenizer)
+    enc = load_clip(name, device="cpu")
+    arch, tag = name.split("/")
+    assert asked and asked[0]["model"] == arch and asked[0]["pretrained"] == tag
+    assert asked[0].get("force_quick_gelu", False) is forced
+    assert enc.quick_gelu_forced is forced

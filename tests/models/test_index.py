@@ -87,3 +87,31 @@ def test_chain_steps_use_the_index_ids(enc, pack, tmp_path: Path, monkeypatch):
         assert got.shape == (len(phrases), enc.embed_dim)
         assert np.abs(got - enc.encode_texts([f"{prefix}, {p}" for p in phrases])).max() <= 1e-5
     assert not set(asked) & set(labels)  # only prefixes (and probes) were tokenized
+
+
+def test_a_quick_gelu_model_recomputes_our_older_files(enc, pack, tmp_path: Path, monkeypatch):
+    """Our files written before ViT-L-14/openai and its kind were built with QuickGELU hold
+    GELU embeddings: an encoder built with QuickGELU recomputes them; others keep them."""
+    from safetensors.numpy import load_file
+
+    cache = EmbeddingCache(tmp_path, download=False)
+    VocabularyIndex(pack, enc, cache).embeds("movements")  # a GELU model: no mark
+    path = cache.path_for(enc.cache_key, pack["movements"])
+    assert "i2p_quick_gelu" not in load_file(str(path))
+
+    embedded: list[int] = []
+    real = enc.embed_labels
+
+    def counting(labels, **kw):
+        embedded.append(len(labels))
+        return real(labels, **kw)
+
+    monkeypatch.setattr(enc, "embed_labels", counting)
+    VocabularyIndex(pack, enc, cache).embeds("movements")
+    assert embedded == []  # a GELU model: the old file is right
+    monkeypatch.setattr(enc, "quick_gelu_forced", True, raising=False)
+    VocabularyIndex(pack, enc, cache).embeds("movements")
+    assert embedded == [len(pack["movements"])]
+    assert load_file(str(path))["i2p_quick_gelu"].tolist() == [1]  # rewritten, marked
+    VocabularyIndex(pack, enc, cache).embeds("movements")
+    assert embedded == [len(pack["movements"])]  # and read from now on

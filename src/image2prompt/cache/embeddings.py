@@ -7,6 +7,8 @@ vice versa. Every other table's file is ``{model}_{table}_{sha256[:16]}.safetens
 so switching vocabularies never overwrites another vocabulary's file. Files hold
 ``embeds`` (fp16 [N, D]) and ``hash`` (int8 codes of the sha256 hex digest of the
 labels joined with ","); they are validated on every read and written atomically.
+Ours add each label's token ids, and ``i2p_quick_gelu`` when the model was built with the
+QuickGELU its weights were trained with (the reference ignores both).
 """
 
 from __future__ import annotations
@@ -114,29 +116,36 @@ class EmbeddingCache:
         )
 
     # -- reading -----------------------------------------------------------
-    def load(self, model_key: str, table: PhraseTable, *, dim: int | None = None) -> np.ndarray | None:
+    def load(self, model_key: str, table: PhraseTable, *, dim: int | None = None,
+             quick_gelu: bool = False) -> np.ndarray | None:
         """Return fp16 embeddings [len(table), D] for ``table``, or None if absent or invalid."""
-        cached = self.load_table(model_key, table, dim=dim)
+        cached = self.load_table(model_key, table, dim=dim, quick_gelu=quick_gelu)
         return cached.embeds if cached is not None else None
 
-    def load_table(self, model_key: str, table: PhraseTable, *, dim: int | None = None) -> CachedTable | None:
+    def load_table(self, model_key: str, table: PhraseTable, *, dim: int | None = None,
+                   quick_gelu: bool = False) -> CachedTable | None:
         """Embeddings and, when stored, token ids for ``table``; None if absent or invalid.
 
-        An invalid file is reported in one warning that says why (another vocabulary
-        list, another model, or a damaged file); the caller recomputes and overwrites it.
+        ``quick_gelu``: the model is built with QuickGELU where open_clip 2.29 and later
+        build GELU (``ClipEncoder.quick_gelu_forced``); a file of ours without the mark was
+        computed with GELU and is stale (the reference's files, which carry no token ids,
+        cannot be told apart and are read as they are). An invalid file is reported in one
+        warning that says why (another vocabulary list, another model, a damaged file, the
+        wrong activation); the caller recomputes and overwrites it.
         """
         path = self.path_for(model_key, table)
         if not path.exists() and self.download and table.canonical and _published(model_key):
             self._try_download(path)  # only the reference's own lists, for named models, are published
         if not path.exists():
             return None
-        cached = self._read_valid(path, table, dim)
+        cached = self._read_valid(path, table, dim, quick_gelu)
         if isinstance(cached, str):
             log.warning("embedding cache file %s %s; recomputing it", path, cached)
             return None
         return cached
 
-    def _read_valid(self, path: Path, table: PhraseTable, dim: int | None) -> CachedTable | str:
+    def _read_valid(self, path: Path, table: PhraseTable, dim: int | None,
+                    quick_gelu: bool = False) -> CachedTable | str:
         """The file's embeddings for ``table``, or why they cannot be used (a phrase for the warning)."""
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
@@ -155,6 +164,11 @@ class EmbeddingCache:
             return "is corrupt (its tensors have the wrong shape)"
         if not np.issubdtype(embeds.dtype, np.floating) or not np.isfinite(embeds).all():
             return "is corrupt (its embeddings are not all finite numbers)"
+        mark = tensors.get("i2p_quick_gelu")
+        marked = mark is not None and bool(mark.size) and bool(mark.reshape(-1)[0])
+        if quick_gelu and "token_ids" in tensors and not marked:  # ours: the reference writes no token ids
+            return ("was computed with GELU, but this model's weights were trained with QuickGELU "
+                    "(an earlier image2prompt, or open_clip 2.29 and later, built it so)")
         if dim is not None and embeds.shape[1] != dim:
             return (f"was written by another model (embeddings of size {embeds.shape[1]}, "
                     f"this model's are {dim})")
@@ -189,7 +203,7 @@ class EmbeddingCache:
 
     # -- writing -----------------------------------------------------------
     def save(self, model_key: str, table: PhraseTable, embeds: np.ndarray,
-             token_ids: list[list[int]] | None = None) -> Path:
+             token_ids: list[list[int]] | None = None, *, quick_gelu: bool = False) -> Path:
         """Write ``embeds`` (and optionally each label's token ids) for ``table`` atomically.
 
         Token ids go in two extra tensors that the reference ignores, so the file
@@ -201,6 +215,8 @@ class EmbeddingCache:
             raise ValueError(f"embeds shape {embeds.shape} does not match table {table.name!r} ({len(table)} labels)")
         path = self.path_for(model_key, table)
         tensors = {"embeds": np.ascontiguousarray(embeds, dtype=np.float16), "hash": hash_codes(table.sha256)}
+        if quick_gelu:  # see load_table
+            tensors["i2p_quick_gelu"] = np.ones(1, dtype=np.int8)
         if token_ids is not None:
             if len(token_ids) != len(table):
                 raise ValueError(f"{len(token_ids)} token-id lists for {len(table)} labels")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .retype import retype
 
-__all__ = ["gelu_erf", "native_gelu"]
+__all__ = ["gelu_erf", "lean_quick_gelu", "native_gelu"]
 
 
 def gelu_erf(x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +73,7 @@ def _native_hf_gelu() -> type | None:
         return _make_native_hf_gelu()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _make_native_hf_gelu() -> type | None:
     try:
         from transformers.activations import GELUActivation
@@ -84,8 +84,9 @@ def _make_native_hf_gelu() -> type | None:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "NativeGELUActivation" and _native_hf_gelu() is not None:
-        return _native_hf_gelu()
+    made = {"NativeGELUActivation": _native_hf_gelu, "LeanQuickGELU": _lean_quick_gelu}.get(name)
+    if made is not None and made() is not None:
+        return made()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -98,3 +99,41 @@ def native_gelu(module: Any) -> int:
     if hf is not None:
         n += retype(module, hf, lambda name, m: getattr(m, "act", None) is F.gelu)
     return n
+
+
+def _lean_quick_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    if torch.is_grad_enabled():  # autograd needs the intermediate values kept
+        return x * torch.sigmoid(1.702 * x)
+    y = torch.mul(x, 1.702)
+    y.sigmoid_()
+    return y.mul_(x)  # the same products in the same order: bit for bit open_clip's
+
+
+_MAKE_QUICK = threading.Lock()
+
+
+def _lean_quick_gelu() -> type | None:
+    with _MAKE_QUICK:
+        return _make_lean_quick_gelu()
+
+
+@functools.cache
+def _make_lean_quick_gelu() -> type | None:
+    try:
+        from open_clip.transformer import QuickGELU
+    except ImportError:  # pragma: no cover - no open_clip
+        return None
+    return type("LeanQuickGELU", (QuickGELU,), {"forward": _lean_quick_forward, "__module__": __name__})
+
+
+def lean_quick_gelu(module: Any) -> int:
+    """Give open_clip's ``QuickGELU`` modules under ``module`` a forward that makes one
+    temporary, not two, outside autograd.
+
+    open_clip's ``x * torch.sigmoid(1.702 * x)`` holds ``1.702 * x``, its sigmoid and the
+    product at once, 12 widths of the MLP's activations per row where GELU holds 8, which
+    the text batches' memory budget does not expect (``ClipEncoder.rows_for``). The
+    models built with QuickGELU (:func:`~image2prompt.models.clip.tag_needs_quick_gelu`)
+    include the default, ViT-L-14/openai. Returns how many changed.
+    """
+    return retype(module, _lean_quick_gelu())

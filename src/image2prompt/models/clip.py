@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..errors import ModelLoadError, one_line
 from ..syntax import SEPARATOR
 from ._registry import ClipSpec, clip_plugin, parse_clip_name
-from .activations import native_gelu
+from .activations import lean_quick_gelu, native_gelu
 from .batching import plan_batches
 from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
 from .loading import CLIP_ADVICE, call_plugin, from_hub, load_transformers
@@ -45,6 +45,10 @@ class ClipEncoder:
     """Common behaviour of the CLIP backends; subclasses implement the forward passes."""
 
     backend: str = ""
+
+    #: Built with QuickGELU where open_clip would build GELU (:func:`tag_needs_quick_gelu`):
+    #: embeddings cached by an image2prompt that did not are stale.
+    quick_gelu_forced: bool = False
 
     def __init__(self, spec: ClipSpec, device: torch.device, dtype: torch.dtype,
                  tokenizer: TextTokenizer, embed_dim: int, memory_budget_mb: int | None,
@@ -319,6 +323,7 @@ class OpenClipEncoder(ClipEncoder):
         text = self.tower if self.tower is not model else getattr(model, "transformer", None)
         if text is not None:
             native_gelu(text)
+            lean_quick_gelu(text)
         #: open_clip's own tokenizer (``texts -> [N, context] ids``), for non-standard towers.
         self.native_tokenizer = native_tokenizer
         self.standard_text = is_standard_text_tower(self.tower, tokenizer, native_tokenizer)
@@ -458,12 +463,17 @@ def _load_plugin(loader: Any, name: str, device: DeviceLike, precision: str, mem
 def _load_open_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, memory_budget_mb: int | None) -> ClipEncoder:
     import open_clip
 
+    quick_gelu = tag_needs_quick_gelu(open_clip, spec.source, spec.pretrained)
+    if quick_gelu:
+        log.info("%s: built with QuickGELU, the activation its weights were trained with", spec.name)
+
     def load() -> tuple[Any, Any, Any]:
         model, _, preprocess = open_clip.create_model_and_transforms(
             spec.source, pretrained=spec.pretrained, device=dev, jit=False,
             # never random weights: an hf-hub: repo whose weights cannot be fetched
             # would otherwise load with only a warning
             require_pretrained=True,
+            **({"force_quick_gelu": True} if quick_gelu else {}),
         )
         return model, preprocess, open_clip.get_tokenizer(spec.source)
 
@@ -477,13 +487,35 @@ def _load_open_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, memor
     else:
         tok = _OpenClipOtherTokenizer(tokenizer, ctx)
     try:
-        return OpenClipEncoder(spec, model, preprocess, tok, dev, dtype, memory_budget_mb, native_tokenizer=tokenizer)
+        enc = OpenClipEncoder(spec, model, preprocess, tok, dev, dtype, memory_budget_mb, native_tokenizer=tokenizer)
+        enc.quick_gelu_forced = quick_gelu
+        return enc
     except ModelLoadError:
         raise
     except Exception as e:  # noqa: BLE001 - an open_clip layout we do not know: say so on one line
         raise ModelLoadError(
             f"CLIP model {spec.name!r}: its text tower is not supported ({one_line(e) or type(e).__name__})"
         ) from e
+
+
+def tag_needs_quick_gelu(open_clip: Any, arch: str, tag: str | None) -> bool:
+    """Whether open_clip's weights ``tag`` for ``arch`` were trained with QuickGELU while the
+    architecture's own config builds GELU (ViT-L-14/openai, SD 1.x's text encoder, and 26
+    other pairs in open_clip 3.3: OpenAI, MetaCLIP, DFN, LAION-400M e31/e32, YFCC15M, CC12M).
+
+    Up to 2.28 open_clip loaded OpenAI's weights through their own loader, with QuickGELU;
+    from 2.29 it builds every tag from the architecture's config and only warns of the
+    mismatch, so such a model computes with the wrong activation unless it is asked for.
+    Before 2.29 the pretrained table has no ``quick_gelu`` entries: this says False there.
+    """
+    if not tag:
+        return False
+    try:
+        wants = bool((open_clip.get_pretrained_cfg(arch, tag) or {}).get("quick_gelu"))
+        has = bool((open_clip.get_model_config(arch) or {}).get("quick_gelu"))
+    except Exception:  # noqa: BLE001 - an open_clip without these tables: build as it builds
+        return False
+    return wants and not has
 
 
 class _OpenClipOtherTokenizer:
