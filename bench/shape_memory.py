@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             spec_path = out / f"{variant}-{r}.spec.json"
             spec_path.write_text(json.dumps(spec))
             subprocess.run([sys.executable, __file__, "--worker", str(spec_path)], check=True,
-                           env={**__import__("os").environ, "PYTHONHASHSEED": "0"})
+                           env={**os.environ, "PYTHONHASHSEED": "0"})
             run = json.loads(Path(spec["result"]).read_text())
             runs.append(run)
             print(f"round {r + 1} {variant:5s}: {run['ms_per_image']:.2f} ms/image, RSS "

@@ -20,6 +20,7 @@ towers, whose shapes repeat, keep oneDNN's kernels.
 from __future__ import annotations
 
 import functools
+import importlib
 import threading
 from typing import Any
 
@@ -65,37 +66,12 @@ def _hf_forward(self: Any, input: torch.Tensor) -> torch.Tensor:
     return self.act(input)
 
 
-_MAKE = threading.Lock()  # one class, even when two threads load models at once (pickling needs one)
-
-
-def _native_hf_gelu() -> type | None:
-    with _MAKE:
-        return _make_native_hf_gelu()
-
-
-@functools.cache
-def _make_native_hf_gelu() -> type | None:
-    try:
-        from transformers.activations import GELUActivation
-    except ImportError:  # pragma: no cover - no transformers
-        return None
-    # A module-level name (through __getattr__ below), so a changed model pickles.
-    return type("NativeGELUActivation", (GELUActivation,), {"forward": _hf_forward, "__module__": __name__})
-
-
-def __getattr__(name: str) -> Any:
-    made = {"NativeGELUActivation": _native_hf_gelu, "LeanQuickGELU": _lean_quick_gelu}.get(name)
-    if made is not None and made() is not None:
-        return made()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def native_gelu(module: Any) -> int:
     """Give every exact-GELU module under ``module`` (torch's ``nn.GELU`` with
     ``approximate="none"``, transformers' ``GELUActivation`` on ``F.gelu``) the forward
     above. Returns how many changed."""
     n = retype(module, NativeGELU, lambda name, m: m.approximate == "none")
-    hf = _native_hf_gelu()
+    hf = _made("NativeGELUActivation")
     if hf is not None:
         n += retype(module, hf, lambda name, m: getattr(m, "act", None) is F.gelu)
     return n
@@ -109,21 +85,35 @@ def _lean_quick_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     return y.mul_(x)  # the same products in the same order: bit for bit open_clip's
 
 
-_MAKE_QUICK = threading.Lock()
+#: Subclasses of other libraries' modules, made on first use (a library may be absent):
+#: name -> (module, base class, forward).
+_MADE = {
+    "NativeGELUActivation": ("transformers.activations", "GELUActivation", _hf_forward),
+    "LeanQuickGELU": ("open_clip.transformer", "QuickGELU", _lean_quick_forward),
+}
+_MAKE = threading.Lock()  # one class per name, even when two threads load models at once (pickling needs one)
 
 
-def _lean_quick_gelu() -> type | None:
-    with _MAKE_QUICK:
-        return _make_lean_quick_gelu()
+def _made(name: str) -> type | None:
+    with _MAKE:
+        return _make(name)
 
 
 @functools.cache
-def _make_lean_quick_gelu() -> type | None:
+def _make(name: str) -> type | None:
+    home, base_name, forward = _MADE[name]
     try:
-        from open_clip.transformer import QuickGELU
-    except ImportError:  # pragma: no cover - no open_clip
+        base = getattr(importlib.import_module(home), base_name)
+    except (ImportError, AttributeError):  # pragma: no cover - the library, or this class, is absent
         return None
-    return type("LeanQuickGELU", (QuickGELU,), {"forward": _lean_quick_forward, "__module__": __name__})
+    # A module-level name (through __getattr__ below), so a changed model pickles.
+    return type(name, (base,), {"forward": forward, "__module__": __name__})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MADE and _made(name) is not None:
+        return _made(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def lean_quick_gelu(module: Any) -> int:
@@ -136,4 +126,4 @@ def lean_quick_gelu(module: Any) -> int:
     models built with QuickGELU (:func:`~image2prompt.models.clip.tag_needs_quick_gelu`)
     include the default, ViT-L-14/openai. Returns how many changed.
     """
-    return retype(module, _lean_quick_gelu())
+    return retype(module, _made("LeanQuickGELU"))
