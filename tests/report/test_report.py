@@ -124,3 +124,56 @@ def test_the_page_renders_in_chromium(tmp_path: Path):
         finally:
             browser.close()
     assert errors == []
+
+
+def test_a_change_of_settings_does_not_count_the_images_twice(batch_run: Path, tiny_open_clip: Path,
+                                                               small_vocab_dir: Path, tmp_path: Path):
+    """batch appends a record per image for each fingerprint: the report counts each image once."""
+    out = tmp_path / "out.jsonl"
+    shutil.copy(batch_run / "out.jsonl", out)
+    first = json.loads(out.read_text().splitlines()[0])["fingerprint"]
+    r = invoke("batch", batch_run / "photos", "-o", out, "--clip", f"local-dir:{tiny_open_clip}", "--caption-model",
+               "none", "--caption", "a picture", "--vocab", small_vocab_dir, "--device", "cpu", "--cache-dir",
+               batch_run / "emb", "--mode", "classic", "--store-scores", "8", "-q")  # K = every phrase of 8
+    assert len(out.read_text().splitlines()) == 34, r.output  # 16 images and the broken file, twice
+    r = invoke("report", out, "--json", tmp_path / "s.json", "--html", tmp_path / "r.html", "--group-by", "folder")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert (summary["records"], summary["images"], summary["errors"]) == (34, 16, 1)
+    assert summary["left_out"]["repeats"] == 17 and sum(g["images"] for g in summary["groups"].values()) == 16
+    said = [line for line in r.output.splitlines() if "Left out" in line]
+    assert len(said) == 1 and "34 records read, 16 images counted. Left out 17 earlier records" in said[0]
+    assert "Left out 17 earlier records" in (tmp_path / "r.html").read_text()
+    # K = 8 holds all 8 phrases of these categories: every share is 100%, and the report says so
+    assert all(p["share"] == 1 for p in summary["categories"]["mediums"])
+    warned = {w.split(":")[0] for w in summary["warnings"]}
+    assert warned == {"mediums", "movements"}  # artists ("by X", "inspired by X") and flavors have more
+    assert sum("mean nothing" in line for line in r.output.splitlines()) == 2
+    # --fingerprint counts the first run's records: K = 3, no such warning
+    r = invoke("report", out, "--json", tmp_path / "f.json", "--fingerprint", first[:8], "-q")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "f.json").read_text())
+    assert (summary["images"], summary["left_out"]["other_fingerprints"], summary["warnings"]) == (16, 17, [])
+
+
+def test_report_makes_the_folders_of_its_outputs(tmp_path: Path):
+    data = write_jsonl(tmp_path / "r.jsonl", records(40, {"a": 0.5, "b": 0.5}, per_category=20))
+    r = invoke("report", data, "--html", tmp_path / "missing" / "dir" / "x.html", "--json",
+               tmp_path / "other" / "s.json", "-q")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "missing" / "dir" / "x.html").stat().st_size > 10_000
+    assert json.loads((tmp_path / "other" / "s.json").read_text())["images"] == 40
+    (tmp_path / "a-file").write_text("")
+    r = invoke("report", data, "--html", tmp_path / "a-file" / "x.html")
+    assert r.exit_code == 1 and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert "x.html: cannot write it" in r.output
+
+
+@pytest.mark.parametrize("spec", ["regex:(", "colour", "column:"])
+def test_a_bad_group_by_is_a_usage_error(tmp_path: Path, spec: str):
+    data = write_jsonl(tmp_path / "r.jsonl", records(10, per_category=5))
+    r = invoke("report", data, "--json", tmp_path / "s.json", "--group-by", spec)
+    assert r.exit_code == 2, r.output
+    errors = [line for line in r.output.splitlines() if "Error" in line]
+    assert len(errors) == 1 and "Invalid value for '--group-by'" in errors[0] and "Traceback" not in r.output
+    assert not (tmp_path / "s.json").exists()

@@ -109,10 +109,131 @@ def test_phrases_with_dollar_signs_do_not_break_the_figures(tmp_path):
     from image2prompt.report import build_report
 
     rows = [{"source": f"g{i % 2}/{i}.png", "ok": True, "result": {"prompt": "p", "phrases": [
-        {"text": t, "category": "flavors", "score": 0.1 * i} for t in ("$$", "a $x^{$ b", "$\\nosuchcmd$")]}}
+        {"text": t, "category": "flavors", "score": 0.1 * i}
+        for t in (("$$", "a $x^{$ b") if i % 3 else ("$\\nosuchcmd$",))]}}  # "$$" goes with "a $x^{$ b"
         for i in range(12)]
     from tests.support.synthetic_records import write_jsonl
 
     data = write_jsonl(tmp_path / "r.jsonl", iter(rows))
     summary = build_report([data], html_path=tmp_path / "r.html")
     assert summary["images"] == 12 and "$$" in (tmp_path / "r.html").read_text()
+
+
+def _runs(n: int, fingerprints: list[str]) -> list[dict]:
+    """The records of a batch output run once per fingerprint over the same ``n`` images (a change
+    of settings, e.g. another mode, appends a record per image under a new fingerprint)."""
+    out: list[dict] = []
+    for seed, fp in enumerate(fingerprints):
+        for i, r in enumerate(records(n, {"oils": 0.5, "photos": 0.5}, per_category=30, seed=seed,
+                                      planted={"visible brushstrokes": {"oils": 0.4, "photos": 0.1}})):
+            source = out[i]["source"] if seed else r["source"]  # the same images, other scores
+            out.append(dict(r, source=source, fingerprint=fp, result=dict(r["result"], fingerprint=fp, source=source)))
+    return out
+
+
+def _numbers(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in ("records", "left_out", "fingerprints")}
+
+
+def test_each_image_is_counted_once_whatever_its_fingerprints(tmp_path, caplog):
+    """Three runs of 305 images in one output are 305 images, the latest run's, not 915."""
+    from image2prompt.report import ReportOptions, build_report
+    from tests.support.synthetic_records import write_jsonl
+
+    rows = _runs(305, ["a" * 16, "b" * 16, "c" * 16])
+    both = write_jsonl(tmp_path / "runs.jsonl", iter(rows))
+    last = write_jsonl(tmp_path / "last.jsonl", iter(rows[610:]))
+    first = write_jsonl(tmp_path / "first.jsonl", iter(rows[:305]))
+    opts = ReportOptions(group_by="folder")
+    with caplog.at_level("WARNING", logger="image2prompt"):
+        summary = build_report([both], opts, html_path=tmp_path / "r.html")
+    assert (summary["records"], summary["images"], summary["with_top_scores"]) == (915, 305, 305)
+    assert sum(g["images"] for g in summary["groups"].values()) == 305
+    assert summary["left_out"]["repeats"] == 610 and summary["fingerprints"] == {"c" * 16: 305}
+    assert _numbers(summary) == _numbers(build_report([last], opts))  # exactly the latest run's numbers
+    said = [r.getMessage() for r in caplog.records if "Left out" in r.getMessage()]
+    assert len(said) == 1 and "610 earlier records of the same images" in said[0] and "\n" not in said[0]
+    assert "Left out 610 earlier records of the same images" in (tmp_path / "r.html").read_text()
+    # --fingerprint (a prefix will do) counts one run's records only
+    only = build_report([both], ReportOptions(group_by="folder", fingerprints=["aaaa"]), json_path=tmp_path / "a.json")
+    assert (only["images"], only["left_out"]["other_fingerprints"], only["left_out"]["repeats"]) == (305, 610, 0)
+    assert _numbers(only) == _numbers(build_report([first], opts))
+    from image2prompt.report import ReportError
+
+    with pytest.raises(ReportError, match="no records with a result of fingerprint zz .*aaaaaaaaaaaaaaaa: 305"):
+        build_report([both], ReportOptions(fingerprints=["zz"]), json_path=tmp_path / "z.json")
+
+
+def test_the_latest_record_of_an_image_counts_and_an_error_redone_is_no_error():
+    from image2prompt.report.collect import Selection
+
+    def rec(source: str, fp: str, ok: bool = True, mode: str = "fast") -> dict:
+        return ({"source": source, "fingerprint": fp, "ok": True, "result": {"prompt": "p", "mode": mode}}
+                if ok else {"source": source, "fingerprint": fp, "ok": False, "error": "bad"})
+
+    rows = [rec("x.png", "1"), rec("y.png", "1", ok=False), rec("z.png", "1", ok=False), rec("x.png", "2"),
+            rec("y.png", "2"), rec("z.png", "2", ok=False), rec("w.png", "2", ok=False), rec("x.png", "3", False)]
+    sel = Selection(grouper(None))
+    assert all(sel.offer(r) for r in rows)
+    sel.finish()
+    # x: its last result (not the later error); y: redone; z: its last error; w: its only error
+    assert sel.keep.tolist() == [False, False, False, True, True, True, True, False]
+    assert sel.repeats == 4 and "Left out 4 earlier records" in sel.left_out()
+    # grouped by a record field, each group keeps its own record of an image (two runs compared)
+    by_mode = Selection(grouper("column:mode"))
+    for r in [rec("x.png", "1", mode="fast"), rec("x.png", "2", mode="best"), rec("x.png", "3", mode="best")]:
+        by_mode.offer(r)
+    assert by_mode.finish().keep.tolist() == [True, False, True]
+
+
+def test_a_groups_top_phrases_are_its_own_best_scores():
+    """Ties in a group (a one-image group: every phrase once) break by the group's own scores."""
+    def image(source: str, scores: dict[str, float]) -> dict:
+        top = [{"text": t, "category": "mediums", "score": s} for t, s in sorted(scores.items(), key=lambda ts: -ts[1])]
+        return {"source": source, "ok": True, "result": {"prompt": "p", "phrases": top[:1],
+                                                         "trace": {"top": {"mediums": top}}}}
+
+    many = [image(f"big/{i}.png", {"oil": 0.30, "ink": 0.29, "clay": 0.28, "wood": 0.10, "glass": 0.09})
+            for i in range(20)]
+    lone = image("lone/0.png", {"wood": 0.33, "glass": 0.31, "clay": 0.25, "oil": 0.20, "ink": 0.19})
+    col = Collection("folder").add_all(many + [lone])
+    col.finish()
+    from image2prompt.report.build import ReportOptions, _summary
+    from image2prompt.report.stats import cooccurrence as cooc
+
+    summary = _summary(col, ReportOptions(group_by="folder"), [], cooc(col))
+    assert summary["groups"]["lone"]["top"]["mediums"][:3] == ["wood", "glass", "clay"]
+    assert summary["groups"]["big"]["top"]["mediums"][:3] == ["oil", "ink", "clay"]
+
+
+def test_a_top_k_that_holds_the_whole_category_is_warned_about(tmp_path):
+    from image2prompt.report import build_report
+    from tests.support.synthetic_records import write_jsonl
+
+    rng = np.random.default_rng(0)
+    mediums, flavors = [f"medium {j}" for j in range(6)], [f"flavor {j}" for j in range(40)]
+    rows = []
+    for i in range(50):
+        top = {"mediums": [{"text": t, "category": "mediums", "score": float(rng.normal())} for t in mediums],
+               "flavors": [{"text": t, "category": "flavors", "score": float(rng.normal())}
+                           for t in rng.choice(flavors, 6, replace=False)]}
+        rows.append({"source": f"{i}.png", "ok": True, "result": {"prompt": "p", "phrases": top["flavors"][:2],
+                                                                   "trace": {"top": top}}})
+    summary = build_report([write_jsonl(tmp_path / "r.jsonl", iter(rows))], html_path=tmp_path / "r.html")
+    assert all(p["share"] == 1 for p in summary["categories"]["mediums"])
+    warned = summary["warnings"]
+    assert len(warned) == 1 and warned[0].startswith("mediums: the top 6 phrases stored per image") \
+        and "all 6 phrases" in warned[0] and "mean nothing" in warned[0]  # flavors (6 of 40) are fine
+    assert "mediums: the top 6 phrases stored per image" in (tmp_path / "r.html").read_text()
+
+
+def test_the_cooccurrence_table_lists_only_pairs_above_chance():
+    # a and b always together; c with a less often than chance; d with everything (lift 1)
+    sets = [["a", "b", "d"]] * 6 + [["c", "d"]] * 5 + [["a", "b", "c", "d"]]
+    rows = [{"source": f"x/{i}.png", "ok": True, "result": {"prompt": "p", "phrases": [
+        {"text": t, "category": "flavors", "score": 0.1} for t in ts]}} for i, ts in enumerate(sets)]
+    co = cooccurrence(Collection().add_all(rows))
+    pairs = co.pairs()
+    assert [(p["a"], p["b"]) for p in pairs] == [("a", "b")] and pairs[0]["lift"] == pytest.approx(12 / 7)
+    below = {(p["a"], p["b"]): p["lift"] for p in co.pairs(min_lift=0.0)}  # what the table leaves out
+    assert below[("a", "c")] == pytest.approx(1 / 3.5) and below[("d", "a")] == pytest.approx(1.0)

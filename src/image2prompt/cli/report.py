@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import click
 
-from ..errors import Image2PromptError
+from ..errors import Image2PromptError, SettingsError
 from .main import CONTEXT_SETTINGS, FatalError, cli, verbosity_options
 from .progress import PROG, setup_logging
+
+
+def _group_by(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A bad --group-by (an unknown kind, a regular expression that does not compile) is a usage error."""
+    if value is not None:
+        from ..report.collect import grouper
+
+        try:
+            grouper(value)
+        except SettingsError as err:
+            raise click.BadParameter(str(err).removeprefix("--group-by ")) from None
+    return value
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS, short_help="Report how CLIP sees a collection (from batch records).")
@@ -15,9 +27,12 @@ from .progress import PROG, setup_logging
               help="Write the report: one self-contained HTML page that opens offline.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write the numbers behind it as JSON.")
-@click.option("--group-by", metavar="folder|column:NAME|regex:PATTERN",
+@click.option("--group-by", metavar="folder|column:NAME|regex:PATTERN", callback=_group_by,
               help="Compare groups: the image's folder, a record field (e.g. column:mode), or the first group "
                    "of a regular expression on the source.")
+@click.option("--fingerprint", "fingerprints", multiple=True, metavar="FP",
+              help="Count only the records of this settings fingerprint (a prefix will do; repeatable). "
+                   "By default each image's latest record is counted, whatever its fingerprint.")
 @click.option("--features", type=click.Path(file_okay=False), metavar="DIR",
               help="The folder of batch --store-features, for the map of the image features.")
 @click.option("--map", "map_method", type=click.Choice(["pca", "umap"]), default="pca", show_default=True,
@@ -32,8 +47,8 @@ from .progress import PROG, setup_logging
               help="Where to look for images named by relative paths (default: the records' folder, then here).")
 @verbosity_options
 def report(results: tuple[str, ...], html_path: str | None, json_path: str | None, group_by: str | None,
-           features: str | None, map_method: str, top: int, thumbnails: int, points: int, roots: tuple[str, ...],
-           quiet: bool, verbose: bool, debug: bool) -> None:
+           fingerprints: tuple[str, ...], features: str | None, map_method: str, top: int, thumbnails: int,
+           points: int, roots: tuple[str, ...], quiet: bool, verbose: bool, debug: bool) -> None:
     """Report how CLIP sees a collection, from the records `image2prompt batch` wrote.
 
     RESULTS are JSONL, CSV or Parquet outputs of batch. Run batch with --store-scores K
@@ -43,6 +58,10 @@ def report(results: tuple[str, ...], html_path: str | None, json_path: str | Non
     the prompts, the phrases that separate groups (effect sizes with bootstrap
     intervals, false discovery rate controlled), phrases that co-occur, weak matches
     and a map of the image features.
+
+    Each image is counted once: batch adds a record per image each time its settings
+    change, and only the latest is counted (or those of --fingerprint FP); what was left
+    out is said on the page and here.
     """
     setup_logging(verbose, debug, quiet)
     if not html_path and not json_path:
@@ -56,7 +75,7 @@ def report(results: tuple[str, ...], html_path: str | None, json_path: str | Non
         raise FatalError(f"report needs the report extra ({err.name or err} is missing): "
                          "pip install 'image2prompt[report]'") from None
     options = ReportOptions(group_by=group_by, features=features, map_method=map_method, top=top,
-                            thumbnails=thumbnails, points=points, roots=roots)
+                            thumbnails=thumbnails, points=points, roots=roots, fingerprints=fingerprints)
     try:
         summary = build_report(results, options, html_path=html_path, json_path=json_path)
     except Image2PromptError as err:

@@ -22,7 +22,7 @@ from ..batch.records import read_records
 from ..errors import Image2PromptError, ImageLoadError
 from ..features import Features, FeaturesError
 from ..io import load_image
-from .collect import Collection, ImageRef
+from .collect import Collection, ImageRef, Selection, grouper
 from .stats import METHOD, Cooccurrence, Separation, cooccurrence, separating_phrases
 
 __all__ = ["ReportError", "ReportOptions", "build_report"]
@@ -45,6 +45,7 @@ class ReportOptions:
     points: int = 2000  # at most this many images on the map
     thumbnails: int = 48  # at most this many thumbnails in each gallery (and 40 on the map)
     roots: Sequence[str] = ()  # folders relative sources are looked up in (besides the records' folder)
+    fingerprints: Sequence[str] = ()  # count only the records of these settings fingerprints (prefixes)
     min_images: int = 5
     title: str | None = None
 
@@ -57,30 +58,64 @@ def build_report(results: Sequence[str | Path], options: ReportOptions | None = 
     if opts.map_method not in ("pca", "umap"):
         raise ReportError(f"--map {opts.map_method!r}: use pca or umap")
     started = time.perf_counter()
-    col = Collection(opts.group_by, points=opts.points, thumbnails=opts.thumbnails)
     for path in results:
         if not Path(path).exists():
             raise ReportError(f"{path}: no such file")
-        col.add_all(read_records(path))
+    selection = Selection(grouper(opts.group_by), opts.fingerprints)
+    col = Collection(opts.group_by, points=opts.points, thumbnails=opts.thumbnails)
+    for path in results:  # counting every record, in the hope that no image has two
+        for record in read_records(path):
+            if selection.offer(record):
+                col.add(record)
+    selection.finish()
+    if selection.repeats:  # some have: count again, one record per image
+        del col
+        col = Collection(opts.group_by, points=opts.points, thumbnails=opts.thumbnails)
+        keep, i = selection.keep, 0
+        for path in results:
+            for record in read_records(path):
+                if selection.wants(record):
+                    if keep[i]:
+                        col.add(record)
+                    i += 1
+    col.records = selection.records
     col.finish()
     if opts.group_by and opts.group_by.strip() == "folder":
         col.shorten_folders()
     if col.images == 0:
-        raise ReportError(f"{', '.join(map(str, results))}: no records with a result "
+        found = "" if not selection.other_fingerprints else " of fingerprint " + " ".join(selection.wanted) + \
+            " (the records have " + ", ".join(f"{fp or '(none)'}: {k}" for fp, k in selection.seen.items()) + ")"
+        raise ReportError(f"{', '.join(map(str, results))}: no records with a result{found} "
                           f"({col.records} records read, {col.errors} errors)")
+    left_out = selection.left_out()
+    if left_out:
+        log.warning("%d records read, %d images counted. %s", col.records, col.images, left_out)
     log.info("read %d records (%d images) in %.1f s", col.records, col.images, time.perf_counter() - started)
     roots = [Path(r) for r in opts.roots] + [Path(p).resolve().parent for p in results] + [Path.cwd()]
     separation = separating_phrases(col, min_images=opts.min_images)
     cooc = cooccurrence(col)
     summary = _summary(col, opts, separation, cooc)
+    summary["left_out"] = {"repeats": selection.repeats, "other_fingerprints": selection.other_fingerprints,
+                           "fingerprint_filter": list(selection.wanted), "records_by_fingerprint": selection.seen,
+                           "note": left_out}
+    for warning in summary["warnings"]:
+        log.warning("%s", warning)
     if json_path is not None:
-        Path(json_path).write_text(json.dumps(summary, ensure_ascii=False, indent=1, allow_nan=False,
-                                              default=_jsonable), encoding="utf-8")
+        _write(json_path, json.dumps(summary, ensure_ascii=False, indent=1, allow_nan=False, default=_jsonable))
     if html_path is not None:
-        page = _page(col, opts, summary, separation, cooc, roots)
-        Path(html_path).write_text(page, encoding="utf-8")
+        _write(html_path, _page(col, opts, summary, separation, cooc, roots))
     log.info("report built in %.1f s", time.perf_counter() - started)
     return summary
+
+
+def _write(path: str | Path, text: str) -> None:
+    """Write an output, making its folder as batch does; a failure is one line, not a traceback."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise ReportError(f"{path}: cannot write it ({err.strerror or err})") from None
 
 
 def _jsonable(value: Any) -> Any:
@@ -102,9 +137,27 @@ def _top_phrases(col: Collection, category: str, n: int, group: str | None = Non
     stats = [s for (c, _), s in col.phrases.items() if c == category and s.images("top")]
     if group is None:
         key = lambda s: (-s.images("top"), -(s.mean if s.n_scores else -9))  # noqa: E731
-    else:
-        key = lambda s: (-s.top.get(group, 0), -(s.mean if s.n_scores else -9))  # noqa: E731
+    else:  # a group's own counts, ties broken by its own scores (not the collection's)
+        stats = [s for s in stats if s.top.get(group, 0)]
+
+        def key(s: Any) -> tuple[float, float]:
+            mean = s.group_mean(group)
+            return -s.top.get(group, 0), -(mean if math.isfinite(mean) else -9)
     return sorted(stats, key=key)[:n]
+
+
+def _coverage_warnings(col: Collection) -> dict[str, str]:
+    """Per category where K (--store-scores) is at least its size: every image's top K holds
+    every phrase, so the shares are all near 100% and their ranking means nothing."""
+    out = {}
+    for category, k in col.top_k.items():
+        size = sum(1 for (c, _), s in col.phrases.items() if c == category and s.images("top"))
+        if size and k >= size:
+            out[category] = (f"{category}: the top {k} phrases stored per image (batch --store-scores {k}) hold "
+                             f"all {size} phrases of this category seen, so every phrase is in nearly every "
+                             "image's top phrases: the shares (all near 100%) and their ranking mean nothing; "
+                             "compare the scores, or run batch with a --store-scores below the category's size")
+    return out
 
 
 def _summary(col: Collection, opts: ReportOptions, separation: list[Separation], cooc: Cooccurrence) -> dict[str, Any]:
@@ -121,12 +174,13 @@ def _summary(col: Collection, opts: ReportOptions, separation: list[Separation],
               for g, k in sorted(col.groups.items(), key=lambda kv: -kv[1])}
     return {
         "version": __version__, "records": col.records, "images": n, "errors": col.errors,
+        "warnings": list(_coverage_warnings(col).values()),
         "with_top_scores": col.with_scores, "group_by": opts.group_by, "groups": groups,
         "clip_models": col.models, "modes": col.modes, "fingerprints": col.fingerprints,
         "weak_matches": col.weak, "categories": cats,
         "separating": {"method": METHOD.format(min_images=opts.min_images),
                        "tested": len(separation), "significant": [s.to_dict() for s in separation if s.significant]},
-        "cooccurring": cooc.pairs(20),
+        "cooccurring": cooc.pairs(20),  # those seen together more often than chance
     }
 
 
@@ -223,7 +277,9 @@ def _page(col: Collection, opts: ReportOptions, summary: dict[str, Any], separat
                  f"{f', {col.errors} records with errors left out' if col.errors else ''} · "
                  f"CLIP: {e(models)} · modes: {e(', '.join(col.modes))} · "
                  f"{len(col.groups)} group{'s' if len(col.groups) != 1 else ''}"
-                 f"{f' by {e(opts.group_by)}' if opts.group_by else ''} · image2prompt {__version__}</p></header>")
+                 f"{f' by {e(opts.group_by)}' if opts.group_by else ''} · image2prompt {__version__}</p>"
+                 + (f"<p class=note>{col.records} records read, {n} images counted. {e(summary['left_out']['note'])}"
+                    "</p>" if summary.get("left_out", {}).get("note") else "") + "</header>")
     parts.append(_HOW_TO_READ.format(
         scores=("every image's top phrases per category (batch --store-scores)" if col.with_scores == n else
                 f"the top phrases of {col.with_scores} images and the prompt phrases of the rest"
@@ -233,6 +289,7 @@ def _page(col: Collection, opts: ReportOptions, summary: dict[str, Any], separat
     parts.append("<section><h2>The phrases that score highest</h2><p>For each category: the phrases most often "
                  "among an image's top phrases (the share of images in brackets), and the spread of their "
                  "scores.</p><div class=grid>")
+    covered = _coverage_warnings(col)
     for category in col.categories():
         top = _top_phrases(col, category, opts.top)
         if not top:
@@ -240,8 +297,9 @@ def _page(col: Collection, opts: ReportOptions, summary: dict[str, Any], separat
         uri = plots.score_boxes(category, [s.text for s in top], [s.sample or [float("nan")] for s in top],
                                 [s.images("top") / max(1, col.scored) for s in top])
         note = " <span class=hyp>names are hypotheses about resemblance</span>" if any(s.hypothesis for s in top) else ""
+        warn = f"<p class=warn>{e(covered[category])}.</p>" if category in covered else ""
         parts.append(f"<figure><img alt='scores of {e(category)}' src='{uri}'><figcaption>{e(category)}{note}"
-                     f"</figcaption></figure>")
+                     f"</figcaption>{warn}</figure>")
     parts.append("</div></section>")
     # prompts
     in_prompts = sorted(col.phrases.values(), key=lambda s: -s.images("prompt"))[:20]
@@ -255,13 +313,16 @@ def _page(col: Collection, opts: ReportOptions, summary: dict[str, Any], separat
     # co-occurrence
     if len(cooc.labels) >= 2:
         uri = plots.lift_heatmap(cooc.labels, cooc.counts, cooc.images)
+        pairs = cooc.pairs(15)
         rows = "".join(f"<tr><td>{e(p['a'])}</td><td>{e(p['b'])}</td><td>{p['images']}</td>"
-                       f"<td>{p['lift']:.2f}</td></tr>" for p in cooc.pairs(15))
+                       f"<td>{p['lift']:.2f}</td></tr>" for p in pairs)
+        table = (f"<table><tr><th>phrase</th><th>with</th><th>images</th><th>lift</th></tr>{rows}</table>" if pairs
+                 else "<p>No pair is seen together more often than chance.</p>")
         parts.append("<section><h2>Phrases that appear together</h2><p>Pairs of prompt phrases among the "
                      f"{len(cooc.labels)} most frequent. Lift is how many times more often a pair is seen than "
-                     "if the two were independent.</p><div class=grid><figure><img alt='co-occurrence' "
-                     f"src='{uri}'></figure><table><tr><th>phrase</th><th>with</th><th>images</th><th>lift</th>"
-                     f"</tr>{rows}</table></div></section>")
+                     "if the two were independent; the table lists the pairs seen together more often than "
+                     "chance (lift above 1), the most frequent first.</p><div class=grid><figure>"
+                     f"<img alt='co-occurrence' src='{uri}'></figure>{table}</div></section>")
     # weak matches
     gallery = []
     for ref in col.weak_sample:
@@ -355,6 +416,7 @@ h3{margin:20px 0 6px}.meta,figcaption,.method,footer{color:var(--muted);font-siz
 figure{margin:0}img{max-width:100%;height:auto}
 table{border-collapse:collapse;font-size:13px;width:100%}th,td{text-align:left;padding:4px 8px;
 border-bottom:1px solid var(--line)}th{color:var(--muted);font-weight:600}
+.note,.warn{font-size:13px;background:#fff3bf;color:#5c3c00;border-radius:6px;padding:4px 10px}
 .hyp{font-size:11px;background:#fff3bf;color:#5c3c00;border-radius:8px;padding:1px 6px}
 .gallery{display:flex;flex-wrap:wrap;gap:8px}.thumb{width:104px;font-size:11px;text-align:center}
 .thumb img,.missing{width:96px;height:96px;object-fit:cover;border-radius:4px;border:1px solid var(--line)}

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+import numpy as np
+
 from ..errors import SettingsError
 
-__all__ = ["Collection", "ImageRef", "PhraseStats", "grouper"]
+__all__ = ["Collection", "ImageRef", "PhraseStats", "Selection", "grouper"]
 
 #: Scores kept per phrase for its distribution (a uniform sample of every score seen).
 RESERVOIR = 128
@@ -38,10 +40,16 @@ class PhraseStats:
     n_scores: int = 0
     sum: float = 0.0
     sample: array = field(default_factory=lambda: array("f"))  # a reservoir of its scores
+    #: group -> [scores seen, their sum]: a group's own mean, to rank its phrases by its own images
+    group_scores: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def mean(self) -> float:
         return self.sum / self.n_scores if self.n_scores else float("nan")
+
+    def group_mean(self, group: str) -> float:
+        n, total = self.group_scores.get(group, (0, 0.0))
+        return total / n if n else float("nan")
 
     def images(self, where: str = "top") -> int:
         return sum((self.top if where == "top" else self.prompt).values())
@@ -127,6 +135,9 @@ class Collection:
         self.models: dict[str, int] = {}
         self.modes: dict[str, int] = {}
         self.fingerprints: dict[str, int] = {}
+        #: category -> K, the longest stored top list (--store-scores K): at least the category's
+        #: phrases and every image lists them all, so their shares rank nothing
+        self.top_k: dict[str, int] = {}
         self.prompt_ids = array("i")  # the ids of each image's prompt phrases, image after image
         self.prompt_ends = array("q")
         self._ids: dict[tuple[str, str], int] = {}
@@ -161,7 +172,9 @@ class Collection:
                 for p in phrases or ():
                     stats = self._stats(category, p)
                     stats.top[group] = stats.top.get(group, 0) + 1
-                    self._score(stats, p.get("score"))
+                    self._score(stats, p.get("score"), group)
+                if phrases and len(phrases) > self.top_k.get(category, 0):
+                    self.top_k[category] = len(phrases)
             best = top.get("mediums") or next(iter(top.values()))
             label = best[0]["text"] if best else None
         ids = self.prompt_ids
@@ -169,7 +182,7 @@ class Collection:
             stats = self._stats(p.get("category", "?"), p)
             stats.prompt[group] = stats.prompt.get(group, 0) + 1
             if not top:  # no stored top phrases: the prompt's phrases are all that is known of its scores
-                self._score(stats, p.get("score"))
+                self._score(stats, p.get("score"), group)
             ids.append(self._ids[(stats.category, stats.text)])
         self.prompt_ends.append(len(ids))
         ref = ImageRef(str(record.get("source", "")), record.get("content_hash"), group, label)
@@ -188,11 +201,17 @@ class Collection:
             self.id_keys.append(key)
         return stats
 
-    def _score(self, stats: PhraseStats, score: Any) -> None:
+    def _score(self, stats: PhraseStats, score: Any, group: str) -> None:
         if not isinstance(score, (int, float)):
             return
         stats.n_scores += 1
         stats.sum += float(score)
+        mine = stats.group_scores.get(group)
+        if mine is None:
+            stats.group_scores[group] = [1, float(score)]
+        else:
+            mine[0] += 1
+            mine[1] += float(score)
         if len(stats.sample) < RESERVOIR:
             stats.sample.append(float(score))
         else:
@@ -233,6 +252,7 @@ class Collection:
         self.scored_groups = moved(self.scored_groups)
         for stats in self.phrases.values():
             stats.top, stats.prompt = moved(stats.top), moved(stats.prompt)
+            stats.group_scores = {mapping.get(g, g): v for g, v in stats.group_scores.items()}
         for ref in self._points.items + self._weak_sample.items:
             ref.group = mapping.get(ref.group, ref.group)
 
@@ -254,6 +274,92 @@ class Collection:
         for category, _ in self.phrases:
             seen.setdefault(category, None)
         return list(seen)
+
+
+class Selection:
+    """Which records the report counts: one per image, the latest, and what that leaves out.
+
+    ``batch`` appends a record per image and settings fingerprint, so an output holds an image
+    once more for every change of settings (a mode, a model, the floor). Counting them all
+    would count each image several times, and feed the statistics copies as if they were
+    independent images. The report counts one record per source (per source and group: with
+    ``--group-by column:NAME``, e.g. ``column:clip_model``, each group keeps its own, so two
+    runs of the same images can still be compared): the last one with a result (the files in
+    the order given, each in its order), or, where none has one, the last error.
+    ``fingerprints`` (prefixes) count only those fingerprints' records.
+
+    The first pass offers every record (:meth:`offer`, 17 bytes each), :meth:`finish` decides, and
+    :attr:`keep` then says, record by record of those :meth:`wants` in the same order, which
+    to count.
+    """
+
+    def __init__(self, group_of: Callable[[dict[str, Any]], str], fingerprints: Iterable[str] = ()) -> None:
+        self.group_of = group_of
+        self.wanted = tuple(f.strip() for f in fingerprints if f and f.strip())
+        self.records = 0  # every record read
+        self.seen: dict[str, int] = {}  # fingerprint -> records
+        self.other_fingerprints = 0  # records the fingerprint filter left out
+        self.repeats = 0  # earlier records of an image that has a later one
+        self.keep = np.zeros(0, bool)
+        self._source = array("q")
+        self._key = array("q")
+        self._ok = bytearray()
+
+    def wants(self, record: dict[str, Any]) -> bool:
+        """False for a record of a fingerprint the filter leaves out."""
+        if not self.wanted:
+            return True
+        fp = str(record.get("fingerprint") or "")
+        return any(fp.startswith(w) for w in self.wanted)
+
+    def offer(self, record: dict[str, Any]) -> bool:
+        """Note a record of the first pass; False when the fingerprint filter leaves it out."""
+        self.records += 1
+        fp = str(record.get("fingerprint") or "")
+        self.seen[fp] = self.seen.get(fp, 0) + 1
+        if not self.wants(record):
+            self.other_fingerprints += 1
+            return False
+        source = str(record.get("source") or "")
+        ok = bool(record.get("ok")) and (isinstance(record.get("result"), dict) or "prompt" in record)
+        self._source.append(hash(source))
+        self._key.append(hash((source, self.group_of(record))) if ok else 0)
+        self._ok.append(ok)
+        return True
+
+    def finish(self) -> Selection:
+        ok = np.frombuffer(bytes(self._ok), np.uint8).astype(bool)
+        source = np.frombuffer(self._source, np.int64)
+        key = np.frombuffer(self._key, np.int64)
+        keep = np.zeros(ok.size, bool)
+        results = np.flatnonzero(ok)[::-1]  # latest first: np.unique's first index is the latest record
+        if results.size:
+            keep[results[np.unique(key[results], return_index=True)[1]]] = True
+        errors = np.flatnonzero(~ok)[::-1]
+        if errors.size:
+            last = errors[np.unique(source[errors], return_index=True)[1]]
+            keep[last[~np.isin(source[last], source[results])]] = True  # an image with a result is no error
+        self.keep = keep
+        self.repeats = int(ok.size - keep.sum())
+        return self
+
+    def left_out(self) -> str | None:
+        """One sentence on the records not counted, or None."""
+        parts = []
+        if self.repeats:
+            parts.append(f"{self.repeats} earlier record{'s' if self.repeats != 1 else ''} of the same images "
+                         "(under other settings fingerprints, or earlier tries), as only the latest record of "
+                         "each image is counted")
+        if self.other_fingerprints:
+            parts.append(f"{self.other_fingerprints} record{'s' if self.other_fingerprints != 1 else ''} of "
+                         f"other fingerprints (--fingerprint {' '.join(self.wanted)})")
+        if not parts:
+            return None
+        hint = ""
+        if self.repeats and not self.wanted and len(self.seen) > 1:
+            hint = "; --fingerprint FP counts one run's records only (" + ", ".join(
+                f"{fp or '(none)'}: {k}" for fp, k in sorted(self.seen.items(), key=lambda kv: -kv[1])[:6]) + ")"
+        return f"Left out {' and '.join(parts)}{hint}."
 
 
 class _Reservoir:

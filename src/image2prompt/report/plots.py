@@ -9,11 +9,24 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["data_uri", "score_boxes", "share_bars", "effects", "lift_heatmap", "feature_map"]
+__all__ = ["data_uri", "score_boxes", "share_bars", "effects", "lift_heatmap", "feature_map", "feature_map_figure",
+           "group_colours"]
 
 DPI = 96
-PALETTE = ["#3b5bdb", "#e8590c", "#2b8a3e", "#c2255c", "#5f3dc4", "#0b7285", "#e67700", "#495057",
-           "#a61e4d", "#1864ab"]
+OTHER = "#7f7f7f"  # tab10's grey: the groups past the palette, together
+
+
+def group_colours(names: Sequence[str]) -> dict[str, str]:
+    """A colour per group from matplotlib's qualitative tab10 (ten hues, none a near-duplicate of
+    another): up to ten groups get one each; with more, the nine largest (the first named) keep
+    the nine hues that are not grey and the rest share the grey as "other"."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    tab10 = [to_hex(c) for c in colormaps["tab10"].colors]
+    names = list(dict.fromkeys(names))
+    hues = tab10 if len(names) <= len(tab10) else [c for c in tab10 if c != OTHER]
+    return {name: (hues[k] if k < len(hues) else OTHER) for k, name in enumerate(names)}
 
 
 def _plt() -> Any:
@@ -117,18 +130,32 @@ def lift_heatmap(labels: Sequence[str], counts: np.ndarray, images: int) -> str:
 def feature_map(xy: np.ndarray, groups: Sequence[str], method: str,
                 thumbs: Sequence[tuple[int, Any]] = ()) -> str:
     """The 2-D map of image features, coloured by group, with some thumbnails placed on it."""
+    return data_uri(feature_map_figure(xy, groups, method, thumbs))
+
+
+def feature_map_figure(xy: np.ndarray, groups: Sequence[str], method: str,
+                       thumbs: Sequence[tuple[int, Any]] = ()) -> Any:
+    """:func:`feature_map`'s figure: the legend sits beside the axes, where no thumbnail goes."""
     plt = _plt()
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     fig, ax = plt.subplots(figsize=(7.2, 5.6))
-    names = list(dict.fromkeys(groups))
-    for k, name in enumerate(names[: len(PALETTE)]):
-        sel = np.array([g == name for g in groups])
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=10, alpha=0.7, color=PALETTE[k], label=_short(name, 30),
-                   linewidths=0)
-    if len(names) > len(PALETTE):
-        sel = np.array([g not in names[: len(PALETTE)] for g in groups])
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=10, alpha=0.5, color="#adb5bd", label="other", linewidths=0)
+    counts: dict[str, int] = {}
+    for g in groups:
+        counts[g] = counts.get(g, 0) + 1
+    names = sorted(counts, key=lambda g: -counts[g])  # the largest groups keep their own colour
+    colours = group_colours(names)
+    labels = np.array(groups, dtype=object)
+    shown = names if len(names) <= 10 else names[:9]  # as group_colours gives them their own colour
+    for name in shown:
+        sel = labels == name
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=10, alpha=0.75, color=colours[name],
+                   label=f"{_short(name, 30)} ({counts[name]})", linewidths=0)
+    if len(shown) < len(names):
+        own = set(shown)
+        sel = np.array([g not in own for g in groups])
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=10, alpha=0.5, color=OTHER,
+                   label=f"other ({len(names) - len(shown)} groups)", linewidths=0)
     for i, im in thumbs:
         box = AnnotationBbox(OffsetImage(np.asarray(im), zoom=0.45), (xy[i, 0], xy[i, 1]), frameon=True,
                              pad=0.1, bboxprops={"edgecolor": "#adb5bd", "linewidth": 0.5})
@@ -137,6 +164,8 @@ def feature_map(xy: np.ndarray, groups: Sequence[str], method: str,
     ax.set_ylabel(f"{method} 2")
     ax.set_xticks([])
     ax.set_yticks([])
-    if len(names) > 1:
-        ax.legend(loc="best", fontsize=8, frameon=False, markerscale=2)
-    return data_uri(fig)
+    ax.margins(0.08)  # room for the thumbnails of the outermost points inside the axes
+    if len(names) > 1:  # beside the axes: thumbnails cover the plot area, and would cover a legend in it
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=8, frameon=False,
+                  markerscale=2)
+    return fig

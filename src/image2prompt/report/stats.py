@@ -154,8 +154,9 @@ class Cooccurrence:
     counts: np.ndarray  # [M, M] images whose prompt has both (diagonal: each alone)
     images: int
 
-    def pairs(self, limit: int = 20) -> list[dict[str, Any]]:
-        """The pairs seen together most often, with their lift (observed / expected if independent)."""
+    def pairs(self, limit: int = 20, min_lift: float = 1.0) -> list[dict[str, Any]]:
+        """The pairs seen together more often than chance (lift above ``min_lift``), the most often
+        first, with their lift (observed / expected if independent)."""
         m = len(self.labels)
         out = []
         for a in range(m):
@@ -164,8 +165,9 @@ class Cooccurrence:
                 if both == 0:
                     continue
                 expected = self.counts[a, a] * self.counts[b, b] / max(1, self.images)
-                out.append({"a": self.labels[a], "b": self.labels[b], "images": both,
-                            "lift": both / expected if expected else float("nan"),
+                if both / expected <= min_lift + 1e-9:  # as often as chance, give or take rounding
+                    continue
+                out.append({"a": self.labels[a], "b": self.labels[b], "images": both, "lift": both / expected,
                             "jaccard": both / (self.counts[a, a] + self.counts[b, b] - both)})
         out.sort(key=lambda r: (-r["images"], -r["lift"]))
         return out[:limit]
