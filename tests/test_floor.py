@@ -14,7 +14,7 @@ from image2prompt.errors import SettingsError
 from image2prompt.models.clip import load_clip
 from image2prompt.modes.base import SearchContext
 from image2prompt.prompt.assemble import classic_prompt
-from image2prompt.settings import DEFAULT_FLOOR
+from image2prompt.settings import DEFAULT_FLOOR, FLOOR_RANGE, parse_floor
 from image2prompt.vocab import load_folder_pack
 
 S = SearchSettings
@@ -103,7 +103,7 @@ def test_the_floor_off_is_exactly_the_old_search(ci, images) -> None:
     feats = ci.encode(images[:2], ["a picture"] * 2, generate_captions=False)
     for mode in MODES:
         a = dict(ci.search_indexed(feats, S(mode=mode, floor=None)))
-        b = dict(ci.search_indexed(feats, S(mode=mode, floor=-1e9)))  # a floor every phrase clears
+        b = dict(ci.search_indexed(feats, S(mode=mode, floor=FLOOR_RANGE[0])))  # a floor every phrase clears
         for i in a:
             assert a[i].prompt == b[i].prompt, mode
             assert a[i].rejected == [] and b[i].rejected == []
@@ -112,7 +112,7 @@ def test_the_floor_off_is_exactly_the_old_search(ci, images) -> None:
 def test_an_impossible_floor_leaves_the_caption_alone(ci, images) -> None:
     feats = ci.encode(images[:1], ["a picture"], generate_captions=False)
     for mode in ("best", "turbo", "fast", "classic"):
-        r = next(ci.search(feats, S(mode=mode, floor=1e6)))
+        r = next(ci.search(feats, S(mode=mode, floor=FLOOR_RANGE[1])))
         assert r.prompt == "a picture" and r.phrases == [] and r.specificity is None, mode
 
 
@@ -132,6 +132,29 @@ def test_floor_setting_is_validated() -> None:
             S(floor=bad)
 
 
+def test_floor_setting_is_bounded() -> None:
+    """A floor past the range keeps out every phrase (an empty prompt in the modes with no caption)
+    or none: a typo, said so by the library, the CLI (parse_floor) and the server alike."""
+    low, high = FLOOR_RANGE
+    assert S(floor=low).floor == low and S(floor=high).floor == high and S(floor=-0.5).floor == -0.5
+    assert parse_floor(str(high)) == high and parse_floor(str(low)) == low
+    for bad in (1e308, high + 0.01, low - 0.01, -1e9, 1e6):
+        with pytest.raises(SettingsError, match=f"floor must be from {low:g} to {high:g}"):
+            S(floor=bad)
+        with pytest.raises(SettingsError, match=f"give a number from {low:g} to {high:g}"):
+            parse_floor(repr(bad))
+
+
+def test_the_bounds_reach_every_phrase_and_none(ci, images) -> None:
+    """The range is wide enough: on the test vocabulary its top keeps out every phrase and its
+    bottom none, so no floor outside it could do anything a floor inside it cannot."""
+    feats = ci.encode(images[:2], ["a picture"] * 2, generate_captions=False)
+    ctx = SearchContext(ci, S())
+    for f in feats:
+        support = np.concatenate([ctx.table_support(c, f) for c in ci.vocab.merged_categories()])
+        assert FLOOR_RANGE[0] < support.min() and support.max() < FLOOR_RANGE[1]
+
+
 def test_negative_mode_floors_flavors_only(ci, images) -> None:
     feats = ci.encode(images[:2], generate_captions=False)
     for f, r in zip(feats, (r for _, r in sorted(ci.search_indexed(feats, S(mode="negative", floor=1.0))))):
@@ -141,7 +164,7 @@ def test_negative_mode_floors_flavors_only(ci, images) -> None:
 
 def test_best_mode_lists_the_rejected_whichever_candidate_wins(ci, images) -> None:
     feats = ci.encode(images[:1], ["a picture"], generate_captions=False)
-    r = next(ci.search(feats, S(mode="best", floor=1e6)))  # nothing clears: the caption wins
+    r = next(ci.search(feats, S(mode="best", floor=FLOOR_RANGE[1])))  # nothing clears: the caption wins
     assert r.prompt == "a picture" and len(r.rejected) > 0
 
 

@@ -133,6 +133,18 @@ def test_settings_are_validated_with_one_clear_error():
     assert len({SearchSettings(), SearchSettings(), SearchSettings(beam=2)}) == 2  # hashable
 
 
+def test_min_flavors_above_max_flavors_is_refused():
+    with pytest.raises(SettingsError, match=r"min_flavors \(50\) must not exceed max_flavors \(4\)"):
+        SearchSettings(min_flavors=50, max_flavors=4)
+    with pytest.raises(SettingsError, match="must not exceed max_flavors"):
+        SearchSettings(min_flavors=33)  # over the default max, 32
+    with pytest.raises(SettingsError, match="must not exceed max_flavors"):
+        SearchSettings(max_flavors=4).replace(min_flavors=5)
+    # The default min (8) is capped by a smaller max, as the CLI's --flavors MAX caps it.
+    assert SearchSettings(max_flavors=4).min_flavors == 8
+    assert SearchSettings(min_flavors=4, max_flavors=4).max_flavors == 4
+
+
 def test_fingerprint_keys_settings_models_and_vocabulary(ci, images, tiny_open_clip, tmp_path):
     base = SearchSettings(mode="fast")
     assert ci.fingerprint(base) == ci.fingerprint(SearchSettings(mode="fast"))

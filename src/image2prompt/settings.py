@@ -27,6 +27,18 @@ BUILTIN_MODES = ("best", "classic", "fast", "negative", "turbo", "style")
 #: the bar ``Result.specificity`` and ``analyze`` measure against when the floor is off.
 DEFAULT_FLOOR = 0.75
 
+#: The relevance floor's bounds (inclusive), in the same units. A phrase's support over a real
+#: vocabulary stays within a few units (the best of 100k normal scores stands about 4.4 above
+#: their median; the floors measured in docs/confidence.md are 0.5 to 1.5), so a floor past +10
+#: keeps out every phrase (an empty prompt in the modes with no caption) and one under -10 keeps
+#: out none (as ``off`` does, which says so plainly). A floor outside them is a mistake, say
+#: ``1e308`` for ``1.0``: an error rather than an empty prompt.
+FLOOR_RANGE = (-10.0, 10.0)
+
+#: min_flavors's default: capped by a smaller max_flavors (``max_flavors=4`` alone is a 4-step
+#: chain); a min_flavors set to anything else must not exceed max_flavors.
+DEFAULT_MIN_FLAVORS = 8
+
 #: Text tokens per chunk when a long prompt is split (A1111's BREAK, ComfyUI's concat):
 #: one 77-token window less its start and end tokens.
 CHUNK_TOKENS = 75
@@ -38,7 +50,7 @@ class SearchSettings:
 
     mode: str = "best"
     candidates: int = 2048  # best/negative/style: size of the candidate pool
-    min_flavors: int = 8  # chains always take at least this many steps (capped by max_flavors)
+    min_flavors: int = DEFAULT_MIN_FLAVORS  # chains take at least this many steps (the default: capped by max_flavors)
     max_flavors: int = 32  # and at most this many; also fast mode's phrase count
     classic_flavors: int = 3  # flavors in classic mode
     max_tokens: int = 77  # the prompt's token budget, start and end tokens included
@@ -112,7 +124,14 @@ def parse_floor(text: str) -> float | None:
         raise SettingsError(f"floor {text!r}: give a number of standard deviations, e.g. 0.75, or off") from None
     if number != number or abs(number) == float("inf"):
         raise SettingsError(f"floor {text!r}: give a finite number, or off")
+    if not _floor_in_range(number):
+        raise SettingsError(f"floor {text!r}: give a number from {FLOOR_RANGE[0]:g} to {FLOOR_RANGE[1]:g} "
+                            f"(the default is {DEFAULT_FLOOR:g}), or off")
     return number
+
+
+def _floor_in_range(value: float) -> bool:
+    return FLOOR_RANGE[0] <= value <= FLOOR_RANGE[1]
 
 
 def search_fingerprint(settings: SearchSettings, *, clip: Sequence[str], captioner: str | None,
@@ -151,6 +170,13 @@ def _problems(s: SearchSettings) -> list[str]:
     if s.floor is not None and (isinstance(s.floor, bool) or not isinstance(s.floor, (int, float))
                                 or s.floor != s.floor or abs(s.floor) == float("inf")):
         out.append(f"floor must be a number or None (off), got {s.floor!r}")
+    elif s.floor is not None and not _floor_in_range(s.floor):
+        out.append(f"floor must be from {FLOOR_RANGE[0]:g} to {FLOOR_RANGE[1]:g} standard deviations (a floor "
+                   f"past them keeps out every phrase or none), or None (off), got {s.floor!r}")
+    counts = (s.min_flavors, s.max_flavors)
+    if all(isinstance(n, int) and not isinstance(n, bool) for n in counts) \
+            and s.min_flavors > s.max_flavors and s.min_flavors != DEFAULT_MIN_FLAVORS:
+        out.append(f"min_flavors ({s.min_flavors}) must not exceed max_flavors ({s.max_flavors})")
     if isinstance(s.weak_z, bool) or not isinstance(s.weak_z, (int, float)):
         out.append(f"weak_z must be a number, got {s.weak_z!r}")
     return out
