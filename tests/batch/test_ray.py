@@ -239,3 +239,84 @@ def test_the_cli_runs_on_ray_with_the_same_records(ray_instance, folder, config,
     assert result.exit_code == 1, result.output  # the two broken files failed
     assert "Traceback" not in result.output
     _same(_by_source(list(read_records(output))), expected)
+
+
+def _fit(cpus: float, gpus: float = 0, largest: dict[str, float] | None = None, **asked: Any) -> Any:
+    kw: dict[str, Any] = {"encode_actors": 1, "search_actors": 1, "num_cpus_per_actor": 1, "num_gpus_per_actor": 0,
+                          "num_gpus_per_search_actor": 0}
+    kw.update(asked)
+    total = {"CPU": cpus, "GPU": gpus}
+    return ray_backend._fit(total, largest or total, **kw)
+
+
+def test_the_stages_are_sized_to_fit_the_cluster():
+    """Actors hold their CPUs for the whole run and the decode tasks need a CPU beside them
+    (issue 28: the defaults took both CPUs of a 2-CPU cluster and the run waited for ever)."""
+    assert _fit(16) == ray_backend._Fit(1, 1.0, None)  # fits: as asked
+    assert _fit(2, num_cpus_per_actor=0.5) == ray_backend._Fit(0.5, 1.0, None)
+    two = _fit(2)
+    assert (two.actor_cpus, two.decode_cpus) == (0.5, 1.0)
+    assert two.note == ("--ray: 1 encode and 1 search actor at 1 CPU each, plus 1 for the decode tasks, need 3 CPUs, "
+                        "the Ray cluster has 2: running each actor at 0.5 CPU (--cpus-per-actor 0.5)")
+    one = _fit(1, search_actors=2)  # one CPU: the decode tasks get half of it
+    assert (one.actor_cpus, one.decode_cpus) == (0.16, 0.5)
+    assert 3 * one.actor_cpus + one.decode_cpus <= 1
+    big = _fit(8, largest={"CPU": 4}, num_cpus_per_actor=6)  # no node has 6 CPUs
+    assert big.actor_cpus == 3.5 and "(at most 4 on a node)" in big.note
+
+
+def test_stages_that_cannot_fit_stop_with_one_line_naming_the_flag():
+    with pytest.raises(SettingsError) as info:
+        _fit(2, encode_actors=4, search_actors=8)
+    assert str(info.value) == ("--ray: 4 encode and 8 search actors at 1 CPU each, plus 1 for the decode tasks, cannot "
+                               "fit in the Ray cluster's 2 CPUs (even at 0.1 CPU each they need 2.2): lower "
+                               "--search-actors or --encode-actors")
+    with pytest.raises(SettingsError) as info:
+        _fit(8, gpus=1, encode_actors=2, num_gpus_per_actor=1)
+    assert str(info.value) == ("--ray: 2 encode actors at 1 GPU need 2 GPUs, the Ray cluster has 1: lower "
+                               "--encode-actors or --gpus-per-actor")
+    with pytest.raises(SettingsError, match="need 0.5 GPUs, the Ray cluster has 0: lower --encode-actors or --gpus-per-actor"):
+        _fit(8, num_gpus_per_actor=0.5)
+    with pytest.raises(SettingsError, match="largest node of the Ray cluster has 2: lower --gpus-per-actor"):
+        _fit(8, gpus=4, largest={"CPU": 4, "GPU": 2}, num_gpus_per_actor=3)
+    with pytest.raises(SettingsError, match="search actors at 1 GPU need 2.5 GPUs.*num_gpus_per_search_actor"):
+        _fit(8, gpus=2, search_actors=2, num_gpus_per_actor=0.5, num_gpus_per_search_actor=1)
+    with pytest.raises(SettingsError, match="no CPUs"):
+        _fit(0)
+
+
+def test_sizing_reads_the_real_cluster(ray_instance):
+    fit = ray_backend._fit_cluster(ray_instance, encode_actors=1, search_actors=1, num_cpus_per_actor=1,
+                                   num_gpus_per_actor=0, num_gpus_per_search_actor=0)
+    assert (fit.actor_cpus, fit.decode_cpus) == (0.5, 1.0) and "the Ray cluster has 2" in fit.note
+    with pytest.raises(SettingsError, match="the Ray cluster has 0: lower --encode-actors or --gpus-per-actor"):
+        ray_backend._fit_cluster(ray_instance, encode_actors=1, search_actors=1, num_cpus_per_actor=0.5,
+                                 num_gpus_per_actor=1, num_gpus_per_search_actor=0)
+
+
+def test_a_token_ray_will_not_send_is_found(tmp_path):
+    """Ray sends its token to an explicit address only with RAY_AUTH_MODE=token; a cluster with
+    token auth refuses the driver for 20 s, then 'failed to connect' (issue 28)."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    unsent = ray_backend._unsent_token
+    assert unsent("HEAD:6379", {}, home) is None  # no token anywhere
+    (home / ".ray" / "auth_token").write_text("t" * 32)
+    assert unsent("HEAD:6379", {}, home) == str(home / ".ray" / "auth_token")
+    assert unsent("ray://HEAD:10001", {}, home) == str(home / ".ray" / "auth_token")
+    assert unsent("auto", {}, home) is None  # Ray enables the token itself for "auto"
+    assert unsent("HEAD:6379", {"RAY_AUTH_MODE": "token"}, home) is None  # it is sent
+    assert unsent("HEAD:6379", {"RAY_AUTH_MODE": "disabled"}, home) is None  # the user's choice
+    assert unsent("HEAD:6379", {"RAY_AUTH_TOKEN": "abc"}, tmp_path) == "RAY_AUTH_TOKEN"
+    other = tmp_path / "token"
+    other.write_text("t" * 32)
+    assert unsent("HEAD:6379", {"RAY_AUTH_TOKEN_PATH": str(other)}, tmp_path) == str(other)
+    assert unsent("HEAD:6379", {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")}, tmp_path) is None
+    line = ray_backend._token_auth_message("HEAD:6379", "/home/u/.ray/auth_token")
+    assert "\n" not in line and "RAY_AUTH_MODE=token" in line and "token authentication" in line
+
+
+def test_the_probe_leaves_other_addresses_to_ray():
+    # not a GCS address: no probe (ray.init reports what it finds)
+    assert not ray_backend._refused_for_token("ray://HEAD:10001")
+    assert not ray_backend._refused_for_token("HEAD")

@@ -39,7 +39,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,6 +87,14 @@ MAX_ERRORED_BLOCKS = 0
 # Exceptions raised inside actor tasks are not retried (actor deaths are, see above): a
 # model error repeats on retry, and the stages already retry a failed batch image by image.
 ACTOR_TASK_RETRY_ON_ERRORS = False
+
+# Resources (see docs/scale.md, "Sizing the actors"). The decode tasks ask for DECODE_CPUS
+# each; the actors hold their CPUs for the whole run, so actors plus one decode task must
+# fit in the cluster's CPUs, or the decode tasks wait for ever for a CPU that never frees.
+# Actors that do not fit are given a smaller share (fractions only count for scheduling:
+# every process still uses the cores it wants), down to MIN_ACTOR_CPUS each.
+DECODE_CPUS = 1.0
+MIN_ACTOR_CPUS = 0.1
 
 # Input rows per block: blocks are the unit of parallelism of the decode tasks.
 _MAX_BLOCK_ROWS = 1024
@@ -164,7 +172,11 @@ def run_on_ray(
     ``encode_actors`` actors load the models with ``num_gpus_per_actor`` GPUs each
     (fractions share a GPU) and encode ``batch_size`` images at a time; ``search_actors``
     actors search on CPUs (or on ``num_gpus_per_search_actor`` GPUs each). Every actor
-    reserves ``num_cpus_per_actor`` CPUs.
+    reserves ``num_cpus_per_actor`` CPUs, and each decode task 1: where the actors and a
+    decode task do not fit in the cluster's CPUs, the actors get a smaller share (logged as
+    a warning, one line); what cannot fit at all (GPUs, too many actors) raises a
+    SettingsError naming the flag to change. ``address`` with a token Ray will not send
+    (token authentication without ``RAY_AUTH_MODE=token``) raises a one-line RayRunError.
 
     Callbacks, on the driver, as BatchJob's: ``progress`` with the summary after each record
     (and once at the end), ``on_error`` with each error line written (else it is logged),
@@ -176,7 +188,8 @@ def run_on_ray(
 
     Raises:
         RayMissingError: Ray Data is not installed.
-        SettingsError: an argument out of range.
+        SettingsError: an argument out of range, or actors that cannot fit in the cluster.
+        RayRunError: the cluster could not be joined for want of ``RAY_AUTH_MODE=token``.
         Image2PromptError: a problem every image would hit (models, vocabulary, cache),
             raised after the records written so far were flushed.
     """
@@ -199,6 +212,10 @@ def run_on_ray(
     saved = _configure(context)
     writer: RecordWriter | None = None
     try:
+        fit = _fit_cluster(ray, encode_actors=encode_actors, search_actors=search_actors,
+                           num_cpus_per_actor=num_cpus_per_actor, num_gpus_per_actor=num_gpus_per_actor,
+                           num_gpus_per_search_actor=num_gpus_per_search_actor)
+        num_cpus_per_actor = fit.actor_cpus
         writer = open_output(output, fmt)
         if retry_failed or writer.done_keys():
             summary.fingerprint = _resume_fingerprint(ray, config, settings, num_cpus_per_actor)
@@ -216,7 +233,7 @@ def run_on_ray(
                            encode_actors=encode_actors, search_actors=search_actors,
                            num_gpus_per_actor=num_gpus_per_actor, num_cpus_per_actor=num_cpus_per_actor,
                            num_gpus_per_search_actor=num_gpus_per_search_actor, batch_size=batch_size,
-                           max_pixels=max_pixels, scores=store_scores is not None,
+                           decode_cpus=fit.decode_cpus, max_pixels=max_pixels, scores=store_scores is not None,
                            store_features=None if store_features is None else os.fspath(store_features))
             try:
                 _drain(ds, writer, summary, resume_fp, sidecar, progress, on_error, on_record)
@@ -304,6 +321,85 @@ def _check_sizes(**sizes: int) -> None:
             raise SettingsError(f"{name} must be a positive integer, got {value!r}")
 
 
+@dataclass(frozen=True)
+class _Fit:
+    """What the stages ask Ray for: CPUs per actor and per decode task, and the line that
+    says it when the asked-for CPUs were cut to fit the cluster (else None)."""
+
+    actor_cpus: float
+    decode_cpus: float = DECODE_CPUS
+    note: str | None = None
+
+
+def _fit(total: Mapping[str, float], largest: Mapping[str, float], *, encode_actors: int, search_actors: int,
+         num_cpus_per_actor: float, num_gpus_per_actor: float, num_gpus_per_search_actor: float) -> _Fit:
+    """Fit the actor pools and the decode tasks in the cluster's resources.
+
+    ``total`` is the cluster's resources (``ray.cluster_resources()``), ``largest`` the
+    largest node's. Every actor holds its CPUs and GPUs for the whole run and the decode
+    tasks need a CPU beside them, so what does not fit never runs: the run would wait for
+    ever. CPUs are shared out instead (smaller fractions for the actors, down to
+    ``MIN_ACTOR_CPUS``; the decode tasks down to half the cluster); GPUs are not, since
+    Ray does not divide GPU memory. What cannot fit is a SettingsError naming the flag.
+    """
+    eps = 1e-9
+    cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
+    node_cpus, node_gpus = float(largest.get("CPU", cpus)), float(largest.get("GPU", gpus))
+    gpu_need = encode_actors * num_gpus_per_actor + search_actors * num_gpus_per_search_actor
+    if gpu_need > gpus + eps:
+        parts, flags = [], []
+        if num_gpus_per_actor:
+            parts.append(f"{encode_actors} encode actor{'s' * (encode_actors > 1)} at {num_gpus_per_actor:g} GPU")
+            flags.append("--encode-actors or --gpus-per-actor")
+        if num_gpus_per_search_actor:
+            parts.append(f"{search_actors} search actor{'s' * (search_actors > 1)} at "
+                         f"{num_gpus_per_search_actor:g} GPU")
+            flags.append("--search-actors or num_gpus_per_search_actor")
+        raise SettingsError(f"--ray: {' and '.join(parts)} need {gpu_need:g} GPU{'s' * (gpu_need != 1)}, the Ray "
+                            f"cluster has {gpus:g}: lower {', or '.join(flags)}")
+    for asked, name, flag in ((num_gpus_per_actor, "an encode actor", "--gpus-per-actor"),
+                              (num_gpus_per_search_actor, "a search actor", "num_gpus_per_search_actor")):
+        if asked > node_gpus + eps:
+            raise SettingsError(f"--ray: {name} asks for {asked:g} GPUs, the largest node of the Ray cluster has "
+                                f"{node_gpus:g}: lower {flag}")
+    if cpus <= 0:
+        raise SettingsError("--ray: the Ray cluster has no CPUs for the decode tasks and the actors: add nodes "
+                            "with CPUs")
+    actors = encode_actors + search_actors
+    need = actors * num_cpus_per_actor + DECODE_CPUS
+    if need <= cpus + eps and num_cpus_per_actor <= node_cpus + eps:
+        return _Fit(num_cpus_per_actor)
+    decode = min(DECODE_CPUS, cpus / 2)
+    share = min(num_cpus_per_actor, (cpus - decode) / actors, node_cpus)
+    share = math.floor(share * 100 + eps) / 100  # Ray takes fractions in steps of 1e-4
+    said = (f"{encode_actors} encode and {search_actors} search actor{'s' * (search_actors > 1)} at "
+            f"{num_cpus_per_actor:g} CPU{'s' * (num_cpus_per_actor > 1)} each, plus {DECODE_CPUS:g} for the decode tasks")
+    if share < MIN_ACTOR_CPUS:
+        least = actors * MIN_ACTOR_CPUS + decode
+        raise SettingsError(f"--ray: {said}, cannot fit in the Ray cluster's {cpus:g} CPUs (even at "
+                            f"{MIN_ACTOR_CPUS:g} CPU each they need {least:g}): lower --search-actors or "
+                            "--encode-actors")
+    note = (f"--ray: {said}, need {need:g} CPUs, the Ray cluster has {cpus:g}"
+            + (f" (at most {node_cpus:g} on a node)" if num_cpus_per_actor > node_cpus + eps else "")
+            + f": running each actor at {share:g} CPU (--cpus-per-actor {share:g})"
+            + (f" and the decode tasks at {decode:g}" if decode != DECODE_CPUS else ""))
+    return _Fit(share, decode, note)
+
+
+def _fit_cluster(ray: Any, **asked: Any) -> _Fit:
+    """:func:`_fit` for the cluster this process joined."""
+    total = ray.cluster_resources()
+    try:
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        largest = {k: max(float(n.get(k, 0)) for n in nodes) for k in ("CPU", "GPU")} if nodes else total
+    except Exception:  # noqa: BLE001  only a refinement: the totals decide
+        largest = total
+    fit = _fit(total, largest, **asked)
+    if fit.note is not None:
+        log.warning("%s", fit.note)
+    return fit
+
+
 def _import_ray() -> Any:
     try:
         import ray
@@ -322,13 +418,98 @@ def _init_ray(ray: Any, address: str | None) -> bool:
     # worker output stays in Ray's log files instead of being printed here.
     options: dict[str, Any] = {"address": address, "ignore_reinit_error": True, "configure_logging": False,
                                "log_to_driver": False}
+    token = None
     if address is None:
         options["include_dashboard"] = False
         log.info("starting a local Ray instance")
     else:
         log.info("joining the Ray cluster at %s", address)
-    ray.init(**options)
+        token = _unsent_token(address, os.environ, Path.home())
+        if token is not None and _refused_for_token(address):
+            raise RayRunError(_token_auth_message(address, token))
+    try:
+        ray.init(**options)
+    except ConnectionError as err:
+        # refused for want of a token, after Ray's 20 s of retries: no token here, or the probe
+        # could not tell (an address it does not parse, a Ray without its client)
+        if _refused_for_auth(err):
+            raise RayRunError(_token_auth_message(str(address), token)) from err
+        raise
+    except getattr(ray.exceptions, "AuthenticationError", ()) as err:  # RAY_AUTH_MODE=token, no token
+        raise RayRunError(one_line(f"cannot join the Ray cluster at {address}: {err}", 400)) from err
     return True
+
+
+# Ray's token authentication (Ray >= 2.52; see docs/scale.md, "Token authentication").
+_AUTH_MODE, _AUTH_TOKEN, _AUTH_TOKEN_PATH = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+
+
+def _unsent_token(address: str, environ: Mapping[str, str], home: Path) -> str | None:
+    """Where the token is that Ray will *not* send to ``address``, or None.
+
+    A cluster started with ``ray start`` while a token exists (``~/.ray/auth_token``, which
+    every local ``ray.init()`` of Ray 2.60 writes) has token authentication on. A driver
+    sends its token to an explicit address only when ``RAY_AUTH_MODE=token`` is set (Ray
+    enables it by itself only for ``auto`` or a local cluster), so a driver with the token
+    but without the variable is refused: Ray retries for 20 s, then says it failed to
+    connect. This is that situation: an explicit address, ``RAY_AUTH_MODE`` unset, a token
+    present (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``).
+    """
+    if address == "auto" or environ.get(_AUTH_MODE) is not None:
+        return None
+    if environ.get(_AUTH_TOKEN):
+        return _AUTH_TOKEN
+    named = environ.get(_AUTH_TOKEN_PATH)
+    for path in ([Path(named).expanduser()] if named else []) + [home / ".ray" / "auth_token"]:
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def _token_auth_message(address: str, token: str | None) -> str:
+    if token is None:
+        return (f"cannot join the Ray cluster at {address}: it uses token authentication, and this process "
+                "sent no token: run with RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token "
+                "(or RAY_AUTH_TOKEN)")
+    return (f"cannot join the Ray cluster at {address}: it uses token authentication, and Ray sends this "
+            f"machine's token ({token}) to an explicit address only when RAY_AUTH_MODE=token is set: run with "
+            "RAY_AUTH_MODE=token (the token must be the cluster's)")
+
+
+def _refused_for_auth(err: BaseException) -> bool:
+    """Whether ray.init's "Failed to connect" was the cluster refusing a missing or wrong
+    token (Ray keeps the GCS client's last error, as text, in the exception it chains)."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _refused_for_token(address: str) -> bool:
+    """Ask the cluster's GCS once, without a token (as ray.init would): True when it refuses
+    for want of one. Any other outcome (no answer, an address Ray Client serves, a Ray
+    without this client) is False, and ray.init has its say. Milliseconds when refused,
+    where ray.init retries for 20 s."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return False
+    try:
+        # private: Ray 2.60's standalone GCS client
+        from ray._raylet import InnerGcsClient  # type: ignore[attr-defined]
+        from ray.exceptions import AuthenticationError
+    except ImportError:
+        return False
+    try:
+        InnerGcsClient.standalone(address, None, 3000)
+    except AuthenticationError:
+        return True
+    except Exception as err:  # noqa: BLE001  not ours to judge: ray.init reports it
+        log.debug("probing %s: %s", address, _reason(err))
+    return False
 
 
 _CONTEXT = {"max_errored_blocks": MAX_ERRORED_BLOCKS, "actor_task_retry_on_errors": ACTOR_TASK_RETRY_ON_ERRORS,
@@ -797,7 +978,7 @@ class _Searcher:
 def _pipeline(ray: Any, tables: list[Any], *, done: _DoneSet | None, config: Config, settings: SearchSettings,
               encode_actors: int, search_actors: int, num_gpus_per_actor: float, num_cpus_per_actor: float,
               num_gpus_per_search_actor: float, batch_size: int, max_pixels: int | None, scores: bool,
-              caption: str | None, store_features: str | None) -> Any:
+              caption: str | None, store_features: str | None, decode_cpus: float = DECODE_CPUS) -> Any:
     """The dataset of output rows (lazy: it runs as the driver iterates it)."""
     data = ray.data
     actor_fault = _fault_args(ray, max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES)
@@ -805,7 +986,7 @@ def _pipeline(ray: Any, tables: list[Any], *, done: _DoneSet | None, config: Con
     done_arg = ray.put(done) if done is not None else None
     ds = data.from_arrow(tables)
     ds = _map_batches(ray, ds, _decode_batch, batch_size=batch_size, batch_format="numpy",
-                      fn_kwargs={"done": done_arg, "max_pixels": max_pixels}, num_cpus=1, **task_fault)
+                      fn_kwargs={"done": done_arg, "max_pixels": max_pixels}, num_cpus=decode_cpus, **task_fault)
     ds = _map_batches(ray, ds, _Encoder, batch_size=batch_size, batch_format="numpy",
                       fn_constructor_kwargs={"config": config, "settings": settings, "caption": caption},
                       compute=data.ActorPoolStrategy(size=encode_actors),
