@@ -188,3 +188,12 @@ def test_analysis_says_whether_the_match_is_weak(interrogator: Interrogator, ima
     result = interrogator.interrogate(images[0], "fast", caption="x")
     assert analysis.match_strength == pytest.approx(result.match_strength)
     assert analysis.weak_match == result.weak_match
+
+
+def test_a_given_caption_is_one_line_whatever_it_holds(interrogator: Interrogator, images):
+    """NUL, CR, LF, tabs and bidi overrides in a typed caption never reach the prompt (CLI,
+    batch manifests and the server all pass captions through encode)."""
+    feats = interrogator.encode(images[:1], ["a red\r\nfox\x00 in\tsnow \u202e"], generate_captions=False)
+    assert feats[0].caption == "a red fox in snow"
+    result = interrogator.interrogate(images[0], "fast", caption="a red\nfox")
+    assert "\n" not in result.prompt and result.prompt.startswith("a red fox")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -339,3 +340,121 @@ def test_keep_features_puts_each_results_features_in_its_record() -> None:
     assert all(r.features is not None and r.features.source == r.source for r in records)
     assert "features" not in records[0].to_dict()
     assert all(r.features is None for r in Runner(fake, FAST, batch_size=2).run(sources))
+
+
+# --- memory: decoded images reduced, and bounded in bytes (issue 28) ----------------------------------
+
+
+def _spy_encode(monkeypatch: pytest.MonkeyPatch, ic: Any) -> list[list[tuple[int, int]]]:
+    """Record the sizes of the images each encode call gets; the real encode still runs."""
+    seen: list[list[tuple[int, int]]] = []
+    real = ic.encode
+
+    def encode(images: Sequence[Image.Image], *args: Any, **kwargs: Any) -> Any:
+        seen.append([im.size for im in images])
+        return real(images, *args, **kwargs)
+
+    monkeypatch.setattr(ic, "encode", encode)
+    return seen
+
+
+def _png_file(path: Path, size: tuple[int, int]) -> str:
+    Image.new("RGB", size, (size[0] % 256, 90, 160)).save(path)
+    return str(path)
+
+
+def test_decoded_images_are_reduced_to_what_the_models_need(interrogator: Any, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    assert interrogator.input_side == 64
+    seen = _spy_encode(monkeypatch, interrogator)
+    inputs = [_png_file(tmp_path / "big.png", (640, 480)), Image.new("RGB", (900, 300)), make_images(1)[0]]
+    records = list(Runner(interrogator, FAST, batch_size=4, caption="a test").run(inputs))
+    assert all(r.ok for r in records), [r.error for r in records]
+    assert seen == [[(92, 69), (225, 75), (72, 72)]]  # 480 // 64 = 7, 300 // 64 = 4; 72 px: as it was
+
+
+def test_decoded_images_in_flight_are_bounded_in_bytes(interrogator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _spy_encode(monkeypatch, interrogator)
+    pictures = [Image.new("RGB", (100, 100), (i * 30, 0, 0)) for i in range(6)]  # 40,000 bytes each, kept whole
+    runner = Runner(interrogator, FAST, batch_size=16, caption="a test", max_bytes=100_000)
+    records = list(runner.run(pictures))
+    assert [r.ok for r in records] == [True] * 6 and [r.index for r in records] == list(range(6))
+    assert [len(b) for b in seen] == [2, 2, 2]  # a batch goes early rather than hold over 100,000 bytes
+    with pytest.raises(SettingsError):
+        Runner(interrogator, FAST, max_bytes=0)
+
+
+def test_a_lazy_interrogator_is_loaded_before_more_than_workers_inputs_decode(
+        interrogator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    consumed = {"n": 0}
+    at_load: list[int] = []
+
+    def inputs() -> Iterator[Image.Image]:
+        for i in range(40):
+            consumed["n"] += 1
+            yield Image.new("RGB", (300, 200), (i, 0, 0))
+
+    def factory() -> Any:
+        at_load.append(consumed["n"])
+        return interrogator
+
+    seen = _spy_encode(monkeypatch, interrogator)
+    records = list(Runner(factory, FAST, batch_size=16, workers=2, caption="a test").run(inputs()))
+    assert len(records) == 40 and all(r.ok for r in records)
+    # Before the models are loaded their input size is not known, so images decode at full size:
+    # only `workers` of them, not the whole prefetch (32), are read before the load.
+    assert at_load == [2]
+    assert {s for batch in seen for s in batch} == {(100, 67)}  # every one reduced, the first ones too
+
+
+def test_input_side_is_the_largest_size_any_loaded_model_needs(interrogator: Any, tiny_hf_clip: Path) -> None:
+    from torchvision import transforms
+    from transformers import BlipImageProcessor, CLIPImageProcessor
+
+    from image2prompt import Interrogator
+    from image2prompt.models.clip import load_clip
+    from image2prompt.models.loading import processor_input_side, transform_input_side
+
+    # what real checkpoints ship: CLIP resizes the shorter side and crops, BLIP squashes to a square
+    assert processor_input_side(CLIPImageProcessor(size={"shortest_edge": 224},
+                                                   crop_size={"height": 224, "width": 224})) == 224
+    assert processor_input_side(BlipImageProcessor(size={"height": 384, "width": 384})) == 384
+    assert processor_input_side(CLIPImageProcessor(do_resize=False)) is None  # takes images as they are
+    assert transform_input_side(transforms.Compose([transforms.Resize(336), transforms.CenterCrop(336)])) == 336
+    assert transform_input_side(transforms.Compose([transforms.CenterCrop(224)])) is None  # no resize: unknown
+    hf = load_clip(f"local-dir:{tiny_hf_clip}", device="cpu")
+    hf.processor.image_processor.size = {"shortest_edge": 96}
+    hf.processor.image_processor.crop_size = {"height": 96, "width": 96}
+    both = Interrogator([interrogator.clips[0], hf], None, interrogator.vocab)
+    assert (interrogator.input_side, hf.input_side, both.input_side) == (64, 96, 96)
+
+    class Plugin:  # a captioner plugin that does not say what it needs: images stay whole
+        name = "plugin"
+
+    assert Interrogator(interrogator.clips, Plugin(), interrogator.vocab).input_side is None
+
+
+def test_decoding_ahead_stops_at_max_bytes_and_an_image_over_it_goes_alone(
+        interrogator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import Future
+
+    from image2prompt.runner import _Decoded, _Pending
+
+    runner = Runner(interrogator, FAST, max_bytes=100_000)
+
+    def decoded(i: int) -> _Pending:
+        fut: Future[Any] = Future()
+        fut.set_result(Image.new("RGB", (100, 100)))  # 40,000 bytes
+        return _Pending(i, f"img{i}", fut)
+
+    waiting = _Pending(9, "img9", Future())  # still decoding: holds nothing yet
+    assert not runner._over_budget([], deque([decoded(0), decoded(1), waiting]))
+    assert runner._over_budget([], deque([decoded(0), decoded(1), decoded(2)]))  # 120,000: read no more
+    assert runner._over_budget([_Decoded(3, "img3", Image.new("RGB", (100, 100)))], deque([decoded(0), decoded(1)]))
+    assert not Runner(interrogator, FAST, max_bytes=None)._over_budget([], deque([decoded(0)] * 10))
+
+    seen = _spy_encode(monkeypatch, interrogator)
+    pictures = [Image.new("RGB", (100, 100), (i * 30, 0, 0)) for i in range(5)]
+    records = list(Runner(interrogator, FAST, caption="a test", max_bytes=30_000).run(pictures))
+    assert [r.index for r in records if r.ok] == list(range(5))  # each over the budget: each alone, none lost
+    assert [len(b) for b in seen] == [1] * 5

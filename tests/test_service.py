@@ -115,7 +115,7 @@ def test_settings_the_interrogator_cannot_run_are_refused_at_submit(tiny_open_cl
     no_captioner = Interrogator.load(Config(clip_model=f"local-dir:{tiny_open_clip}", caption_model=None,
                                             device="cpu", cache_dir=str(tmp_path), vocab=(str(small_vocab_dir),)))
     with MicroBatcher(no_captioner) as batcher:
-        with pytest.raises(SettingsError, match="needs a caption"):
+        with pytest.raises(SettingsError, match="needs a caption .* or use negative or style mode"):
             batcher.submit(images[0], SearchSettings(mode="best"))
         with pytest.raises(SettingsError, match="no caption model"):
             batcher.submit_caption(images[0])
@@ -123,3 +123,54 @@ def test_settings_the_interrogator_cannot_run_are_refused_at_submit(tiny_open_cl
         assert batcher.submit(images[0], SearchSettings(mode="fast"), caption="a cat").result(60).caption == "a cat"
     with pytest.raises(SettingsError):
         MicroBatcher(no_captioner, max_batch=0)
+
+
+# --- memory: images are reduced on submit, and the queue is bounded in bytes (issue 28) ---------------
+
+
+def test_submitted_images_are_reduced_to_what_the_models_need(ip, images):
+    from PIL import Image
+
+    assert ip.input_side == 64  # the tiny CLIP's and the tiny BLIP's image size
+    big = Image.new("RGB", (600, 450), (200, 40, 40))
+    batcher = MicroBatcher(ip)  # not started: the request waits in the queue
+    try:
+        batcher.submit(big, SearchSettings(mode="fast"))
+        held = batcher._queue.queue[0].image
+        assert held.size == (86, 65)  # 450 // 64 = 7: reduced by 7, the shorter side still >= 64
+        assert batcher.stats.held_bytes == 86 * 65 * 4  # what Pillow holds for it
+        small = images[0]
+        batcher.submit(small, SearchSettings(mode="fast"))
+        assert batcher._queue.queue[1].image is small  # under twice the side: kept as it is
+    finally:
+        batcher.close()
+
+
+def test_the_queue_is_bounded_in_bytes_and_releases_them(ip, images):
+    from PIL import Image
+
+    each = 100 * 100 * 4  # 100x100 stays as it is (100 // 64 = 1)
+    batcher = MicroBatcher(ip, max_queue=64, max_queue_bytes=2 * each + 10)
+    pictures = [Image.new("RGB", (100, 100), (i * 40, 0, 0)) for i in range(3)]
+    a = batcher.submit(pictures[0], SearchSettings(mode="fast"), caption="a")
+    b = batcher.submit(pictures[1], SearchSettings(mode="fast"), caption="b")
+    with pytest.raises(Busy, match="bytes of images waiting"):
+        batcher.submit(pictures[2], SearchSettings(mode="fast"), caption="c")
+    assert batcher.stats.held_bytes == 2 * each and batcher.stats.rejected == 1
+    batcher.start()
+    try:
+        assert a.result(60).prompt and b.result(60).prompt
+        wait_until(lambda: batcher.stats.held_bytes == 0)  # given back once their batch has run
+        assert batcher.submit(pictures[2], SearchSettings(mode="fast"), caption="c").result(60).prompt
+    finally:
+        batcher.close()
+    assert batcher.stats.held_bytes == 0
+    lone = MicroBatcher(ip, max_queue_bytes=1)  # an empty queue always lets one request in
+    try:
+        lone.submit(pictures[0], SearchSettings(mode="fast"), caption="a")
+        with pytest.raises(Busy):
+            lone.submit(pictures[1], SearchSettings(mode="fast"), caption="b")
+    finally:
+        lone.close()
+    with pytest.raises(SettingsError):
+        MicroBatcher(ip, max_queue_bytes=0)

@@ -30,6 +30,7 @@ from .features import Features, FeaturesError
 from .index import ProgressFactory, VocabularyIndex
 from .modes import Chain, Outcome, Scored, SearchContext, Task, get_mode
 from .prompt import clean_caption
+from .prompt.caption import clean_given_caption
 from .results import Analysis, Result, Trace
 from .search import emphasis_weight
 from .settings import DEFAULT_FLOOR, SearchSettings, search_fingerprint
@@ -142,6 +143,20 @@ class Interrogator:
         return self.captioner.name if self.captioner is not None else None
 
     @property
+    def input_side(self) -> int | None:
+        """The largest image side (pixels) any loaded model's preprocessing resizes or crops to:
+        each CLIP encoder's and the captioner's. Decoding front ends pass it to
+        :func:`image2prompt.io.load_image` as ``reduce_to``, so a large image is held at a few
+        times this size, not at full size. None when a model does not say (a plugin's): then
+        images are kept whole."""
+        sides = [getattr(c, "input_side", None) for c in self.clips]
+        if self.captioner is not None:
+            sides.append(getattr(self.captioner, "input_side", None))
+        if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in sides):
+            return None
+        return max(sides)
+
+    @property
     def encoder_keys(self) -> tuple[str, ...]:
         """What :class:`Features` from these encoders are labelled with."""
         return tuple(c.cache_key for c in self.clips)
@@ -224,7 +239,9 @@ class Interrogator:
         ``generate_captions`` is one flag for every image or one per image (a server's
         micro-batch mixes requests that want captions with ones that do not)."""
         n = len(images)
-        caps: list[str | None] = _per_image(captions, n, "captions")
+        # A given caption is typed or sent by someone: control characters and line breaks become
+        # spaces, so the prompt stays one line (a server, a manifest, the CLI alike).
+        caps: list[str | None] = [clean_given_caption(c) if c else c for c in _per_image(captions, n, "captions")]
         srcs: list[str | None] = _per_image(sources, n, "sources")
         wanted: list[bool] = ([bool(generate_captions)] * n if isinstance(generate_captions, bool)
                               else [bool(w) for w in _per_image(generate_captions, n, "caption flags")])

@@ -30,19 +30,23 @@ from PIL import Image
 from .errors import Image2PromptError, ImageLoadError, SettingsError, one_line
 from .features import Features
 from .io import DEFAULT_MAX_PIXELS, ImageSource, expand_sources, is_array, load_image
+from .io.images import decoded_bytes, reduce_image
 from .results import Result
 from .settings import SearchSettings
 
 if TYPE_CHECKING:  # pragma: no cover
     from .interrogator import Interrogator
 
-__all__ = ["ORDERS", "Record", "Runner"]
+__all__ = ["DEFAULT_MAX_BYTES", "ORDERS", "Record", "Runner"]
 
 log = logging.getLogger(__name__)
 
 #: How records come out: in input order (errors interleaved at their position) or as they complete.
 ORDERS = ("input", "completion")
 Order = Literal["input", "completion"]
+
+#: Bytes of decoded images a Runner holds at most (decoded ahead and in the batch), 512 MiB.
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 
 InterrogatorOrFactory = Union["Interrogator", Callable[[], "Interrogator"]]
 
@@ -96,6 +100,13 @@ class _Pending:
             return self.error
         return self.future.result()
 
+    def nbytes(self) -> int:
+        """What its decoded image holds once decoded (0 while decoding, or for an error)."""
+        if self.future is None or not self.future.done() or self.future.cancelled():
+            return 0
+        out = self.future.result()
+        return decoded_bytes(out) if isinstance(out, Image.Image) else 0
+
 
 class _InOrder:
     """Holds records until every earlier index has been yielded."""
@@ -127,6 +138,13 @@ class Runner:
     ``batch_size`` decoded images go through the model together; ``workers`` threads
     decode inputs, at most ``prefetch`` of them ahead of the model (default: twice the
     batch size), so memory stays bounded and ``inputs`` may be a generator of any length.
+    Each image is reduced right after decoding to what the loaded models need
+    (:attr:`Interrogator.input_side`, ``reduce_to`` of :func:`image2prompt.io.load_image`), and the
+    decoded images held at once (decoded ahead, and in the batch) stay under ``max_bytes``
+    (None: no byte limit; one image is always let through, however large): a batch goes to the
+    model early rather than go over it. A lazy interrogator is loaded at the first decoded
+    image, and until then only ``workers`` inputs decode ahead (at full size, as the size the
+    models need is not known yet).
     ``order`` is ``"input"`` (records in input order, errors at their position) or
     ``"completion"`` (each record as soon as it is known). ``max_pixels`` is passed to
     :func:`image2prompt.io.load_image`; ``caption`` is used for every input instead of
@@ -149,9 +167,11 @@ class Runner:
         caption: str | None = None,
         manage_devices: bool = True,
         keep_features: bool = False,
+        max_bytes: int | None = DEFAULT_MAX_BYTES,
     ) -> None:
-        for name, value in (("batch_size", batch_size), ("workers", workers), ("prefetch", prefetch)):
-            if value is None and name == "prefetch":
+        for name, value in (("batch_size", batch_size), ("workers", workers), ("prefetch", prefetch),
+                            ("max_bytes", max_bytes)):
+            if value is None and name in ("prefetch", "max_bytes"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SettingsError(f"{name} must be a positive integer, got {value!r}")
@@ -176,6 +196,7 @@ class Runner:
         self.caption = caption
         self.manage_devices = manage_devices
         self.keep_features = keep_features
+        self.max_bytes = max_bytes
 
     @property
     def interrogator(self) -> Interrogator | None:
@@ -204,7 +225,10 @@ class Runner:
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="image2prompt-decode")
         try:
             while True:
-                while not exhausted and len(pending) < self.prefetch:
+                # Before a lazy interrogator is loaded the size to reduce to is not known: only
+                # `workers` inputs decode ahead (at full size) until the first one has decoded.
+                ahead = self.prefetch if self._interrogator is not None else min(self.prefetch, self.workers)
+                while not exhausted and len(pending) < ahead and not self._over_budget(batch, pending):
                     try:
                         index, item = next(sources)
                     except StopIteration:
@@ -215,17 +239,29 @@ class Runner:
                     else:
                         pending.append(_Pending(index, item.name, pool.submit(self._decode, item)))
                 if not pending:
-                    break
+                    if exhausted or not batch:
+                        break
+                    for record in self._process(batch):  # the batch alone holds max_bytes: run it now
+                        yield from out.put(record)
+                    batch = []
+                    continue
                 taken = self._take(pending)
                 outcome = taken.outcome()
                 if isinstance(outcome, ImageLoadError):
                     log.debug("could not load %s: %s", taken.name, outcome.reason)
                     yield from out.put(Record(taken.index, taken.name, error=one_line(outcome)))
                     continue
+                if restore is None:
+                    restore = self._prepare()
+                outcome = reduce_image(outcome, self._reduce_side())  # decoded before the side was known
+                if batch and self.max_bytes is not None and \
+                        _batch_bytes(batch) + decoded_bytes(outcome) > self.max_bytes:
+                    for record in self._process(batch):  # early, rather than hold more than max_bytes
+                        yield from out.put(record)
+                    batch = []
                 batch.append(_Decoded(taken.index, taken.name, outcome))
+                del outcome, taken
                 if len(batch) >= self.batch_size:
-                    if restore is None:
-                        restore = self._prepare()
                     for record in self._process(batch):
                         yield from out.put(record)
                     batch = []
@@ -238,6 +274,16 @@ class Runner:
             pool.shutdown(wait=True, cancel_futures=True)
             if restore is not None and not self.manage_devices:
                 restore[0].manage_devices = restore[1]
+
+    def _over_budget(self, batch: list[_Decoded], pending: deque[_Pending]) -> bool:
+        """Whether the decoded images held (in the batch and decoded ahead) reach max_bytes."""
+        if self.max_bytes is None:
+            return False
+        return _batch_bytes(batch) + sum(p.nbytes() for p in pending) >= self.max_bytes
+
+    def _reduce_side(self) -> int | None:
+        side = getattr(self._interrogator, "input_side", None) if self._interrogator is not None else None
+        return side if isinstance(side, int) and not isinstance(side, bool) and side > 0 else None
 
     def _take(self, pending: deque[_Pending]) -> _Pending:
         """The next decoded input: the oldest in input order, else whichever finished first."""
@@ -253,7 +299,7 @@ class Runner:
     def _decode(self, source: ImageSource) -> Image.Image | ImageLoadError:
         """Runs in a worker thread; returns the error instead of raising it."""
         try:
-            return load_image(source, max_pixels=self.max_pixels)
+            return load_image(source, max_pixels=self.max_pixels, reduce_to=self._reduce_side())
         except ImageLoadError as err:
             return err
         except Exception as err:
@@ -328,6 +374,10 @@ class Runner:
     @staticmethod
     def _failed(d: _Decoded, err: BaseException) -> Record:
         return Record(d.index, d.name, error=f"{d.name}: could not interrogate ({_reason(err)})")
+
+
+def _batch_bytes(batch: list[_Decoded]) -> int:
+    return sum(decoded_bytes(d.image) for d in batch)
 
 
 def _is_interrogator(obj: object) -> bool:

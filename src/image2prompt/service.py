@@ -17,10 +17,14 @@ queue (up to ``max_batch``, waiting at most ``max_wait`` seconds for more), and:
 A request is its own: its image, caption and settings go in, its result comes out at
 its position; a batch that fails is retried one request at a time, so a bad request
 fails alone. The queue is bounded: :meth:`~MicroBatcher.submit` raises :class:`Busy`
-when it is full. A future cancelled before its batch starts (a timeout, a client that
-went away) is dropped and costs nothing; once its batch runs it is finished and its
-result discarded. ``max_batch=1`` turns micro-batching off (one request per forward
-pass), the baseline the load test compares against.
+when it is full: ``max_queue`` requests, or ``max_queue_bytes`` of decoded images (what
+they hold, counted from submit until their batch has run; one request is always let in).
+Each image is first reduced to what the loaded models need
+(:attr:`~image2prompt.Interrogator.input_side`, :func:`image2prompt.io.images.reduce_image`),
+so a waiting request holds a few hundred pixels a side, not a camera's full frame. A future
+cancelled before its batch starts (a timeout, a client that went away) is dropped and costs
+nothing; once its batch runs it is finished and its result discarded. ``max_batch=1`` turns
+micro-batching off (one request per forward pass), the baseline the load test compares against.
 
 Only the worker thread calls the models. The library logs; it never prints.
 """
@@ -35,8 +39,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from PIL import Image as PILImage
+
 from .errors import Image2PromptError, SettingsError
-from .modes import get_mode
+from .io.images import decoded_bytes, reduce_image
+from .modes import caption_free_modes, get_mode
 from .settings import SearchSettings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,7 +52,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .features import Features
     from .interrogator import Interrogator
 
-__all__ = ["SERVE_FORMATS", "SERVE_MAX_PIXELS", "Busy", "BatcherStats", "MicroBatcher", "ShuttingDown"]
+__all__ = ["DEFAULT_QUEUE_BYTES", "SERVE_FORMATS", "SERVE_MAX_PIXELS", "Busy", "BatcherStats", "MicroBatcher",
+           "ShuttingDown"]
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +63,13 @@ Kind = Literal["search", "analyze", "caption"]
 #: FastAPI app, so the CLI can show them without FastAPI installed). Encoded formats (PIL names):
 #: what browsers and cameras send.
 SERVE_FORMATS = ("BMP", "GIF", "JPEG", "PNG", "TIFF", "WEBP")
-#: Pixels: 36 MP covers 24 MP cameras and 6000x6000 scans; each waiting request holds its decoded
-#: image (3 bytes a pixel), so a queue of 64 such requests holds at most 64 x 108 MB.
+#: Pixels: 36 MP covers 24 MP cameras and 6000x6000 scans. A waiting request holds its image reduced
+#: to what the models need (a few hundred pixels a side), and the queue's bytes are bounded too.
 SERVE_MAX_PIXELS = 36_000_000
+#: Bytes of decoded images the queue holds at most (Pillow: 4 bytes a pixel): 512 MiB. Reduced
+#: images are 0.2 to 2.4 MB each (ViT-L/14 to BLIP-large); this caps what images that cannot be
+#: reduced (long panoramas) may hold.
+DEFAULT_QUEUE_BYTES = 512 * 1024 * 1024
 
 
 class Busy(Image2PromptError):
@@ -79,6 +91,7 @@ class _Request:
     key: str
     future: Future[Any] = field(default_factory=Future)
     wants_caption: bool = False
+    nbytes: int = 0  # what its decoded image holds, counted against max_queue_bytes
 
 
 @dataclass
@@ -93,6 +106,7 @@ class BatcherStats:
     batches: int = 0  # encode passes (each a micro-batch of requests)
     largest_batch: int = 0
     queued: int = 0  # waiting now
+    held_bytes: int = 0  # decoded images submitted and not yet through their batch
 
     @property
     def mean_batch(self) -> float:
@@ -103,7 +117,7 @@ class BatcherStats:
         return {"submitted": self.submitted, "completed": self.completed, "failed": self.failed,
                 "rejected": self.rejected, "dropped": self.dropped, "batches": self.batches,
                 "largest_batch": self.largest_batch, "mean_batch": round(self.mean_batch, 3),
-                "queued": self.queued}
+                "queued": self.queued, "held_bytes": self.held_bytes}
 
 
 _STOP = object()
@@ -114,13 +128,18 @@ class MicroBatcher:
 
     ``max_batch`` requests at most go through one encode (1: no micro-batching);
     ``max_wait`` seconds is how long the worker waits for more once it has one request
-    (0: it takes only what is already queued); ``max_queue`` requests at most wait.
+    (0: it takes only what is already queued); ``max_queue`` requests at most wait, holding at
+    most ``max_queue_bytes`` of decoded images (None: no byte limit; a request is always let
+    into an empty queue, however large its image).
     Call :meth:`start` (or use it as a context manager) and :meth:`close` when done.
     """
 
     def __init__(self, interrogator: "Interrogator", *, max_batch: int = 16, max_wait: float = 0.005,
-                 max_queue: int = 64) -> None:
-        for name, value in (("max_batch", max_batch), ("max_queue", max_queue)):
+                 max_queue: int = 64, max_queue_bytes: int | None = DEFAULT_QUEUE_BYTES) -> None:
+        for name, value in (("max_batch", max_batch), ("max_queue", max_queue),
+                            ("max_queue_bytes", max_queue_bytes)):
+            if value is None and name == "max_queue_bytes":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SettingsError(f"{name} must be a positive integer, got {value!r}")
         if not max_wait >= 0:  # NaN too
@@ -129,6 +148,8 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_wait = float(max_wait)
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
+        self._held_bytes = 0  # under _admit
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._stats = BatcherStats()
         self._lock = threading.Lock()
@@ -163,6 +184,7 @@ class MicroBatcher:
             except queue.Empty:
                 break
             if isinstance(item, _Request):
+                self._release([item])
                 if item.future.set_running_or_notify_cancel():
                     item.future.set_exception(ShuttingDown("the server is shutting down"))
                 else:
@@ -180,6 +202,7 @@ class MicroBatcher:
         with self._lock:
             s = BatcherStats(**{k: v for k, v in vars(self._stats).items()})
         s.queued = self._queue.qsize()
+        s.held_bytes = self._held_bytes
         return s
 
     # -- submitting --------------------------------------------------------------------
@@ -193,8 +216,9 @@ class MicroBatcher:
         mode = get_mode(settings.mode)
         ip = self.interrogator
         if not caption and ip.captioner is None and mode.needs_caption(False):
+            free = " or ".join(caption_free_modes())
             raise SettingsError(f"{settings.mode} mode needs a caption and no caption model is loaded: "
-                                "send a caption, or use negative or style mode")
+                                f"send a caption, or use {free} mode")
         wants = bool(not caption and ip.needs_caption(settings))
         return self._put(_Request("search", image, settings, caption or None, source, 0,
                                   ip.fingerprint(settings), wants_caption=wants))
@@ -213,11 +237,21 @@ class MicroBatcher:
         return self._put(_Request("caption", image, None, None, source, 0, "caption", wants_caption=True))
 
     def _put(self, request: _Request) -> Future[Any]:
+        if isinstance(request.image, PILImage.Image):
+            request.image = reduce_image(request.image, self.interrogator_side())
+            request.nbytes = decoded_bytes(request.image)
         try:
             with self._admit:
                 if self._closed:
                     raise ShuttingDown("the server is shutting down")
+                cap = self.max_queue_bytes
+                if cap is not None and self._held_bytes and self._held_bytes + request.nbytes > cap:
+                    with self._lock:
+                        self._stats.rejected += 1
+                    raise Busy(f"the queue is full ({self._held_bytes} bytes of images waiting, limit {cap}); "
+                               "try again shortly")
                 self._queue.put_nowait(request)
+                self._held_bytes += request.nbytes
         except queue.Full:
             with self._lock:
                 self._stats.rejected += 1
@@ -225,6 +259,19 @@ class MicroBatcher:
         with self._lock:
             self._stats.submitted += 1
         return request.future
+
+    def interrogator_side(self) -> int | None:
+        """The side images are reduced to on submit (the interrogator's ``input_side``)."""
+        side = getattr(self.interrogator, "input_side", None)
+        return side if isinstance(side, int) and not isinstance(side, bool) and side > 0 else None
+
+    def _release(self, requests: list[_Request]) -> None:
+        """The worker is done with these requests: their images no longer count, nor are they held."""
+        with self._admit:
+            for r in requests:
+                self._held_bytes -= r.nbytes
+                r.nbytes = 0
+                r.image = None
 
     # -- the worker ----------------------------------------------------------------------
     def _loop(self) -> None:
@@ -237,14 +284,18 @@ class MicroBatcher:
             if len(live) < len(batch):
                 with self._lock:
                     self._stats.dropped += len(batch) - len(live)
-            if live:
-                try:
-                    self._run(live)
-                except BaseException as err:  # never let the worker die with futures pending
-                    log.exception("model worker: a batch failed outside its requests")
-                    for r in live:
-                        if not r.future.done():
-                            r.future.set_exception(err)
+            try:
+                if live:
+                    try:
+                        self._run(live)
+                    except BaseException as err:  # never let the worker die with futures pending
+                        log.exception("model worker: a batch failed outside its requests")
+                        for r in live:
+                            if not r.future.done():
+                                r.future.set_exception(err)
+            finally:
+                self._release(batch)  # not held while the worker waits for the next one
+                del batch, live, first
             if stop:
                 return
 

@@ -541,3 +541,92 @@ def test_multi_picture_jpegs_count_as_jpeg():
     assert load_image(src, formats=("JPEG",)).getpixel((0, 0))[0] > 240  # the first picture: red
     with pytest.raises(ImageLoadError, match="MPO images are not accepted"):
         load_image(src, formats=("PNG",))
+
+
+# --- reducing to what the models need (issue 28) -----------------------------------------------------
+
+
+def _encoded(image: Image.Image, fmt: str, **params: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **params)
+    return buf.getvalue()
+
+
+def test_reduce_to_keeps_the_shorter_side_at_least_the_side():
+    data = _encoded(_gradient((1000, 700)), "PNG")
+    full = load_image(ImageSource("big.png", "bytes", data))
+    small = load_image(ImageSource("big.png", "bytes", data), reduce_to=224)
+    assert full.size == (1000, 700)
+    assert small.size == (334, 234) and small.mode == "RGB"  # 700 // 224 = 3: the box-reduced image
+    assert np.array_equal(np.asarray(small), np.asarray(full.reduce(3)))
+    for kind, ref in (("pil", full), ("array", np.asarray(full))):  # every input kind, not only files
+        assert load_image(ImageSource("x", kind, ref), reduce_to=224).size == (334, 234)
+
+
+def test_images_under_twice_the_side_are_not_touched():
+    for size in ((300, 300), (447, 900), (60, 4000)):
+        data = _encoded(_gradient(size), "PNG")
+        whole = load_image(ImageSource("x.png", "bytes", data))
+        kept = load_image(ImageSource("x.png", "bytes", data), reduce_to=224)
+        assert kept.size == whole.size and kept.tobytes() == whole.tobytes()
+
+
+def test_jpegs_decode_reduced_with_draft():
+    data = _encoded(_gradient((2000, 1600)), "JPEG", quality=90)
+    im = load_image(ImageSource("big.jpg", "bytes", data), reduce_to=224)
+    # draft's scale: a power of two (1600 // 224 = 7 -> 4): the decoder never builds the 2000x1600
+    # frame; a box reduction of the full decode would have given 286x229 instead
+    assert im.size == (500, 400)
+    grey = load_image(ImageSource("grey.jpg", "bytes", _encoded(_gradient((2000, 1600)).convert("L"), "JPEG")),
+                      reduce_to=224)
+    assert grey.size == (500, 400) and grey.mode == "RGB"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_reduced_images_keep_their_exif_orientation(fmt):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    data = _encoded(Image.new("RGB", (1800, 1000), RED), fmt, exif=exif.tobytes())
+    assert load_image(ImageSource("x", "bytes", data)).size == (1000, 1800)
+    im = load_image(ImageSource("x", "bytes", data), reduce_to=224)
+    assert im.width < im.height and min(im.size) >= 224 and min(im.size) < 448
+
+
+def test_palette_and_transparency_are_reduced_after_conversion():
+    p = Image.new("P", (900, 600), 0)
+    p.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    p.paste(1, (0, 0, 450, 600))
+    data = _encoded(p, "PNG", transparency=0)  # the red half is transparent: white, not averaged indices
+    im = load_image(ImageSource("p.png", "bytes", data), reduce_to=200)
+    assert im.size == (300, 200) and im.mode == "RGB"
+    assert _rgb(im, (10, 10)) == BLUE and _rgb(im, (290, 10)) == (255, 255, 255)
+    stripes = Image.new("P", (900, 600), 0)  # red and blue columns: averaged as colours, purple
+    stripes.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 759)  # (averaged indices would be green)
+    stripes.putdata([0 if (k % 900) % 2 == 0 else 2 for k in range(900 * 600)])
+    r, g, b = _rgb(load_image(ImageSource("s.png", "bytes", _encoded(stripes, "PNG")), reduce_to=200), (5, 5))
+    assert g == 0 and r > 50 and b > 50
+
+
+def test_reduce_to_must_be_a_positive_size():
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="reduce_to"):
+            load_image(ImageSource("x", "pil", Image.new("RGB", (8, 8))), reduce_to=bad)
+
+
+def test_decode_slots_bound_the_decodes_the_threads_run_and_trim_after_a_wave():
+    slots = images_mod.DecodeSlots(2, trim_after=1, trim_delay=0)
+    data = _encoded(Image.new("L", (600, 500)), "PNG")
+    with slots.hold(data):
+        with slots.hold(data):
+            assert slots.active == 2
+            assert not slots._sem.acquire(blocking=False)  # a third decode waits for a slot
+        assert slots.trims == 0  # one decode is still running: not the end of the wave
+    assert slots.active == 0 and slots.peak == 2 and slots.trims == 1 and slots.since_trim == 0
+    assert slots._sem.acquire(blocking=False)
+    slots._sem.release()
+
+
+def test_trim_memory_is_safe_to_call():
+    assert images_mod.trim_memory() in (True, False)
+    if sys.platform.startswith("linux") and os.path.exists("/lib/x86_64-linux-gnu/libc.so.6"):
+        assert images_mod.trim_memory() is True

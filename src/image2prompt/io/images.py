@@ -28,8 +28,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from image2prompt.errors import ImageLoadError, one_line
 from image2prompt.io.sources import ImageInput, ImageSource, coerce_source, to_numpy
 
-__all__ = ["DEFAULT_MAX_PIXELS", "MAX_DOWNLOAD_BYTES", "download_bytes", "is_public_address", "load_image",
-           "open_file"]
+__all__ = ["DEFAULT_MAX_PIXELS", "MAX_DOWNLOAD_BYTES", "DecodeSlots", "decoded_bytes", "download_bytes",
+           "is_public_address", "load_image", "open_file", "reduce_factor", "reduce_image", "trim_memory"]
 
 DEFAULT_MAX_PIXELS = 64_000_000
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
@@ -47,6 +47,7 @@ def load_image(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     timeout: float = 30.0,
     formats: Collection[str] | None = None,
+    reduce_to: int | None = None,
 ) -> Image.Image:
     """Load ``source`` as a new, fully decoded RGB image.
 
@@ -55,6 +56,16 @@ def load_image(
     rejected from their header, before decoding; ``None`` lifts the limit.
     ``timeout`` (seconds) applies to URL downloads. ``formats`` (PIL format names such as
     ``PNG``, ``JPEG``) limits the encoded formats accepted; default: any Pillow decodes.
+
+    ``reduce_to`` (pixels; what :attr:`Interrogator.input_side` says the loaded models need)
+    keeps a large image from being held at full size: one whose shorter side is at least
+    twice ``reduce_to`` is reduced right after decoding by the largest whole factor that
+    keeps its shorter side at least ``reduce_to`` (:func:`reduce_image`). A JPEG decodes
+    reduced (at 1/2, 1/4 or 1/8, with Pillow's ``draft``), so it never exists at full size;
+    other formats are decoded whole, then reduced. The models' own preprocessing still does
+    the final resize (CLIP's resizes the shorter side and crops, BLIP's squashes; both
+    only ever shrink from there), and an image whose shorter side is under twice
+    ``reduce_to`` comes back exactly as without it. ``None`` (the default): full size.
 
     Arrays (numpy, or torch tensors, converted by duck typing) are HWC pixels: HW or
     HW1 grey, HW3 RGB or HW4 RGBA, either ``uint8`` or floating point in [0, 1] (what
@@ -66,18 +77,181 @@ def load_image(
     """
     src = coerce_source(source)
     ref = src.ref
+    side = _check_side(reduce_to)
     if src.kind == "pil" and isinstance(ref, Image.Image):
-        return _normalise(ref, src.name, max_pixels)
+        return _normalise(ref, src.name, max_pixels, side)
     if src.kind == "array":
-        return _from_array(ref, src.name, max_pixels)
+        return reduce_image(_from_array(ref, src.name, max_pixels), side)
     if src.kind == "bytes" and isinstance(ref, (bytes, bytearray, memoryview)):
-        return _decode(io.BytesIO(ref), src.name, max_pixels, formats)
+        return _decode(io.BytesIO(ref), src.name, max_pixels, formats, side)
     if src.kind == "url" and isinstance(ref, str):
-        return _decode(io.BytesIO(download_bytes(ref, timeout)), src.name, max_pixels, formats)
+        return _decode(io.BytesIO(download_bytes(ref, timeout)), src.name, max_pixels, formats, side)
     if src.kind == "path" and isinstance(ref, (str, os.PathLike)):
         with open_file(Path(ref), src.name) as fp:
-            return _decode(fp, src.name, max_pixels, formats)
+            return _decode(fp, src.name, max_pixels, formats, side)
     raise TypeError(f"ImageSource of kind {src.kind!r} has a {type(ref).__name__} ref")
+
+
+# --- reducing --------------------------------------------------------------------
+
+# Modes whose pixels Image.reduce may average as they are (palette indices, 1-bit and 16-bit
+# data are converted to RGB first; a colour key is applied first, since averaging moves colours).
+_REDUCIBLE_MODES = frozenset({"RGB", "RGBA", "RGBX", "L", "LA", "CMYK", "YCbCr", "I", "F"})
+
+
+def decoded_bytes(image: Image.Image) -> int:
+    """Bytes a decoded image holds (width × height × bytes a pixel): what memory budgets count.
+    Pillow stores every multi-band mode, RGB included, at 4 bytes a pixel."""
+    width, height = image.size
+    mode = image.mode
+    depth = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+    return width * height * depth
+
+
+def reduce_factor(size: tuple[int, int], side: int | None) -> int:
+    """The largest whole factor that keeps the shorter side of ``size`` at least ``side`` (1: none)."""
+    if side is None:
+        return 1
+    return max(1, min(size) // side)
+
+
+def reduce_image(image: Image.Image, side: int | None) -> Image.Image:
+    """``image`` reduced by :func:`reduce_factor` (box averaging), or ``image`` itself when that is 1.
+
+    The shorter side stays at least ``side``, so a model that resizes to ``side`` (or less)
+    still resizes from at least that many pixels; an image whose shorter side is under twice
+    ``side`` is returned as it is. Only RGB-like modes are reduced here (others as they are).
+    """
+    factor = reduce_factor(image.size, side)
+    if factor < 2 or image.mode not in _REDUCIBLE_MODES or "transparency" in image.info:
+        return image
+    return image.reduce(factor)
+
+
+def _check_side(side: int | None) -> int | None:
+    if side is None:
+        return None
+    if isinstance(side, bool) or not isinstance(side, int) or side < 1:
+        raise ValueError(f"reduce_to must be a positive number of pixels or None, got {side!r}")
+    return side
+
+
+def trim_memory() -> bool:
+    """Give the C heap's free memory back to the system (glibc's ``malloc_trim``).
+
+    Pillow allocates images in blocks that glibc serves from its heaps once its mmap threshold
+    has grown past them (it grows with every large block freed), and glibc keeps what is freed
+    there: after a wave of large decodes the process's RSS would stay at its peak. Returns
+    whether anything could be done (False off glibc). It walks every heap, holding its lock:
+    call it after a wave (:class:`DecodeSlots` does), not per image.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    try:
+        trim(0)
+    except Exception:  # noqa: BLE001  best effort
+        return False
+    return True
+
+
+class DecodeSlots:
+    """At most ``n`` full-size decodes at once, counted by the threads that decode.
+
+    A server that bounds its decodes with an ``asyncio.Semaphore`` around ``run_in_threadpool``
+    loses the bound when a request is cancelled (the client went away): the slot is given
+    back while the thread goes on decoding. ``with slots.hold(data):`` is held by the decoding
+    thread itself, for as long as the decode runs. Once no decode has run for ``trim_delay``
+    seconds, and at least ``trim_after`` bytes were decoded at full size since the last trim,
+    :func:`trim_memory` gives the freed heap back to the system: once per wave, not between
+    two decodes of one (``trim_delay=0``: at once, when the last decode ends).
+    """
+
+    def __init__(self, n: int, *, trim_after: int = 64 * 1024 * 1024, trim_delay: float = 1.0) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"decode slots must be a positive integer, got {n!r}")
+        self.n = n
+        self.trim_after = trim_after
+        self.trim_delay = trim_delay
+        self._sem = threading.BoundedSemaphore(n)
+        self._lock = threading.Lock()
+        self._started = 0  # decodes begun, ever: a trim is for the quiet after the last of them
+        self._timer: threading.Timer | None = None
+        self.active = 0  # decodes running now
+        self.peak = 0  # the most that ran at once
+        self.since_trim = 0  # full-size bytes decoded since the last trim
+        self.trims = 0
+
+    @contextmanager
+    def hold(self, data: bytes | bytearray | memoryview | None = None) -> Iterator[None]:
+        """Hold a slot while decoding ``data`` (its header's size is what the trim counts)."""
+        self._sem.acquire()
+        with self._lock:
+            self.active += 1
+            self._started += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            yield
+        finally:
+            full = _encoded_pixels(data) * 4 if data is not None else 0
+            timer = None
+            with self._lock:
+                self.active -= 1
+                self.since_trim += full
+                due = self.active == 0 and self.since_trim >= self.trim_after
+                started = self._started
+                if due and self.trim_delay > 0 and self._timer is None:
+                    timer = self._timer = threading.Timer(self.trim_delay, self._trim_if_quiet, (started,))
+                    timer.daemon = True
+            self._sem.release()
+            if timer is not None:
+                timer.start()
+            elif due and self.trim_delay <= 0:
+                self._trim_if_quiet(started)
+
+    def _trim_if_quiet(self, started: int) -> None:
+        with self._lock:
+            self._timer = None
+            if self.active or self.since_trim < self.trim_after:
+                return  # a decode is running: its own end starts the next wait
+            if self._started != started:  # decodes ran since: wait for the quiet after them
+                self._timer = threading.Timer(self.trim_delay, self._trim_if_quiet, (self._started,))
+                self._timer.daemon = True
+                self._timer.start()
+                return
+            self.since_trim = 0
+            self.trims += 1
+        trim_memory()
+
+
+def _encoded_pixels(data: bytes | bytearray | memoryview) -> int:
+    """Width × height from an encoded image's header (0 when it cannot be read)."""
+    try:  # no change to PIL's global limit or the warning filters: other threads are decoding
+        with Image.open(io.BytesIO(data)) as im:
+            return int(im.size[0]) * int(im.size[1])
+    except Exception:  # noqa: BLE001  best effort: only counts toward a trim
+        return 0
+
+
+_TRIM: list[Any] = []  # glibc's malloc_trim, or None, once looked up
+
+
+def _malloc_trim() -> Any:
+    if not _TRIM:
+        fn = None
+        try:
+            import ctypes
+            import ctypes.util
+
+            if os.name == "posix":
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                fn = getattr(libc, "malloc_trim", None)  # glibc only (not musl, not macOS)
+                if fn is not None:
+                    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+        except (OSError, AttributeError, ImportError):
+            fn = None
+        _TRIM.append(fn)
+    return _TRIM[0]
 
 
 # --- reading bytes ---------------------------------------------------------------
@@ -260,7 +434,7 @@ def _net_reason(reason: object) -> str:
 
 
 def _decode(fp: IO[bytes], name: str, max_pixels: int | None,
-            formats: Collection[str] | None = None) -> Image.Image:
+            formats: Collection[str] | None = None, side: int | None = None) -> Image.Image:
     with _pil_limit_for(max_pixels):
         im = _open_header(fp, name, max_pixels)
         allowed = {f.upper() for f in formats} if formats is not None else None
@@ -272,6 +446,9 @@ def _decode(fp: IO[bytes], name: str, max_pixels: int | None,
                                  kind="format")
         _check_size(im.size, name, max_pixels)
         try:
+            if side is not None and (im.format or "").upper() in ("JPEG", "MPO") and reduce_factor(im.size, side) >= 2:
+                # Decode at 1/2, 1/4 or 1/8 scale: the shorter side stays at least `side`.
+                im.draft(None, (side, side))
             im.load()
         except Image.DecompressionBombError:
             # Raised by formats whose frames or tiles exceed the header size.
@@ -280,7 +457,7 @@ def _decode(fp: IO[bytes], name: str, max_pixels: int | None,
             raise ImageLoadError(name, "not enough memory to decode the image") from None
         except Exception as err:  # noqa: BLE001  PIL raises many types on bad data
             raise ImageLoadError(name, _corrupt(err)) from None
-        return _normalise(im, name, max_pixels)
+        return _normalise(im, name, max_pixels, side)
 
 
 def _open_header(fp: IO[bytes], name: str, max_pixels: int | None) -> Image.Image:
@@ -327,8 +504,11 @@ def _check_size(size: tuple[int, int], name: str, max_pixels: int | None) -> Non
 def _too_large(size: tuple[int, int] | None, max_pixels: int | None) -> str:
     dims = f"{size[0]}×{size[1]} pixels, " if size is not None else ""
     limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
-    # Worded for every front end: the CLI's option is --max-pixels, the library's argument max_pixels.
-    return f"image too large ({dims}limit {limit} pixels; raise the max-pixels limit)"
+    # Worded for every front end (the CLI's option is --max-pixels, the library's argument max_pixels);
+    # a front end may replace RAISE_MAX_PIXELS with its own setting's name.
+    from image2prompt.errors import RAISE_MAX_PIXELS
+
+    return f"image too large ({dims}limit {limit} pixels; {RAISE_MAX_PIXELS})"
 
 
 def _corrupt(err: BaseException) -> str:
@@ -406,13 +586,15 @@ def _from_array(ref: object, name: str, max_pixels: int | None) -> Image.Image:
 # --- colour ----------------------------------------------------------------------
 
 
-def _normalise(im: Image.Image, name: str, max_pixels: int | None) -> Image.Image:
-    """Apply EXIF orientation and convert to RGB, always returning a new image."""
+def _normalise(im: Image.Image, name: str, max_pixels: int | None, side: int | None = None) -> Image.Image:
+    """Apply EXIF orientation and convert to RGB, always returning a new image; with ``side``,
+    reduce it first (:func:`reduce_image`), so no further full-size copy is made."""
     _check_size(im.size, name, max_pixels)
     try:
         im.load()  # a caller's PIL image may still be lazy
+        im = reduce_image(im, side)  # EXIF travels with it; orientation keeps the shorter side
         oriented = ImageOps.exif_transpose(im)  # a copy even when nothing changes
-        rgb = _to_rgb(oriented, name)
+        rgb = reduce_image(_to_rgb(oriented, name), side)  # modes reduce_image left alone, now RGB
     except ImageLoadError:
         raise
     except MemoryError:

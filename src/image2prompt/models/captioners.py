@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..errors import ModelLoadError
 from ._registry import CaptionerLike, CaptionSpec, captioner_plugin, parse_caption_name
 from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
-from .loading import CAPTION_ADVICE, call_plugin, load_transformers
+from .loading import CAPTION_ADVICE, call_plugin, load_transformers, processor_input_side
 from .retype import retype
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,11 @@ class Captioner:
 
     def __repr__(self) -> str:
         return f"Captioner({self.name!r}, device={self.device}, dtype={dtype_name(self.dtype)})"
+
+    @property
+    def input_side(self) -> int | None:
+        """The largest side (pixels) the processor resizes or crops images to (None: not known)."""
+        return processor_input_side(self.processor)
 
     def caption(self, images: Sequence[Any], *, batch_size: int = 16) -> list[str]:
         out: list[str] = []

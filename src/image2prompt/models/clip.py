@@ -25,7 +25,7 @@ from ._registry import ClipSpec, clip_plugin, parse_clip_name
 from .activations import lean_quick_gelu, native_gelu
 from .batching import plan_batches
 from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
-from .loading import CLIP_ADVICE, call_plugin, from_hub, load_transformers
+from .loading import CLIP_ADVICE, call_plugin, from_hub, load_transformers, processor_input_side, transform_input_side
 from .prefix import PrefixScorer, TowerParts, hf_clip_parts, open_clip_parts
 from .tokenizers import HFTokenizerAdapter, OpenClipSimpleTokenizer, TextTokenizer, model_ids
 
@@ -80,6 +80,13 @@ class ClipEncoder:
     #: Texts go through the backend's own tokenizer and text forward, padded as it pads
     #: them: for towers where our ids and batching would not give exactly its features.
     native_text = False
+
+    @property
+    def input_side(self) -> int | None:
+        """The largest side (pixels) this encoder's preprocessing resizes or crops images to; an
+        image whose shorter side is at least this loses nothing to a reduction before it
+        (None: not known, so images must not be reduced for it)."""
+        return None
 
     # -- tokens ------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
@@ -341,6 +348,11 @@ class OpenClipEncoder(ClipEncoder):
     def padding_free(self) -> bool:
         return self.standard_text
 
+    @property
+    def input_side(self) -> int | None:
+        visual = getattr(self.model, "visual", None)
+        return transform_input_side(self.preprocess, getattr(visual, "image_size", None))
+
     def _model(self) -> torch.nn.Module:
         return self.model
 
@@ -410,6 +422,10 @@ class HFClipEncoder(ClipEncoder):
         # CLIPTextTransformer is always causal and pools at the first end token
         # (or at the argmax id for legacy configs, where the end id is also the largest).
         return True
+
+    @property
+    def input_side(self) -> int | None:
+        return processor_input_side(self.processor)
 
     def _model(self) -> torch.nn.Module:
         return self.model

@@ -184,3 +184,51 @@ def call_plugin(loader: Callable[..., T], name: str, what: str, **kwargs: Any) -
         raise
     except Exception as e:  # noqa: BLE001 - a plugin may raise anything; all mean "could not load"
         raise ModelLoadError(f"could not load {what} {name!r}: {one_line(e) or type(e).__name__}") from e
+
+
+# --- what input size a model's preprocessing needs -------------------------------------------
+
+_SIZE_KEYS = ("shortest_edge", "longest_edge", "height", "width", "max_height", "max_width")
+
+
+def _sides(value: Any) -> list[int]:
+    """The pixel sides a size setting names: an int, a (h, w) pair, or a dict / SizeDict of edges."""
+    if value is None or isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [int(v) for v in value if isinstance(v, int) and not isinstance(v, bool)]
+    out = []
+    for key in _SIZE_KEYS:
+        v = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+        if isinstance(v, int) and not isinstance(v, bool):
+            out.append(v)
+    return out
+
+
+def transform_input_side(preprocess: Any, image_size: Any = None) -> int | None:
+    """The largest side a torchvision-style ``Compose`` (open_clip's preprocess) resizes or crops
+    to, and ``image_size`` (the vision tower's): an image whose shorter side is at least that
+    loses nothing to a reduction first. None when the pipeline has no resize (unknown)."""
+    sides = []
+    resizes = False
+    for t in getattr(preprocess, "transforms", None) or ():
+        found = _sides(getattr(t, "size", None)) + _sides(getattr(t, "max_size", None))
+        if found and "crop" not in type(t).__name__.lower():
+            resizes = True
+        sides += found
+    if not resizes:
+        return None
+    sides += _sides(image_size)
+    return max(sides) if sides else None
+
+
+def processor_input_side(processor: Any) -> int | None:
+    """The same for a transformers processor (or image processor): the largest of its resize and
+    crop sizes. None when it does not resize, or names no size."""
+    ip = getattr(processor, "image_processor", processor)
+    if ip is None or getattr(ip, "do_resize", True) is False:
+        return None
+    sides = _sides(getattr(ip, "size", None)) + _sides(getattr(ip, "crop_size", None))
+    return max(sides) if sides else None
