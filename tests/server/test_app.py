@@ -56,6 +56,7 @@ def assert_json_error(r: httpx.Response, status: int, words: str) -> None:
     assert r.status_code == status, r.text
     body = r.json()
     assert body["status"] == status and words in body["error"]
+    assert body["detail"] == body["error"]  # FastAPI's and A1111's key, which their clients read
     assert "Traceback" not in r.text and "\n" not in body["error"]
 
 
@@ -70,8 +71,8 @@ def test_health_readiness_models_and_docs(server_url, serve_interrogator):
     assert httpx.get(server_url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(server_url + "/readyz").json() == {"ready": True}
     models = httpx.get(server_url + "/v1/models").json()
-    assert models["clip_models"] == [c.name for c in serve_interrogator.clips]
-    assert models["caption_model"] == serve_interrogator.caption_name
+    assert models["clip_models"] == ["local-dir:tiny-open-clip"]  # the folder's name, not its path
+    assert models["caption_model"] == "local-dir:tiny-blip"
     assert "best" in models["modes"] and models["auth"] is False and models["limits"]["urls"] is False
     assert "swagger" in httpx.get(server_url + "/docs").text.lower()
     paths = httpx.get(server_url + "/openapi.json").json()["paths"]
@@ -137,7 +138,7 @@ def test_floor_field(server_url, serve_interrogator, pictures):
 
 def test_a1111_extension_routes(server_url, serve_interrogator, pictures):
     names = httpx.get(server_url + "/interrogator/models").json()
-    assert names == [c.name for c in serve_interrogator.clips]
+    assert names == ["local-dir:tiny-open-clip"]  # the names clients see (no server paths)
     b64 = base64.b64encode(pictures[2]).decode()
     floored = 0
     for mode in ("fast", "classic", "negative"):
@@ -160,7 +161,7 @@ def test_a1111_extension_routes(server_url, serve_interrogator, pictures):
     sd = httpx.post(server_url + "/sdapi/v1/interrogate", json={"image": b64, "model": "clip"}, timeout=120)
     assert sd.json() == {"caption": alone(serve_interrogator, pictures[2], SearchSettings.reference(mode="classic")).prompt}
     assert_json_error(httpx.post(server_url + "/sdapi/v1/interrogate", json={"image": b64, "model": "deepdanbooru"}),
-                      422, "not served here")
+                      404, "Model not found")  # A1111's answer to a model it does not have
 
 
 # --- bad input: real HTTP errors with a JSON body ----------------------------------------------------
@@ -461,3 +462,54 @@ def test_batch_budget_holds_across_zips_and_a_failing_model_fails_records_not_th
         body = r.json()
         assert body["failed"] == 3 and all("internal error" in rec["error"] for rec in body["records"])
         assert "CUDA" not in r.text
+
+
+def test_large_uploads_reach_the_queue_reduced_and_decode_in_bounded_slots(serve_interrogator, monkeypatch):
+    """Issue 28: a decoded upload is reduced at once to what the models need (64 px for the tiny
+    ones), so no waiting request holds it at full size; its decode held one of the decode slots."""
+    seen: list[tuple[int, int]] = []
+    real = serve_interrogator.encode
+
+    def encode(images, *args, **kwargs):
+        seen.extend(im.size for im in images)
+        return real(images, *args, **kwargs)
+
+    big = png(Image.new("L", (1600, 1200), 90))  # a few kB of PNG, 7.7 MB once decoded as RGB
+    jpeg = png(make_images(1)[0].resize((1024, 768)), "JPEG")
+    app = create_app(serve_interrogator, ServerConfig(decoders=2))
+    with running_app(app, monkeypatch) as base:
+        monkeypatch.setattr(serve_interrogator, "encode", encode)
+        r = post_image(base, big, mode="fast", caption="a grey square")
+        assert r.status_code == 200, r.text
+        r = post_image(base, jpeg, mode="fast", caption="a picture")
+        assert r.status_code == 200, r.text
+        slots = app.state.i2p.decode_slots
+        assert stats(base)["held_bytes"] == 0  # nothing is kept once answered
+    assert seen == [(89, 67), (128, 96)]  # 1200 // 64 = 18; the JPEG decoded at 1/8 (768 // 64 = 12 -> 8)
+    assert slots.n == 2 and slots.peak >= 1 and slots.active == 0
+
+
+def test_batch_caption_zip_keeps_trigger_words_first_and_within_the_budget(server_url, serve_interrogator, pictures):
+    """As `batch --prefix`: the trigger words stay first and count against --max-tokens."""
+    trigger = "sks style " * 12  # about 25 tokens of a 40-token budget
+    r = httpx.post(server_url + "/v1/batch", files=[("files", ("a.png", pictures[0], "image/png"))],
+                   data={"mode": "fast", "prefix": trigger, "max_tokens": "40"}, timeout=120)
+    assert r.status_code == 200, r.text
+    prompt = r.json()["records"][0]["result"]["prompt"]
+    assert serve_interrogator.count_tokens(f"{trigger.strip()}, {prompt}") > 38  # would not fit as it is
+    captions = zipfile.ZipFile(io.BytesIO(httpx.get(server_url + r.json()["downloads"]["zip"]).content))
+    line = captions.read("a.txt").decode().rstrip("\n")
+    assert line.startswith(trigger.strip() + ", ")
+    assert serve_interrogator.count_tokens(line) <= 38
+
+
+def test_the_queue_byte_budget_reaches_the_batcher(serve_interrogator, monkeypatch):
+    from click.testing import CliRunner
+
+    from image2prompt.cli.main import cli
+
+    with running_app(create_app(serve_interrogator, ServerConfig(max_queue_bytes=3 * 1024 * 1024)), monkeypatch) \
+            as base:
+        wait_for(lambda: httpx.get(base + "/readyz").status_code == 200)
+        assert httpx.get(base + "/v1/stats").json()["max_queue_bytes"] == 3 * 1024 * 1024
+    assert "--max-queue-mb" in CliRunner().invoke(cli, ["serve", "--help"]).output

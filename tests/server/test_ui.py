@@ -16,6 +16,7 @@ import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,20 +55,47 @@ class UI:
         page.on("pageerror", lambda err: self.errors.append(str(err)))
 
 
-@pytest.fixture
-def ui(browser: Browser, server_url: str) -> Iterator[UI]:
+@contextmanager
+def _open_ui(browser: Browser, url: str, *, loaded: bool = True) -> Iterator[UI]:
     context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 860})
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     view = UI(page)
-    page.goto(server_url + "/")
-    # The models line is filled from GET /v1/models; after it, the mode list is the server's.
-    expect(page.locator("#models")).to_contain_text("CLIP:")
+    page.goto(url + "/")
+    if loaded:
+        # The models line is filled from GET /v1/models; after it, the mode list is the server's.
+        expect(page.locator("#models")).to_contain_text("CLIP:")
     try:
         yield view
         assert view.errors == [], f"JavaScript exceptions on the page: {view.errors}"
     finally:
         context.close()
+
+
+@pytest.fixture
+def ui(browser: Browser, server_url: str) -> Iterator[UI]:
+    with _open_ui(browser, server_url) as view:
+        yield view
+
+
+@pytest.fixture(scope="module")
+def captionless_url(tiny_open_clip: Path, small_vocab_dir: Path,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server with no captioner (``--caption-model none``): only a typed caption, or a mode that
+    needs none, gives a prompt."""
+    from image2prompt import Config, Interrogator
+    from image2prompt.server import ServerConfig, create_app
+    from tests.support.server import running_app
+
+    ip = Interrogator.load(Config(clip_model=f"local-dir:{tiny_open_clip}", caption_model=None, device="cpu",
+                                  cache_dir=str(tmp_path_factory.mktemp("captionless-cache")),
+                                  vocab=(str(small_vocab_dir),)))
+    mp = pytest.MonkeyPatch()
+    try:
+        with running_app(create_app(ip, ServerConfig()), mp) as base:
+            yield base
+    finally:
+        mp.undo()
 
 
 @pytest.fixture
@@ -296,3 +324,162 @@ def test_the_page_waits_for_models_that_are_still_loading(browser: Browser, serv
     finally:
         gate.set()
         context.close()
+
+
+def _get_json(url: str) -> Any:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def test_a_server_without_a_captioner_starts_on_a_mode_that_runs(browser: Browser, captionless_url: str,
+                                                                  upload_dir: Path) -> None:
+    models = _get_json(captionless_url + "/v1/models")
+    assert models["caption_model"] is None and models["default_mode"] == "best"
+    assert "style" in models["caption_free_modes"] and "best" not in models["caption_free_modes"]
+    with _open_ui(browser, captionless_url) as ui:
+        page = ui.page
+        # Not the server's default (best needs a caption, and would answer the first Run with a 422).
+        expect(page.locator("#mode")).to_have_value("style")
+        expect(page.locator("#batch-mode")).to_have_value("style")
+        expect(page.locator("#panel-prompt .caption-hint")).to_contain_text("this server has no captioner")
+        page.set_input_files("#prompt-file", str(upload_dir / "first.png"))
+        page.click("#run")
+        expect(page.locator("#prompt-output")).to_be_visible()
+        expect(page.locator("#run")).to_be_enabled()
+        expect(page.locator("#error")).to_be_hidden()
+        status, direct = _post_multipart(captionless_url + "/v1/interrogate", {"mode": "style", "negative": "true"},
+                                         "image", upload_dir / "first.png")
+        assert status == 200, direct
+        assert page.input_value("#prompt") == direct["prompt"]
+
+
+def test_batch_tab_sends_a_typed_caption(browser: Browser, captionless_url: str, upload_dir: Path) -> None:
+    with _open_ui(browser, captionless_url) as ui:
+        page = ui.page
+        page.click("#tab-batch")
+        expect(page.locator("#panel-batch .caption-hint")).to_contain_text("this server has no captioner")
+        page.set_input_files("#batch-files", [str(upload_dir / "first.png"), str(upload_dir / "second.jpg")])
+        # Fast mode needs a caption, and this server cannot make one: the typed one is used for both.
+        page.select_option("#batch-mode", "fast")
+        page.fill("#batch-caption", "a lighthouse on a cliff")
+        page.click("#batch-run")
+        expect(page.locator("#batch-summary")).to_have_text(re.compile(r"^2 images: 2 ok, 0 failed"))
+        rows = page.locator("#batch-table tbody tr")
+        expect(rows).to_have_count(2)
+        for i in range(2):
+            expect(rows.nth(i).locator("td").nth(2)).to_have_text(re.compile(r"^a lighthouse on a cliff"))
+        expect(page.locator("#error")).to_be_hidden()
+
+
+def test_the_number_fields_take_the_servers_bounds(ui: UI, server_url: str, upload_dir: Path) -> None:
+    page = ui.page
+    schema = _get_json(server_url + "/openapi.json")["paths"]["/v1/interrogate"]["post"]["requestBody"][
+        "content"]["application/json"]["schema"]["properties"]
+    most = {name: int(next(alt["maximum"] for alt in schema[name]["anyOf"] if "maximum" in alt))
+            for name in ("max_tokens", "beam")}
+    assert most == {"max_tokens": 300, "beam": 8}  # the server's caps, which the page must not exceed
+    expect(page.locator("#max-tokens")).to_have_attribute("max", str(most["max_tokens"]))
+    expect(page.locator("#beam")).to_have_attribute("max", str(most["beam"]))
+    page.click("details.advanced summary")
+    page.select_option("#mode", "fast")
+    page.set_input_files("#prompt-file", str(upload_dir / "first.png"))
+    # Past the bound: the page says so in words, before asking the server.
+    page.fill("#max-tokens", str(most["max_tokens"] + 1))
+    page.click("#run")
+    expect(page.locator("#error")).to_contain_text(f"Max tokens: give a whole number from 3 to {most['max_tokens']}")
+    expect(page.locator("#prompt-output")).to_be_hidden()
+    page.fill("#max-tokens", str(most["max_tokens"]))
+    page.fill("#beam", str(most["beam"] + 1))
+    page.click("#run")
+    expect(page.locator("#error")).to_contain_text(f"Beams: give a whole number from 1 to {most['beam']}")
+    # At the bounds the server takes it.
+    page.fill("#beam", str(most["beam"]))
+    page.click("#run")
+    expect(page.locator("#prompt-output")).to_be_visible()
+    expect(page.locator("#error")).to_be_hidden()
+    assert (page.text_content("#tokens") or "").endswith(f"/ {most['max_tokens'] - 2} tokens")
+
+
+def test_an_api_key_error_points_at_the_key_box(browser: Browser, serve_interrogator: Any,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from image2prompt.server import ServerConfig, create_app
+    from tests.support.server import running_app
+
+    app = create_app(serve_interrogator, ServerConfig(api_key="open-sesame"))
+    with running_app(app, monkeypatch) as base, _open_ui(browser, base, loaded=False) as ui:
+        page = ui.page
+        error, auth = page.locator("#error"), page.locator("#auth")
+        expect(error).to_contain_text("this server needs an API key; enter it in the API key box below")
+        expect(auth).to_be_visible()
+        box, form = error.bounding_box(), auth.bounding_box()
+        assert box and form and form["y"] >= box["y"] + box["height"], (box, form)  # below it, as it says
+        page.fill("#api-key", "wrong")
+        page.click("#api-key-save")
+        expect(error).to_contain_text("the saved API key was rejected; enter a new one in the API key box below")
+        box, form = error.bounding_box(), auth.bounding_box()
+        assert box and form and form["y"] >= box["y"] + box["height"], (box, form)
+        page.fill("#api-key", "open-sesame")
+        page.click("#api-key-save")
+        expect(page.locator("#models")).to_contain_text("CLIP:")
+        expect(error).to_be_hidden()
+
+
+def test_the_kept_out_note_fits_the_mode(ui: UI, server_url: str, upload_dir: Path) -> None:
+    page = ui.page
+    image = upload_dir / "first.png"
+    note = page.locator("#rejected-note")
+    page.uncheck("#negative")
+    page.click("details.advanced summary")
+    page.fill("#floor", "1.5")
+    page.set_input_files("#prompt-file", str(image))
+    for mode, word, wrong in (("negative", "lowered", "raised"), ("fast", "raised", "lowered")):
+        status, direct = _post_multipart(server_url + "/v1/interrogate",
+                                         {"mode": mode, "negative": "false", "floor": "1.5"}, "image", image)
+        assert status == 200 and direct["rejected"], (mode, direct)
+        page.select_option("#mode", mode)
+        page.click("#run")
+        expect(page.locator("#prompt")).to_have_value(direct["prompt"])
+        expect(page.locator("#rejected-block")).to_be_visible()
+        expect(note).to_contain_text(f"would have {word} the prompt's similarity")
+        expect(note).not_to_contain_text(wrong)
+
+
+def test_a_floor_out_of_range_is_refused_in_words(ui: UI, server_url: str, upload_dir: Path) -> None:
+    page = ui.page
+    image = upload_dir / "first.png"
+    page.click("details.advanced summary")
+    page.select_option("#mode", "fast")
+    page.fill("#floor", "1e308")
+    page.set_input_files("#prompt-file", str(image))
+    page.click("#run")
+    error = page.locator("#error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("floor must be from -10 to 10")
+    expect(page.locator("#prompt-output")).to_be_hidden()
+    # The server refuses it, as it refuses more chain steps at least than at most.
+    status, body = _post_multipart(server_url + "/v1/interrogate", {"mode": "fast", "floor": "1e308"}, "image", image)
+    assert status == 422 and "floor must be from -10 to 10" in body["error"], body
+    status, body = _post_multipart(server_url + "/v1/interrogate", {"min_flavors": "50", "max_flavors": "4"},
+                                   "image", image)
+    assert status == 422 and "min_flavors (50) must not exceed max_flavors (4)" in body["error"], body
+
+
+def test_an_empty_prompt_says_why(browser: Browser, captionless_url: str, upload_dir: Path) -> None:
+    """Style mode writes no caption, so a floor no phrase clears leaves the prompt empty: the page says so."""
+    with _open_ui(browser, captionless_url) as ui:
+        page = ui.page
+        page.click("details.advanced summary")
+        page.fill("#floor", "10")
+        page.set_input_files("#prompt-file", str(upload_dir / "first.png"))
+        page.click("#run")
+        expect(page.locator("#prompt-output")).to_be_visible()
+        assert page.input_value("#prompt") == ""
+        warning = page.locator("#empty-warning")
+        expect(warning).to_be_visible()
+        expect(warning).to_contain_text("the relevance floor kept out every phrase")
+        # A floor that some phrase clears: a prompt, and no warning.
+        page.fill("#floor", "off")
+        page.click("#run")
+        expect(page.locator("#prompt")).not_to_have_value("")
+        expect(warning).to_be_hidden()

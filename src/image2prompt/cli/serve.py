@@ -44,7 +44,8 @@ def is_loopback(host: str) -> bool:
 @click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True)
 @model_options("Default: blip-large (blip-base with --low-vram).")
 @click.option("--api-key", metavar="KEY", envvar=API_KEY_ENV, show_envvar=True,
-              help="Clients must send it (X-API-Key: KEY or Authorization: Bearer KEY).")
+              help="Clients must send it (X-API-Key: KEY, Authorization: Bearer KEY, or HTTP Basic auth with KEY "
+                   "as the password).")
 @click.option("--insecure-no-auth", is_flag=True, help="Bind a non-loopback address with no API key.")
 @click.option("--allow-urls", is_flag=True,
               help='Let clients send {"url": ...}; private, loopback and link-local addresses are still refused.')
@@ -65,8 +66,15 @@ def is_loopback(host: str) -> bool:
               help="How long the model worker waits to fill a micro-batch once it has one request.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True, metavar="N",
               help="Requests that may wait; past that the server answers 503 with Retry-After.")
+@click.option("--max-queue-mb", type=click.IntRange(min=1), default=512, show_default=True, metavar="MB",
+              help="Decoded images that may wait, in MB (each is reduced to the size the models need first); "
+                   "past that the server answers 503 with Retry-After.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=300, show_default=True, metavar="S",
               help="Seconds a request may wait for its result (504 after; its work is cancelled if not started).")
+@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10, show_default=True, metavar="S",
+              help="Seconds a client may take to send a request's headers; the connection is closed after.")
+@click.option("--body-timeout", type=click.FloatRange(min=0.1), default=30, show_default=True, metavar="S",
+              help="Seconds a client may pause while sending a request's body (408 after).")
 @click.option("--memory-budget", type=click.IntRange(min=16), metavar="MB",
               help="Activation memory for one text batch (default: 512 on CPU, 2048 on CUDA).")
 @verbosity_options
@@ -74,12 +82,13 @@ def serve(host: str, port: int, target: str | None, clip_name: tuple[str, ...], 
           caption: str | None, vocab: tuple[str, ...], device: str, precision: str, caption_precision: str | None, low_vram: bool,
           cache_dir: str | None, api_key: str | None, insecure_no_auth: bool, allow_urls: bool,
           cors_origins: tuple[str, ...], max_upload_mb: float, max_batch_mb: float, max_pixels: int | None,
-          formats: str, max_batch: int, max_wait_ms: float, max_queue: int, timeout: float,
+          formats: str, max_batch: int, max_wait_ms: float, max_queue: int, max_queue_mb: int, timeout: float,
+          header_timeout: float, body_timeout: float,
           memory_budget: int | None, quiet: bool, verbose: bool, debug: bool) -> None:
     """Serve one loaded model to many clients over HTTP, with a web UI at /.
 
     Routes: POST /v1/interrogate, /v1/analyze and /v1/batch; GET /v1/models, /healthz,
-    /readyz; API docs at /docs; and the routes of existing clients: the A1111
+    /readyz; API docs at /docs and /redoc; and the routes of existing clients: the A1111
     clip-interrogator extension's /interrogator/models, /interrogator/prompt and
     /interrogator/analyze, and A1111's /sdapi/v1/interrogate.
 
@@ -99,6 +108,7 @@ def serve(host: str, port: int, target: str | None, clip_name: tuple[str, ...], 
         import uvicorn
 
         from ..server import ServerConfig, create_app
+        from ..server.protocol import http_protocol
     except ImportError as err:
         raise FatalError(f"serve needs the serve extra ({err.name or err} is missing): "
                          "pip install 'image2prompt[serve]'") from None
@@ -113,7 +123,8 @@ def serve(host: str, port: int, target: str | None, clip_name: tuple[str, ...], 
         api_key=api_key or None, allow_urls=allow_urls, cors_origins=cors_origins,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_batch_bytes=int(max_batch_mb * 1024 * 1024),
         max_pixels=max_pixels, formats=names, max_batch=max_batch, max_wait=max_wait_ms / 1000,
-        max_queue=max_queue, timeout=timeout, loopback_only=is_loopback(host))
+        max_queue=max_queue, max_queue_bytes=max_queue_mb * 1024 * 1024, timeout=timeout, loopback_only=is_loopback(host), header_timeout=header_timeout,
+        body_timeout=body_timeout)
     failed: list[str] = []
     server: Any = None
 
@@ -130,7 +141,8 @@ def serve(host: str, port: int, target: str | None, clip_name: tuple[str, ...], 
 
     app = create_app(load, config, on_load_error=load_failed)
     uv_config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                               server_header=False, timeout_graceful_shutdown=5)
+                               server_header=False, timeout_graceful_shutdown=5,
+                               http=http_protocol(config.header_timeout))
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     server = uvicorn.Server(uv_config)
     shown = f"[{host}]" if ":" in host else host

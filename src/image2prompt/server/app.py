@@ -19,6 +19,8 @@ import binascii
 import hashlib
 import hmac
 import io
+import ipaddress
+import json
 import logging
 import threading
 import time
@@ -35,9 +37,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..batch.records import make_record, records_bytes
@@ -46,8 +51,9 @@ from ..errors import Image2PromptError, ImageLoadError, SettingsError, one_line
 from ..io import load_image
 from ..io.images import download_bytes
 from ..io.sources import is_image_filename
-from ..modes import get_mode, mode_names
-from ..service import SERVE_FORMATS, SERVE_MAX_PIXELS, Busy, MicroBatcher, ShuttingDown
+from ..modes import caption_free_modes, get_mode, mode_names
+from ..prompt.caption import clean_given_caption, is_invisible
+from ..service import DEFAULT_QUEUE_BYTES, SERVE_FORMATS, SERVE_MAX_PIXELS, Busy, MicroBatcher, ShuttingDown
 from ..settings import DEFAULT_FLOOR, SearchSettings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,8 +62,13 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-#: Paths answered without an API key: liveness, readiness, the UI's static page and the API docs.
-OPEN_PATHS = ("/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/favicon.ico")
+#: Paths answered without an API key: liveness, readiness, the UI's static page and the API docs
+#: (both pages, their schema and, under DOCS_ASSETS, their scripts).
+OPEN_PATHS = ("/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
+              "/favicon.ico")
+#: Where the API docs' scripts and styles are served from (the fastapi-offline package's copies),
+#: so /docs and /redoc work with no internet.
+DOCS_ASSETS = "/docs-assets"
 #: A1111 category names of the reference's tables, for /interrogator/analyze.
 A1111_CATEGORIES = {"mediums": "medium", "artists": "artist", "movements": "movement", "trendings": "trending",
                     "flavors": "flavor"}
@@ -73,8 +84,8 @@ class ServerConfig:
     max_upload_bytes: int = 20 * 1024 * 1024  # one request's body (a batch: max_batch_bytes)
     max_batch_bytes: int = 256 * 1024 * 1024
     max_batch_files: int = 500
-    max_pixels: int | None = SERVE_MAX_PIXELS  # decoded RGB is 3 bytes a pixel, held until its batch runs
-    decoders: int = 2  # images decoded at once (each may take 3-4 bytes a pixel while it decodes)
+    max_pixels: int | None = SERVE_MAX_PIXELS  # checked from the header; decoded, reduced at once to the models' size
+    decoders: int = 2  # full-size decodes at once, held by the decoding threads (each 4-8 bytes a pixel meanwhile)
     formats: tuple[str, ...] = SERVE_FORMATS
     allow_urls: bool = False  # fetch {"url": ...}; private and loopback addresses are refused even then
     url_timeout: float = 20.0
@@ -83,9 +94,12 @@ class ServerConfig:
     max_batch: int = 16  # requests per micro-batch (1: micro-batching off)
     max_wait: float = 0.005  # seconds the worker waits to fill a micro-batch
     max_queue: int = 64  # requests waiting; past it: 503 with Retry-After
+    max_queue_bytes: int | None = DEFAULT_QUEUE_BYTES  # decoded images waiting, in bytes; past it: 503 too
     retry_after: int = 1  # seconds, in 503 answers
     batch_keep: int = 16  # finished batch uploads kept for download
     loopback_only: bool = False  # bound to loopback: answer only Host: localhost/127.0.0.1/[::1] (DNS rebinding)
+    header_timeout: float = 10.0  # seconds a client may take to send a request's headers (then closed)
+    body_timeout: float = 30.0  # seconds a client may pause between two pieces of a body (408 after)
 
 
 class HTTPError(Exception):
@@ -121,6 +135,12 @@ class SearchFields(BaseModel):
                           "deviations of the image's scores over the whole vocabulary), or \"off\"; "
                           f"omitted or null: the default, {DEFAULT_FLOOR:g}.")
 
+    @field_validator("caption")
+    @classmethod
+    def _one_line_caption(cls, value: str | None) -> str | None:
+        """NUL, CR, LF and other control characters would go into the prompt: one space each."""
+        return (clean_given_caption(value) or None) if value is not None else None
+
     def settings(self) -> SearchSettings:
         given = self.model_dump(exclude={"caption", "image", "url"}, exclude_none=True)
         if given.get("floor") == "off":
@@ -151,7 +171,7 @@ class A1111PromptBody(BaseModel):
     image: str
     clip_model_name: str | None = None
     caption_model_name: str | None = None
-    mode: Literal["best", "fast", "classic", "negative", "caption", "turbo", "style"] = "best"
+    mode: Literal["best", "fast", "classic", "negative", "caption", "turbo", "style"] = "fast"  # the extension's
 
 
 class A1111AnalyzeBody(BaseModel):
@@ -213,7 +233,8 @@ class _State:
             log.info("embedding the vocabulary tables (cached after the first run)")
             ip.prepare()
             self.batcher = MicroBatcher(ip, max_batch=self.config.max_batch, max_wait=self.config.max_wait,
-                                        max_queue=self.config.max_queue).start()
+                                        max_queue=self.config.max_queue,
+                                        max_queue_bytes=self.config.max_queue_bytes).start()
             self.interrogator = ip
             self.ready.set()
             log.info("ready: %s%s", ip.clip_name, f" with {ip.caption_name} captions" if ip.caption_name else "")
@@ -247,14 +268,56 @@ def create_app(interrogator: Union["Interrogator", Loader], config: ServerConfig
         if state.batcher is not None:
             await run_in_threadpool(state.batcher.close)
 
-    app = FastAPI(title="image2prompt", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="image2prompt", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Prompt scaffolds for text-to-image models from images: every phrase keeps "
                               "its CLIP score; artist names are hypotheses. See the README.")
     app.state.i2p = state
+    _install_docs(app)
     _install_errors(app)
     _install_middleware(app, config)
     _routes(app, state)
     return app
+
+
+def _install_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their scripts served from here (the copies the
+    fastapi-offline package ships), not from a CDN: the pages work on a machine with no internet."""
+    from fastapi.openapi.docs import (
+        get_redoc_html,
+        get_swagger_ui_html,
+        get_swagger_ui_oauth2_redirect_html,
+    )
+    from fastapi.responses import HTMLResponse
+
+    try:
+        import fastapi_offline
+    except ImportError:  # an install without the serve extra's fastapi-offline: the CDN's copies
+        assets = None
+    else:
+        assets = Path(fastapi_offline.__file__).resolve().parent / "static"
+        app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+    local = {"swagger_js_url": f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+             "swagger_css_url": f"{DOCS_ASSETS}/swagger-ui.css",
+             "swagger_favicon_url": f"{DOCS_ASSETS}/favicon.png"} if assets else {}
+    redoc = {"redoc_js_url": f"{DOCS_ASSETS}/redoc.standalone.js",
+             "redoc_favicon_url": f"{DOCS_ASSETS}/favicon.png"} if assets else {}
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{app.title} - API docs",
+                                   oauth2_redirect_url=f"{root}/docs/oauth2-redirect",
+                                   **{k: root + v for k, v in local.items()})
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    async def swagger_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc_page(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(openapi_url=f"{root}/openapi.json", title=f"{app.title} - API docs",
+                              with_google_fonts=False, **{k: root + v for k, v in redoc.items()})
 
 
 def _install_middleware(app: FastAPI, config: ServerConfig) -> None:
@@ -293,7 +356,9 @@ class _Guard:
             if refusal is not None:
                 await refusal(scope, receive, send_logged)
                 return
-            await self.app(scope, _limited(receive, self.body_limit(path)), send_logged)
+            await self.app(scope, _limited(receive, self.body_limit(path), self.config.body_timeout), send_logged)
+        except ClientDisconnect:  # the client went away mid-body: its doing, not a bug (499, as nginx logs it)
+            status[0] = status[0] or 499
         except Exception as err:  # noqa: BLE001  a bug: logged here once, never shown to the client
             log.error("%s %s failed: %s", scope.get("method", "-"), path, type(err).__name__, exc_info=err)
             if not status[0]:
@@ -313,8 +378,9 @@ class _Guard:
     def _refusal(self, scope: dict[str, Any], path: str) -> Response | None:
         headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
         host = headers.get("host", b"").decode("latin-1").lower()
-        if self.loopback and _hostname(host) not in LOOPBACK_NAMES:
+        if self.loopback and host and not _loopback_host(host):
             # DNS rebinding: a page on evil.example that resolves to 127.0.0.1 sends Host: evil.example
+            # (a browser always sends Host; a request without one, HTTP/1.0's, is no such page)
             return _error(421, f"this server answers to localhost only, not to Host {host[:80]!r}")
         origin = headers.get("origin", b"").decode("latin-1")
         if origin and scope.get("method") not in ("GET", "HEAD", "OPTIONS") and origin not in self.origins \
@@ -322,14 +388,19 @@ class _Guard:
             # a page of another site POSTing a form here (no CORS preflight for multipart): refused
             return _error(403, f"requests from pages on {origin[:80]} are not allowed (see --cors-origin)")
         if self.key is not None and scope.get("method") != "OPTIONS" and path not in OPEN_PATHS \
-                and not path.startswith("/static/"):
+                and not path.startswith(("/static/", DOCS_ASSETS + "/")):
             given = headers.get("x-api-key", b"")
             auth = headers.get("authorization", b"")
             if not given and auth[:7].lower() == b"bearer ":
                 given = auth[7:].strip()
+            elif not given and auth[:6].lower() == b"basic ":  # A1111's --api-auth user:pass: the key as password
+                try:
+                    given = base64.b64decode(auth[6:].strip(), validate=True).partition(b":")[2]
+                except (binascii.Error, ValueError):
+                    given = b""
             if not hmac.compare_digest(given, self.key):
-                return _error(401, "an API key is needed: send it as X-API-Key or Authorization: Bearer",
-                              {"WWW-Authenticate": "Bearer"})
+                return _error(401, "an API key is needed: send it as X-API-Key, Authorization: Bearer, or the "
+                                   "password of HTTP Basic auth", {"WWW-Authenticate": "Bearer"})
         declared = headers.get("content-length", b"")
         limit = self.body_limit(path)
         if declared.isdigit() and int(declared) > limit:
@@ -338,6 +409,17 @@ class _Guard:
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
+
+
+def _loopback_host(host: str) -> bool:
+    """Whether a ``Host`` header names this machine's loopback: localhost, any of 127.0.0.0/8, ::1."""
+    name = _hostname(host).strip("[]").rstrip(".")
+    if name in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _hostname(host: str) -> str:
@@ -357,22 +439,42 @@ class _BodyTooLarge(Exception):
         self.limit = limit
 
 
-def _limited(receive: Any, limit: int) -> Any:
+class _BodyTimeout(Exception):
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+
+def _limited(receive: Any, limit: int, timeout: float | None = None) -> Any:
+    """``receive`` with the body's size limit and, until the body is complete, ``timeout``
+    seconds for each piece of it (a client that stalls mid-body gets 408, not a held connection)."""
     seen = [0]
+    done = [False]
 
     async def wrapped() -> dict[str, Any]:
-        message: dict[str, Any] = await receive()
+        if done[0] or timeout is None:
+            message: dict[str, Any] = await receive()
+        else:
+            try:
+                message = await asyncio.wait_for(receive(), timeout)
+            except asyncio.TimeoutError:
+                raise _BodyTimeout(timeout) from None
         if message.get("type") == "http.request":
             seen[0] += len(message.get("body", b""))
             if seen[0] > limit:
                 raise _BodyTooLarge(limit)
+            done[0] = not message.get("more_body", False)
+        elif message.get("type") == "http.disconnect":
+            done[0] = True
         return message
 
     return wrapped
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": one_line(message), "status": status}, status_code=status, headers=headers)
+    """The error body: ``error`` and ``status``, and ``detail`` (FastAPI's and A1111's key, which
+    their clients read) with the same message."""
+    text = one_line(message)
+    return JSONResponse({"error": text, "detail": text, "status": status}, status_code=status, headers=headers)
 
 
 def _install_errors(app: FastAPI) -> None:
@@ -392,18 +494,30 @@ def _install_errors(app: FastAPI) -> None:
     async def _too_large(request: Request, err: _BodyTooLarge) -> JSONResponse:
         return _error(413, f"request body is over the {err.limit}-byte limit")
 
+    @app.exception_handler(_BodyTimeout)
+    async def _body_timeout(request: Request, err: _BodyTimeout) -> JSONResponse:
+        return _error(408, f"the request body stalled: nothing came for {err.timeout:g} s",
+                      {"Connection": "close"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, err: ClientDisconnect) -> JSONResponse:
+        # the client closed the connection before its body was complete: logged as 499 (nobody reads this)
+        return _error(499, "client closed the request")
+
     @app.exception_handler(Exception)
     async def _internal(request: Request, err: Exception) -> JSONResponse:
         log.error("%s %s failed", request.method, request.url.path, exc_info=err)
         return _error(500, "internal error (the server logged the details)")
 
 
-def _validation_message(errors: Any) -> str:
+def _validation_message(errors: Any, shown: int = 10) -> str:
+    """The first ``shown`` problems (a body with a million unknown keys has a million)."""
     parts = []
-    for e in errors:
-        where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body",)) or "body"
+    for e in errors[:shown]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body",))[:100] or "body"
         parts.append(f"{where}: {e.get('msg', 'invalid')}")
-    return "invalid request: " + "; ".join(parts)
+    count = f"{len(errors)} problems, the first {shown}: " if len(errors) > shown else ""
+    return "invalid request: " + count + "; ".join(parts)
 
 
 def _image_error(err: ImageLoadError) -> HTTPError:
@@ -417,9 +531,9 @@ def _image_error(err: ImageLoadError) -> HTTPError:
 async def _parse(request: Request, model: type[BaseModel]) -> tuple[BaseModel, bytes | None, str]:
     """The request's fields (validated by ``model``) and its image bytes, from JSON or a multipart
     form; returns (fields, image bytes or None when a URL was given, a display name)."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = _content_type(request)
     if ctype == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=64)
+        form = await _form(request, max_files=1, max_fields=64)
         raw: dict[str, Any] = {}
         upload = None
         for key, value in form.multi_items():
@@ -433,29 +547,79 @@ async def _parse(request: Request, model: type[BaseModel]) -> tuple[BaseModel, b
             raise HTTPError(422, "invalid request: image: a file field named image is required")
         fields = _validate(model, raw)
         data = await upload.read()
-        return fields, data, upload.filename or "upload"
+        return fields, data, _upload_name(upload.filename)
     if ctype in ("application/json", ""):
         fields = await _json(request, model)
         image, url = getattr(fields, "image", None), getattr(fields, "url", None)
         if image and url:
             raise HTTPError(422, "invalid request: give image or url, not both")
         if image:
-            return fields, _b64(image), "image"
+            return fields, await run_in_threadpool(_b64, image), "image"  # off the loop: up to ~27 MB
         if url:
             return fields, None, url
         raise HTTPError(422, "invalid request: image: a base64 image (or a url) is required")
     raise HTTPError(415, f"content type {ctype!r} is not accepted: send JSON or multipart/form-data")
 
 
-async def _json(request: Request, model: type[BaseModel]) -> Any:
-    """A JSON body validated by ``model`` (read here, so the body limit answers 413, not 400)."""
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+class _MultiPart(MultiPartParser):
+    """Starlette's multipart parser, noting whether the closing boundary came (python-multipart
+    takes a body that stops short as if it had ended, dropping the part it was in)."""
+
+    complete = False
+
+    def on_end(self) -> None:
+        self.complete = True
+
+
+async def _form(request: Request, *, max_files: int, max_fields: int) -> FormData:
+    """A multipart form, refused (400) when it is malformed or ends before its closing boundary."""
     try:
-        payload = await request.json()
-    except ValueError:
+        parser = _MultiPart(request.headers, request.stream(), max_files=max_files, max_fields=max_fields)
+        form = await parser.parse()
+    except MultiPartException as err:
+        raise HTTPError(400, f"invalid multipart body: {err.message}") from None
+    if not parser.complete:
+        await form.close()
+        raise HTTPError(400, "invalid multipart body: it ends before its closing boundary (a cut-off upload?)")
+    return form
+
+
+def _upload_name(filename: str | None) -> str:
+    """What an uploaded file is called in answers and records: its base name (no folders, no
+    ``..``), without control or format characters (NUL, CR, LF, bidirectional overrides)."""
+    base = PurePosixPath((filename or "").replace("\\", "/")).name
+    base = "".join(c for c in base if not is_invisible(c)).strip()[:255]
+    return base if base not in ("", ".", "..") else "upload"
+
+
+def _loads(body: bytes, model: type[BaseModel]) -> Any:
+    """Parse and validate a JSON body (run off the event loop: a large body takes seconds)."""
+    try:
+        payload = json.loads(body)
+    except RecursionError:
+        raise HTTPError(400, "the body is not valid JSON: nested too deeply") from None
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise HTTPError(400, "the body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise HTTPError(422, "invalid request: the JSON body must be an object")
-    return _validate(model, payload)
+    try:
+        return _validate(model, payload)
+    except RecursionError:
+        raise HTTPError(400, "the body is not valid JSON: nested too deeply") from None
+
+
+async def _json(request: Request, model: type[BaseModel]) -> Any:
+    """A JSON body validated by ``model`` (read here, so the body limit answers 413, not 400);
+    parsed in a worker thread, so a large body does not stall every other request."""
+    ctype = _content_type(request)
+    if ctype not in ("application/json", "") and not ctype.endswith("+json"):
+        raise HTTPError(415, f"content type {ctype!r} is not accepted here: send JSON (application/json)")
+    body = await request.body()
+    return await run_in_threadpool(_loads, body, model)
 
 
 def _json_doc(model: type[BaseModel]) -> dict[str, Any]:
@@ -495,16 +659,32 @@ async def _decode(state: _State, data: bytes | None, name: str) -> Any:
                                                max_bytes=cfg.max_upload_bytes)
         if len(data) > cfg.max_upload_bytes:
             raise HTTPError(413, f"{name}: image of {len(data)} bytes is over the {cfg.max_upload_bytes}-byte limit")
+        # Reduced right after decoding to what the loaded models need, so no waiting request holds
+        # a full-size image; the decoding thread itself holds one of config.decoders slots (the
+        # asyncio semaphore alone is given back when a request is cancelled mid-decode).
+        from ..io.images import DecodeSlots
+
+        ip = state.interrogator
+        side = ip.input_side if ip is not None else None
+        slots = state.__dict__.get("decode_slots")
+        if slots is None:
+            slots = state.__dict__.setdefault("decode_slots", DecodeSlots(max(1, cfg.decoders)))
         async with state.decoding:
-            return await run_in_threadpool(_load, data, name, cfg)
+            return await run_in_threadpool(_load, data, name, cfg, side, slots)
     except ImageLoadError as err:
         raise _image_error(err) from None
 
 
-def _load(data: bytes, name: str, cfg: ServerConfig) -> Any:
+def _load(data: bytes, name: str, cfg: ServerConfig, reduce_to: int | None = None, slots: Any = None) -> Any:
+    """Decode an upload (in a worker thread), holding one of ``slots`` (:class:`DecodeSlots`) while
+    it decodes, reduced to ``reduce_to`` (the models' :attr:`~image2prompt.Interrogator.input_side`)."""
     from ..io import ImageSource
 
-    return load_image(ImageSource(name, "bytes", data), max_pixels=cfg.max_pixels, formats=cfg.formats)
+    source = ImageSource(name, "bytes", data)
+    if slots is None:
+        return load_image(source, max_pixels=cfg.max_pixels, formats=cfg.formats, reduce_to=reduce_to)
+    with slots.hold(data):
+        return load_image(source, max_pixels=cfg.max_pixels, formats=cfg.formats, reduce_to=reduce_to)
 
 
 # --- waiting for the model ------------------------------------------------------------------
@@ -561,10 +741,50 @@ def _retrieve(fut: Any) -> None:
         fut.exception()
 
 
-def _result_json(result: Any, settings: SearchSettings) -> dict[str, Any]:
-    data: dict[str, Any] = result.to_dict()
+def _result_json(ip: Interrogator, result: Any, settings: SearchSettings) -> dict[str, Any]:
+    data: dict[str, Any] = _public(ip, result.to_dict())
     data["token_budget"] = settings.max_tokens
     return data
+
+
+# --- model names: what clients see ----------------------------------------------------------
+
+LOCAL_DIR = "local-dir:"
+
+
+def shown_model_name(name: str) -> str:
+    """A model's name as clients see it: a folder on the server by its base name
+    (``local-dir:/srv/models/my-clip`` -> ``local-dir:my-clip``), so the server's paths stay in its log."""
+    # a captioner may be given a bare folder
+    folder = name.startswith((LOCAL_DIR, "/", "~", "./", "../", "\\")) or name[1:3] in (":/", ":\\")
+    if not folder:
+        return name  # ARCH/TAG, hf-hub:ORG/REPO, a short captioner name: no path in it
+    path = name.removeprefix(LOCAL_DIR)
+    base = path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return LOCAL_DIR + (base or "model")
+
+
+def _model_names(ip: Interrogator) -> list[tuple[str, str]]:
+    """(the loaded name, the shown name) of every model, longest first (for replacing inside joined names)."""
+    names = [c.name for c in ip.clips] + ([ip.caption_name] if ip.caption_name else [])
+    return sorted(((n, shown_model_name(n)) for n in names), key=lambda p: -len(p[0]))
+
+
+def _public(ip: Interrogator, data: Any) -> Any:
+    """A result's or analysis's dictionary with the models' shown names (also in nested results)."""
+    if isinstance(data, list):
+        return [_public(ip, v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    out = {}
+    for key, value in data.items():
+        if key in ("clip_model", "caption_model") and isinstance(value, str):
+            for real, shown in _model_names(ip):
+                value = value.replace(real, shown)
+        elif isinstance(value, (dict, list)) and key in ("negative", "result"):
+            value = _public(ip, value)
+        out[key] = value
+    return out
 
 
 # --- routes ------------------------------------------------------------------------------
@@ -588,15 +808,17 @@ def _routes(app: FastAPI, state: _State) -> None:
     async def readyz() -> JSONResponse:
         if state.ready.is_set():
             return JSONResponse({"ready": True})
-        body = {"ready": False, "error": "the models failed to load (the server's log says why)"} \
-            if state.error else {"ready": False}
+        failed = "the models failed to load (the server's log says why)"
+        body = {"ready": False, "error": failed, "detail": failed, "status": 503} if state.error else {"ready": False}
         return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
     @app.get("/v1/models", tags=["native"], summary="The loaded models, the modes and the limits.")
     async def models() -> dict[str, Any]:
         ip, _ = state.need()
-        return {"clip_models": [c.name for c in ip.clips], "caption_model": ip.caption_name,
-                "modes": mode_names(), "default_mode": "best", "max_tokens": SearchSettings().max_tokens,
+        return {"clip_models": [shown_model_name(c.name) for c in ip.clips],
+                "caption_model": shown_model_name(ip.caption_name) if ip.caption_name else None,
+                "modes": mode_names(), "default_mode": "best", "caption_free_modes": caption_free_modes(),
+                "max_tokens": SearchSettings().max_tokens,
                 "auth": cfg.api_key is not None, "version": __version__,
                 "limits": {"max_upload_bytes": cfg.max_upload_bytes, "max_pixels": cfg.max_pixels,
                            "formats": list(cfg.formats), "max_batch_files": cfg.max_batch_files,
@@ -606,7 +828,8 @@ def _routes(app: FastAPI, state: _State) -> None:
     @app.get("/v1/stats", tags=["service"], summary="Micro-batching counters since start.")
     async def stats() -> dict[str, Any]:
         _, batcher = state.need()
-        return batcher.stats.to_dict() | {"max_batch": batcher.max_batch, "max_queue": batcher.max_queue}
+        return batcher.stats.to_dict() | {"max_batch": batcher.max_batch, "max_queue": batcher.max_queue,
+                                           "max_queue_bytes": batcher.max_queue_bytes}
 
     @app.post("/v1/interrogate", tags=["native"], summary="An image's prompt (and negative prompt).",
               openapi_extra=_body_doc(InterrogateBody, _IMAGE_FORM))
@@ -621,17 +844,17 @@ def _routes(app: FastAPI, state: _State) -> None:
         caption = fields.caption  # type: ignore[attr-defined]
         result = await _wait(request, lambda: batcher.submit(image, settings, caption=caption, source=name),
                              cfg.timeout)
-        return _result_json(result, settings)
+        return _result_json(ip, result, settings)
 
     @app.post("/v1/analyze", tags=["native"], summary="The top phrases of every category, with scores.",
               openapi_extra=_body_doc(AnalyzeBody, _ANALYZE_FORM))
     async def analyze(request: Request) -> dict[str, Any]:
         fields, data, name = await _parse(request, AnalyzeBody)
-        _, batcher = state.need()
+        ip, batcher = state.need()
         image = await _decode(state, data, name)
         top = fields.top  # type: ignore[attr-defined]
         analysis = await _wait(request, lambda: batcher.submit_analyze(image, top, source=name), cfg.timeout)
-        out: dict[str, Any] = analysis.to_dict()
+        out: dict[str, Any] = _public(ip, analysis.to_dict())
         return out
 
     @app.post("/v1/batch", tags=["native"], summary="Several images (or zips of images): records and downloads.",
@@ -647,7 +870,7 @@ def _routes(app: FastAPI, state: _State) -> None:
         if held is None or ext not in ("csv", "jsonl", "zip"):
             raise HTTPError(404, f"no batch download {name!r} (batches are kept for the last {cfg.batch_keep} runs)")
         if ext == "zip":
-            body, media = _sidecar_zip(held), "application/zip"
+            body, media = await run_in_threadpool(_sidecar_zip, held), "application/zip"  # tokenizes: off the loop
         else:
             body = records_bytes(held["records"], ext)
             media = "text/csv; charset=utf-8" if ext == "csv" else "application/x-ndjson"
@@ -658,7 +881,7 @@ def _routes(app: FastAPI, state: _State) -> None:
     @app.get("/interrogator/models", tags=["a1111"], summary="A1111 extension: the CLIP models (arch/tag).")
     async def a1111_models() -> list[str]:
         ip, _ = state.need()
-        return [c.name for c in ip.clips]
+        return [shown_model_name(c.name) for c in ip.clips]
 
     @app.post("/interrogator/prompt", tags=["a1111"], summary="A1111 extension: an image's prompt.",
               openapi_extra=_json_doc(A1111PromptBody))
@@ -668,7 +891,7 @@ def _routes(app: FastAPI, state: _State) -> None:
         _check_clip(ip, body.clip_model_name)
         if body.caption_model_name and ip.caption_name and body.caption_model_name != ip.caption_name:
             log.info("caption_model_name %r asked; this server has %s", body.caption_model_name, ip.caption_name)
-        image = await _decode(state, _b64(body.image), "image")
+        image = await _decode(state, *await run_in_threadpool(_a1111_image, body.image))
         if body.mode == "caption":
             caption = await _wait(request, lambda: batcher.submit_caption(image), cfg.timeout)
             return {"prompt": caption}
@@ -682,7 +905,7 @@ def _routes(app: FastAPI, state: _State) -> None:
         body = await _json(request, A1111AnalyzeBody)
         ip, batcher = state.need()
         _check_clip(ip, body.clip_model_name)
-        image = await _decode(state, _b64(body.image), "image")
+        image = await _decode(state, *await run_in_threadpool(_a1111_image, body.image))
         analysis = await _wait(request, lambda: batcher.submit_analyze(image, 5), cfg.timeout)
         return {A1111_CATEGORIES.get(c, c): {p.text: p.score for p in phrases}
                 for c, phrases in analysis.categories.items()}
@@ -692,9 +915,10 @@ def _routes(app: FastAPI, state: _State) -> None:
     async def sdapi_interrogate(request: Request) -> dict[str, str]:
         body = await _json(request, A1111InterrogateBody)
         _, batcher = state.need()
-        if body.model.strip().lower() != "clip":
-            raise HTTPError(422, f"model {body.model!r} is not served here; only 'clip' (deepdanbooru is A1111's own)")
-        image = await _decode(state, _b64(body.image), "image")
+        if body.model.strip().lower() != "clip":  # A1111 answers an unknown model with 404 "Model not found"
+            raise HTTPError(404, f"Model not found: {body.model!r} is not served here; only 'clip' "
+                                 "(deepdanbooru is A1111's own)")
+        image = await _decode(state, *await run_in_threadpool(_a1111_image, body.image))
         settings = SearchSettings.reference(mode="classic")  # what A1111's own CLIP interrogator writes
         result = await _wait(request, lambda: batcher.submit(image, settings), cfg.timeout)
         return {"caption": result.prompt}
@@ -704,9 +928,19 @@ def _check_clip(ip: Interrogator, name: str | None) -> None:
     if not name:
         return
     loaded = [c.name for c in ip.clips]
-    if name not in loaded and name not in ip.encoder_keys:
-        raise HTTPError(422, f"clip_model_name {name!r} is not loaded; this server has {', '.join(loaded)} "
+    shown = [shown_model_name(n) for n in loaded]
+    if name not in shown and name not in loaded and name not in ip.encoder_keys:
+        raise HTTPError(422, f"clip_model_name {name!r} is not loaded; this server has {', '.join(shown)} "
                              "(GET /interrogator/models)")
+
+
+def _a1111_image(text: str) -> tuple[bytes | None, str]:
+    """An A1111 request's image: base64 (or a data: URL), or, as A1111 takes it, an http(s) URL
+    (fetched only on a server started with --allow-urls, and only from public addresses)."""
+    head = text.strip()[:8].lower()
+    if head.startswith(("http://", "https://")):
+        return None, text.strip()
+    return _b64(text), "image"
 
 
 # --- batch uploads -----------------------------------------------------------------------
@@ -714,10 +948,9 @@ def _check_clip(ip: Interrogator, name: str | None) -> None:
 
 async def _batch(request: Request, state: _State) -> dict[str, Any]:
     cfg = state.config
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "multipart/form-data":
+    if _content_type(request) != "multipart/form-data":
         raise HTTPError(415, "send the files as multipart/form-data (field: files)")
-    form = await request.form(max_files=cfg.max_batch_files, max_fields=64)
+    form = await _form(request, max_files=cfg.max_batch_files, max_fields=64)
     raw: dict[str, Any] = {}
     uploads = []
     for key, value in form.multi_items():
@@ -738,7 +971,7 @@ async def _batch(request: Request, state: _State) -> dict[str, Any]:
     budget = cfg.max_batch_bytes  # one budget for the whole batch: uploads and what zips unpack to
     for up in uploads:
         data = await up.read()
-        name = PurePosixPath((up.filename or "upload").replace("\\", "/")).name or "upload"
+        name = _upload_name(up.filename)
         if name.lower().endswith(".zip"):
             members = await run_in_threadpool(_unzip, name, data, cfg, cfg.max_batch_files - len(inputs), budget)
             budget -= sum(len(d) for _, d, _ in members if d is not None)
@@ -771,7 +1004,7 @@ async def _batch(request: Request, state: _State) -> dict[str, Any]:
                 log.error("batch upload: %s failed", name, exc_info=err)
                 return make_record(name, digest, fingerprint, None, f"{name}: internal error (the server logged "
                                                                     "the details)")
-        return make_record(name, digest, fingerprint, result, None)
+        return _public(ip, make_record(name, digest, fingerprint, result, None))
 
     tasks = [asyncio.ensure_future(one(*item)) for item in inputs]
     try:
@@ -781,7 +1014,11 @@ async def _batch(request: Request, state: _State) -> dict[str, Any]:
             t.cancel()
         raise
     bid = uuid.uuid4().hex[:12]
-    state.batches[bid] = {"records": records, "prefix": prefix, "suffix": suffix}
+    fits = None
+    if prefix or suffix:  # trigger words stay first and count against the token budget, as in `batch`
+        budget = settings.max_tokens - 2  # the budget counts the start and end tokens
+        fits = lambda text: ip.count_tokens(text) <= budget  # noqa: E731
+    state.batches[bid] = {"records": records, "prefix": prefix, "suffix": suffix, "fits": fits}
     while len(state.batches) > cfg.batch_keep:
         state.batches.popitem(last=False)
     ok = sum(1 for r in records if r["ok"])
@@ -855,6 +1092,6 @@ def _sidecar_zip(held: dict[str, Any]) -> bytes:
                     k += 1
                 path = f"{stem}-{k}{dot}{ext}"
             used.add(path)
-            z.writestr(path, caption_text(record["result"]["prompt"], options) + "\n")
+            z.writestr(path, caption_text(record["result"]["prompt"], options, held.get("fits")) + "\n")
     return buf.getvalue()
 

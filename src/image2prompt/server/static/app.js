@@ -5,6 +5,19 @@
 
   const KEY_STORAGE = "image2prompt.apiKey";
   const HYPOTHESIS_TIP = "The image resembles work tagged with this name; it does not say who made it.";
+  // A server with no captioner starts the mode lists on a mode that runs on the image alone
+  // (GET /v1/models lists them as caption_free_modes), so a first Run works: style if it can
+  // (a prompt, of the image's look), else the first such mode.
+  const PREFERRED_CAPTION_FREE = "style";
+  // Number fields whose upper bound is the server's (read from its OpenAPI schema of
+  // POST /v1/interrogate; the page's max attributes are the fallback): [input id, field].
+  const SERVER_BOUNDS = [["max-tokens", "max_tokens"], ["beam", "beam"]];
+  const REJECTED_NOTE = {
+    raise: "These would have raised the prompt's similarity, but the image does not support them on their own: " +
+      "each scores too close to its category's median.",
+    lower: "These would have lowered the prompt's similarity (what a negative prompt looks for), but the image " +
+      "does not clearly lack them: each scores too close to its category's median.",
+  };
   const $ = (id) => document.getElementById(id);
 
   const state = {
@@ -81,8 +94,8 @@
     if (res.status === 401) {
       showAuth();
       message = apiKey()
-        ? `${message} (the saved API key was rejected; enter a new one above)`
-        : `${message} (this server needs an API key; enter it above)`;
+        ? `${message} (the saved API key was rejected; enter a new one in the API key box below)`
+        : `${message} (this server needs an API key; enter it in the API key box below)`;
     }
     const err = new Error(message);
     err.status = res.status;
@@ -141,6 +154,55 @@
     });
   }
 
+  function listed(words) {
+    return words.length > 1 ? `${words.slice(0, -1).join(", ")} and ${words[words.length - 1]}` : words.join("");
+  }
+
+  function captionFree(m) {
+    return Array.isArray(m.caption_free_modes) ? m.caption_free_modes : [];
+  }
+
+  // The mode the lists start on: the server's default, unless it needs a caption that this
+  // server cannot generate; then a mode that runs on the image alone.
+  function startMode(m) {
+    const free = captionFree(m).filter((x) => (m.modes || []).includes(x));
+    if (m.caption_model || !free.length || free.includes(m.default_mode)) return m.default_mode;
+    return free.includes(PREFERRED_CAPTION_FREE) ? PREFERRED_CAPTION_FREE : free[0];
+  }
+
+  function showCaptionHints(m) {
+    const free = captionFree(m);
+    const needing = (m.modes || []).filter((x) => !free.includes(x));
+    document.querySelectorAll(".caption-hint").forEach((hint) => {
+      if (hint.dataset.text === undefined) hint.dataset.text = hint.textContent;
+      hint.textContent = m.caption_model || !free.length || !needing.length ? hint.dataset.text
+        : `(${hint.dataset.lead || ""}this server has no captioner: ${listed(needing)} ` +
+          `${needing.length > 1 ? "modes need" : "mode needs"} one typed here)`;
+    });
+  }
+
+  // The largest value the server accepts for a field, from its JSON schema (pydantic writes an
+  // optional field's bound inside anyOf); null when it gives none.
+  function schemaMaximum(prop) {
+    if (!prop) return null;
+    if (typeof prop.maximum === "number") return prop.maximum;
+    for (const alt of prop.anyOf || []) {
+      if (alt && typeof alt.maximum === "number") return alt.maximum;
+    }
+    return null;
+  }
+
+  async function loadBounds() {
+    try {
+      const api = await getJSON("/openapi.json");
+      const schema = api.paths["/v1/interrogate"].post.requestBody.content["application/json"].schema;
+      SERVER_BOUNDS.forEach(([id, name]) => {
+        const most = schemaMaximum(schema.properties && schema.properties[name]);
+        if (most !== null) $(id).max = String(most);
+      });
+    } catch (e) { /* no schema: the page's own bounds stand (the server's when it was written) */ }
+  }
+
   async function loadModels() {
     clearTimeout(state.modelsRetry);
     state.modelsRetry = null;
@@ -154,9 +216,11 @@
       const clip = (m.clip_models || []).join(", ") || "unknown";
       $("models").textContent = `CLIP: ${clip} · captions: ${m.caption_model || "none (type a caption)"}`;
       if (Array.isArray(m.modes) && m.modes.length) {
-        fillSelect($("mode"), m.modes, m.default_mode);
-        fillSelect($("batch-mode"), m.modes, m.default_mode);
+        const start = startMode(m);
+        fillSelect($("mode"), m.modes, start);
+        fillSelect($("batch-mode"), m.modes, start);
       }
+      showCaptionHints(m);
       if (m.max_tokens) $("max-tokens").placeholder = `default ${m.max_tokens}`;
       if (m.version) $("version").textContent = `image2prompt ${m.version}`;
       if (m.auth && !apiKey()) showAuth();
@@ -377,6 +441,13 @@
     cap.textContent = r.caption ? `caption: “${r.caption}”${r.caption_truncated ? " (truncated)" : ""}` : "";
 
     $("weak-warning").hidden = !r.weak_match;
+    // An empty prompt: no caption, and (as a rule) the relevance floor kept out every phrase.
+    const empty = $("empty-warning");
+    empty.hidden = !!r.prompt;
+    empty.textContent = (r.rejected || []).length
+      ? "Empty prompt: the relevance floor kept out every phrase (listed below), and there is no caption " +
+        "to fall back on. Lower the floor under Advanced, or turn it off."
+      : "Empty prompt: no phrase came back for this image.";
     renderPhrases($("phrases").tBodies[0], r.phrases);
     const spec = $("specificity");
     spec.hidden = typeof r.specificity !== "number";
@@ -384,12 +455,23 @@
     spec.title = "Share of the phrases that the image supports on their own (they clear the relevance floor)";
     const rejected = r.rejected || [];
     $("rejected-block").hidden = !rejected.length;
+    // Negative mode's chain seeks the phrases that lower the similarity: say so of what it kept out.
+    $("rejected-note").textContent = r.mode === "negative" ? REJECTED_NOTE.lower : REJECTED_NOTE.raise;
     renderPhrases($("rejected").tBodies[0], rejected);
   }
 
-  function intField(form, name, input) {
+  // A whole number within the input's min and max (the server's bounds), or nothing when empty.
+  function intField(form, name, input, label) {
     const v = input.value.trim();
-    if (v !== "") form.append(name, String(parseInt(v, 10)));
+    if (v === "" && !input.validity.badInput) return;
+    const n = Number(v);
+    const lo = parseInt(input.min, 10);
+    const hi = parseInt(input.max, 10);
+    if (v === "" || !Number.isInteger(n) || (isFinite(lo) && n < lo) || (isFinite(hi) && n > hi)) {
+      throw new Error(`${label}: give a whole number from ${lo} to ${hi} (this server's limits), ` +
+        "or leave it empty for the default.");
+    }
+    form.append(name, String(n));
   }
 
   async function runPrompt() {
@@ -402,8 +484,8 @@
     form.append("negative", $("negative").checked ? "true" : "false");
     const caption = $("caption").value.trim();
     if (caption) form.append("caption", caption);
-    intField(form, "max_tokens", $("max-tokens"));
-    intField(form, "beam", $("beam"));
+    intField(form, "max_tokens", $("max-tokens"), "Max tokens");
+    intField(form, "beam", $("beam"), "Beams");
     const floor = $("floor").value.trim().toLowerCase();  // empty: the server's default; "off": none
     if (floor !== "") form.append("floor", floor);  // a bad value gets the server's one-line error
     renderResult(await postForm("/v1/interrogate", form));
@@ -519,6 +601,8 @@
     files.forEach((f) => form.append("files", f, f.name));
     form.append("mode", $("batch-mode").value);
     form.append("negative", $("batch-negative").checked ? "true" : "false");
+    const caption = $("batch-caption").value.trim();
+    if (caption) form.append("caption", caption);
     const prefix = $("batch-prefix").value.trim();
     const suffix = $("batch-suffix").value.trim();
     if (prefix) form.append("prefix", prefix);
@@ -556,6 +640,7 @@
     $("copy").addEventListener("click", () => copyFrom($("prompt"), $("copy")));
     $("copy-negative").addEventListener("click", () => copyFrom($("negative-prompt"), $("copy-negative")));
     DOWNLOADS.forEach((kind) => $(`download-${kind}`).addEventListener("click", () => download(kind)));
+    loadBounds();
     loadModels();
   }
 
