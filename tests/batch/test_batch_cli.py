@@ -54,7 +54,7 @@ def test_batch_jsonl_with_sidecars_and_exit_status(folder: Path, tmp_path: Path,
     assert sorted(recs) == ["0.png", "1.png", "2.png", "bad.png"]
     assert all(recs[n]["ok"] and recs[n]["result"]["trace"]["top"] for n in ("0.png", "1.png", "2.png"))
     assert (folder / "0.txt").read_text(encoding="utf-8").startswith("sks, x, ")
-    assert (folder / "1.txt").read_text(encoding="utf-8").startswith("1girl, x, sks, ")  # "x" deduped
+    assert (folder / "1.txt").read_text(encoding="utf-8").startswith("sks, 1girl, x, ")  # "x" deduped, sks first
     assert (tmp_path / "out.jsonl.failed.txt").read_text(encoding="utf-8") == f"{folder / 'bad.png'}\n"
     again = invoke("batch", folder, "-o", out, *model_args, "--sidecar", "--on-existing", "append",
                    "--dedupe", "--prefix", "sks", "--store-scores", "2")
@@ -101,7 +101,7 @@ def test_batch_usage_errors(folder: Path, tmp_path: Path, args: list[str], messa
 
 def test_batch_output_of_unknown_format_is_one_line(folder: Path, tmp_path: Path, model_args: list[str]) -> None:
     result = invoke("batch", folder, "-o", tmp_path / "o.txt", *model_args)
-    assert result.exit_code == 1 and "use .jsonl, .csv or .parquet" in result.stderr
+    assert result.exit_code == 2 and "use .jsonl, .csv or .parquet" in result.stderr  # a usage error
     assert "Traceback" not in result.output
 
 
@@ -195,3 +195,70 @@ def test_kill_9_twice_then_resume_gives_one_record_per_image(tmp_path: Path, tin
     # and once more: nothing left to do, exit status 0
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and out.read_bytes() == raw, (note, done.stderr)
+
+
+def _listed(manifest: Path) -> list[str]:
+    return manifest.read_text(encoding="utf-8").splitlines()
+
+
+def test_retry_failed_as_the_readme_says_retries_with_the_runs_own_settings(
+        folder: Path, tmp_path: Path, model_args: list[str]) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"image_path,caption\n{folder / '0.png'},a\n,b\n", encoding="utf-8")
+    out = tmp_path / "captions.jsonl"
+    listed = tmp_path / "captions.jsonl.failed.txt"
+    first = invoke("batch", folder, manifest, "-o", out, *model_args, "--sidecar", ".caption", "--prefix", "sks")
+    assert first.exit_code == 1, first.output
+    (fp,) = {r["fingerprint"] for r in read_records(out)}
+    errors = {r["source"]: r["error"] for r in read_records(out) if not r["ok"]}
+    assert errors == {f"{manifest}:3": f"{manifest}:3: empty 'image_path' cell",
+                      str(folder / "bad.png"): f"{folder / 'bad.png'}: not an image or unsupported format"}
+    # the README's command, with none of the first run's options: still failing, with the same errors
+    again = invoke("batch", listed, "-o", out, "--retry-failed")
+    assert again.exit_code == 1, again.output
+    assert {r["fingerprint"] for r in read_records(out)} == {fp}
+    assert {r["source"]: r["error"] for r in read_records(out) if not r["ok"]} == errors
+    assert _listed(listed) == [f"{manifest}:3", str(folder / "bad.png")]
+    # an option that says otherwise is refused, in one line that names the difference
+    other = invoke("batch", listed, "-o", out, "--retry-failed", "--mode", "best")
+    assert other.exit_code == 1 and other.stderr.count("\n") == 1
+    assert "ran with --mode fast, not --mode best" in other.stderr
+    # fixed inputs: done with the first run's settings, models and caption files
+    make_images(4)[3].save(folder / "bad.png", format="PNG")
+    manifest.write_text(f"image_path,caption\n{folder / '0.png'},a\n{folder / '1.png'},b\n", encoding="utf-8")
+    fixed = invoke("batch", listed, "-o", out, "--retry-failed")
+    assert fixed.exit_code == 0, fixed.output
+    recs = list(read_records(out))
+    assert {r["fingerprint"] for r in recs} == {fp} and all(r["ok"] for r in recs)
+    assert sum(Path(r["source"]).name == "bad.png" for r in recs) == 1
+    assert (folder / "bad.caption").read_text(encoding="utf-8").startswith("sks, x")
+    assert _listed(listed) == []
+
+
+def test_retry_failed_of_a_subset_keeps_the_other_failures(folder: Path, tmp_path: Path,
+                                                           model_args: list[str]) -> None:
+    (folder / "worse.png").write_bytes(b"")
+    out = tmp_path / "o.jsonl"
+    assert invoke("batch", folder, "-o", out, *model_args).exit_code == 1
+    listed = _listed(tmp_path / "o.jsonl.failed.txt")
+    assert sorted(listed) == [str(folder / "bad.png"), str(folder / "worse.png")]
+    retry = invoke("batch", folder / "bad.png", "-o", out, "--retry-failed")
+    assert retry.exit_code == 1, retry.output
+    assert sorted(_listed(tmp_path / "o.jsonl.failed.txt")) == sorted(listed)
+    assert sorted(r["error"] for r in read_records(out) if not r["ok"]) == [
+        f"{folder / 'bad.png'}: not an image or unsupported format", f"{folder / 'worse.png'}: empty file"]
+
+
+def test_retry_failed_takes_caption_model_auto_as_the_model_it_picks(folder: Path, tmp_path: Path,
+                                                                      model_args: list[str]) -> None:
+    out = tmp_path / "o.jsonl"
+    assert invoke("batch", folder, "-o", out, *model_args).exit_code == 1
+    kept = tmp_path / "o.jsonl.failed.json"
+    run = json.loads(kept.read_text(encoding="utf-8"))
+    run.update(captioner="blip-large", caption=None)  # as a run with the default captioner keeps it
+    kept.write_text(json.dumps(run), encoding="utf-8")
+    listed = tmp_path / "o.jsonl.failed.txt"
+    other = invoke("batch", listed, "-o", out, "--retry-failed", "--caption-model", "blip-base")
+    assert "ran with --caption-model blip-large, not --caption-model blip-base" in other.stderr
+    same = invoke("batch", listed, "-o", out, "--retry-failed", "--caption-model", "auto")
+    assert "--caption-model" not in same.stderr, same.stderr  # (the records' own fingerprint is another check)

@@ -222,3 +222,69 @@ def test_each_input_is_read_once_and_only_a_little_ahead(tmp_path: Path) -> None
     assert sum(len(b) for b in fake.batches) == n - n // 5 - len(range(7, n, 50))
     recs = list(read_records(out))
     assert len(recs) == n and sum(not r["ok"] for r in recs) == n // 5 + len(range(7, n, 50))
+
+
+def test_trigger_words_come_first_and_count_against_the_budget(config: Config, folder: Path,
+                                                               tmp_path: Path) -> None:
+    ic = Interrogator.load(config)
+    settings = SearchSettings(mode="fast", max_flavors=12, max_tokens=24)
+    prefix = "sks dog, ohwx style painting"
+    (folder / "1.txt").write_text("1girl, solo\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    sidecar = SidecarOptions(prefix=prefix, suffix="best quality", on_existing="append")
+    job(config, [folder / "0.png", folder / "1.png"], out, settings=settings, sidecar=sidecar).run()
+    prompts = {Path(r["source"]).stem: r["result"]["prompt"] for r in read_records(out)}
+    assert ic.count_tokens(prompts["0"]) > 24 - 2 - ic.count_tokens(f"{prefix}, , best quality")  # needs room
+    new = (folder / "0.txt").read_text(encoding="utf-8").strip()
+    assert new.startswith(prefix + ", x") and new.endswith(", best quality")
+    assert ic.count_tokens(new) <= 24 - 2  # the trigger words and the prompt together fit the budget
+    assert prompts["0"].startswith(new[len(prefix) + 2: -len(", best quality")])  # the prompt's first phrases
+    appended = (folder / "1.txt").read_text(encoding="utf-8").strip()
+    assert appended.startswith(prefix + ", 1girl, solo, x")  # the trigger words lead, before the old caption
+    assert appended.endswith(", best quality")
+    # a rerun changes nothing
+    stats = job(config, [folder / "0.png", folder / "1.png"], out, settings=settings, sidecar=sidecar).run()
+    assert stats.skipped == 2 and stats.sidecars == {"unchanged": 2}
+    assert (folder / "1.txt").read_text(encoding="utf-8").strip() == appended
+
+
+def test_store_scores_is_an_output_option(config: Config, folder: Path, tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    settings = SearchSettings(mode="turbo", max_flavors=4, candidates=64)
+    out = tmp_path / "out.jsonl"
+    first = job(config, [folder / "1.png"], out, settings=settings).run()
+    assert first.done == 1
+    with caplog.at_level(logging.WARNING, logger="image2prompt"):  # adding --store-scores redoes nothing
+        again = job(config, [folder / "1.png", folder / "2.png"], out, settings=settings, store_scores=3).run()
+    assert (again.skipped, again.done) == (1, 1)
+    assert any("1 image already done has no scores" in r.getMessage() for r in caplog.records)
+    recs = by_source(out)
+    assert recs["1.png"]["fingerprint"] == recs["2.png"]["fingerprint"]
+    assert "trace" not in recs["1.png"]["result"]
+    top = recs["2.png"]["result"]["trace"]["top"]
+    assert {"artists", "flavors", "mediums", "movements"} <= set(top) and "negative" not in top
+    assert all(len(v) == 3 and v[0]["score"] >= v[-1]["score"] for v in top.values())
+    # the same search as without it: the same prompt, and the same phrases the floor kept out
+    plain = tmp_path / "plain.jsonl"
+    job(config, [folder / "2.png"], plain, settings=settings).run()
+    (without,) = read_records(plain)
+    scored = dict(recs["2.png"]["result"])
+    del scored["trace"]
+    assert {k: v for k, v in scored.items() if k != "source"} == \
+        {k: v for k, v in without["result"].items() if k != "source"}
+
+
+def test_a_retry_under_other_settings_is_refused_and_changes_nothing(config: Config, folder: Path,
+                                                                     tmp_path: Path) -> None:
+    from image2prompt.batch.records import OutputError
+    from image2prompt.batch.retry import read_run
+
+    out = tmp_path / "out.jsonl"
+    assert job(config, [folder / "garbage.png"], out).run().failed == 1
+    run = read_run(out)  # what the retry needs is kept beside the failure list
+    assert run is not None and SearchSettings.from_dict(run["settings"]) == FAST
+    assert run["clip"] == config.clip_models and run["caption"] == "x"
+    before = (out.read_bytes(), failure_manifest_path(out).read_bytes())
+    with pytest.raises(OutputError, match="ran with other settings or models"):
+        job(config, [folder / "garbage.png"], out, settings=FAST.replace(max_flavors=5), retry_failed=True).run()
+    assert (out.read_bytes(), failure_manifest_path(out).read_bytes()) == before

@@ -417,3 +417,20 @@ def test_shard_globs_and_brace_ranges(tmp_path: Path) -> None:
         str(tmp_path / "data" / "00002.tar"),
     ]
     assert _err(by_range[-1]) == "no such file or directory"
+
+
+def test_a_manifest_row_named_as_a_failure_list_holds_it_is_read_again(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image_path,caption\na.png,first\n,second\nmissing.png,third\n", encoding="utf-8")
+    listed = tmp_path / "out.jsonl.failed.txt"
+    listed.write_text("m.csv:3\nm.csv:4\nm.csv:2\nm.csv:9\n", encoding="utf-8")
+    items = list(iter_inputs([str(listed)]))
+    empty, missing, good, beyond = items
+    assert empty.source == f"{manifest}:3" and str(empty.error) == f"{manifest}:3: empty 'image_path' cell"
+    assert missing.source == str(tmp_path / "missing.png") and missing.origin == f"{manifest}:4"
+    assert good.source == str(tmp_path / "a.png") and good.caption == "first" and good.read is not None
+    assert good.origin == f"{manifest}:2" and good.read()[:4] == b"\x89PNG"
+    assert str(beyond.error) == f"{manifest}:9: no such row in {manifest}"

@@ -21,6 +21,7 @@ from image2prompt.batch import ray_backend  # noqa: E402
 from image2prompt.batch.engine import failure_manifest_path, run_batch  # noqa: E402
 from image2prompt.batch.ray_backend import RAY_MISSING, RunSummary, run_on_ray  # noqa: E402
 from image2prompt.batch.records import read_records  # noqa: E402
+from image2prompt.batch.retry import read_run  # noqa: E402
 from image2prompt.batch.sidecars import SidecarOptions  # noqa: E402
 from image2prompt.errors import ModelLoadError, SettingsError  # noqa: E402
 from image2prompt.interrogator import Config, Interrogator  # noqa: E402
@@ -98,6 +99,9 @@ def _by_source(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if r["ok"]:
             row.update(prompt=r["result"]["prompt"], similarity=r["result"]["similarity"],
                        caption=r["result"]["caption"])
+            trace = r["result"].get("trace")
+            if trace is not None:  # --store-scores: the top phrases per category, with scores
+                row["top"] = {c: [(p["text"], p["score"]) for p in ps] for c, ps in trace["top"].items()}
         else:
             row["error"] = r["error"]
         out[r["source"]] = row
@@ -110,6 +114,12 @@ def _same(got: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]]) -> No
         have, expect = dict(got[source]), dict(want[source])
         if expect["ok"]:
             assert have.pop("similarity") == pytest.approx(expect.pop("similarity"), abs=1e-5), source
+            if "top" in expect:
+                top, want_top = have.pop("top", None), expect.pop("top")
+                assert top is not None and set(top) == set(want_top), source
+                for c, phrases in want_top.items():
+                    assert [t for t, _ in top[c]] == [t for t, _ in phrases], (source, c)
+                    assert [v for _, v in top[c]] == pytest.approx([v for _, v in phrases], abs=1e-5), (source, c)
         assert have == expect, source
 
 
@@ -155,6 +165,46 @@ def test_ray_run_matches_the_batch_engine_and_resumes(ray_instance, folder, conf
     assert (new[0]["result"]["prompt"], new[0]["content_hash"]) == (want["prompt"], want["content_hash"])
     assert (extra / "same-as-1.txt").read_text(encoding="utf-8").strip() == want["prompt"]
     assert third.sidecars == {"written": 1}
+
+
+def test_store_scores_and_the_kept_run_are_the_batch_engine_s(ray_instance, folder, config, expected, tmp_path):
+    """--store-scores is an output option on Ray too: the search and fingerprint of a run without it,
+    the top phrases scored after the search as the engine scores them; FILE.failed.json is the
+    engine's, so --retry-failed of a Ray output retries with that run's settings and models."""
+    engine_out = tmp_path / "engine.jsonl"
+    stats = run_batch([str(folder)], engine_out, interrogator=lambda: Interrogator.load(config), config=config,
+                      settings=FAST, caption=CAPTION, batch_size=4, store_scores=3)
+    assert (stats.done, stats.failed) == (N_GOOD, 2)
+    want = _by_source(list(read_records(engine_out)))
+    assert all(len(r["top"]) >= 4 and all(len(v) == 3 for v in r["top"].values()) for r in want.values() if r["ok"])
+
+    output = tmp_path / "out.jsonl"
+    summary = _run([folder], output, config, store_scores=3)
+    got = _by_source(list(read_records(output)))
+    _same(got, want)  # the engine's records: prompts, fingerprints, errors and the top phrases
+    _same({s: {k: v for k, v in r.items() if k != "top"} for s, r in got.items()}, expected)  # as without it
+    assert summary.fingerprint == expected[str(folder / "img00.png")]["fingerprint"]
+    assert sorted(failure_manifest_path(output).read_text().splitlines()) == \
+        sorted(failure_manifest_path(engine_out).read_text().splitlines())
+    kept = read_run(output)
+    assert kept is not None and kept == read_run(engine_out)
+    assert SearchSettings.from_dict(kept["settings"]) == FAST and kept["outputs"]["store_scores"] == 3
+    assert (kept["fingerprint"], kept["caption"]) == (summary.fingerprint, CAPTION)
+
+    # a retry through the CLI, with none of the first run's options: its settings, not the defaults
+    from click.testing import CliRunner
+
+    from image2prompt.cli.main import cli
+
+    args = ["batch", str(folder), "--output", str(output), "--ray", "--retry-failed", "--cpus-per-actor", "0.5",
+            "--device", "cpu", "--cache-dir", config.cache_dir, "--batch-size", "4"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 1, result.output  # the two broken files failed again
+    assert "Traceback" not in result.output
+    assert f"{N_GOOD + 2} inputs: 0 done, 0 copied from identical images, {N_GOOD} already done, 2 failed" \
+        in result.output
+    _same(_by_source(list(read_records(output))), want)  # the same records: retried under the kept fingerprint
+    assert read_run(output) == kept
 
 
 def test_resume_fingerprint_from_a_ray_task(ray_instance, config, expected, folder, monkeypatch):

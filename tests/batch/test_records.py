@@ -210,3 +210,52 @@ def test_a_second_writer_of_the_same_output_is_refused_until_the_first_closes(tm
         open_output(out)
     first.close()
     open_output(out).close()  # free again
+
+
+@pytest.mark.parametrize("link", ["folder", "file"])
+def test_the_lock_is_the_real_files_whatever_path_names_it(tmp_path, link):
+    real = tmp_path / "real"
+    real.mkdir()
+    out = real / "out.jsonl"
+    out.touch()
+    if link == "folder":  # the same output through a linked folder
+        (tmp_path / "alias").symlink_to(real, target_is_directory=True)
+        other = tmp_path / "alias" / "out.jsonl"
+    else:  # or through a link to the file
+        other = tmp_path / "other.jsonl"
+        other.symlink_to(out)
+    first = open_output(out)
+    with pytest.raises(OutputError, match="another run is writing this output"):
+        open_output(other)
+    first.write(make_record("a.png", "h1", FP, result(), None))
+    first.close()
+    with open_output(other) as second:  # free again, and it sees what the first wrote
+        assert second.has_key(("h1", FP))
+
+
+def test_csv_cells_never_start_a_formula_and_read_back_as_written(tmp_path):
+    import csv
+
+    from image2prompt.batch.records import records_bytes
+
+    r = result(prompt="-2+3, oil painting")
+    r.caption = "@SUM(A1)"
+    ok = make_record("=cmd|' /C calc'!A0.png", "h1", FP, r, None)
+    bad = make_record("+x.png", "h2", FP, None, "+x.png: not an image")
+    quoted = make_record("'=already quoted.png", "h3", FP, result(prompt="\tsharp"), None)
+    out = tmp_path / "out.csv"
+    with open_output(out) as w:
+        for rec in (ok, bad, quoted):
+            w.write(rec)
+    for data in (out.read_bytes(), records_bytes([ok, bad, quoted], "csv")):  # the batch file, the server download
+        rows = list(csv.DictReader(data.decode().splitlines()))
+        assert [row["source"] for row in rows] == ["'=cmd|' /C calc'!A0.png", "'+x.png", "''=already quoted.png"]
+        assert rows[0]["prompt"] == "'-2+3, oil painting" and rows[0]["caption"] == "'@SUM(A1)"
+        assert rows[1]["error"] == "'+x.png: not an image" and rows[2]["prompt"] == "'\tsharp"
+        cells = [cell for row in rows for cell in row.values() if cell]
+        assert not any(cell[0] in "=+-@\t\r" for cell in cells)
+    back = list(read_records(out))
+    assert [b["source"] for b in back] == ["=cmd|' /C calc'!A0.png", "+x.png", "'=already quoted.png"]
+    assert back[0]["prompt"] == "-2+3, oil painting" and back[1]["error"] == "+x.png: not an image"
+    with open_output(out) as w:  # resume: the sources are known as written
+        assert w.has_source("=cmd|' /C calc'!A0.png", FP, "h1") and w.error_sources(FP) == ["+x.png"]

@@ -281,3 +281,22 @@ def test_unsupported_input_type_raises_type_error() -> None:
 def test_image_source_repr_hides_payload() -> None:
     source = ImageSource("<bytes>", "bytes", b"\x00" * 10_000)
     assert repr(source) == "ImageSource(name='<bytes>', kind='bytes')"
+
+
+def test_linked_folders_are_followed_once_and_loops_are_named(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    Image.new("RGB", (4, 4)).save(_touch(elsewhere, "far.png"))
+    folder = tmp_path / "photos"
+    Image.new("RGB", (4, 4)).save(_touch(folder, "real/a.png"))
+    os.symlink(elsewhere, folder / "linked")  # a link to a folder outside: followed
+    os.symlink(folder / "real", folder / "again")  # a second way into a folder: walked once
+    os.symlink(folder, folder / "real" / "loop")  # a link back up the tree: not followed
+
+    with caplog.at_level(logging.INFO, logger="image2prompt"):
+        items = list(expand_sources([folder]))
+
+    assert _rel(folder, items) == ["linked/far.png", "real/a.png"]
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert f"skipping {folder / 'again'}: a link to a folder walked already ({folder / 'real'})" in info
+    assert f"skipping {folder / 'real' / 'loop'}: a link to a folder walked already ({folder})" in info

@@ -19,7 +19,8 @@ writes one record per input (:mod:`image2prompt.batch.records`):
   and its top phrases per category (``store_scores``), and write a caption file beside
   its image (``sidecar``);
 * the failure manifest ``FILE.failed.txt`` (one source per line) lists the error
-  records of this fingerprint; it is rewritten when the run ends.
+  records of this fingerprint; it is rewritten when the run ends, with ``FILE.failed.json``
+  (the run's settings and models, what ``retry_failed`` retries with) beside it.
 
 The library never prints: progress goes to a ``progress`` callback when one is given
 and is otherwise logged (INFO) every ``log_every`` seconds, with a summary at the end.
@@ -35,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -44,7 +45,8 @@ from ..io import DEFAULT_MAX_PIXELS, ImageSource
 from ..runner import Record, Runner
 from ..settings import SearchSettings
 from .identity import predict_fingerprint
-from .records import RecordWriter, copy_record, make_record, open_output
+from .records import OutputError, RecordWriter, copy_record, make_record, open_output, record_key
+from .retry import describe_run, write_run
 from .sidecars import SidecarOptions, write_sidecar
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -226,9 +228,16 @@ class BatchJob:
     ``interrogator`` is a loaded interrogator or a function that loads one (called only
     when the first image needs the model); ``config`` lets the fingerprint be known
     before that (without it, a factory is called up front). ``settings`` are the search
-    settings (``store_scores=K`` adds ``trace=True, trace_top=K``). ``output`` is the
+    settings. ``store_scores=K`` keeps each computed image's top K phrases per category in its
+    record (``result.trace.top``), scored from its features after the search: the search and
+    its fingerprint are those of the run without it, so adding it redoes nothing (records
+    already done keep having no scores; a warning counts them). ``output`` is the
     file; ``fmt`` its format (default: from the extension). ``retry_failed`` drops the
-    output's error records of this fingerprint first and retries them. ``progress`` is called
+    output's error records of this fingerprint first and retries them (refused with an
+    :class:`OutputError` when every error record is under another fingerprint: such a retry
+    would retry nothing); the error records of inputs it does not reach are written back. The
+    run's settings, models and output options are kept in ``FILE.failed.json`` for a retry
+    (:mod:`image2prompt.batch.retry`). ``progress`` is called
     with the :class:`BatchStats` after each input (else progress is logged every
     ``log_every`` seconds); ``on_error`` with each error line written (else it is logged).
     """
@@ -261,8 +270,6 @@ class BatchJob:
         log_every: float = 30.0,
     ) -> None:
         settings = settings if settings is not None else SearchSettings()
-        if store_scores is not None:
-            settings = settings.replace(trace=True, trace_top=int(store_scores))
         self.settings = settings
         self.inputs = list(inputs)
         self.items = items
@@ -275,6 +282,8 @@ class BatchJob:
         self.caption = caption
         self.store_features = Path(store_features) if store_features is not None else None
         self.scores = store_scores is not None
+        self.scores_top = int(store_scores) if store_scores is not None else None
+        self._unscored = 0  # records already done, without the scores this run keeps
         self.sidecar = sidecar
         self.retry_failed = retry_failed
         self.read_workers = read_workers
@@ -294,6 +303,7 @@ class BatchJob:
         self._waiting: dict[str, list[_Item]] = {}  # content hash in flight -> identical inputs after it
         self._no_sidecar_said = False
         self._logged_at = time.monotonic()
+        self._reached: set[str] = set()  # the sources (and manifest rows) the inputs gave
 
     @property
     def interrogator(self) -> "Interrogator | None":
@@ -307,17 +317,26 @@ class BatchJob:
         self.fingerprint = self._resolve_fingerprint()
         writer = self._writer = open_output(self.output, self.fmt, fsync_every=self.fsync_every,
                                             fsync_seconds=self.fsync_seconds)
+        if self.retry_failed:
+            try:
+                self._check_retry(writer)
+            except BaseException:
+                writer.abort()
+                self._writer = None
+                raise
         reader: _Reader | None = None
         ok = False
+        failed_before: list[dict[str, Any]] = []  # the error records a retry dropped
+        self._reached = set()
         try:
             if self.retry_failed:
-                dropped = writer.drop_errors(self.fingerprint)
+                dropped = writer.drop_errors(self.fingerprint, keep=failed_before)
                 if dropped:
                     log.info("retrying %d failed input%s", dropped, "" if dropped == 1 else "s")
             reader = _Reader(self._input_items(), self.read_workers, self.read_ahead)
             runner = Runner(self._load, self.settings, batch_size=self.batch_size, order="completion",
                             max_pixels=self.max_pixels, caption=self.caption,
-                            keep_features=self.store_features is not None)
+                            keep_features=self.store_features is not None or self.scores)
             for record in runner.run(self._feed(reader)):
                 self._finish(record)
             self.stats.finished = True
@@ -325,6 +344,8 @@ class BatchJob:
         finally:
             if reader is not None:
                 reader.close()
+            if failed_before:
+                self._keep_unreached(writer, failed_before)
             try:
                 if ok:
                     writer.close()
@@ -333,16 +354,48 @@ class BatchJob:
             finally:
                 self._write_manifest(writer)
                 self._writer = None
+        if self._unscored:
+            log.warning("%d image%s already done %s no scores: --store-scores keeps them for the images a run "
+                        "computes; write to another output to score every image", self._unscored,
+                        "" if self._unscored == 1 else "s", "has" if self._unscored == 1 else "have")
         log.log(logging.DEBUG if self.progress is not None else logging.INFO, "batch done: %s", self.stats.summary())
         return self.stats
 
     def _input_items(self) -> Iterator["InputItem"]:
         if self.items is not None:
-            yield from self.items
-            return
-        from .inputs import iter_inputs
+            items: Any = self.items
+        else:
+            from .inputs import iter_inputs
 
-        yield from iter_inputs(self.inputs, allow_urls=self.allow_urls, column=self.column)
+            items = iter_inputs(self.inputs, allow_urls=self.allow_urls, column=self.column)
+        for item in items:
+            self._reached.add(_same_source(item.source))  # what a retry reached (in the reader thread)
+            origin = getattr(item, "origin", None)
+            if origin:
+                self._reached.add(_same_source(origin))
+            yield item
+
+    def _check_retry(self, writer: RecordWriter) -> None:
+        """A retry whose settings are not those of any failed input would retry nothing: refuse it."""
+        fp = self._fp()
+        others = [f for f in writer.error_fingerprints() if f != fp]
+        if others and not writer.error_sources(fp):
+            raise OutputError(f"{self.output}: its failed inputs ran with other settings or models (fingerprint "
+                              f"{', '.join(others)}, not {fp}); retry them with the settings of that run")
+
+    def _keep_unreached(self, writer: RecordWriter, failed_before: list[dict[str, Any]]) -> None:
+        """A retry writes back the error records it dropped of the inputs it did not reach (a subset
+        of the inputs, or a run stopped early): they are still failing, with their own errors. A run
+        stopped early keeps every one that has no record now (its reader may have gone ahead)."""
+        reached = self._reached if self.stats.finished else set()
+        for rec in failed_before:
+            if _same_source(str(rec.get("source") or "")) in reached or writer.has_key(record_key(rec)):
+                continue
+            try:
+                writer.write(rec)
+            except (OSError, ValueError) as err:
+                log.warning("cannot keep the error record of %s (%s)", rec.get("source"), err)
+                return
 
     def _resolve_fingerprint(self) -> str:
         if self._interrogator is not None:
@@ -387,6 +440,8 @@ class BatchJob:
             if writer.has_key((h, fp)):
                 if writer.has_source(item.source, fp, h):
                     self.stats.skipped += 1
+                    if self.scores and not writer.has_scores(h, fp):
+                        self._unscored += 1
                     if self.sidecar is not None and item.path is not None:  # --sidecar after a run without it
                         stored = writer.find(h, fp)
                         if stored is not None:
@@ -417,6 +472,8 @@ class BatchJob:
             if self.store_features is not None and rec.features is not None and item.content_hash:
                 self._save_features(rec.features, item.content_hash)
             self._sidecar(item, rec.result.prompt)
+            if self.scores and rec.features is not None:
+                self._add_scores(rec.result, rec.features)
             record = make_record(item.source, item.content_hash, fp, rec.result, None, scores=self.scores)
             self._write(record, computed=True)
         else:
@@ -463,18 +520,47 @@ class BatchJob:
                             "such as %s", item.source)
             return
         try:
-            outcome = write_sidecar(item.path, prompt, self.sidecar)
+            outcome = write_sidecar(item.path, prompt, self.sidecar, self._caption_fits())
         except OSError as err:
             outcome = "failed"
             log.warning("%s: cannot write its caption file (%s)", item.source, err.strerror or err)
         self.stats.sidecars[outcome] = self.stats.sidecars.get(outcome, 0) + 1
+
+    def _caption_fits(self) -> Callable[[str], bool] | None:
+        """With trigger words (``--prefix``/``--suffix``): whether a caption line is within the
+        prompt's token budget, by the models' tokenizer (loaded now if no image needed it yet)."""
+        assert self.sidecar is not None
+        if not (self.sidecar.prefix or self.sidecar.suffix):
+            return None  # the search kept the prompt within the budget
+        ic = self._load()
+        budget = self.settings.max_tokens - 2  # the budget counts the start and end tokens
+        return lambda text: ic.count_tokens(text) <= budget
+
+    def _add_scores(self, result: Any, features: "Features") -> None:
+        """``--store-scores K``: the top K phrases per category, as ``result.trace.top``. Scored from the
+        features after the search (a search with ``trace`` would also run best and turbo mode's chain
+        again without the relevance floor, to list exactly what it rejected: about twice the time)."""
+        from ..results import Trace
+
+        assert self._interrogator is not None and self.scores_top is not None
+        top = self._interrogator.analyze_features(features, self.scores_top).categories
+        if result.trace is None:
+            result.trace = Trace(top=top)
+        else:  # the caller's settings asked for a trace: keep its steps
+            result.trace.top = top
 
     def _save_features(self, features: "Features", content_hash: str) -> None:
         assert self.store_features is not None
         store_features(self.store_features, features, content_hash)
 
     def _write_manifest(self, writer: RecordWriter) -> None:
-        write_failure_manifest(writer, self.output, self.fingerprint)
+        config = self._config if self._config is not None else getattr(self._interrogator, "config", None)
+        outputs = {"sidecar": asdict(self.sidecar) if self.sidecar is not None else None,
+                   "store_features": os.path.abspath(self.store_features) if self.store_features else None,
+                   "store_scores": self.scores_top}
+        run = describe_run(config, self.settings, self.caption, self.fingerprint, outputs) \
+            if config is not None else None
+        write_failure_manifest(writer, self.output, self.fingerprint, run)
 
     def _tick(self) -> None:
         if self.progress is not None:
@@ -488,9 +574,12 @@ class BatchJob:
                      s.seen, s.done, s.copied, s.skipped, s.failed, s.rate)
 
 
-def write_failure_manifest(writer: RecordWriter, output: str | os.PathLike[str], fingerprint: str | None) -> None:
+def write_failure_manifest(writer: RecordWriter, output: str | os.PathLike[str], fingerprint: str | None,
+                           run: dict[str, Any] | None = None) -> None:
     """``FILE.failed.txt``: the sources of this fingerprint's error records, one per line as a
-    path list reads them back (relative to the list's folder), written atomically."""
+    path list reads them back (relative to the list's folder), written atomically. ``run``
+    (:func:`image2prompt.batch.retry.describe_run`) goes beside it, in ``FILE.failed.json``: the
+    settings and models ``--retry-failed`` retries them with (without it, that file is removed)."""
     if fingerprint is None:
         return
     sources = writer.error_sources(fingerprint)
@@ -507,6 +596,7 @@ def write_failure_manifest(writer: RecordWriter, output: str | os.PathLike[str],
         os.replace(tmp, path)
     except OSError as err:
         log.warning("%s: cannot write the failure list (%s)", path, err.strerror or err)
+    write_run(output, run)
 
 
 def _list_entry(source: str, folder: Path) -> str:
@@ -519,6 +609,11 @@ def _list_entry(source: str, folder: Path) -> str:
     if text.startswith(("#", " ", "\t")):  # a comment or stripped blanks, to the list reader
         text = os.path.join(".", text)
     return text
+
+
+def _same_source(source: str) -> str:
+    """A source as a retry compares it: a path normalised (a failure list's ``out/../a.png`` is ``a.png``)."""
+    return source if "://" in source else os.path.normpath(source)
 
 
 def run_batch(inputs: Sequence[str], output: str | os.PathLike[str], **options: Any) -> BatchStats:

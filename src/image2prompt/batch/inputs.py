@@ -18,7 +18,8 @@ Kinds of input (told apart by what exists on disk and by the name's extension):
 * ``.tar`` (also ``.tar.gz``, ``.tgz``) files: WebDataset shards in the img2dataset layout
   (``KEY.jpg`` with an optional ``KEY.txt`` caption; other members are ignored). A glob
   or a brace range (``data/{00000..00010}.tar``) of lists, manifests or shards works too;
-  a source named ``shard.tar/KEY.jpg`` (as a failure list holds it) reads that member;
+  a source named ``shard.tar/KEY.jpg`` (as a failure list holds it) reads that member, and
+  one named ``manifest.csv:17`` (a manifest row's name) reads that row of the manifest again;
 * ``http://`` / ``https://`` URLs, downloaded with the limits of :mod:`image2prompt.io.images`
   only when ``allow_urls`` is set; other schemes are refused.
 
@@ -89,7 +90,8 @@ class InputItem:
     that names no image. Exactly one of ``read`` and ``error`` is set: ``read()`` returns the
     image's encoded bytes or raises :class:`ImageLoadError` with a one-line reason; ``error``
     says why the input gave no image at all. ``path`` is the local image file (sidecars go
-    beside it), else ``None``; ``caption`` is a caption shipped with the input, else ``None``.
+    beside it), else ``None``; ``caption`` is a caption shipped with the input, else ``None``;
+    ``origin`` is the manifest row (``manifest.csv:17``) an image came from, else ``None``.
     """
 
     source: str
@@ -97,6 +99,7 @@ class InputItem:
     error: ImageLoadError | None = None
     path: Path | None = None
     caption: str | None = None
+    origin: str | None = None
 
     def __post_init__(self) -> None:
         if (self.read is None) == (self.error is None):
@@ -154,7 +157,8 @@ def _dispatch(name: str, ctx: _Context, parents: tuple[str, ...]) -> Iterator[In
         else:
             yield from _from_sources(name)
     else:
-        yield _shard_member_item(name, path) or _failed(name, "no such file or directory")
+        yield _shard_member_item(name, path) or _manifest_row_item(name, path, ctx) \
+            or _failed(name, "no such file or directory")
 
 
 def _container_kind(path: str) -> str | None:
@@ -380,10 +384,10 @@ def _manifest_item(manifest: str, where: str, value: object, caption: object, ct
     text = _caption_text(caption)
     entry = value.strip()
     if _SCHEME.match(entry):
-        return _url_item(entry, ctx, text)
+        return replace(_url_item(entry, ctx, text), origin=where)
     name = _resolve(manifest, entry)
     path = Path(os.path.expanduser(name))
-    return InputItem(name, read=_file_reader(path, name), path=path, caption=text)
+    return InputItem(name, read=_file_reader(path, name), path=path, caption=text, origin=where)
 
 
 def _caption_text(value: object) -> str | None:
@@ -662,6 +666,34 @@ def _read_member(shard: str, shard_name: str, member: str, source: str) -> bytes
         except _DAMAGE as err:
             raise ImageLoadError(source, f"damaged shard ({_tar_reason(err)})") from None
     raise ImageLoadError(source, f"no member {member} in {shard_name}")
+
+
+_MANIFEST_ROW = re.compile(r"^(?P<manifest>.+\.(?:csv|tsv|parquet)):(?P<row>[1-9][0-9]*)$", re.IGNORECASE)
+
+
+def _manifest_row_item(name: str, path: str, ctx: _Context) -> InputItem | None:
+    """``manifest.csv:17`` (a manifest row's source name, as a failure list holds it): that row read
+    again (CSV: the row ending on line 17; Parquet: row 17), or None when ``name`` is not one."""
+    match = _MANIFEST_ROW.match(path)
+    if match is None or not os.path.isfile(match["manifest"]):
+        return None
+    manifest = match["manifest"]
+    shown = name[: len(name) - len(match["row"]) - 1]
+    wanted = f"{shown}:{match['row']}"
+    kind = _container_kind(manifest)
+    rows = _iter_parquet(shown, manifest, ctx) if kind == "parquet" else \
+        _iter_csv(shown, manifest, ctx, "\t" if kind == "tsv" else ",")
+    try:
+        for item in rows:
+            if item.source == wanted or item.origin == wanted:
+                return item
+            if item.source == shown and item.error is not None:  # the manifest itself fails now
+                return InputItem(wanted, error=ImageLoadError(wanted, item.error.reason))
+    finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
+    return _failed(wanted, f"no such row in {shown}")
 
 
 def _os_reason(err: OSError) -> str:

@@ -40,7 +40,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,7 @@ from .engine import BatchStats, record_prompt, store_features, write_failure_man
 from .identity import predict_fingerprint
 from .inputs import iter_inputs
 from .records import RecordWriter, copy_record, json_default, make_record, open_output, read_records
+from .retry import describe_run
 from .sidecars import SidecarOptions, write_sidecar
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -161,11 +162,15 @@ def run_on_ray(
     ``inputs``, ``allow_urls`` and ``column`` are what :func:`~image2prompt.batch.inputs.iter_inputs`
     takes; ``output`` and ``fmt`` what :func:`~image2prompt.batch.records.open_output` takes;
     ``caption`` is used for every input instead of generated captions; ``store_scores=K``
-    keeps each result's top K phrases per category; ``store_features`` is a folder for each
-    image's features (written by the search actors: every node must see it); ``sidecar``
-    writes a caption file beside each local image (on the driver); ``retry_failed`` drops
-    this fingerprint's error records first and retries them. ``FILE.failed.txt`` lists the
-    failed sources at the end, as the single-process path writes it.
+    keeps each computed image's top K phrases per category (``result.trace.top``, scored by
+    the search actors from its features after the search, as BatchJob scores them: the
+    search and the fingerprint are those of the run without it); ``store_features`` is a
+    folder for each image's features (written by the search actors: every node must see
+    it); ``sidecar`` writes a caption file beside each local image (on the driver);
+    ``retry_failed`` drops this fingerprint's error records first and retries them.
+    ``FILE.failed.txt`` lists the failed sources at the end, with ``FILE.failed.json`` (the
+    run's settings, models and output options, what ``--retry-failed`` retries with) beside
+    it, as the single-process path writes them.
 
     Ray: ``address`` is a cluster (``HEAD:6379``, ``auto``, ``ray://...``); None starts a
     local instance (an instance this process already joined is used as it is).
@@ -203,8 +208,7 @@ def run_on_ray(
     if num_gpus_per_actor == 0 and str(config.device).lower().startswith("cuda"):
         raise SettingsError(f"device {config.device!r} needs GPUs on the encode actors: "
                             "give each some (num_gpus_per_actor, e.g. 1 or 0.5)")
-    if store_scores is not None:  # as BatchJob does
-        settings = settings.replace(trace=True, trace_top=int(store_scores))
+    scores_top = int(store_scores) if store_scores is not None else None  # not a search setting (as BatchJob)
     ray = _import_ray()
     summary = RunSummary()
     joined = _init_ray(ray, address)
@@ -233,7 +237,7 @@ def run_on_ray(
                            encode_actors=encode_actors, search_actors=search_actors,
                            num_gpus_per_actor=num_gpus_per_actor, num_cpus_per_actor=num_cpus_per_actor,
                            num_gpus_per_search_actor=num_gpus_per_search_actor, batch_size=batch_size,
-                           decode_cpus=fit.decode_cpus, max_pixels=max_pixels, scores=store_scores is not None,
+                           decode_cpus=fit.decode_cpus, max_pixels=max_pixels, scores_top=scores_top,
                            store_features=None if store_features is None else os.fspath(store_features))
             try:
                 _drain(ds, writer, summary, resume_fp, sidecar, progress, on_error, on_record)
@@ -249,7 +253,11 @@ def run_on_ray(
             if writer is not None:
                 if not summary.finished:
                     writer.abort()
-                write_failure_manifest(writer, output, summary.fingerprint)
+                outputs = {"sidecar": asdict(sidecar) if sidecar is not None else None,  # as BatchJob keeps them
+                           "store_features": os.path.abspath(store_features) if store_features else None,
+                           "store_scores": scores_top}
+                write_failure_manifest(writer, output, summary.fingerprint,
+                                       describe_run(config, settings, caption, summary.fingerprint, outputs))
         finally:
             _restore(context, saved)
             if joined:
@@ -883,14 +891,14 @@ class _NamedCaptioner:
 class _Searcher:
     """Holds an interrogator (text towers and tables; no captioner) and searches features."""
 
-    def __init__(self, config: Config, settings: SearchSettings, on_gpu: bool, scores: bool,
+    def __init__(self, config: Config, settings: SearchSettings, on_gpu: bool, scores_top: int | None,
                  store_features: str | None) -> None:
         changes: dict[str, Any] = {"caption_model": None}
         if not on_gpu:
             changes.update(device="cpu", precision="auto", caption_precision=None, low_vram=False)
         self.config = replace(config, **changes)
         self.settings = settings
-        self.scores = scores
+        self.scores_top = scores_top  # --store-scores K: scored after the search (see _add_scores)
         self.store_features = store_features
         self.ic: Interrogator | None = None  # loaded with the first batch (see _Encoder)
 
@@ -927,6 +935,11 @@ class _Searcher:
             for i, f in zip(todo, feats):
                 if not isinstance(results.get(i), str) and hashes[i]:
                     self._save(f, hashes[i])
+        if self.scores_top is not None:
+            for i, f in zip(todo, feats):
+                found = results.get(i)
+                if found is not None and not isinstance(found, str):
+                    self._add_scores(found, f)
         records: list[str | None] = []
         for i, kind in enumerate(kinds):
             if kind == _KIND_COPY:
@@ -935,7 +948,7 @@ class _Searcher:
             outcome = results.get(i, errors[i] or f"{sources[i]}: could not interrogate (no result)")
             result = outcome if not isinstance(outcome, str) else None
             error = outcome if isinstance(outcome, str) else None
-            rec = make_record(sources[i], hashes[i], fingerprint, result, error, scores=self.scores)
+            rec = make_record(sources[i], hashes[i], fingerprint, result, error, scores=self.scores_top is not None)
             records.append(json.dumps(rec, ensure_ascii=False, allow_nan=False, default=json_default))
         return _rows({"kind": kinds, "source": sources, "path": _column(batch, "path"), "content_hash": hashes,
                       "record": records})
@@ -944,6 +957,19 @@ class _Searcher:
         """``--store-features``: DIR/<h[:2]>/<h>.safetensors, as the batch engine stores them."""
         assert self.store_features is not None
         store_features(self.store_features, features, digest)
+
+    def _add_scores(self, result: Result, features: Features) -> None:
+        """``--store-scores K``: the top K phrases per category as ``result.trace.top``, scored from
+        the features after the search, as :meth:`BatchJob._add_scores` scores them (the same
+        :meth:`~image2prompt.interrogator.Interrogator.analyze_features`)."""
+        from ..results import Trace
+
+        assert self.ic is not None and self.scores_top is not None
+        top = self.ic.analyze_features(features, self.scores_top).categories
+        if result.trace is None:
+            result.trace = Trace(top=top)
+        else:  # the caller's settings asked for a trace: keep its steps
+            result.trace.top = top
 
     def _adopt_captioner(self, name: str | None) -> None:
         if name and (self.ic.captioner is None or self.ic.captioner.name != name):
@@ -977,7 +1003,7 @@ class _Searcher:
 
 def _pipeline(ray: Any, tables: list[Any], *, done: _DoneSet | None, config: Config, settings: SearchSettings,
               encode_actors: int, search_actors: int, num_gpus_per_actor: float, num_cpus_per_actor: float,
-              num_gpus_per_search_actor: float, batch_size: int, max_pixels: int | None, scores: bool,
+              num_gpus_per_search_actor: float, batch_size: int, max_pixels: int | None, scores_top: int | None,
               caption: str | None, store_features: str | None, decode_cpus: float = DECODE_CPUS) -> Any:
     """The dataset of output rows (lazy: it runs as the driver iterates it)."""
     data = ray.data
@@ -993,7 +1019,7 @@ def _pipeline(ray: Any, tables: list[Any], *, done: _DoneSet | None, config: Con
                       num_cpus=num_cpus_per_actor, num_gpus=num_gpus_per_actor, **actor_fault)
     ds = _map_batches(ray, ds, _Searcher, batch_size=batch_size, batch_format="numpy",
                       fn_constructor_kwargs={"config": config, "settings": settings,
-                                             "on_gpu": num_gpus_per_search_actor > 0, "scores": scores,
+                                             "on_gpu": num_gpus_per_search_actor > 0, "scores_top": scores_top,
                                              "store_features": store_features},
                       compute=data.ActorPoolStrategy(size=search_actors),
                       num_cpus=num_cpus_per_actor, num_gpus=num_gpus_per_search_actor, **actor_fault)

@@ -49,6 +49,7 @@ from typing import IO, Any
 
 from ..errors import Image2PromptError, one_line
 from ..results import Result
+from ..spreadsheet import spreadsheet_safe, spreadsheet_value
 
 __all__ = [
     "FLAT_COLUMNS", "FORMATS", "OutputError", "RecordWriter", "copy_record", "flatten_record", "format_for",
@@ -266,7 +267,7 @@ def _typed(row: dict[str, Any]) -> dict[str, Any]:
         elif k in _INT_COLUMNS:
             out[k] = int(float(v))
         else:
-            out[k] = v
+            out[k] = spreadsheet_value(v)
     return out
 
 
@@ -298,14 +299,15 @@ def _arrow_schema() -> Any:
 
 
 def _csv_cell(value: Any) -> Any:
-    """A CSV cell on one physical line (so every row is one line: offsets and torn-tail repair)."""
+    """A CSV cell on one physical line (so every row is one line: offsets and torn-tail repair), that
+    no spreadsheet reads as a formula (:func:`image2prompt.spreadsheet.spreadsheet_safe`)."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str) and ("\n" in value or "\r" in value):
-        return " ".join(value.splitlines())
-    return value
+        value = " ".join(value.splitlines())
+    return spreadsheet_safe(value)  # no cell starts a formula (read back by _typed)
 
 
 class RecordWriter:
@@ -330,6 +332,7 @@ class RecordWriter:
         self._by_hash: dict[tuple[str, str], int] = {}
         self._sources: set[tuple[str, str, str]] = set()  # (source, content hash or "", fingerprint)
         self._hashless: set[tuple[str, str]] = set()
+        self._scored: set[tuple[str, str]] = set()  # (hash, fp) of ok records with scores (result.trace)
         self._errors: dict[str, dict[str, None]] = {}  # fingerprint -> sources of error records, in order
         self._header: list[str] | None = None
         self._unsynced = 0
@@ -378,9 +381,17 @@ class RecordWriter:
             return _parse_csv_line(line, self._header or list(FLAT_COLUMNS))
         return _parse_json_line(line)
 
+    def has_scores(self, content_hash: str, fingerprint: str) -> bool:
+        """True when an ok record with this content hash and fingerprint has scores (``--store-scores``)."""
+        return (content_hash, fingerprint) in self._scored
+
     def error_sources(self, fingerprint: str) -> list[str]:
         """The sources of the error records of ``fingerprint``, in file order."""
         return list(self._errors.get(fingerprint, ()))
+
+    def error_fingerprints(self) -> list[str]:
+        """The fingerprints that error records (still failing inputs) are under."""
+        return [fp for fp, sources in self._errors.items() if sources]
 
     # -- writing ------------------------------------------------------------------------
     def write(self, record: dict[str, Any]) -> None:
@@ -403,10 +414,11 @@ class RecordWriter:
         self._unsynced = 0
         self._synced_at = time.monotonic()
 
-    def drop_errors(self, fingerprint: str | None = None) -> int:
+    def drop_errors(self, fingerprint: str | None = None, keep: list[dict[str, Any]] | None = None) -> int:
         """Rewrite the output without its error records (of ``fingerprint``, or all), atomically.
 
-        Returns how many were dropped. Used by ``--retry-failed`` before the retry.
+        Returns how many were dropped (and appends them to ``keep``, when given: a retry writes
+        back those it did not reach). Used by ``--retry-failed`` before the retry.
         """
         self.sync()
         if self._reader is not None:
@@ -427,6 +439,8 @@ class RecordWriter:
                     continue
                 if not rec.get("ok") and (fingerprint is None or rec.get("fingerprint") == fingerprint):
                     dropped += 1
+                    if keep is not None:
+                        keep.append(rec)
                     continue
                 dst.write(line)
             dst.flush()
@@ -437,6 +451,7 @@ class RecordWriter:
         self._by_hash.clear()
         self._sources.clear()
         self._hashless.clear()
+        self._scored.clear()
         self._errors.clear()
         self._scan()
         self._out = open(self.file, "ab")
@@ -499,6 +514,9 @@ class RecordWriter:
         self._sources.add((self._norm(source), h or "", fp))
         if h:
             self._by_hash.setdefault((h, fp), offset)
+            res = record.get("result")
+            if record.get("ok") and (res.get("trace") if isinstance(res, dict) else record.get("trace")):
+                self._scored.add((h, fp))
         else:
             self._hashless.add((self._norm(source), fp))
         if not record.get("ok"):
@@ -564,8 +582,11 @@ class RecordWriter:
 
 def _lock_output(path: Path) -> IO[bytes]:
     """An exclusive lock on ``FILE.lock`` for as long as the writer is open. The kernel drops it
-    when the process ends, even after ``kill -9``, so a stale lock file never blocks a rerun."""
-    lock = open(path.with_name(path.name + ".lock"), "ab")
+    when the process ends, even after ``kill -9``, so a stale lock file never blocks a rerun.
+    The lock file sits beside the real file (links in its path resolved), so two runs that name
+    the same output through a linked folder or a link to the file share one lock."""
+    real = Path(os.path.realpath(path))
+    lock = open(real.with_name(real.name + ".lock"), "ab")
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no lock

@@ -1,11 +1,15 @@
 """Caption files beside the images, for trainers (kohya reads ``.caption``, WD14 scripts ``.txt``).
 
 ``photo.png`` gets ``photo.txt`` (or ``photo<EXT>``): the prompt on one line, UTF-8,
-with optional trigger words before and after it, joined with ", ". A caption file that
-exists already is skipped, overwritten, or has ours appended or prepended (the A1111
-tagger's ignore / copy / append / prepend); ``dedupe`` drops our parts that the existing
-caption already has (", "-separated parts, compared case-insensitively). Appending is
-idempotent: a caption that already ends with ours (a rerun) is left as it is.
+with optional trigger words before and after it, joined with ", ". The trigger words count
+against the prompt's token budget (the prompt is shortened to make room, see
+:func:`fit_prompt`), and the prefix is always first, the suffix always last. A caption file that
+exists already is skipped, overwritten, or has our prompt appended or prepended to its
+caption (the A1111 tagger's ignore / copy / append / prepend), the prefix moved in front of
+both; ``dedupe`` drops our parts that the existing caption already has (", "-separated
+parts, compared case-insensitively). Appending is idempotent: a caption that already
+holds ours (a rerun) is left as it is. The existing caption is kept whole, so with append
+or prepend the file can be longer than the budget (its prefix is never what a trainer cuts).
 
 Every file is written atomically (a temporary file in the same folder, then
 ``os.replace``): a crash never leaves half a caption.
@@ -15,12 +19,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SettingsError
 
-__all__ = ["ON_EXISTING", "SidecarOptions", "caption_text", "sidecar_path", "write_sidecar"]
+__all__ = ["ON_EXISTING", "SidecarOptions", "caption_text", "fit_prompt", "sidecar_path", "write_sidecar"]
 
 #: What to do with a caption file that exists already.
 ON_EXISTING = ("skip", "overwrite", "append", "prepend")
@@ -60,17 +65,59 @@ def _parts(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
-def caption_text(prompt: str, options: SidecarOptions) -> str:
-    """Our caption: prefix, prompt and suffix on one line, joined with ", "."""
-    return SEPARATOR.join(t for t in (_one_line(options.prefix or ""), _one_line(prompt),
-                                      _one_line(options.suffix or "")) if t)
+def _join(*texts: str) -> str:
+    return SEPARATOR.join(t for t in texts if t)
 
 
-def write_sidecar(image: str | os.PathLike[str], prompt: str, options: SidecarOptions) -> str:
+def fit_prompt(prompt: str, options: SidecarOptions, fits: Callable[[str], bool] | None) -> str:
+    """``prompt`` (one line), shortened until our caption (prefix, prompt, suffix) ``fits``: whole
+    ", "-separated parts are dropped from its end (a search adds its weakest phrases last), then,
+    if its first part alone is too long, words from that part's end. Unchanged without ``fits``."""
+    text = _one_line(prompt)
+    if fits is None:
+        return text
+    prefix, suffix = _one_line(options.prefix or ""), _one_line(options.suffix or "")
+    if fits(_join(prefix, text, suffix)):
+        return text
+    parts = text.split(SEPARATOR)
+    while len(parts) > 1 and not fits(_join(prefix, SEPARATOR.join(parts), suffix)):
+        parts.pop()
+    words = parts[0].split(" ")
+    while len(parts) == 1 and len(words) > 1 and not fits(_join(prefix, " ".join(words), suffix)):
+        words.pop()
+    return SEPARATOR.join(parts) if len(parts) > 1 else " ".join(words)
+
+
+def caption_text(prompt: str, options: SidecarOptions, fits: Callable[[str], bool] | None = None) -> str:
+    """Our caption: prefix, prompt and suffix on one line, joined with ", " (the prompt
+    shortened by :func:`fit_prompt` until the whole line ``fits``, when that is given)."""
+    return _join(_one_line(options.prefix or ""), fit_prompt(prompt, options, fits), _one_line(options.suffix or ""))
+
+
+def _strip_ends(text: str, prefix: str, suffix: str) -> str:
+    """``text`` without our prefix at its start and our suffix at its end (what a rerun finds)."""
+    if prefix and (text == prefix or text.startswith(prefix + SEPARATOR)):
+        text = text[len(prefix):].removeprefix(SEPARATOR)
+    if suffix and (text == suffix or text.endswith(SEPARATOR + suffix)):
+        text = text[: len(text) - len(suffix)].removesuffix(SEPARATOR)
+    return text
+
+
+def write_sidecar(image: str | os.PathLike[str], prompt: str, options: SidecarOptions,
+                  fits: Callable[[str], bool] | None = None) -> str:
     """Write the caption file of ``image``; returns what happened: ``written``, ``skipped``,
-    ``overwritten``, ``appended``, ``prepended`` or ``unchanged`` (it already had our caption)."""
+    ``overwritten``, ``appended``, ``prepended`` or ``unchanged`` (it already had our caption).
+
+    ``fits`` (a line -> whether it is within the token budget) shortens the prompt until
+    prefix, prompt and suffix fit together (:func:`fit_prompt`): the trigger words count
+    against the budget. The prefix always comes first and the suffix last: append and
+    prepend put the prompt after or before the existing caption, between them (kohya's
+    ``keep_tokens`` keeps the first tokens in place, so the trigger words must lead).
+    """
     path = sidecar_path(image, options.ext)
-    ours = caption_text(prompt, options)
+    prefix, suffix = _one_line(options.prefix or ""), _one_line(options.suffix or "")
+    prompt = fit_prompt(prompt, options, fits)
+    ours = _join(prefix, prompt, suffix)
     try:
         existing_raw = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
@@ -87,21 +134,24 @@ def write_sidecar(image: str | os.PathLike[str], prompt: str, options: SidecarOp
     if not existing:
         _atomic_write(path, ours)
         return "written"
-    add = ours
+    core = _strip_ends(existing, prefix, suffix)  # the existing caption between our prefix and suffix
+    add = prompt
     if options.dedupe:
         have = {p.lower() for p in _parts(existing)}
-        add = SEPARATOR.join(p for p in _parts(ours) if p.lower() not in have)
-    if not add:
-        return "unchanged"
+        add = SEPARATOR.join(p for p in _parts(prompt) if p.lower() not in have)
     if options.on_existing == "append":
-        if existing == add or existing.endswith(SEPARATOR + add):
-            return "unchanged"
-        _atomic_write(path, existing + SEPARATOR + add)
-        return "appended"
-    if existing == add or existing.startswith(add + SEPARATOR):
+        if add and not (core == add or core.endswith(SEPARATOR + add)):
+            core = _join(core, add)
+        outcome = "appended"
+    else:
+        if add and not (core == add or core.startswith(add + SEPARATOR)):
+            core = _join(add, core)
+        outcome = "prepended"
+    text = _join(prefix, core, suffix)
+    if text == existing:
         return "unchanged"
-    _atomic_write(path, add + SEPARATOR + existing)
-    return "prepended"
+    _atomic_write(path, text)
+    return outcome
 
 
 def _umask() -> int:

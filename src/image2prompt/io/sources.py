@@ -166,7 +166,9 @@ def expand_sources(
     * a folder is walked recursively; image files (by extension, any case: every format
       the installed Pillow decodes, see :func:`image_extensions`) come out sorted by
       relative POSIX path; other files are skipped, each logged at INFO level; hidden
-      files and folders are skipped silently;
+      files and folders are skipped silently; links to folders are followed, each real
+      folder once (a link that loops back, or reaches a folder walked already, is skipped
+      and logged at INFO level);
     * a glob pattern (``*``, ``?``, ``[``) yields the image files it matches, sorted (the
       other files it matches are logged at INFO level);
     * an existing file is yielded whatever its extension (it was named explicitly);
@@ -231,10 +233,14 @@ def _walk_folder(name: str, root: str) -> Iterator[ImageSource | ImageLoadError]
     skipped: list[tuple[str, str]] = []
     hidden = 0
     walk_errors: list[OSError] = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=walk_errors.append):
+    # Links to folders are followed; each real folder is walked once (a link back up the tree,
+    # or a second link to a folder already walked, is skipped and named at INFO level).
+    seen = {_folder_key(root)}
+    for dirpath, dirnames, filenames in os.walk(root, onerror=walk_errors.append, followlinks=True):
         hidden_dirs = [d for d in dirnames if d.startswith(".")]
         hidden += len(hidden_dirs)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        dirnames.sort(key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d))  # real folders before links
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and _first_visit(name, root, dirpath, d, seen)]
         for filename in filenames:
             rel = os.path.relpath(os.path.join(dirpath, filename), root)
             if filename.startswith("."):
@@ -261,6 +267,28 @@ def _walk_folder(name: str, root: str) -> Iterator[ImageSource | ImageLoadError]
         else:
             reason = "folder is empty"
         yield ImageLoadError(name, reason)
+
+
+def _folder_key(path: str) -> tuple[int, int] | str:
+    """What identifies a folder however it is reached: its device and inode (else its real path)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(path)
+
+
+def _first_visit(name: str, root: str, dirpath: str, d: str, seen: set[tuple[int, int] | str]) -> bool:
+    """True the first time a walk reaches this folder; a link to one already walked is named (INFO)."""
+    full = os.path.join(dirpath, d)
+    key = _folder_key(full)
+    if key in seen:
+        rel = os.path.relpath(full, root)
+        logger.info("skipping %s: a link to a folder walked already (%s)", os.path.join(name, rel),
+                    os.path.realpath(full))
+        return False
+    seen.add(key)
+    return True
 
 
 def _found_files(paths: list[str]) -> str:
