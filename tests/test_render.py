@@ -116,6 +116,25 @@ def test_csv_rows() -> None:
     assert rows[2][-1] == "0123abcd"
 
 
+def test_csv_cells_never_start_a_formula() -> None:
+    out = io.StringIO()
+    w = make_writer("csv", out, single=False)
+    r = result(0)
+    r.source = "=HYPERLINK(\"http://x\",\"y\").png"
+    r.prompt = "-2+3, oil painting"
+    r.caption = "@SUM(A1)"
+    r.caption_model = "+cmd"
+    r.clip_model = "\tclip"
+    r.similarity = -0.25  # a number stays a number
+    w.write(r)
+    w.close()
+    row = dict(zip(CSV_COLUMNS, next(iter(list(csv.reader(io.StringIO(out.getvalue())))[1:]))))
+    assert row["source"] == "'=HYPERLINK(\"http://x\",\"y\").png"
+    assert row["prompt"] == "'-2+3, oil painting" and row["caption"] == "'@SUM(A1)"
+    assert row["caption_model"] == "'+cmd" and row["clip_model"] == "'\tclip"
+    assert row["similarity"] == "-0.25" and row["mode"] == "fast"
+
+
 def test_weighted_prompt() -> None:
     r = Result(prompt="a cat, oil painting, bokeh, moody", mode="best", caption="a cat", similarity=0.3,
                clip_model="m", caption_model=None,
@@ -126,6 +145,27 @@ def test_weighted_prompt() -> None:
     w = make_writer("weighted", out, single=True)
     w.write(r)
     assert out.getvalue() == "a cat, (oil painting:1.15), bokeh, (moody:0.90)\n"
+
+
+def test_weighted_prompt_escapes_a1111_syntax() -> None:
+    # A1111's prompt parser (modules/prompt_parser.py) reads ( ) [ ] as emphasis, and each of them
+    # and the backslash literally after a backslash; 629 of the reference's flavors hold parentheses.
+    r = Result(prompt="a cat (tabby), walt disney (1937), ( ( dither ) ), back\\slash [v2], 16:9",
+               mode="best", caption="a cat (tabby)", similarity=0.3, clip_model="m", caption_model=None,
+               phrases=[Phrase("walt disney (1937)", "artists", 0.3, weight=0.95),
+                        Phrase("( ( dither ) )", "flavors", 0.2, weight=1.15),
+                        Phrase("back\\slash [v2]", "flavors", 0.1), Phrase("16:9", "flavors", 0.1, weight=1.1)])
+    want = ("a cat \\(tabby\\), (walt disney \\(1937\\):0.95), (\\( \\( dither \\) \\):1.15), "
+            "back\\\\slash \\[v2\\], (16:9:1.10)")
+    assert weighted_prompt(r) == want
+    r.negative = Result(prompt="blurry (motion), [bad]", mode="negative", caption=None, similarity=None,
+                        clip_model="m", caption_model=None)
+    out = io.StringIO()
+    make_writer("weighted", out, single=True).write(r)
+    assert out.getvalue() == f"{want}\nNegative prompt: blurry \\(motion\\), \\[bad\\]\n"
+    out = io.StringIO()
+    make_writer("text", out, single=True).write(r)  # plain text stays as it is
+    assert out.getvalue() == f"{r.prompt}\nNegative prompt: blurry (motion), [bad]\n"
 
 
 def test_weighted_prompt_has_one_home() -> None:

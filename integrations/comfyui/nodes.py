@@ -26,6 +26,7 @@ from image2prompt import Image2PromptError, SearchSettings
 from image2prompt.errors import SettingsError, one_line
 from image2prompt.io import load_image
 from image2prompt.models import CAPTION_MODELS, TARGETS, parse_caption_name, parse_clip_name
+from image2prompt.modes import caption_free_modes
 from image2prompt.render import format_analysis
 from image2prompt.runner import Runner
 from image2prompt.settings import DEFAULT_FLOOR, parse_floor
@@ -224,7 +225,9 @@ def _images(image: Any, count: int) -> Iterator[Image.Image]:
 def _interrogate(ic: Interrogator, image: Any, count: int, settings: SearchSettings,
                  caption: str | None) -> list[Result]:
     if caption is None and ic.captioner is None and ic.needs_caption(settings):
-        raise ValueError(f"{settings.mode} mode needs a caption: pick a caption_model or type a caption")
+        free = " or ".join(caption_free_modes())
+        raise ValueError(f"{settings.mode} mode needs a caption: pick a caption_model, type a caption, "
+                         f"or use {free} mode")
     results: list[Result] = []
     step = _progress(count)
     records = Runner(ic, settings, caption=caption, manage_devices=False).run(image)

@@ -27,6 +27,12 @@ class ImageLoadError(Image2PromptError):
         super().__init__(f"{source}: {reason}")
 
 
+#: How a pixel-limit refusal says what to do, in words neutral to every front end (the library's
+#: argument is ``max_pixels``, the command line's option ``--max-pixels``): a front end may put its
+#: own setting's name in their place.
+RAISE_MAX_PIXELS = "raise the max-pixels limit"
+
+
 class ModelLoadError(Image2PromptError):
     """A model name is unknown, or its weights could not be loaded."""
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from typing import IO, Any
 
 from .results import Analysis, Result
+from .spreadsheet import spreadsheet_safe
 
 __all__ = [
     "CHUNK_SEPARATOR", "CSV_COLUMNS", "FORMATS", "CsvWriter", "JsonWriter", "JsonlWriter", "ResultWriter",
-    "TextWriter", "WeightedWriter", "format_analysis", "make_writer", "shows_similarity", "weighted_prompt",
+    "TextWriter", "WeightedWriter", "escape_a1111", "format_analysis", "make_writer", "shows_similarity",
+    "weighted_prompt",
 ]
 
 FORMATS = ("text", "weighted", "json", "jsonl", "csv")
@@ -41,10 +44,26 @@ def shows_similarity(fmt: str) -> bool:
     return fmt in _SHOWS_SIMILARITY
 
 
+#: What A1111's prompt parser (modules/prompt_parser.py, ``re_attention``) reads as syntax
+#: and takes literally after a backslash: emphasis ``( )``, de-emphasis ``[ ]``, and ``\\`` itself.
+_A1111_SPECIAL = re.compile(r"([\\()\[\]])")
+
+
+def escape_a1111(text: str) -> str:
+    """``text`` as a literal in an A1111 prompt: ``walt disney (1937)`` -> ``walt disney \\(1937\\)``.
+
+    Unescaped, the parentheses would emphasise (or, unbalanced, swallow) the words around
+    them. A colon needs no escape: only ``:NUMBER)`` right before a closing parenthesis is a weight.
+    """
+    return _A1111_SPECIAL.sub(r"\\\1", text)
+
+
 def weighted_prompt(result: Any) -> str:
     """The prompt with A1111-style emphasis, ``(phrase:1.15)``, from each phrase's ``weight``.
 
-    Phrases with weight 1.0 stay plain; the caption is never weighted.
+    Phrases with weight 1.0 stay plain; the caption is never weighted. Every literal
+    parenthesis, bracket and backslash (in phrases and caption alike) is escaped
+    (:func:`escape_a1111`), so A1111 reads only the weights written here.
     """
     prompt: str = result.prompt
     caption = result.caption or ""
@@ -54,11 +73,12 @@ def weighted_prompt(result: Any) -> str:
         at = tail.find(p.text, pos)
         if at < 0:
             continue
-        out.append(tail[pos:at])
-        out.append(p.text if p.weight == 1.0 else f"({p.text}:{p.weight:.2f})")
+        out.append(escape_a1111(tail[pos:at]))
+        text = escape_a1111(p.text)
+        out.append(text if p.weight == 1.0 else f"({text}:{p.weight:.2f})")
         pos = at + len(p.text)
-    out.append(tail[pos:])
-    return head + "".join(out)
+    out.append(escape_a1111(tail[pos:]))
+    return escape_a1111(head) + "".join(out)
 
 
 def _one_line(text: str) -> str:
@@ -102,9 +122,12 @@ class TextWriter(ResultWriter):
     def render(self, result: Result) -> str:
         return CHUNK_SEPARATOR.join(result.chunks) if result.chunks else result.prompt
 
+    def render_negative(self, negative: Result) -> str:
+        return negative.prompt
+
     def _write(self, result: Result) -> None:
         prompt = self.render(result)
-        negative = result.negative.prompt if result.negative is not None else None
+        negative = self.render_negative(result.negative) if result.negative is not None else None
         if self.single:
             self.stream.write(prompt + "\n")
             if negative is not None:
@@ -117,10 +140,14 @@ class TextWriter(ResultWriter):
 
 
 class WeightedWriter(TextWriter):
-    """Like text, with A1111 emphasis ``(phrase:1.15)`` from each phrase's weight."""
+    """Like text, with A1111 emphasis ``(phrase:1.15)`` from each phrase's weight; the
+    negative prompt is unweighted, its literal parentheses and brackets escaped too."""
 
     def render(self, result: Result) -> str:
         return weighted_prompt(result)
+
+    def render_negative(self, negative: Result) -> str:
+        return escape_a1111(negative.prompt)
 
 
 class JsonWriter(ResultWriter):
@@ -152,7 +179,8 @@ class JsonlWriter(ResultWriter):
 
 
 class CsvWriter(ResultWriter):
-    """A header row, then one row per result (the columns of :data:`CSV_COLUMNS`)."""
+    """A header row, then one row per result (the columns of :data:`CSV_COLUMNS`); no cell starts
+    a formula (:func:`image2prompt.spreadsheet.spreadsheet_safe`)."""
 
     def __init__(self, stream: IO[str], single: bool) -> None:
         super().__init__(stream, single)
@@ -163,7 +191,7 @@ class CsvWriter(ResultWriter):
     def _write(self, result: Result) -> None:
         row: dict[str, Any] = result.to_dict()
         row["negative_prompt"] = result.negative.prompt if result.negative is not None else None
-        self._csv.writerow(["" if row.get(c) is None else row[c] for c in CSV_COLUMNS])
+        self._csv.writerow(["" if row.get(c) is None else spreadsheet_safe(row[c]) for c in CSV_COLUMNS])
 
 
 _WRITERS: dict[str, type[ResultWriter]] = {
@@ -172,7 +200,9 @@ _WRITERS: dict[str, type[ResultWriter]] = {
 
 
 def make_writer(fmt: str, stream: IO[str], single: bool) -> ResultWriter:
-    """A writer for ``fmt`` (one of :data:`FORMATS`); ``single`` is True when exactly one input was given."""
+    """A writer for ``fmt`` (one of :data:`FORMATS`). ``single``: the caller named one image (the CLI: one
+    file or URL, not a folder or glob), so text is the prompt alone and JSON one object; else lines and
+    an array, whatever number of results follow."""
     try:
         return _WRITERS[fmt](stream, single)
     except KeyError:

@@ -312,7 +312,8 @@ def test_max_pixels_option_refuses_and_lifts(tmp_path: Path, tiny_args: list[str
     assert refused.exit_code == 1
     assert refused.stdout == ""
     assert refused.stderr.strip() == (
-        f"image2prompt: error: {path}: image too large (20×10 pixels, limit 100 pixels; raise the max-pixels limit)")
+        f"image2prompt: error: {path}: image too large (20×10 pixels, limit 100 pixels; "
+        "raise it with --max-pixels N, or --max-pixels none)")
     assert_no_traceback(refused)
 
     lifted = invoke(path, *tiny_args, "--max-pixels", "none")

@@ -8,6 +8,7 @@ and ``cache info`` stay fast.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
@@ -22,10 +23,12 @@ import click
 from .. import __version__
 from ..batch.engine import failure_manifest_path
 from ..batch.records import FORMATS as RECORD_FORMATS
+from ..batch.records import OutputError, format_for
 from ..batch.sidecars import ON_EXISTING
 from ..cache import EmbeddingCache
-from ..errors import Image2PromptError, ImageLoadError, SettingsError, one_line
+from ..errors import RAISE_MAX_PIXELS, Image2PromptError, ImageLoadError, SettingsError, one_line
 from ..io import DEFAULT_MAX_PIXELS, ImageSource, expand_sources, load_image
+from ..io.sources import is_url
 from ..models._registry import (
     CAPTION_MODELS,
     CLIP_PRESETS,
@@ -36,6 +39,7 @@ from ..models._registry import (
     open_clip_names,
     resolve_target,
 )
+from ..modes import beam_modes, caption_free_modes, get_mode
 from ..render import FORMATS, format_analysis, make_writer, shows_similarity
 from ..results import MODES
 from ..runner import Runner
@@ -59,8 +63,29 @@ class FatalError(click.ClickException):
 
     exit_code = 1
 
+    def format_message(self) -> str:
+        return cli_words(self.message)
+
     def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"{PROG}: error: {self.format_message()}", err=True, file=file)
+
+
+class UsageLine(FatalError):
+    """A usage error said in one line (an option's value that cannot work), exit status 2."""
+
+    exit_code = 2
+
+
+#: The library's front-end-neutral words for a setting -> the option that sets it here.
+_CLI_WORDS = {RAISE_MAX_PIXELS: "raise it with --max-pixels N, or --max-pixels none"}
+
+
+def cli_words(message: str) -> str:
+    """A library message in the command line's words: where it says how to change a setting,
+    it names the option (``--max-pixels``)."""
+    for neutral, ours in _CLI_WORDS.items():
+        message = message.replace(neutral, ours)
+    return message
 
 
 @contextmanager
@@ -363,6 +388,22 @@ def _floor_callback(value: str) -> float | None:
         raise click.BadParameter(str(err)) from None
 
 
+def check_caption(mode: str, captioner: str | None, caption: str | None) -> None:
+    """A usage error when ``mode`` needs a caption and none can be had: no captioner, no --caption.
+    It names every mode that needs none (from the mode registry)."""
+    if captioner is None and not caption and get_mode(mode).needs_caption(False):
+        others = " or ".join(f"--mode {m}" for m in caption_free_modes() if m in MODES)  # what --mode takes
+        hint = f" (or use {others})" if others else ""
+        raise click.UsageError(f"--caption-model none needs --caption TEXT{hint}")
+
+
+def warn_unused_beam(mode: str, beam: int) -> None:
+    """One warning when --beam is given to a mode whose search does not read it."""
+    if beam > 1 and mode not in beam_modes():
+        logging.getLogger(f"{PROG}.cli").warning(
+            "--beam %d is ignored: %s mode has no beam (only %s modes do)", beam, mode, " and ".join(beam_modes()))
+
+
 def search_options(f: F) -> F:
     """The search options of ``run`` and ``batch``: --mode ... --memory-budget (one definition for both)."""
     for option in reversed([
@@ -375,7 +416,8 @@ def search_options(f: F) -> F:
         click.option("--negative", "with_negative", is_flag=True,
                      help="Also write the paired negative prompt, from the same image features."),
         click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
-                     help="best/turbo: keep N prompts per search step (1 is the reference's greedy search)."),
+                     help="best/turbo: keep N prompts per search step (1 is the reference's greedy search); "
+                          "the other modes have no beam and warn that they ignore it."),
         click.option("--max-tokens", type=click.IntRange(min=3), default=77, show_default=True, metavar="N",
                      help="Token budget of the prompt, start and end tokens included; no mode goes over it, and a "
                           "caption over it is cut at a word. Past 77, CLIP cannot score additions: the rest is "
@@ -422,19 +464,25 @@ def input_options(f: F) -> F:
 @click.argument("inputs", nargs=-1, required=True, metavar="PATH_OR_URL...")
 @search_options
 @model_options("Default: blip-large (blip-base with --low-vram).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
-              help="text: the prompt (SOURCE<TAB>PROMPT lines for several inputs); weighted: the same with "
-                   "A1111 emphasis (phrase:1.15) from the scores; json: full results with every phrase's "
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="text: the prompt; weighted: the same with A1111 emphasis (phrase:1.15) from the scores "
+                   "(a literal ( ) [ ] or \\ escaped with a backslash, as A1111 reads it); json: full results with every phrase's "
                    "score and the prompt's similarity; jsonl: one result per line; csv: one row per result. "
-                   "(fast and classic score the final prompt only for json, jsonl and csv.)")
+                   "One file or URL on the command line gives the prompt alone (json: one object); folders, "
+                   "globs and several inputs give SOURCE<TAB>PROMPT lines (json: an array of the results, [] "
+                   "if none). Failed inputs are reported on stderr only. Default: from -o FILE's extension "
+                   "(.json, .jsonl, .ndjson, .csv), else text. (fast and classic score the final prompt only "
+                   "for json, jsonl and csv.)")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Write results to FILE instead of stdout (written as they are produced).")
+              help="Write results to FILE instead of stdout (written as they are produced); its extension "
+                   "sets the format unless --format does.")
 @input_options
 @verbosity_options
 def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_tokens: int, chunks: bool,
         candidates: int, flavors: tuple[int, int], floor: float | None, memory_budget: int | None, target: str | None,
         clip_name: tuple[str, ...], caption_model: str | None, caption: str | None, vocab: tuple[str, ...], device: str,
-        precision: str, caption_precision: str | None, low_vram: bool, cache_dir: str | None, fmt: str, output: str | None,
+        precision: str, caption_precision: str | None, low_vram: bool, cache_dir: str | None, fmt: str | None,
+        output: str | None,
         batch_size: int, max_pixels: int | None, quiet: bool, verbose: bool, debug: bool) -> None:
     """Write a prompt scaffold for each image: a starting point to edit, not a recovered prompt.
 
@@ -447,10 +495,11 @@ def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_
     Artist names are hypotheses: the image resembles work tagged with that name.
     """
     setup_logging(verbose, debug, quiet)
+    fmt = run_format(fmt, output)
     clip = pick_clip(clip_name, target)
     captioner = pick_captioner(caption_model)
-    if captioner is None and not caption and mode not in ("negative", "style"):
-        raise click.UsageError("--caption-model none needs --caption TEXT (or use --mode negative)")
+    check_caption(mode, captioner, caption)
+    warn_unused_beam(mode, beam)
     if caption or mode == "negative":
         captioner = None  # nothing to caption: do not load a captioner at all
     with fatal_errors(debug):
@@ -462,7 +511,7 @@ def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_
     items = list(expand_sources(inputs))
     show_progress = progress_enabled(quiet)
     with _open_output(output, fmt) as stream:
-        writer = make_writer(fmt, stream, single=len(items) == 1)
+        writer = make_writer(fmt, stream, single=names_one_image(inputs))
         reporter = Reporter(len(items), show_progress)
 
         def load() -> "Interrogator":  # called by the runner once the first image has decoded
@@ -478,7 +527,7 @@ def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_
                 if record.result is not None:
                     writer.write(record.result)
                 else:
-                    reporter.error(record.error or f"{record.source}: failed")
+                    reporter.error(cli_words(record.error or f"{record.source}: failed"))
                     failures += 1
                 reporter.advance()
         except Image2PromptError as err:
@@ -491,6 +540,38 @@ def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_
             reporter.close()
     if failures:
         click.get_current_context().exit(1)
+
+
+#: ``run -o FILE`` without --format: the format FILE's extension names (any other extension: text).
+RUN_EXTENSIONS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "text"}
+
+
+def run_format(fmt: str | None, output: str | None) -> str:
+    """--format if given, else the one -o FILE's extension names, else text (as `batch` picks its format)."""
+    if fmt is not None:
+        return fmt
+    if output is None:
+        return "text"
+    ext = Path(output).suffix.lower()
+    if ext == ".parquet":
+        raise UsageLine(f"{output}: run writes text, weighted, json, jsonl or csv; write Parquet with "
+                        "`image2prompt batch`")
+    return RUN_EXTENSIONS.get(ext, "text")
+
+
+def names_one_image(inputs: Sequence[str]) -> bool:
+    """True when the command line names one image: one argument, a file (or a missing path) or a URL,
+    not a folder or a glob. The output's shape follows it, never what a folder holds: the prompt
+    alone and one JSON object for one image, else SOURCE<TAB>PROMPT lines and a JSON array."""
+    if len(inputs) != 1:
+        return False
+    raw = inputs[0]
+    if is_url(raw):
+        return True
+    path = os.path.expanduser(raw)
+    if os.path.isdir(path):
+        return False
+    return os.path.exists(path) or not any(ch in raw for ch in "*?[")
 
 
 @contextmanager
@@ -519,6 +600,96 @@ def _sidecar_callback(ctx: click.Context, param: click.Parameter, value: str | N
         raise click.BadParameter(f"{value!r} is not a file extension such as .txt or .caption "
                                  "(give --sidecar after the inputs, or with its extension)")
     return value if value.startswith(".") else "." + value
+
+
+#: Search settings -> the option that sets them and its parameters (for --retry-failed's check).
+_RETRY_SETTINGS = {"mode": ("--mode", ("mode",)), "negative": ("--negative", ("with_negative",)),
+                   "beam": ("--beam", ("beam",)), "max_tokens": ("--max-tokens", ("max_tokens",)),
+                   "chunks": ("--chunks", ("chunks",)), "candidates": ("--candidates", ("candidates",)),
+                   "min_flavors": ("--flavors", ("flavors",)), "max_flavors": ("--flavors", ("flavors",)),
+                   "floor": ("--floor", ("floor",))}
+
+
+def _given(*params: str) -> bool:
+    """True when one of these parameters of the current command was given (not its default)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return any(ctx.get_parameter_source(p) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+               for p in params)
+
+
+def _shown(option: str, value: Any, settings: SearchSettings | None = None) -> str:
+    if option == "--flavors" and settings is not None:
+        return f"--flavors {settings.min_flavors},{settings.max_flavors}"
+    if isinstance(value, bool):
+        return option if value else f"no {option}"
+    if value is None:
+        return f"{option} off" if option == "--floor" else f"no {option}"
+    if isinstance(value, (list, tuple)):
+        return f"{option} {' '.join(str(v) for v in value)}" if value else f"no {option}"
+    return f"{option} {value:g}" if isinstance(value, float) else f"{option} {value}"
+
+
+def _retry_outputs(run: dict[str, Any]) -> dict[str, Any]:
+    """The output options of a kept run that this command was not given (given ones win)."""
+    kept: dict[str, Any] = run["outputs"] if isinstance(run.get("outputs"), dict) else {}
+    side: dict[str, Any] | None = kept["sidecar"] if isinstance(kept.get("sidecar"), dict) else None
+    out: dict[str, Any] = {}
+    if side is not None and not _given("sidecar", "on_existing", "prefix", "suffix", "dedupe"):
+        out.update(sidecar=side.get("ext"), on_existing=side.get("on_existing", "skip"), prefix=side.get("prefix"),
+                   suffix=side.get("suffix"), dedupe=bool(side.get("dedupe")))
+    for key in ("store_features", "store_scores"):
+        if kept.get(key) is not None and not _given(key):
+            out[key] = kept[key]
+    return out
+
+
+def _retry_as_run(output: str, settings: SearchSettings, clip: list[str], captioner: str | None,
+                  vocab: Sequence[str], caption: str | None, low_vram: bool = False
+                  ) -> tuple[SearchSettings, list[str], str | None, tuple[str, ...], str | None, dict[str, Any]]:
+    """--retry-failed: the settings and models of the run that failed (kept in FILE.failed.json),
+    not this command's defaults, and its output options (caption files, stored features and
+    scores) unless given. A search or model option given here that says otherwise is refused, in
+    one line; without a kept run (an earlier version's list) the command's own settings are used,
+    and the engine refuses them if no failed input ran with them."""
+    from ..batch.retry import normalise_clip, read_run
+
+    run = read_run(output)
+    if run is None:
+        return settings, clip, captioner, tuple(vocab), caption, {}
+    try:
+        stored = SearchSettings.from_dict(run["settings"])
+    except (SettingsError, TypeError) as err:
+        raise FatalError(f"--retry-failed: cannot use the settings kept in {output}.failed.json "
+                         f"({one_line(err)}); retry with the options of that run, without --retry-failed") from None
+    differences: list[str] = []
+    for field, (option, params) in _RETRY_SETTINGS.items():
+        ours, theirs = getattr(settings, field), getattr(stored, field)
+        if ours != theirs and _given(*params):
+            entry = (f"{_shown(option, theirs, stored)}, not {_shown(option, ours, settings)}")
+            if entry not in differences:
+                differences.append(entry)
+    stored_clip = [str(c) for c in run.get("clip") or []]
+    if _given("clip_name", "target") and [normalise_clip(c) for c in clip] != stored_clip:
+        differences.append(f"{_shown('--clip', stored_clip)}, not {_shown('--clip', clip)}")
+    stored_captioner = run.get("captioner")
+    from ..interrogator import Config
+
+    resolved = Config(caption_model=captioner, low_vram=low_vram).captioner  # "auto" is the model it picks
+    if _given("caption_model", "caption") and resolved != stored_captioner:
+        differences.append(f"{_shown('--caption-model', stored_captioner or 'none')}, "
+                           f"not {_shown('--caption-model', captioner or 'none')}")
+    stored_caption = run.get("caption")
+    if _given("caption") and caption != stored_caption:
+        differences.append(f"{_shown('--caption', stored_caption)}, not {_shown('--caption', caption)}")
+    stored_vocab = [str(v) for v in run.get("vocab") or []]
+    if _given("vocab") and [os.path.abspath(os.path.expanduser(v)) for v in vocab] != stored_vocab:
+        differences.append(f"{_shown('--vocab', stored_vocab)}, not {_shown('--vocab', list(vocab))}")
+    if differences:
+        raise FatalError(f"--retry-failed: the failed inputs of {output} ran with {'; '.join(differences)}; "
+                         "leave those options out to retry them as they ran")
+    return stored, stored_clip, stored_captioner, tuple(stored_vocab), stored_caption, _retry_outputs(run)
 
 
 class _BatchProgress:
@@ -594,18 +765,26 @@ class _BatchProgress:
 @click.option("--store-features", type=click.Path(file_okay=False), metavar="DIR",
               help="Also save each image's features as DIR/<hash[:2]>/<hash>.safetensors.")
 @click.option("--store-scores", type=click.IntRange(min=1), metavar="K",
-              help="Keep each image's top K phrases per category, with scores, in its record (result.trace).")
+              help="Keep each image's top K phrases per category, with scores, in its record (result.trace.top), "
+                   "scored from its features after the search (a little time per image). The search and the "
+                   "settings' fingerprint are those without it: adding it to a rerun redoes nothing, and the "
+                   "records already done stay without scores.")
 @click.option("--sidecar", is_flag=False, flag_value=".txt", default=None, metavar="[EXT]",
               callback=_sidecar_callback,
               help="Write each prompt beside its image (local files only): photo.txt, or photo.EXT "
                    "(.caption is what kohya reads).")
 @click.option("--on-existing", type=click.Choice(ON_EXISTING), default="skip", show_default=True,
-              help="For a caption file that exists: keep it, overwrite it, or append/prepend ours with \", \".")
-@click.option("--prefix", metavar="TEXT", help="Caption files: put TEXT (trigger words) before the prompt.")
-@click.option("--suffix", metavar="TEXT", help="Caption files: put TEXT after the prompt.")
+              help="For a caption file that exists: keep it, overwrite it, or append/prepend our prompt with \", \" "
+                   "(--prefix still goes first, --suffix last).")
+@click.option("--prefix", metavar="TEXT",
+              help="Caption files: put TEXT (trigger words) first. It counts against --max-tokens: the prompt's "
+                   "last phrases make room for it.")
+@click.option("--suffix", metavar="TEXT", help="Caption files: put TEXT last (it counts against --max-tokens too).")
 @click.option("--dedupe", is_flag=True,
               help="With append/prepend: leave out our phrases the existing caption already has.")
-@click.option("--retry-failed", is_flag=True, help="Retry the inputs FILE holds error records for.")
+@click.option("--retry-failed", is_flag=True,
+              help="Retry the inputs FILE holds error records for, with the settings, models and output options "
+                   "they ran with (kept in FILE.failed.json); a search or model option that says otherwise is refused.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Run on Ray Data (pip install 'image2prompt[ray]'): a local instance, or with --ray=ADDRESS "
                    "the cluster at ADDRESS (HEAD:6379). Decoding in CPU tasks, encoding and searching in actor pools; "
@@ -617,7 +796,8 @@ class _BatchProgress:
 @click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0, show_default=True, metavar="G",
               help="With --ray: GPUs each encode actor takes (0.5 puts two on one GPU).")
 @click.option("--cpus-per-actor", type=click.FloatRange(min=0.1), default=1, show_default=True, metavar="C",
-              help="With --ray: CPUs each actor takes (leave some for the decoding tasks).")
+              help="With --ray: CPUs each actor takes; cut to fit (said in one line) when the actors and "
+                   "a decoding task do not fit in the cluster's CPUs.")
 @verbosity_options
 def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with_negative: bool, beam: int,
           max_tokens: int, chunks: bool, candidates: int, flavors: tuple[int, int], floor: float | None,
@@ -645,10 +825,14 @@ def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with
         raise click.UsageError("--prefix, --suffix, --dedupe and --on-existing need --sidecar")
     if dedupe and on_existing not in ("append", "prepend"):
         raise click.UsageError("--dedupe needs --on-existing append or prepend")
+    try:  # an output format that cannot be told is a usage error, before anything loads
+        format_for(output, fmt)
+    except OutputError as err:
+        raise UsageLine(str(err)) from None
     clip = pick_clip(clip_name, target)
     captioner = pick_captioner(caption_model)
-    if captioner is None and not caption and mode not in ("negative", "style"):
-        raise click.UsageError("--caption-model none needs --caption TEXT (or use --mode negative)")
+    check_caption(mode, captioner, caption)
+    warn_unused_beam(mode, beam)
     if caption or mode == "negative":
         captioner = None
     show_bar = progress_enabled(quiet)
@@ -657,6 +841,14 @@ def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with
         settings = SearchSettings(mode=mode, beam=beam, max_tokens=max_tokens, chunks=chunks,
                                   candidates=candidates, min_flavors=flavors[0], max_flavors=flavors[1],
                                   floor=floor, negative=with_negative)
+        if retry_failed:  # the settings, models and output options the failed inputs ran with
+            settings, clip, captioner, vocab, caption, outputs = _retry_as_run(output, settings, clip, captioner,
+                                                                               vocab, caption, low_vram)
+            sidecar, on_existing = outputs.get("sidecar", sidecar), outputs.get("on_existing", on_existing)
+            prefix, suffix = outputs.get("prefix", prefix), outputs.get("suffix", suffix)
+            dedupe = outputs.get("dedupe", dedupe)
+            store_features = outputs.get("store_features", store_features)
+            store_scores = outputs.get("store_scores", store_scores)
         config = model_config(clip=clip, captioner=captioner, device=device, precision=precision,
                               caption_precision=caption_precision, cache_dir=cache_dir, vocab=vocab,
                               low_vram=low_vram, memory_budget_mb=memory_budget, batch_size=batch_size)
@@ -670,7 +862,7 @@ def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with
                    allow_urls=allow_urls, column=column, batch_size=batch_size, max_pixels=max_pixels,
                    caption=caption, store_features=store_features, store_scores=store_scores,
                    sidecar=sidecar_options, retry_failed=retry_failed, progress=progress,
-                   on_error=lambda line: progress.say(f"{PROG}: error: {line}"))
+                   on_error=lambda line: progress.say(f"{PROG}: error: {cli_words(line)}"))
     try:
         with fatal_errors(debug, OSError):
             if ray_address is None:
@@ -686,7 +878,7 @@ def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with
                                    allow_urls=allow_urls, column=column, max_pixels=max_pixels, caption=caption,
                                    fmt=fmt, store_scores=store_scores, store_features=store_features,
                                    sidecar=sidecar_options, retry_failed=retry_failed, progress=progress,
-                                   on_error=lambda line: progress.say(f"{PROG}: error: {line}"))
+                                   on_error=lambda line: progress.say(f"{PROG}: error: {cli_words(line)}"))
     except FatalError as err:
         if job.stats.seen and ray_address is None:  # it stopped in the middle: say so (the records written stand)
             raise FatalError(f"stopping: {err.format_message()}") from None

@@ -2,7 +2,8 @@
 
 The orchestrator only dispatches: ``get_mode(settings.mode).plan(ctx, features)``.
 A new mode is a class with ``name``, ``uses_caption``, ``needs_caption()`` and
-``plan()`` (see :mod:`image2prompt.modes.base`), registered with::
+``plan()`` (see :mod:`image2prompt.modes.base`), and ``uses_beam = True`` if its search
+reads ``SearchSettings.beam``, registered with::
 
     from image2prompt.modes import register_mode
 
@@ -50,6 +51,18 @@ def mode_names() -> list[str]:
     return list(_MODES)
 
 
+def caption_free_modes() -> list[str]:
+    """The registered modes that run without a caption (none given and no captioner loaded):
+    what a front end suggests when a caption is missing."""
+    return [name for name, mode in _MODES.items() if not mode.needs_caption(False)]
+
+
+def beam_modes() -> list[str]:
+    """The registered modes whose search reads ``SearchSettings.beam`` (``uses_beam = True``);
+    the others ignore it."""
+    return [name for name, mode in _MODES.items() if getattr(mode, "uses_beam", False)]
+
+
 def _load_plugin_modes() -> None:
     try:
         from ..models._registry import load_plugins
@@ -61,5 +74,5 @@ def _load_plugin_modes() -> None:
 for _cls in (BestMode, ClassicMode, FastMode, NegativeMode, TurboMode, StyleMode):
     register_mode(_cls)
 
-__all__ = ["Chain", "Mode", "Outcome", "Scored", "SearchContext", "Task", "get_mode", "mode_names",
-           "register_mode"]
+__all__ = ["Chain", "Mode", "Outcome", "Scored", "SearchContext", "Task", "beam_modes", "caption_free_modes",
+           "get_mode", "mode_names", "register_mode"]

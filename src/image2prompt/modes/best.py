@@ -22,6 +22,7 @@ from .fast import fast_candidate
 class BestMode:
     name = "best"
     uses_caption = True
+    uses_beam = True  # the chain keeps SearchSettings.beam prompts per step (turbo inherits it)
 
     def needs_caption(self, has_captioner: bool) -> bool:
         return True
