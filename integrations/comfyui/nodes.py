@@ -26,7 +26,7 @@ from image2prompt import Image2PromptError, SearchSettings
 from image2prompt.errors import SettingsError, one_line
 from image2prompt.io import load_image
 from image2prompt.models import CAPTION_MODELS, TARGETS, parse_caption_name, parse_clip_name
-from image2prompt.modes import caption_free_modes
+from image2prompt.modes import caption_free_modes, list_modes
 from image2prompt.render import format_analysis
 from image2prompt.runner import Runner
 from image2prompt.settings import DEFAULT_FLOOR, parse_floor
@@ -40,7 +40,6 @@ T = TypeVar("T")
 InputTypes = dict[str, dict[str, tuple[Any, ...]]]
 
 CATEGORY = "image2prompt"
-MODES = ("best", "turbo", "classic", "fast", "negative", "style")
 CLIP_CHOICES = [*TARGETS, "custom"]
 CAPTION_CHOICES = [*CAPTION_MODELS, "none", "custom"]
 _CLIP_HELP = ", ".join(f"{k} = {v}" for k, v in TARGETS.items()) + "; custom: the custom_clip field"
@@ -290,7 +289,7 @@ class Interrogate:
         return {
             "required": {
                 "image": ("IMAGE",),
-                "mode": (list(MODES), {"default": "best"}),
+                "mode": (list_modes(), {"default": "best"}),  # plugins' modes included
                 "clip_model": (CLIP_CHOICES, {"default": "sd15", "tooltip": _CLIP_HELP}),
                 "caption_model": (CAPTION_CHOICES, {"default": "blip-large",
                                                     "tooltip": "none: use the caption field; custom: the "
@@ -317,8 +316,8 @@ class Interrogate:
                     custom_caption_model: str = "", keep_loaded: bool = True, vocab: str = "",
                     cache_dir: str = "", floor: str = "") -> dict[str, Any]:
         count = _batch_size(image)
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+        if mode not in list_modes():
+            raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(list_modes())}")
         try:
             settings = SearchSettings(mode=mode, max_tokens=max_tokens, negative=negative, floor=_floor(floor))
         except ValueError as err:  # a SettingsError: one line, as a plain ValueError

@@ -20,6 +20,7 @@ import pytest
 from image2prompt import MODES, Config, Interrogator, SearchSettings
 from image2prompt.io import load_image
 from image2prompt.models import CAPTION_MODELS, TARGETS
+from image2prompt.modes import list_modes
 from image2prompt.render import WEAK_MATCH_WORDS, format_analysis
 from image2prompt.runner import Runner
 from image2prompt.search import weak_threshold
@@ -149,7 +150,7 @@ def test_declarations_follow_comfyui_rules(pack: types.ModuleType, key: str) -> 
 
 def test_choices_are_the_librarys(nodes: types.ModuleType) -> None:
     inputs = nodes.Interrogate.INPUT_TYPES()
-    assert inputs["required"]["mode"][0] == ["best", "turbo", "classic", "fast", "negative", "style"]
+    assert inputs["required"]["mode"][0] == list_modes()  # the registry's, plugins' modes included
     assert set(inputs["required"]["mode"][0]) == set(MODES)
     assert inputs["required"]["clip_model"][0] == [*TARGETS, "custom"] == ["sd15", "sd2", "sdxl", "custom"]
     assert inputs["required"]["caption_model"][0] == [*CAPTION_MODELS, "none", "custom"]

@@ -39,9 +39,8 @@ from ..models._registry import (
     open_clip_names,
     resolve_target,
 )
-from ..modes import beam_modes, caption_free_modes, get_mode
+from ..modes import beam_modes, caption_free_modes, get_mode, list_modes
 from ..render import FORMATS, format_analysis, make_writer, shows_similarity
-from ..results import MODES
 from ..runner import Runner
 from ..settings import SearchSettings, parse_floor
 from .progress import PROG, Reporter, progress_enabled, setup_logging, table_progress
@@ -290,6 +289,22 @@ def pick_clip(clip_names: Sequence[str], target: str | None) -> list[str]:
     return [resolve_target(target) if target else DEFAULT_CLIP]
 
 
+class ModeChoice(click.Choice):
+    """``--mode``: the registered modes, plugins' included, read when the option is used (a plugin
+    registers its mode when its entry point loads, after this module is imported)."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(list_modes())
+
+    @choices.setter
+    def choices(self, value: Any) -> None:  # click's __init__ sets it; the registry is the source
+        pass
+
+
 def pick_captioner(caption_model: str | None) -> str | None:
     """The captioner for Config: None for 'none', the name given, else "auto" (the library picks
     blip-large, or blip-base with --low-vram)."""
@@ -392,7 +407,7 @@ def check_caption(mode: str, captioner: str | None, caption: str | None) -> None
     """A usage error when ``mode`` needs a caption and none can be had: no captioner, no --caption.
     It names every mode that needs none (from the mode registry)."""
     if captioner is None and not caption and get_mode(mode).needs_caption(False):
-        others = " or ".join(f"--mode {m}" for m in caption_free_modes() if m in MODES)  # what --mode takes
+        others = " or ".join(f"--mode {m}" for m in caption_free_modes())  # every one --mode takes
         hint = f" (or use {others})" if others else ""
         raise click.UsageError(f"--caption-model none needs --caption TEXT{hint}")
 
@@ -407,7 +422,7 @@ def warn_unused_beam(mode: str, beam: int) -> None:
 def search_options(f: F) -> F:
     """The search options of ``run`` and ``batch``: --mode ... --memory-budget (one definition for both)."""
     for option in reversed([
-        click.option("--mode", type=click.Choice(MODES), default="best", show_default=True,
+        click.option("--mode", type=ModeChoice(), default="best", show_default=True,
                      help="best: greedy search for the highest-scoring prompt (slowest); turbo: the same search, "
                           "done lazily on a shortlist of phrases at each step (several times faster); classic: caption, "
                           "medium, artist, site, movement and 3 flavors; fast: caption and the top phrases; "

@@ -47,20 +47,28 @@ def get_mode(name: str) -> Mode:
         raise SettingsError(f"unknown mode {name!r}; choose one of: {', '.join(mode_names())}") from None
 
 
-def mode_names() -> list[str]:
+def list_modes() -> list[str]:
+    """Every registered mode's name: the built-in ones, then those of installed plugins (their
+    ``image2prompt.plugins`` entry points are loaded first). What every front end offers."""
+    _load_plugin_modes()
     return list(_MODES)
+
+
+def mode_names() -> list[str]:
+    """:func:`list_modes` (the older name)."""
+    return list_modes()
 
 
 def caption_free_modes() -> list[str]:
     """The registered modes that run without a caption (none given and no captioner loaded):
     what a front end suggests when a caption is missing."""
-    return [name for name, mode in _MODES.items() if not mode.needs_caption(False)]
+    return [name for name in list_modes() if not _MODES[name].needs_caption(False)]
 
 
 def beam_modes() -> list[str]:
     """The registered modes whose search reads ``SearchSettings.beam`` (``uses_beam = True``);
     the others ignore it."""
-    return [name for name, mode in _MODES.items() if getattr(mode, "uses_beam", False)]
+    return [name for name in list_modes() if getattr(_MODES[name], "uses_beam", False)]
 
 
 def _load_plugin_modes() -> None:
@@ -75,4 +83,4 @@ for _cls in (BestMode, ClassicMode, FastMode, NegativeMode, TurboMode, StyleMode
     register_mode(_cls)
 
 __all__ = ["Chain", "Mode", "Outcome", "Scored", "SearchContext", "Task", "beam_modes", "caption_free_modes",
-           "get_mode", "mode_names", "register_mode"]
+           "get_mode", "list_modes", "mode_names", "register_mode"]

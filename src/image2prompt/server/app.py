@@ -51,7 +51,7 @@ from ..errors import Image2PromptError, ImageLoadError, SettingsError, one_line
 from ..io import load_image
 from ..io.images import download_bytes
 from ..io.sources import is_image_filename
-from ..modes import caption_free_modes, get_mode, mode_names
+from ..modes import caption_free_modes, get_mode, list_modes
 from ..prompt.caption import clean_given_caption, is_invisible
 from ..service import DEFAULT_QUEUE_BYTES, SERVE_FORMATS, SERVE_MAX_PIXELS, Busy, MicroBatcher, ShuttingDown
 from ..settings import DEFAULT_FLOOR, SearchSettings
@@ -171,7 +171,14 @@ class A1111PromptBody(BaseModel):
     image: str
     clip_model_name: str | None = None
     caption_model_name: str | None = None
-    mode: Literal["best", "fast", "classic", "negative", "caption", "turbo", "style"] = "fast"  # the extension's
+    mode: str = Field("fast", description="A registered mode (plugins' included), or caption.")  # the extension's
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        if value != "caption" and value not in list_modes():
+            raise ValueError(f"unknown mode {value!r}; choose one of: {', '.join(list_modes() + ['caption'])}")
+        return value
 
 
 class A1111AnalyzeBody(BaseModel):
@@ -817,7 +824,7 @@ def _routes(app: FastAPI, state: _State) -> None:
         ip, _ = state.need()
         return {"clip_models": [shown_model_name(c.name) for c in ip.clips],
                 "caption_model": shown_model_name(ip.caption_name) if ip.caption_name else None,
-                "modes": mode_names(), "default_mode": "best", "caption_free_modes": caption_free_modes(),
+                "modes": list_modes(), "default_mode": "best", "caption_free_modes": caption_free_modes(),
                 "max_tokens": SearchSettings().max_tokens,
                 "auth": cfg.api_key is not None, "version": __version__,
                 "limits": {"max_upload_bytes": cfg.max_upload_bytes, "max_pixels": cfg.max_pixels,
