@@ -16,8 +16,9 @@ import resource
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from image2prompt.vocab import TRENDING_SITES, clean_labels, expand_artists, expand_trending
 from image2prompt.vocab.packs import read_list

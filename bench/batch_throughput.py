@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, emit_report, ensure_models, make_images, modes_sample, offline_env  # noqa: E402
+from _common import REPO_ROOT, emit_report, ensure_models, make_images, modes_sample, offline_env
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, make_images, offline_env, peak_rss_mb  # noqa: E402
+from _common import REPO_ROOT, make_images, offline_env, peak_rss_mb
 
 VARIANTS = ("transformers", "absorbed", "ours")
 

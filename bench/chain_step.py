@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, emit_report, ensure_models, offline_env  # noqa: E402
+from _common import REPO_ROOT, emit_report, ensure_models, offline_env
 
 PREFIX = ("a photo of a dog sitting on a table, highly detailed, trending on artstation, "
           "by greg rutkowski, oil painting, soft light")

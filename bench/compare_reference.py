@@ -19,7 +19,8 @@ default, or a deterministic sample (``--table-sample N``).
 
 Examples:
   python bench/compare_reference.py --quick
-  python bench/compare_reference.py --sizes b32,l14 --images 2 --candidates 64 --candidates-l14 32 --vocab-size 300 --table-sample 1000
+  python bench/compare_reference.py --sizes b32,l14 --images 2 --candidates 64 --candidates-l14 32 \
+      --vocab-size 300 --table-sample 1000
   python bench/compare_reference.py --device cuda --markdown-out .bench-out/gpu.md
   python bench/compare_reference.py --full-vocab --sizes b32,l14 --modes fast,classic --skip-tables
 
@@ -42,9 +43,21 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
-    CAPTIONS, REPO_ROOT, SIZES, code_version, command_line, ensure_models, machine_info, make_images, markdown_table,
-    offline_env, peak_rss_mb, run_worker, table_label_count, write_vocab_sample,
+from _common import (
+    CAPTIONS,
+    REPO_ROOT,
+    SIZES,
+    code_version,
+    command_line,
+    ensure_models,
+    machine_info,
+    make_images,
+    markdown_table,
+    offline_env,
+    peak_rss_mb,
+    run_worker,
+    table_label_count,
+    write_vocab_sample,
 )
 
 NEAR_TIE = 1e-4
@@ -285,7 +298,7 @@ def worker_images(spec: dict) -> dict:
     if impl == "ours" and ref_prompts:
         # For prompts that differ, score both with OUR encoder (untimed, after the RSS reading).
         diffs: list[float | None] = []
-        for i, (img, mine, theirs) in enumerate(zip(timed, prompts, ref_prompts)):
+        for _i, (img, mine, theirs) in enumerate(zip(timed, prompts, ref_prompts)):
             if mine == theirs or theirs is None:
                 diffs.append(None)
                 continue
@@ -306,7 +319,7 @@ def worker_tables(spec: dict) -> dict:
         from image2prompt.vocab import load_classic_pack, load_folder_pack
 
         pack = load_classic_pack() if spec["full"] else load_folder_pack(spec["data_dir"])
-        ours, enc, secs = _our_interrogator(spec, pack)
+        _ours, enc, secs = _our_interrogator(spec, pack)
         tokens = enc.tokens_encoded
         labels = sum(len(pack[c].labels) for c in pack.categories())
     return {"impl": spec["impl"], "seconds": secs, "tokens": tokens, "labels": labels,
@@ -509,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     models_dir = Path(args.models_dir).resolve() if args.models_dir else out_dir / "models"
     run_dir = out_dir / "runs" / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731 - progress on stderr, report on stdout
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)
     data_dir = reference_data_dir()
     log(f"output: {run_dir}")
 
@@ -650,8 +663,8 @@ def main(argv: list[str] | None = None) -> int:
             tdir = data_dir
             table_note = f"full classic vocabulary from {data_dir} (the reference reads the raw lists)"
         else:
-            n_flav = len([l for l in open(data_dir / "flavors.txt", encoding="utf-8", errors="replace") if l.strip()])
-            n_art = len([l for l in open(data_dir / "artists.txt", encoding="utf-8", errors="replace") if l.strip()])
+            n_flav = len([x for x in open(data_dir / "flavors.txt", encoding="utf-8", errors="replace") if x.strip()])
+            n_art = len([x for x in open(data_dir / "artists.txt", encoding="utf-8", errors="replace") if x.strip()])
             frac = min(1.0, args.table_sample / max(1, n_flav))
             tdir = out_dir / f"table-vocab-f{args.table_sample}-s{args.seed}"
             tc = write_vocab_sample(tdir, data_dir, flavors=args.table_sample,

@@ -16,17 +16,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import offline_env, timed_search  # noqa: E402
-
-import quality  # noqa: E402
+import quality
+from _common import offline_env, timed_search
 
 TUNING_SEED = 781  # neither training's nor the reported quality figures' images
 
 
 def measure(modes: tuple[str, ...], floors: tuple[float | None, ...], images: int, rounds: int) -> dict:
-    from image2prompt import SearchSettings
-
     from bench.toyworld.world import sample_scenes
+    from image2prompt import SearchSettings
 
     offline_env()
     it = quality.load(quality.MODEL_DIR)

@@ -27,8 +27,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
-    CAPTIONS, REPO_ROOT, SIZE_NAMES, emit_report, ensure_models, make_images, modes_sample, offline_env,
+from _common import (
+    CAPTIONS,
+    REPO_ROOT,
+    SIZE_NAMES,
+    emit_report,
+    ensure_models,
+    make_images,
+    modes_sample,
+    offline_env,
 )
 
 

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, emit_report, ensure_models, make_images, offline_env  # noqa: E402
+from _common import REPO_ROOT, emit_report, ensure_models, make_images, offline_env
 
 
 def make_blip_base(out: Path) -> Path:
@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         print(rows[-1], flush=True)
 
     if args.reference:
-        import open_clip
         import clip_interrogator as ref
+        import open_clip
 
         model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{clip_dir}", device=args.device,
                                                                      precision="fp16" if cuda else "fp32")
@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         if cuda:
             torch.cuda.empty_cache()
         for pool in [int(x) for x in args.pools.split(",")]:
-            cfg = ref.Config(clip_model_name=("ViT-L-14" if args.size == "l14" else "ViT-B-32") + "/bench", caption_model_name="blip-base", device=args.device,
+            cfg = ref.Config(clip_model_name=("ViT-L-14" if args.size == "l14" else "ViT-B-32") + "/bench",
+                             caption_model_name="blip-base", device=args.device,
                              quiet=True, download_cache=False, cache_path=str(out / "cache-memory-ref"),
                              data_path=str(data_dir), chunk_size=2048, flavor_intermediate_count=pool)
             cfg.clip_model, cfg.clip_preprocess = model.eval(), preprocess

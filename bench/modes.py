@@ -32,8 +32,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
-    CAPTIONS, REPO_ROOT, emit_report, ensure_models, make_images, modes_sample, offline_env,
+from _common import (
+    CAPTIONS,
+    REPO_ROOT,
+    emit_report,
+    ensure_models,
+    make_images,
+    modes_sample,
+    offline_env,
 )
 
 VARIANTS = {
@@ -175,7 +181,6 @@ def run_size(size: str, model: str, vocab_dir: Path, cache_dir: Path, args: argp
     rows, results = [], {}
     for name in args.variants.split(","):
         settings = base.replace(**VARIANTS[name])
-        mode = settings.mode
         ci.interrogate(images[0], caption=captions[0], settings=settings)  # warm-up
         t0, tok0 = time.perf_counter(), enc.tokens_encoded
         _sync(args.device)

@@ -38,11 +38,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, offline_env, timed_search  # noqa: E402
-
-from bench.toyworld import metrics  # noqa: E402
-from bench.toyworld.vocab import PACK_DIR  # noqa: E402
-from bench.toyworld.world import GENERIC_NEGATIVE, Scene, render, sample_scenes, subject_caption  # noqa: E402
+from _common import REPO_ROOT, offline_env, timed_search
+from bench.toyworld import metrics
+from bench.toyworld.vocab import PACK_DIR
+from bench.toyworld.world import GENERIC_NEGATIVE, Scene, render, sample_scenes, subject_caption
 
 MODEL_DIR = REPO_ROOT / "bench" / "toyworld" / "model"
 EVAL_SEED = 777  # held out: training uses bench.toyworld.train.TRAIN_SEED
@@ -188,10 +187,9 @@ def ceiling_figures(it, feats, scenes, gaps: tuple[float, ...] = CEILING_GAPS) -
     best-scoring value, and only when that value leads the runner-up value by ``gap``. Its
     precision at a given recall bounds what any phrase-by-phrase rule on these scores can
     reach, since each factor's phrases then compete with nothing but their own kind."""
+    from bench.toyworld.vocab import FACTOR_PHRASES
     from image2prompt import SearchSettings
     from image2prompt.modes.base import SearchContext
-
-    from bench.toyworld.vocab import FACTOR_PHRASES
 
     ctx = SearchContext(it, SearchSettings(floor=None))
     cats = it.vocab.merged_categories()

@@ -62,16 +62,16 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, offline_env, timed_search  # noqa: E402,F401  (REPO_ROOT: the repository root on sys.path)
-
-from bench.toyworld.metrics import bootstrap, paired_ratio  # noqa: E402
+from _common import REPO_ROOT, offline_env, timed_search  # noqa: F401  (REPO_ROOT: the repository root on sys.path)
+from bench.toyworld.metrics import bootstrap, paired_ratio
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 DEFAULT_MODES = ("best", "turbo", "fast", "classic")

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import json
+import os
 import platform
 import re
 import shlex

@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, emit_report, machine_info, offline_env  # noqa: E402
+from _common import REPO_ROOT, emit_report, machine_info, offline_env
 
 ENDPOINT = "/v1/interrogate"
 BOUNDARY = "image2promptloadtestboundary7f3a"
@@ -432,7 +432,7 @@ async def measure(args: argparse.Namespace, base: str, proc: subprocess.Popen, b
     cpu1, self1, all1 = cpu_seconds(proc.pid), self_cpu_seconds(), machine_busy_seconds()
     rss1 = rss_mib(proc.pid)
     stats1 = await get_json(base, "/v1/stats")
-    ran = lambda s: s["completed"] + s["failed"]  # noqa: E731
+    ran = lambda s: s["completed"] + s["failed"]
     batches = stats1["batches"] - stats0["batches"]
     out: dict[str, Any] = {
         "elapsed_s": elapsed, "ok": tally.ok, "busy_503": tally.busy, "errors": tally.errors,
@@ -483,7 +483,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], models: dict
         if "error" in r:
             rows.append([label(r), args.clients, *["-"] * 7, "failed", *["-"] * 7])
             continue
-        per = lambda s: 1000 * s / r["ok"] if s is not None and r["ok"] else None  # noqa: E731
+        per = lambda s, r=r: 1000 * s / r["ok"] if s is not None and r["ok"] else None
         rows.append([label(r), args.clients,
                      f"{r['elapsed_s']:.1f}", r["ok"], f"{r['throughput']:.1f}", _f(r.get("p50_ms")),
                      _f(r.get("p95_ms")), _f(r.get("p99_ms")), r["busy_503"], r["errors"],
@@ -577,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as err:  # noqa: BLE001  reported, and the exit status says so
                 print(f"[max-batch {mb}] FAILED: {err}", flush=True)
                 results.append({"max_batch": mb, "run": run, "error": str(err)})
-        text, checks = report(args, results, models)
+        _text, checks = report(args, results, models)
         if args.json:
             Path(args.json).write_text(json.dumps({
                 "command": sys.argv, "machine": machine_info("cpu"), "args": {k: v for k, v in vars(args).items()},

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, emit_report, offline_env  # noqa: E402
-from serve_load import free_port, log_tail, rss_mib, stop, wait_ready  # noqa: E402
+from _common import REPO_ROOT, emit_report, offline_env
+from serve_load import free_port, log_tail, rss_mib, stop, wait_ready
 
 BOUNDARY = "image2promptmemorybench1c9e"
 NO_TRIM = ("import image2prompt.io.images as m; m.trim_memory = lambda: False; "

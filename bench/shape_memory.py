@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CAPTIONS, REPO_ROOT, ensure_models, make_images, offline_env  # noqa: E402
+from _common import CAPTIONS, REPO_ROOT, ensure_models, make_images, offline_env
 
 VARIANTS = ("torch", "ours")
 

@@ -9,15 +9,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import logging  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
+import logging
+from collections.abc import Iterator
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
 
-from tests.support import tiny_models  # noqa: E402
+from tests.support import tiny_models
 
 SMALL_VOCAB = {
     "artists": ["Claude Monet", "Hokusai", "Greg Rutkowski", "Frida Kahlo", "Zdzisław Beksiński",

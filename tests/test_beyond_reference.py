@@ -9,10 +9,10 @@ import pytest
 
 from image2prompt import Config, Interrogator, SearchSettings
 from image2prompt.cache import EmbeddingCache
+from image2prompt.models.clip import load_clip
 from image2prompt.prompt.subject import restates_subject, subject_words
 from image2prompt.render import weighted_prompt
 from image2prompt.search import emphasis_weight, weak_threshold
-from image2prompt.models.clip import load_clip
 from image2prompt.vocab import load_folder_pack
 
 
@@ -111,7 +111,7 @@ def test_paired_negative_reuses_the_features(ci, enc, images):
 def test_beam_one_equals_default_and_beam_two_never_worse_in_chain(enc, small_vocab_dir: Path, tmp_path: Path, images):
     cache = tmp_path / "c"
     ci = make(enc, small_vocab_dir, cache)
-    for i, img in enumerate(images[:2]):
+    for _i, img in enumerate(images[:2]):
         a = ci.interrogate(img, "best", caption="a thing")
         assert ci.interrogate(img, "best", caption="a thing", settings=S(beam=1)).prompt == a.prompt
         assert ci.interrogate(img, "best", caption="a thing", settings=S(beam=2)).similarity >= a.similarity - 1e-6

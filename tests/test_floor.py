@@ -157,7 +157,7 @@ def test_the_bounds_reach_every_phrase_and_none(ci, images) -> None:
 
 def test_negative_mode_floors_flavors_only(ci, images) -> None:
     feats = ci.encode(images[:2], generate_captions=False)
-    for f, r in zip(feats, (r for _, r in sorted(ci.search_indexed(feats, S(mode="negative", floor=1.0))))):
+    for _f, r in zip(feats, (r for _, r in sorted(ci.search_indexed(feats, S(mode="negative", floor=1.0))))):
         assert all(p.category == "flavors" for p in r.rejected)
         assert all(p.support <= -1.0 for p in r.phrases if p.category == "flavors")
 

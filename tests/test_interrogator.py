@@ -26,7 +26,7 @@ def interrogator(tiny_open_clip: Path, tiny_blip: Path, small_vocab_dir: Path, t
 def test_every_mode_gives_a_scored_result(interrogator: Interrogator, images, mode):
     r = interrogator.interrogate(images[0], mode)
     assert isinstance(r, Result) and r.mode == mode and r.prompt
-    assert r.token_count is not None and r.token_count <= 75 or mode in ("best", "negative")
+    assert (r.token_count is not None and r.token_count <= 75) or mode in ("best", "negative")
     assert -1.0 <= r.similarity <= 1.0
     assert all(-1.0 <= p.score <= 1.0 and p.category for p in r.phrases)
     for p in r.phrases:
@@ -95,7 +95,7 @@ def test_batch_arguments_are_checked_at_the_call(interrogator: Interrogator, ima
 def test_analyze_reports_every_category(interrogator: Interrogator, images):
     a = interrogator.analyze(images[0], top_n=3)
     assert set(a.categories) == {"artists", "flavors", "mediums", "movements", "trendings"}
-    for cat, phrases in a.categories.items():
+    for _cat, phrases in a.categories.items():
         assert len(phrases) == 3
         scores = [p.score for p in phrases]
         assert scores == sorted(scores, reverse=True)

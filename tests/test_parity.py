@@ -64,7 +64,7 @@ def test_prompts_identical_to_reference(pair, images, mode):
     from open_clip.tokenizer import SimpleTokenizer
 
     tok = SimpleTokenizer()
-    count = lambda text: len(tok.encode(text))  # noqa: E731
+    count = lambda text: len(tok.encode(text))
     ref, ours = pair
     ref_fn = {"classic": ref.interrogate_classic, "fast": ref.interrogate_fast, "best": ref.interrogate}[mode]
     identical, unexplained = 0, []

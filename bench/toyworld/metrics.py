@@ -5,15 +5,27 @@ numpy only (the zero-shot helper takes an already loaded Interrogator).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
-from .vocab import classify, factor_of  # noqa: F401  (classify: re-exported for bench/quality.py)
+from .vocab import classify, factor_of
 from .world import (
-    ARTISTS, BACKGROUNDS, COLOURS, COUNTS, LIGHTINGS, MEDIUMS, MOVEMENTS, PLACEMENT_WORDS, SHAPES,
-    STYLE_FACTORS, SUBJECT_FACTORS, TEXTURES, Scene,
+    ARTISTS,
+    BACKGROUNDS,
+    COLOURS,
+    COUNTS,
+    LIGHTINGS,
+    MEDIUMS,
+    MOVEMENTS,
+    PLACEMENT_WORDS,
+    SHAPES,
+    STYLE_FACTORS,
+    SUBJECT_FACTORS,
+    TEXTURES,
+    Scene,
 )
 
 #: The style factors whose recall the lab reports (movement too, where the scene has one).

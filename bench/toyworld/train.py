@@ -88,9 +88,9 @@ def save(model, out: Path) -> None:
 
 def train(out: Path, *, steps: int, batch: int, n_train: int, lr: float, threads: int, log_every: int = 50,
           save_every: int = 0) -> dict:
+    import open_clip
     import torch
     import torch.nn.functional as F
-    import open_clip
 
     torch.set_num_threads(threads)
     torch.manual_seed(TRAIN_SEED)

@@ -245,7 +245,7 @@ def _draw_shape(mask: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
 
 def _centres(scene: Scene, rng: np.random.RandomState) -> tuple[list[tuple[float, float]], float]:
     s = SIZE
-    jitter = lambda: rng.uniform(-0.04, 0.04) * s  # noqa: E731
+    jitter = lambda: rng.uniform(-0.04, 0.04) * s
     if scene.movement == "minimalism":
         return [(0.5 * s + jitter(), 0.5 * s + jitter())], s * 0.11
     if scene.movement == "neo-symmetrism":

@@ -14,9 +14,10 @@ No torch here.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,14 +52,14 @@ class Features:
     def __getitem__(self, e: int) -> np.ndarray:
         return self.vectors[e]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Any]:
         return iter(self.vectors)
 
-    def with_vectors(self, vectors: Sequence[np.ndarray]) -> "Features":
+    def with_vectors(self, vectors: Sequence[np.ndarray]) -> Features:
         """The same image with other vectors (style mode's projected features)."""
         return Features(list(vectors), self.encoders, self.caption, self.caption_model, self.source)
 
-    def equals(self, other: "Features") -> bool:
+    def equals(self, other: Features) -> bool:
         return (self.encoders == other.encoders and self.caption == other.caption
                 and self.caption_model == other.caption_model and self.source == other.source
                 and all(np.array_equal(a, b) for a, b in zip(self.vectors, other.vectors)))
@@ -95,7 +96,7 @@ class Features:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Features":
+    def load(cls, path: str | Path) -> Features:
         from safetensors import SafetensorError, safe_open
 
         try:
@@ -109,7 +110,7 @@ class Features:
         return cls._from_parts(meta, tensors, str(path))
 
     @classmethod
-    def _from_parts(cls, meta: dict[str, str], tensors: dict[str, np.ndarray], where: str) -> "Features":
+    def _from_parts(cls, meta: dict[str, str], tensors: dict[str, np.ndarray], where: str) -> Features:
         if meta.get("format") != "image2prompt.features":
             raise FeaturesError(f"{where}: not an image2prompt features file")
         if int(meta.get("version", "0")) > FORMAT_VERSION:

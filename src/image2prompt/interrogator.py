@@ -19,9 +19,10 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -88,7 +89,7 @@ class Interrogator:
 
     def __init__(
         self,
-        clip: "ClipEncoder | Sequence[ClipEncoder]",
+        clip: ClipEncoder | Sequence[ClipEncoder],
         captioner: Any = None,
         vocab: VocabularyPack | None = None,
         cache: EmbeddingCache | None = None,
@@ -96,7 +97,7 @@ class Interrogator:
         *,
         progress: ProgressFactory | None = None,
     ) -> None:
-        self.clips: list[ClipEncoder] = [clip] if not isinstance(clip, (list, tuple)) else list(clip)
+        self.clips: list[ClipEncoder] = list(clip) if isinstance(clip, (list, tuple)) else [cast("ClipEncoder", clip)]
         if not self.clips:
             raise ValueError("at least one CLIP encoder is needed")
         self.captioner = captioner
@@ -114,7 +115,7 @@ class Interrogator:
 
     @classmethod
     def load(cls, config: Config | None = None, *, progress: ProgressFactory | None = None,
-             **overrides: Any) -> "Interrogator":
+             **overrides: Any) -> Interrogator:
         """Build an Interrogator from model names (downloads weights on first use when online)."""
         config = replace(config or Config(), **overrides)
         from .models.captioners import load_captioner
@@ -154,7 +155,7 @@ class Interrogator:
             sides.append(getattr(self.captioner, "input_side", None))
         if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in sides):
             return None
-        return max(sides)
+        return max(int(s) for s in sides if s is not None)
 
     @property
     def encoder_keys(self) -> tuple[str, ...]:
@@ -313,7 +314,8 @@ class Interrogator:
         with self._using("clip"):
             for e, clip in enumerate(self.clips):
                 sources = {id(ch.indexes[e]): ch.indexes[e] for ch in chains}
-                ids = collections.ChainMap(*(ix.token_ids() for ix in sources.values()))  # type: ignore[arg-type]
+                ids: collections.ChainMap[Any, Any] = collections.ChainMap(
+                    *(ix.token_ids() for ix in sources.values()))  # type: ignore[arg-type]
                 outs = clip.encode_extensions_many([requests[j][1:] for j in asked], phrase_ids=ids)
                 for j, out in zip(asked, outs):
                     totals[j] += out @ chains[requests[j][0]].features[e]

@@ -62,11 +62,11 @@ class Result:
     weak_match: bool = False  # True when match_strength is low: treat every phrase with suspicion
     specificity: float | None = None  # share of the phrases that clear the relevance floor (None: no phrases)
     rejected: list[Phrase] = field(default_factory=list)  # what the floor kept out that would have been used
-    negative: "Result | None" = None  # the paired negative prompt, when asked for
+    negative: Result | None = None  # the paired negative prompt, when asked for
     chunks: list[str] | None = None  # the prompt split into <=75-token chunks, when asked for
     fingerprint: str | None = None  # settings + models + vocabulary (Interrogator.fingerprint): a resume key
     version: str | None = None  # the image2prompt version that produced it
-    trace: "Trace | None" = None  # with SearchSettings(trace=True): how the prompt was found
+    trace: Trace | None = None  # with SearchSettings(trace=True): how the prompt was found
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -52,8 +52,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from .features import Features
     from .interrogator import Interrogator
 
-__all__ = ["DEFAULT_QUEUE_BYTES", "SERVE_FORMATS", "SERVE_MAX_PIXELS", "Busy", "BatcherStats", "MicroBatcher",
-           "ShuttingDown"]
+__all__ = [
+    "DEFAULT_QUEUE_BYTES",
+    "SERVE_FORMATS",
+    "SERVE_MAX_PIXELS",
+    "BatcherStats",
+    "Busy",
+    "MicroBatcher",
+    "ShuttingDown",
+]
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +141,7 @@ class MicroBatcher:
     Call :meth:`start` (or use it as a context manager) and :meth:`close` when done.
     """
 
-    def __init__(self, interrogator: "Interrogator", *, max_batch: int = 16, max_wait: float = 0.005,
+    def __init__(self, interrogator: Interrogator, *, max_batch: int = 16, max_wait: float = 0.005,
                  max_queue: int = 64, max_queue_bytes: int | None = DEFAULT_QUEUE_BYTES) -> None:
         for name, value in (("max_batch", max_batch), ("max_queue", max_queue),
                             ("max_queue_bytes", max_queue_bytes)):
@@ -158,7 +165,7 @@ class MicroBatcher:
         self._closed = False
 
     # -- life cycle ------------------------------------------------------------------
-    def start(self) -> "MicroBatcher":
+    def start(self) -> MicroBatcher:
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="image2prompt-model-worker", daemon=True)
             self._thread.start()
@@ -191,7 +198,7 @@ class MicroBatcher:
                     with self._lock:
                         self._stats.dropped += 1
 
-    def __enter__(self) -> "MicroBatcher":
+    def __enter__(self) -> MicroBatcher:
         return self.start()
 
     def __exit__(self, *_: Any) -> None:
@@ -206,7 +213,7 @@ class MicroBatcher:
         return s
 
     # -- submitting --------------------------------------------------------------------
-    def submit(self, image: "Image.Image", settings: SearchSettings | None = None, *, caption: str | None = None,
+    def submit(self, image: Image.Image, settings: SearchSettings | None = None, *, caption: str | None = None,
                source: str | None = None) -> Future[Any]:
         """Queue a search of a decoded RGB image; the future's result is a
         :class:`~image2prompt.Result`. Raises :class:`Busy` when the queue is full and
@@ -223,14 +230,14 @@ class MicroBatcher:
         return self._put(_Request("search", image, settings, caption or None, source, 0,
                                   ip.fingerprint(settings), wants_caption=wants))
 
-    def submit_analyze(self, image: "Image.Image", top_n: int = 5, *, source: str | None = None) -> Future[Any]:
+    def submit_analyze(self, image: Image.Image, top_n: int = 5, *, source: str | None = None) -> Future[Any]:
         """Queue an analysis (the top ``top_n`` phrases per category); the result is an
         :class:`~image2prompt.Analysis`."""
         if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
             raise SettingsError(f"top must be a positive integer, got {top_n!r}")
         return self._put(_Request("analyze", image, None, None, source, top_n, f"analyze:{top_n}"))
 
-    def submit_caption(self, image: "Image.Image", *, source: str | None = None) -> Future[Any]:
+    def submit_caption(self, image: Image.Image, *, source: str | None = None) -> Future[Any]:
         """Queue a caption only; the result is the caption (a str)."""
         if self.interrogator.captioner is None:
             raise SettingsError("no caption model is loaded on this server")
@@ -320,7 +327,7 @@ class MicroBatcher:
         started = time.perf_counter()
         try:
             feats = self._encode(batch)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001  a request's failure goes to its future
             if len(batch) == 1:
                 self._fail(batch[0], err)
                 return
@@ -330,7 +337,7 @@ class MicroBatcher:
             for r in batch:
                 try:
                     pairs.append((r, self._encode([r])[0]))
-                except Exception as one:
+                except Exception as one:  # noqa: BLE001  this request's own failure, to its future
                     self._fail(r, one)
             batch = [r for r, _ in pairs]
             feats = [f for _, f in pairs]
@@ -345,12 +352,12 @@ class MicroBatcher:
         log.debug("micro-batch of %d in %.1f ms (%d groups)", len(batch),
                   1000 * (time.perf_counter() - started), len(groups))
 
-    def _encode(self, batch: list[_Request]) -> list["Features"]:
+    def _encode(self, batch: list[_Request]) -> list[Features]:
         return self.interrogator.encode([r.image for r in batch], [r.caption for r in batch],
                                         sources=[r.source for r in batch],
                                         generate_captions=[r.wants_caption for r in batch])
 
-    def _finish_group(self, members: list[tuple[_Request, "Features"]]) -> None:
+    def _finish_group(self, members: list[tuple[_Request, Features]]) -> None:
         kind = members[0][0].kind
         if kind == "caption":
             for r, f in members:
@@ -360,14 +367,14 @@ class MicroBatcher:
             for r, f in members:
                 try:
                     self._done(r, self.interrogator.analyze_features(f, r.top_n))
-                except Exception as err:
+                except Exception as err:  # noqa: BLE001  a request's failure goes to its future
                     self._fail(r, err)
             return
         settings = members[0][0].settings
         try:
             for i, result in self.interrogator.search_indexed([f for _, f in members], settings):
                 self._done(members[i][0], result)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001  a request's failure goes to its future
             left = [(r, f) for r, f in members if not r.future.done()]
             if len(left) <= 1:
                 for r, _ in left:
@@ -379,7 +386,7 @@ class MicroBatcher:
                 try:
                     for _, result in self.interrogator.search_indexed([f], settings):
                         self._done(r, result)
-                except Exception as one:
+                except Exception as one:  # noqa: BLE001  this request's own failure, to its future
                     self._fail(r, one)
 
     def _done(self, request: _Request, value: Any) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .errors import SettingsError
 
@@ -75,14 +76,14 @@ class SearchSettings:
             raise SettingsError("invalid search settings: " + "; ".join(problems))
 
     @classmethod
-    def reference(cls, **changes: Any) -> "SearchSettings":
+    def reference(cls, **changes: Any) -> SearchSettings:
         """The reference clip-interrogator's behaviour: these defaults with every departure from
         it turned off (today the relevance floor), so its modes give its prompts. ``changes``
         apply on top, e.g. ``SearchSettings.reference(mode="fast")``."""
         return cls(**{"floor": None, **changes})
 
     # -- conversion ----------------------------------------------------------------
-    def replace(self, **changes: Any) -> "SearchSettings":
+    def replace(self, **changes: Any) -> SearchSettings:
         """A copy with ``changes`` applied (validated like any new instance)."""
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
         if unknown:
@@ -93,7 +94,7 @@ class SearchSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SearchSettings":
+    def from_dict(cls, data: dict[str, Any]) -> SearchSettings:
         """Settings from a mapping (a JSON body, a stored record); unknown keys are an error."""
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:

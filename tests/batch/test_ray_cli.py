@@ -27,9 +27,10 @@ import pytest
 
 pytest.importorskip("ray")
 
-from image2prompt.batch.records import read_records  # noqa: E402
+from image2prompt.batch.records import read_records
+
 # config, expected, folder: test_ray's module fixtures (the same inputs and the engine's records)
-from tests.batch.test_ray import CAPTION, _by_source, _same, config, expected, folder  # noqa: E402, F401
+from tests.batch.test_ray import CAPTION, _by_source, _same, config, expected, folder  # noqa: F401
 
 HANG_GUARD_S = 420  # far above a run's length on a loaded 2-core machine (about a minute)
 

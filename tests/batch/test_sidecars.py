@@ -28,7 +28,7 @@ def test_prefix_and_suffix_are_joined_with_commas() -> None:
 def test_new_file_then_skip_then_overwrite(tmp_path: Path) -> None:
     img = tmp_path / "a.png"
     assert write_sidecar(img, "a cat", SidecarOptions()) == "written"
-    assert (tmp_path / "a.txt").read_bytes() == "a cat\n".encode()
+    assert (tmp_path / "a.txt").read_bytes() == b"a cat\n"
     assert write_sidecar(img, "a dog", SidecarOptions()) == "skipped"
     assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "a cat\n"
     assert write_sidecar(img, "a dög", SidecarOptions(on_existing="overwrite")) == "overwritten"

@@ -242,7 +242,7 @@ def test_trained_toy_model_reference_row(tmp_path: Path) -> None:
     folder = tmp_path / "pairs"
     write_pairs(folder, n=N_IMAGES, seed=21, broken=False)
     out = tmp_path / "toy.json"
-    rc, stdout, stderr = run(base_args(folder, TOY_MODEL, TOY_MODEL, out))
+    rc, _stdout, stderr = run(base_args(folder, TOY_MODEL, TOY_MODEL, out))
     assert rc == 0, stderr
     assert "not held out" in stderr  # one trained toy model: search and evaluator are the same
     rep = json.loads(out.read_text())

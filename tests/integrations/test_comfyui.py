@@ -353,7 +353,7 @@ class FakeComfy:
             raise Interrupted("Processing interrupted")
 
     # comfy.utils
-    def ProgressBar(self, total: int) -> Any:  # noqa: N802 - ComfyUI's name
+    def ProgressBar(self, total: int) -> Any:
         self.bars.append([total])
         return types.SimpleNamespace(update=self.bars[-1].append)
 

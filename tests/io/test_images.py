@@ -11,7 +11,7 @@ import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -355,7 +355,7 @@ def test_max_pixels_overrides_stricter_pil_limit_temporarily(
 
 
 class _UserAgentHandler(QuietHandler):
-    seen_user_agents: list[str] = []
+    seen_user_agents: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         self.seen_user_agents.append(self.headers.get("User-Agent", ""))
@@ -498,7 +498,7 @@ def test_public_only_downloads_refuse_loopback_and_other_schemes(tmp_path: Path,
 
 
 class RedirectHandler(QuietHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path == "/a.png":
             return super().do_GET()
         if self.path == "/slow":

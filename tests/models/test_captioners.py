@@ -60,7 +60,6 @@ def test_blip_vision_attention_runs_fused_and_matches_eager(tiny_blip: Path, ima
     """The fused vision attention is the same attention: held to transformers' eager BLIP."""
     import torch
     from transformers import BlipForConditionalGeneration
-
     from transformers.models.blip.modeling_blip import BlipAttention
 
     from image2prompt.models.captioners import FusedBlipAttention, fuse_blip_vision_attention

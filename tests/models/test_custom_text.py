@@ -59,7 +59,7 @@ def open_clip_features(enc, texts):
 
 
 def test_loads_as_custom_text_clip(custom):
-    kind, enc = custom
+    _kind, enc = custom
     assert type(enc.model).__name__ == "CustomTextCLIP"
     assert enc.tower is enc.model.text
     assert enc.embed_dim == 32 and enc.text_width == 64 and enc.text_heads == 2
@@ -78,7 +78,7 @@ def test_fast_paths_only_where_exact(custom):
 
 
 def test_texts_encode_as_open_clip_encodes_them(custom):
-    kind, enc = custom
+    _kind, enc = custom
     ours = enc.encode_texts(TEXTS)
     assert ours.shape == (len(TEXTS), 32) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, open_clip_features(enc, TEXTS), atol=1e-5)
@@ -92,7 +92,7 @@ def test_texts_encode_as_open_clip_encodes_them(custom):
 
 
 def test_embed_labels_matches_and_returns_token_ids(custom):
-    kind, enc = custom
+    _kind, enc = custom
     feats, ids = enc.embed_labels(TEXTS[:4])
     np.testing.assert_allclose(feats, open_clip_features(enc, TEXTS[:4]), atol=1e-5)
     assert ids == [enc.tokenizer.encode(t) for t in TEXTS[:4]]
@@ -100,13 +100,13 @@ def test_embed_labels_matches_and_returns_token_ids(custom):
 
 @pytest.mark.parametrize("prefix", PREFIXES)
 def test_extensions_equal_full_encodes(custom, prefix):
-    kind, enc = custom
+    _kind, enc = custom
     got = enc.encode_extensions(prefix, PHRASES)
     np.testing.assert_allclose(got, open_clip_features(enc, [prefix + ", " + p for p in PHRASES]), atol=1e-5)
 
 
 def test_extensions_many_and_phrase_ids(custom):
-    kind, enc = custom
+    _kind, enc = custom
     requests = [(p, PHRASES) for p in PREFIXES[:3]]
     ids = {p: enc.tokenizer.encode(p) for p in PHRASES}
     outs = enc.encode_extensions_many(requests, phrase_ids=ids)

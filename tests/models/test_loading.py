@@ -13,7 +13,6 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 
 from image2prompt import hub
 from image2prompt.errors import ModelLoadError
-from image2prompt.models import loading
 from image2prompt.models.device import resolve_device
 from image2prompt.models.loading import CAPTION_ADVICE, CLIP_ADVICE, from_hub, hub_reachable, load_error, sentences
 
@@ -68,7 +67,7 @@ def cache_miss() -> Exception:
         return err
 
 
-def raises(err: Exception):  # noqa: ANN201
+def raises(err: Exception):
     def load() -> None:
         raise err
 

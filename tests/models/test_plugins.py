@@ -11,9 +11,15 @@ import numpy as np
 import pytest
 
 from image2prompt.errors import ModelLoadError
-from image2prompt.models import _registry
-from image2prompt.models import load_captioner, load_clip, parse_caption_name, parse_clip_name
-from image2prompt.models import register_captioner, register_clip_backend
+from image2prompt.models import (
+    _registry,
+    load_captioner,
+    load_clip,
+    parse_caption_name,
+    parse_clip_name,
+    register_captioner,
+    register_clip_backend,
+)
 from image2prompt.models.clip import ClipEncoder
 
 

@@ -3,7 +3,14 @@ from __future__ import annotations
 import pytest
 
 from image2prompt.prompt import (
-    at_limit, classic_prompt, clean_caption, cut_to_fit, fast_prompt, fits, split_into_chunks, truncate_to_fit,
+    at_limit,
+    classic_prompt,
+    clean_caption,
+    cut_to_fit,
+    fast_prompt,
+    fits,
+    split_into_chunks,
+    truncate_to_fit,
 )
 
 
@@ -106,7 +113,7 @@ def test_bisection_keeps_exactly_what_adding_parts_one_by_one_keeps() -> None:
     rng = random.Random(0)
     vocab = ["oil painting", "by greg rutkowski", "trending on artstation", "8k", "a", "", "sharp focus",
              "highly detailed, intricate", "ünïcode", "x" * 30, "a photo of a cat sitting on a mat"]
-    for trial in range(300):
+    for _trial in range(300):
         caption = rng.choice(["", "a cat", "a painting of a woman sitting on a table"])
         text = ", ".join([caption] + [rng.choice(vocab) for _ in range(rng.randint(0, 40))])
         for name, count in counters.items():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from image2prompt.errors import SettingsError
 from image2prompt.report.collect import Collection, grouper
 from image2prompt.report.stats import benjamini_hochberg, cooccurrence, separating_phrases
-from image2prompt.errors import SettingsError
 from tests.support.synthetic_records import records
 
 

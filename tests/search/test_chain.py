@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.support.chains import greedy_chain
 from image2prompt.search.chain import start_chain
+from tests.support.chains import greedy_chain
 
 
 def additive_scorer(weights: dict[str, float], base: float = 0.0):
@@ -18,8 +18,8 @@ def additive_scorer(weights: dict[str, float], base: float = 0.0):
 
 def make(weights, **kw):
     score = additive_scorer(weights)
-    ext = lambda prefix, phrases: np.array([score(prefix + ", " + p) for p in phrases])  # noqa: E731
-    texts = lambda ts: np.array([score(t) for t in ts])  # noqa: E731
+    ext = lambda prefix, phrases: np.array([score(prefix + ", " + p) for p in phrases])
+    texts = lambda ts: np.array([score(t) for t in ts])
     return ext, texts
 
 
@@ -96,7 +96,7 @@ def test_beam_one_is_the_greedy_chain_and_wider_beams_can_do_better():
     weights = {"a": 0.5, "b": 0.3, "c": 0.1, "d": -0.5}
     pairs = {frozenset({"b", "c"}): 0.6}
     score = pairwise_scorer(weights, pairs)
-    ext = lambda prefix, phrases: np.array([score(prefix + ", " + p) for p in phrases])  # noqa: E731
+    ext = lambda prefix, phrases: np.array([score(prefix + ", " + p) for p in phrases])
     kw = dict(start="cap", start_similarity=0.0, min_count=0, max_count=2)
     greedy = greedy_chain(list(weights), ext, lambda t: False, **kw)
     beam1 = greedy_chain(list(weights), ext, lambda t: False, beam=1, **kw)
@@ -204,7 +204,7 @@ def test_lazy_rounds_rank_by_the_mean_of_past_gains():
         {"b": 1.2, "c": 0.95, "d": 1.0, "e": 0.9, "f": 0.95},  # from "c0, a": c's gain dips to 0.05
         {"c": 1.6, "d": 1.3, "e": 1.2, "f": 1.25},  # from "c0, a, b"
     ]
-    ext = lambda prefix, phrases: np.array([sims[prefix.count(", ")][p] for p in phrases])  # noqa: E731
+    ext = lambda prefix, phrases: np.array([sims[prefix.count(", ")][p] for p in phrases])
     kw = dict(start="c0", start_similarity=0.0, min_count=0, max_count=3)
     full = greedy_chain(vocab, ext, lambda t: False, **kw)
     state = start_chain(vocab, lambda t: False, shortlist=2, max_rounds=1, refresh_every=0, **kw)
@@ -241,7 +241,7 @@ def test_lazy_rounds_are_capped_and_refresh_rescores_the_pool():
 
 def test_lazy_ties_go_to_the_earlier_phrase_in_table_order():
     vocab = ["a", "b", "c", "d"]
-    ext = lambda prefix, phrases: np.array([1.0 if p in ("b", "d") else 0.0 for p in phrases])  # noqa: E731
+    ext = lambda prefix, phrases: np.array([1.0 if p in ("b", "d") else 0.0 for p in phrases])
     state = start_chain(vocab, lambda t: False, start="c0", start_similarity=0.0, min_count=1, max_count=1,
                         shortlist=2)
     while not state.done:

@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 
-from image2prompt import Config, Interrogator  # noqa: E402
-from image2prompt.server import ServerConfig, create_app  # noqa: E402
-from tests.support.server import running_app  # noqa: E402
+from image2prompt import Config, Interrogator
+from image2prompt.server import ServerConfig, create_app
+from tests.support.server import running_app
 
 
 @pytest.fixture(scope="session")

@@ -74,7 +74,7 @@ def test_serve_answers_an_a1111_client_like_the_cli(tiny_open_clip: Path, tiny_b
         assert r.status_code == 200 and r.json() == {"prompt": cli_prompt}
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert f"serving http://127.0.0.1:{port}/" in err
     assert "POST /interrogator/prompt 200" in err and "Traceback" not in err

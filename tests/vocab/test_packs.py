@@ -8,8 +8,14 @@ import pytest
 
 from image2prompt.errors import VocabularyError
 from image2prompt.vocab import (
-    TRENDING_SITES, PhraseTable, labels_sha256, load_classic_pack, load_folder_pack, load_style_pack,
-    load_vocabulary, reference_data_dir,
+    TRENDING_SITES,
+    PhraseTable,
+    labels_sha256,
+    load_classic_pack,
+    load_folder_pack,
+    load_style_pack,
+    load_vocabulary,
+    reference_data_dir,
 )
 
 
@@ -28,7 +34,7 @@ def test_classic_pack_comes_from_the_installed_reference_without_importing_it():
 
 def test_classic_expansions_and_cleaning():
     pack = load_classic_pack()
-    raw_artists = [l.strip() for l in (reference_data_dir() / "artists.txt").read_text().splitlines()]
+    raw_artists = [line.strip() for line in (reference_data_dir() / "artists.txt").read_text().splitlines()]
     artists = pack["artists"].labels
     assert artists[0] == f"by {raw_artists[0]}"
     assert artists[len(raw_artists)] == f"inspired by {raw_artists[0]}"
@@ -39,7 +45,7 @@ def test_classic_expansions_and_cleaning():
     flavors = pack["flavors"].labels
     assert "" not in flavors and len(set(flavors)) == len(flavors)
     # flavors.txt has a blank line and duplicates: the reference's raw layout is kept for cache reuse
-    raw = [l.strip() for l in open(reference_data_dir() / "flavors.txt", encoding="utf-8", errors="replace")]
+    raw = [line.strip() for line in open(reference_data_dir() / "flavors.txt", encoding="utf-8", errors="replace")]
     src = pack["flavors"].source
     assert src is not None and src.size == len(raw) and src.sha256 == labels_sha256(raw)
     assert [raw[r] for r in src.rows] == list(flavors)

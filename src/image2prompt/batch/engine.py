@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Union, cast
 
 from ..errors import ImageLoadError, one_line
 from ..io import DEFAULT_MAX_PIXELS, ImageSource
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 InterrogatorOrFactory = Union["Interrogator", Callable[[], "Interrogator"]]
 
 
-def store_features(directory: str | os.PathLike[str], features: "Features", content_hash: str) -> None:
+def store_features(directory: str | os.PathLike[str], features: Features, content_hash: str) -> None:
     """``--store-features``: ``DIR/<hash[:2]>/<hash>.safetensors``, once per content; a failure is a warning."""
     path = feature_path(directory, content_hash)
     if path.exists():
@@ -122,7 +122,8 @@ class BatchStats:
         return self.written / self.elapsed if self.elapsed > 0 else 0.0
 
     def summary(self) -> str:
-        return (f"{self.seen} input{'' if self.seen == 1 else 's'}: {self.done} done, {self.copied} copied from identical images, "
+        return (f"{self.seen} input{'' if self.seen == 1 else 's'}: {self.done} done, "
+                f"{self.copied} copied from identical images, "
                 f"{self.skipped} already done, {self.failed} failed ({self.elapsed:.1f} s, {self.rate:.2f} images/s)")
 
 
@@ -144,7 +145,7 @@ class _Reader:
     """Walks the inputs in a thread and reads and hashes each one's bytes in a small pool,
     in input order, at most ``ahead`` inputs ahead of the consumer."""
 
-    def __init__(self, items: Iterator["InputItem"], workers: int, ahead: int) -> None:
+    def __init__(self, items: Iterator[InputItem], workers: int, ahead: int) -> None:
         self._items = items
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, ahead))
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="image2prompt-read")
@@ -170,7 +171,7 @@ class _Reader:
                 if not self._put(future):
                     future.cancel()
                     return
-        except BaseException as err:  # the input walk itself failed: hand the error to the consumer
+        except BaseException as err:  # noqa: BLE001  the input walk itself failed: hand the error to the consumer
             self._put(err)
         finally:
             self._put(_END)
@@ -197,7 +198,7 @@ class _Reader:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _read_and_hash(item: "InputItem") -> _Item:
+def _read_and_hash(item: InputItem) -> _Item:
     """Runs in a reader thread: the input's bytes and their sha256, or a one-line error."""
     out = _Item(item.source, item.path)
     if item.error is not None:
@@ -211,7 +212,7 @@ def _read_and_hash(item: "InputItem") -> _Item:
     except ImageLoadError as err:
         out.error = one_line(err)
         return out
-    except Exception as err:  # noqa: BLE001 - one bad input never stops the run
+    except Exception as err:
         log.debug("reading %s failed", item.source, exc_info=True)
         out.error = f"{item.source}: could not read ({one_line(err) or type(err).__name__})"
         return out
@@ -249,7 +250,7 @@ class BatchJob:
         *,
         interrogator: InterrogatorOrFactory,
         settings: SearchSettings | None = None,
-        config: "Config | None" = None,
+        config: Config | None = None,
         items: Any = None,
         fmt: str | None = None,
         allow_urls: bool = False,
@@ -297,7 +298,8 @@ class BatchJob:
         self.fingerprint: str | None = None
         self._given = interrogator
         self._config = config
-        self._interrogator: Interrogator | None = interrogator if _is_interrogator(interrogator) else None
+        self._interrogator: Interrogator | None = (cast("Interrogator", interrogator) if _is_interrogator(interrogator)
+                                                   else None)
         self._writer: RecordWriter | None = None
         self._meta: dict[int, _Item] = {}
         self._waiting: dict[str, list[_Item]] = {}  # content hash in flight -> identical inputs after it
@@ -306,7 +308,7 @@ class BatchJob:
         self._reached: set[str] = set()  # the sources (and manifest rows) the inputs gave
 
     @property
-    def interrogator(self) -> "Interrogator | None":
+    def interrogator(self) -> Interrogator | None:
         """The interrogator, once loaded (None when the run never needed it)."""
         return self._interrogator
 
@@ -361,7 +363,7 @@ class BatchJob:
         log.log(logging.DEBUG if self.progress is not None else logging.INFO, "batch done: %s", self.stats.summary())
         return self.stats
 
-    def _input_items(self) -> Iterator["InputItem"]:
+    def _input_items(self) -> Iterator[InputItem]:
         if self.items is not None:
             items: Any = self.items
         else:
@@ -406,7 +408,7 @@ class BatchJob:
         log.debug("the fingerprint needs the models: loading them now")
         return self._load().fingerprint(self.settings)
 
-    def _load(self) -> "Interrogator":
+    def _load(self) -> Interrogator:
         """The interrogator (loaded on first call); the real fingerprint replaces a predicted one."""
         if self._interrogator is None:
             loaded = self._given()  # type: ignore[operator]
@@ -536,7 +538,7 @@ class BatchJob:
         budget = self.settings.max_tokens - 2  # the budget counts the start and end tokens
         return lambda text: ic.count_tokens(text) <= budget
 
-    def _add_scores(self, result: Any, features: "Features") -> None:
+    def _add_scores(self, result: Any, features: Features) -> None:
         """``--store-scores K``: the top K phrases per category, as ``result.trace.top``. Scored from the
         features after the search (a search with ``trace`` would also run best and turbo mode's chain
         again without the relevance floor, to list exactly what it rejected: about twice the time)."""
@@ -549,7 +551,7 @@ class BatchJob:
         else:  # the caller's settings asked for a trace: keep its steps
             result.trace.top = top
 
-    def _save_features(self, features: "Features", content_hash: str) -> None:
+    def _save_features(self, features: Features, content_hash: str) -> None:
         assert self.store_features is not None
         store_features(self.store_features, features, content_hash)
 

@@ -28,7 +28,7 @@ __all__ = ["predict_fingerprint"]
 log = logging.getLogger(__name__)
 
 
-def predict_fingerprint(config: "Config", settings: SearchSettings) -> str | None:
+def predict_fingerprint(config: Config, settings: SearchSettings) -> str | None:
     """What ``Interrogator.load(config).fingerprint(settings)`` will return, or None when it
     cannot be told without loading (a plugin model, whose identity only it knows)."""
     keys: list[str] = []

@@ -44,7 +44,7 @@ from typing import IO, Any
 from image2prompt.errors import Image2PromptError, ImageLoadError, one_line
 from image2prompt.io import expand_sources
 from image2prompt.io.images import download_bytes, open_file
-from image2prompt.io.sources import ImageSource, is_image_filename, is_url
+from image2prompt.io.sources import is_image_filename, is_url
 
 __all__ = [
     "CAPTION_COLUMNS",
@@ -311,7 +311,7 @@ def _url_item(url: str, ctx: _Context, caption: str | None = None) -> InputItem:
 
 def _iter_list(name: str, path: str, ctx: _Context, parents: tuple[str, ...]) -> Iterator[InputItem]:
     try:
-        fp = open(path, "rb")  # noqa: SIM115  closed below; lines are decoded one by one
+        fp = open(path, "rb")
     except OSError as err:
         yield _failed(name, f"cannot read list ({_os_reason(err)})")
         return
@@ -400,7 +400,7 @@ def _caption_text(value: object) -> str | None:
 
 def _iter_csv(name: str, path: str, ctx: _Context, delimiter: str) -> Iterator[InputItem]:
     try:
-        fp = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115  closed below
+        fp = open(path, encoding="utf-8-sig", newline="")
     except OSError as err:
         yield _failed(name, f"cannot read manifest ({_os_reason(err)})")
         return
@@ -509,12 +509,14 @@ class _StrictInfo(tarfile.TarInfo):
     def fromtarfile(cls, archive: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
         try:
             return super().fromtarfile(archive)
-        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as err:
+        # CPython's header errors: real, but not in typeshed's tarfile stubs
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError,  # type: ignore[attr-defined]
+                tarfile.InvalidHeaderError) as err:  # type: ignore[attr-defined]
             if archive.offset == 0:
                 raise
-            if isinstance(err, tarfile.EmptyHeaderError):
+            if isinstance(err, tarfile.EmptyHeaderError):  # type: ignore[attr-defined]
                 raise tarfile.ReadError("truncated: no end-of-archive marker") from None
-            if isinstance(err, tarfile.TruncatedHeaderError):
+            if isinstance(err, tarfile.TruncatedHeaderError):  # type: ignore[attr-defined]
                 raise tarfile.ReadError("truncated inside a header") from None
             raise tarfile.ReadError(f"bad header ({err})") from None
 
@@ -557,7 +559,7 @@ def _shard_items(name: str, tf: tarfile.TarFile) -> Iterator[InputItem]:
             if member is None:
                 break
             # A stream never goes back: drop the headers tarfile keeps, so a big shard stays small.
-            del tf.members[:]
+            del tf.members[:]  # type: ignore[attr-defined]  # TarFile.members: real, not in typeshed
             base = member.name.rpartition("/")[2]
             if not member.isfile() or base.startswith("."):
                 continue
@@ -643,8 +645,8 @@ def _shard_member_item(name: str, path: str) -> InputItem | None:
             shard_name = name[: len(name) - len(member) - 1] if name.endswith(member) else str(parent)
             shard = str(parent)
 
-            def read() -> bytes:
-                return _read_member(shard, shard_name, member, name)
+            def read() -> bytes:  # returned at once: the loop never moves on under it
+                return _read_member(shard, shard_name, member, name)  # noqa: B023
 
             return InputItem(name, read=read)
     return None
@@ -655,7 +657,7 @@ def _read_member(shard: str, shard_name: str, member: str, source: str) -> bytes
         try:
             with tarfile.open(fileobj=fp, mode="r|*", tarinfo=_StrictInfo) as tf:
                 while (info := tf.next()) is not None:
-                    del tf.members[:]
+                    del tf.members[:]  # type: ignore[attr-defined]  # TarFile.members: real, not in typeshed
                     if info.name == member and info.isfile():
                         if info.size > MAX_FILE_BYTES:
                             raise ImageLoadError(source, _too_big())

@@ -40,7 +40,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -229,7 +229,7 @@ def run_on_ray(
                 log.info("retrying %d failed input%s", dropped, "" if dropped == 1 else "s")
         resume_fp = summary.fingerprint if writer.done_keys() else None
         tables, summary.seen = _input_rows(inputs, allow_urls=allow_urls, column=column)
-        done = _DoneSet.build(output, fmt, writer.done_keys(), resume_fp) if resume_fp is not None else None
+        done = _DoneSet.build(os.fspath(output), fmt, writer.done_keys(), resume_fp) if resume_fp is not None else None
         if done is not None:
             log.info("resuming %s: %d records under fingerprint %s", output, done.size, resume_fp)
         if tables:
@@ -281,7 +281,7 @@ def _drain(ds: Any, writer: RecordWriter, summary: RunSummary, resume_fp: str | 
         if record is None:
             continue
         fp = record.get("fingerprint")
-        if resume_fp is not None and fp != resume_fp and fp not in warned:
+        if resume_fp is not None and fp is not None and fp != resume_fp and fp not in warned:
             warned.add(fp)
             log.warning("the actors' fingerprint %s is not the one the resume used (%s): "
                         "do all nodes see the same models and vocabulary?", fp, resume_fp)
@@ -411,7 +411,7 @@ def _fit_cluster(ray: Any, **asked: Any) -> _Fit:
 def _import_ray() -> Any:
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError:
         raise RayMissingError(RAY_MISSING) from None
     return ray
@@ -682,7 +682,7 @@ class _DoneSet:
         return int(self.keys.size)
 
     @classmethod
-    def build(cls, output: str, fmt: str | None, done_keys: set[tuple[str, str]], fingerprint: str) -> "_DoneSet":
+    def build(cls, output: str, fmt: str | None, done_keys: set[tuple[str, str]], fingerprint: str) -> _DoneSet:
         keys = sorted({_digest(k) for k, fp in done_keys if fp == fingerprint})
         sources = sorted({_digest(str(r.get("source") or "")) for r in read_records(output, fmt)
                           if r.get("fingerprint") == fingerprint})
@@ -745,7 +745,7 @@ def _decode_batch(batch: dict[str, np.ndarray], *, done: Any = None,
         except ImageLoadError as err:
             emit(_KIND_ERROR, source, path, digest, one_line(err))
             continue
-        except Exception as err:  # noqa: BLE001  one bad image is an error row, never a failed block
+        except Exception as err:
             log.debug("decoding %s failed", source, exc_info=True)
             emit(_KIND_ERROR, source, path, digest, f"{source}: could not load ({_reason(err)})")
             continue
@@ -766,7 +766,7 @@ def _read(source: str, path: Any, reader: Any) -> tuple[bytes | None, str | None
             data = cloudpickle.loads(bytes(reader))()
     except ImageLoadError as err:
         return None, one_line(err)
-    except Exception as err:  # noqa: BLE001  one bad input never stops the run
+    except Exception as err:
         log.debug("reading %s failed", source, exc_info=True)
         return None, f"{source}: could not read ({_reason(err)})"
     return bytes(data), None
@@ -972,6 +972,7 @@ class _Searcher:
             result.trace.top = top
 
     def _adopt_captioner(self, name: str | None) -> None:
+        assert self.ic is not None
         if name and (self.ic.captioner is None or self.ic.captioner.name != name):
             self.ic.captioner = _NamedCaptioner(name)
 
@@ -980,6 +981,7 @@ class _Searcher:
         out: list[Result | str | None] = [None] * len(feats)
         if not feats:
             return []
+        assert self.ic is not None
         try:
             for j, result in self.ic.search_indexed(feats, self.settings):
                 if 0 <= j < len(out) and out[j] is None:

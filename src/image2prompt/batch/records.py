@@ -275,8 +275,7 @@ def _read_parquet(path: Path) -> Iterator[dict[str, Any]]:
     pq = _parquet()
     f = pq.ParquetFile(path)
     for batch in f.iter_batches(batch_size=_ROW_GROUP):
-        for row in batch.to_pylist():
-            yield row
+        yield from batch.to_pylist()
 
 
 def _parquet() -> Any:
@@ -489,7 +488,7 @@ class RecordWriter:
                 self._reader.close()
             self._lock.close()
 
-    def __enter__(self) -> "RecordWriter":
+    def __enter__(self) -> RecordWriter:
         return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:

@@ -48,7 +48,7 @@ def normalise_clip(name: str) -> str:
     return name
 
 
-def describe_run(config: "Config", settings: SearchSettings, caption: str | None,
+def describe_run(config: Config, settings: SearchSettings, caption: str | None,
                  fingerprint: str | None, outputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's settings and models, as the failure manifest keeps them (JSON types only);
     ``outputs``: its output options (``sidecar``, ``store_features``, ``store_scores``), which a

@@ -2,8 +2,8 @@
 
 from .embeddings import (
     PRECOMPUTED_REPO,
-    CacheEntry,
     CachedTable,
+    CacheEntry,
     EmbeddingCache,
     default_cache_dir,
     hash_codes,

@@ -14,13 +14,14 @@ QuickGELU its weights were trained with (the reference ignores both).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -269,7 +270,7 @@ def _unpack_ids(tensors: dict[str, np.ndarray], n: int) -> list[list[int]] | Non
         return None
     values = flat.tolist()
     bounds = offsets.tolist()
-    return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    return [values[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -7,16 +7,17 @@ and ``cache info`` stay fast.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, NoReturn, TypeVar
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -90,7 +91,7 @@ def cli_words(message: str) -> str:
 @contextmanager
 def fatal_errors(debug: bool, *types_: type[BaseException]) -> Iterator[None]:
     """Turn library errors into :class:`FatalError`; ``--debug`` keeps the traceback."""
-    caught = (Image2PromptError, *types_)
+    caught: tuple[type[BaseException], ...] = (Image2PromptError, *types_)
     try:
         yield
     except caught as err:
@@ -113,7 +114,7 @@ class _ImplicitCommandUsageError(click.UsageError):
         super().__init__(original.format_message(), original.ctx)
         self.original = original
         self.group_ctx = group_ctx
-        self.exit_code = original.exit_code
+        self.exit_code = original.exit_code  # type: ignore[misc]  # click reads it off the instance
 
     def format_message(self) -> str:
         return self.original.format_message()
@@ -297,7 +298,7 @@ class ModeChoice(click.Choice):
         super().__init__(())
 
     @property
-    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
         return tuple(list_modes())
 
     @choices.setter
@@ -317,19 +318,21 @@ def pick_captioner(caption_model: str | None) -> str | None:
 
 def model_config(*, clip: Sequence[str], captioner: str | None, device: str, precision: str,
                  caption_precision: str | None, cache_dir: str | None, vocab: Sequence[str], low_vram: bool,
-                 memory_budget_mb: int | None = None, batch_size: int | None = None) -> "Config":
+                 memory_budget_mb: int | None = None, batch_size: int | None = None) -> Config:
     """The load-time ``Config`` from the model options the commands share. ``batch_size``
     (``--batch-size``, where a command has it) is also the captioner's and the image tower's."""
     from ..interrogator import Config
 
-    batches = {} if batch_size is None else {"caption_batch_size": batch_size, "image_batch_size": batch_size}
-    return Config(clip_model=list(clip), caption_model=captioner, device=device, precision=precision,
-                  caption_precision=caption_precision, cache_dir=cache_dir, vocab=tuple(vocab),
-                  low_vram=low_vram, memory_budget_mb=memory_budget_mb, **batches)
+    config = Config(clip_model=list(clip), caption_model=captioner, device=device, precision=precision,
+                    caption_precision=caption_precision, cache_dir=cache_dir, vocab=tuple(vocab),
+                    low_vram=low_vram, memory_budget_mb=memory_budget_mb)
+    if batch_size is not None:
+        config = dataclasses.replace(config, caption_batch_size=batch_size, image_batch_size=batch_size)
+    return config
 
 
-def load_interrogator(config: "Config", *, show_progress: bool, debug: bool,
-                      say: Callable[[str], None] | None = None) -> "Interrogator":
+def load_interrogator(config: Config, *, show_progress: bool, debug: bool,
+                      say: Callable[[str], None] | None = None) -> Interrogator:
     """Load the models (the only place torch gets imported), from load-time settings only."""
     with fatal_errors(debug, ValueError):
         from ..interrogator import Interrogator
@@ -481,7 +484,8 @@ def input_options(f: F) -> F:
 @model_options("Default: blip-large (blip-base with --low-vram).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="text: the prompt; weighted: the same with A1111 emphasis (phrase:1.15) from the scores "
-                   "(a literal ( ) [ ] or \\ escaped with a backslash, as A1111 reads it); json: full results with every phrase's "
+                   "(a literal ( ) [ ] or \\ escaped with a backslash, as A1111 reads it); "
+                   "json: full results with every phrase's "
                    "score and the prompt's similarity; jsonl: one result per line; csv: one row per result. "
                    "One file or URL on the command line gives the prompt alone (json: one object); folders, "
                    "globs and several inputs give SOURCE<TAB>PROMPT lines (json: an array of the results, [] "
@@ -529,7 +533,7 @@ def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_
         writer = make_writer(fmt, stream, single=names_one_image(inputs))
         reporter = Reporter(len(items), show_progress)
 
-        def load() -> "Interrogator":  # called by the runner once the first image has decoded
+        def load() -> Interrogator:  # called by the runner once the first image has decoded
             config = model_config(clip=clip, captioner=captioner, device=device, precision=precision,
                                   caption_precision=caption_precision, cache_dir=cache_dir, vocab=vocab,
                                   low_vram=low_vram, memory_budget_mb=memory_budget, batch_size=batch_size)
@@ -818,7 +822,8 @@ def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with
           max_tokens: int, chunks: bool, candidates: int, flavors: tuple[int, int], floor: float | None,
           memory_budget: int | None,
           target: str | None, clip_name: tuple[str, ...], caption_model: str | None, caption: str | None,
-          vocab: tuple[str, ...], device: str, precision: str, caption_precision: str | None, low_vram: bool, cache_dir: str | None,
+          vocab: tuple[str, ...], device: str, precision: str, caption_precision: str | None, low_vram: bool,
+          cache_dir: str | None,
           batch_size: int, max_pixels: int | None, allow_urls: bool, column: str | None,
           store_features: str | None, store_scores: int | None, sidecar: str | None, on_existing: str,
           prefix: str | None, suffix: str | None, dedupe: bool, retry_failed: bool, ray_address: str | None,
@@ -870,7 +875,7 @@ def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with
         sidecar_options = SidecarOptions(ext=sidecar, on_existing=on_existing, prefix=prefix, suffix=suffix,
                                          dedupe=dedupe) if sidecar is not None else None
 
-    def load() -> "Interrogator":  # called once the first image needs the model
+    def load() -> Interrogator:  # called once the first image needs the model
         return load_interrogator(config, show_progress=show_bar, debug=debug, say=progress.say)
 
     job = BatchJob(inputs, output, interrogator=load, settings=settings, config=config, fmt=fmt,
@@ -924,8 +929,8 @@ def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with
                    "before decoding); none lifts the limit.")
 @verbosity_options
 def analyze(image: str, top_n: int, target: str | None, clip_name: tuple[str, ...], caption_model: str | None,
-            caption: str | None, vocab: tuple[str, ...], device: str, precision: str, caption_precision: str | None, low_vram: bool,
-            cache_dir: str | None, fmt: str, max_pixels: int | None, quiet: bool, verbose: bool,
+            caption: str | None, vocab: tuple[str, ...], device: str, precision: str, caption_precision: str | None,
+            low_vram: bool, cache_dir: str | None, fmt: str, max_pixels: int | None, quiet: bool, verbose: bool,
             debug: bool) -> None:
     """Show the top phrases of every vocabulary category for IMAGE, with CLIP scores.
 
@@ -978,7 +983,8 @@ def models() -> None:
     out += ["", "Caption models (--caption-model)"]
     width = max(map(len, CAPTION_MODELS))
     for name, repo in CAPTION_MODELS.items():
-        extra = "  (default)" if name == DEFAULT_CAPTIONER else "  (default with --low-vram)" if name == LOW_VRAM_CAPTIONER else ""
+        extra = ("  (default)" if name == DEFAULT_CAPTIONER
+                 else "  (default with --low-vram)" if name == LOW_VRAM_CAPTIONER else "")
         out.append(f"  {name:<{width}}  {repo}{extra}")
     out.append(f"  {'none':<{width}}  no captioner: pass --caption TEXT")
     out += [
@@ -1105,7 +1111,6 @@ def _size(n: int) -> str:
 
 from . import report as _report  # noqa: E402,F401  (registers `report`; matplotlib loads only when it runs)
 from . import serve as _serve  # noqa: E402,F401  (registers `serve`; FastAPI loads only when it runs)
-
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

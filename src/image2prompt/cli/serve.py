@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..service import SERVE_FORMATS, SERVE_MAX_PIXELS
 from .main import (
     CONTEXT_SETTINGS,
     FatalError,
@@ -20,7 +21,6 @@ from .main import (
     pick_clip,
     verbosity_options,
 )
-from ..service import SERVE_FORMATS, SERVE_MAX_PIXELS
 from .progress import PROG, setup_logging
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -123,12 +123,13 @@ def serve(host: str, port: int, target: str | None, clip_name: tuple[str, ...], 
         api_key=api_key or None, allow_urls=allow_urls, cors_origins=cors_origins,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_batch_bytes=int(max_batch_mb * 1024 * 1024),
         max_pixels=max_pixels, formats=names, max_batch=max_batch, max_wait=max_wait_ms / 1000,
-        max_queue=max_queue, max_queue_bytes=max_queue_mb * 1024 * 1024, timeout=timeout, loopback_only=is_loopback(host), header_timeout=header_timeout,
+        max_queue=max_queue, max_queue_bytes=max_queue_mb * 1024 * 1024, timeout=timeout,
+        loopback_only=is_loopback(host), header_timeout=header_timeout,
         body_timeout=body_timeout)
     failed: list[str] = []
     server: Any = None
 
-    def load() -> "Interrogator":
+    def load() -> Interrogator:
         config = model_config(clip=clip, captioner=captioner, device=device, precision=precision,
                               caption_precision=caption_precision, cache_dir=cache_dir, vocab=vocab,
                               low_vram=low_vram, memory_budget_mb=memory_budget)

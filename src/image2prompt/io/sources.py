@@ -27,7 +27,7 @@ from image2prompt.errors import ImageLoadError
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
+    "IMAGE_EXTENSIONS",  # noqa: F822  computed on first use, by the module's __getattr__
     "ImageInput",
     "ImageSource",
     "SourceKind",

@@ -47,7 +47,24 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "CAPTION_MODELS", "CLIP_PRESETS", "DEFAULT_CAPTIONER", "expand_clip_names", "DEFAULT_CLIP", "TARGETS", "CaptionSpec", "ClipSpec",
-    "Captioner", "CaptionerLike", "ClipEncoder", "load_captioner", "load_clip", "load_plugins", "PLUGIN_GROUP",
-    "parse_caption_name", "parse_clip_name", "register_captioner", "register_clip_backend", "resolve_target",
+    "CAPTION_MODELS",
+    "CLIP_PRESETS",
+    "DEFAULT_CAPTIONER",
+    "DEFAULT_CLIP",
+    "PLUGIN_GROUP",
+    "TARGETS",
+    "CaptionSpec",
+    "Captioner",
+    "CaptionerLike",
+    "ClipEncoder",
+    "ClipSpec",
+    "expand_clip_names",
+    "load_captioner",
+    "load_clip",
+    "load_plugins",
+    "parse_caption_name",
+    "parse_clip_name",
+    "register_captioner",
+    "register_clip_backend",
+    "resolve_target",
 ]

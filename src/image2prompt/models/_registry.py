@@ -50,9 +50,10 @@ import os
 import sys
 import threading
 import types
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from ..errors import ModelLoadError, one_line
 
@@ -248,7 +249,7 @@ class CaptionSpec:
     local_path: Path | None = None
 
 
-def expand_clip_names(names: "list[str] | tuple[str, ...]") -> list[str]:
+def expand_clip_names(names: list[str] | tuple[str, ...]) -> list[str]:
     """Expand presets such as ``sdxl-dual``; keep order, drop repeats."""
     out: list[str] = []
     for name in names:

@@ -7,7 +7,8 @@ import inspect
 import logging
 import math
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +100,12 @@ def load_captioner(name: str, *, device: DeviceLike = "auto", precision: str = "
     # GIT is numerically fragile in fp16 (the reference keeps it in fp32 too).
     dtype = torch.float32 if spec.kind == "git" and precision == "auto" else resolve_dtype(dev, precision)
     log.info("loading captioner %s (%s) on %s as %s", spec.name, spec.kind, dev, dtype_name(dtype))
-    from transformers import AutoModelForCausalLM, AutoProcessor, Blip2ForConditionalGeneration, BlipForConditionalGeneration
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoProcessor,
+        Blip2ForConditionalGeneration,
+        BlipForConditionalGeneration,
+    )
 
     cls = {"blip": BlipForConditionalGeneration, "blip2": Blip2ForConditionalGeneration,
            "git": AutoModelForCausalLM}[spec.kind]
@@ -116,7 +122,7 @@ def load_captioner(name: str, *, device: DeviceLike = "auto", precision: str = "
 def _sdpa_forward(self: Any, hidden_states: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, Any]:
     """BlipAttention.forward with torch's fused kernel in place of matmul, scale, softmax, matmul."""
     if kwargs.get("output_attentions"):  # transformers < 5 pass the flag: give them the weights
-        return super(_fused_blip_attention(), self).forward(hidden_states, **kwargs)
+        return super(_fused_blip_attention(), self).forward(hidden_states, **kwargs)  # type: ignore[arg-type]
     bsz, length, dim = hidden_states.size()
     q, k, v = (self.qkv(hidden_states).reshape(bsz, length, 3, self.num_heads, self.head_dim)
                .permute(2, 0, 3, 1, 4).unbind(0))
@@ -125,7 +131,7 @@ def _sdpa_forward(self: Any, hidden_states: torch.Tensor, **kwargs: Any) -> tupl
     return self.projection(ctx.transpose(1, 2).reshape(bsz, length, dim)), None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fused_blip_attention() -> type | None:
     try:
         from transformers.models.blip.modeling_blip import BlipAttention
@@ -173,7 +179,7 @@ def _vision_chunk(config: Any, pixel_values: torch.Tensor, dtype: torch.dtype) -
     return max(1, _CHUNK_BYTES // (tokens * width * dtype.itemsize))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _chunked_blip_vision() -> type | None:
     try:
         from transformers.models.blip.modeling_blip import BlipVisionModel
@@ -186,9 +192,10 @@ def _chunked_blip_vision() -> type | None:
         asked = [getattr(self.config, key, None) if kwargs.get(key) is None else kwargs[key]
                  for key in ("output_hidden_states", "output_attentions")]
         records = any(value is not None and value is not False for value in asked)
-        whole = (pixel_values is None or args or records or self.training or pixel_values.device.type != "cpu")
-        step = 0 if whole else _vision_chunk(self.config, pixel_values, self.dtype)
-        if whole or pixel_values.shape[0] <= step:
+        if pixel_values is None or args or records or self.training or pixel_values.device.type != "cpu":
+            return BlipVisionModel.forward(self, pixel_values, *args, **kwargs)
+        step = _vision_chunk(self.config, pixel_values, self.dtype)
+        if pixel_values.shape[0] <= step:
             return BlipVisionModel.forward(self, pixel_values, *args, **kwargs)
         parts = [BlipVisionModel.forward(self, pixel_values[i : i + step], **kwargs)
                  for i in range(0, pixel_values.shape[0], step)]
@@ -250,7 +257,7 @@ _TEXT_ATTENTION_PARAMS = {"self", "hidden_states", "attention_mask", "encoder_hi
                           "encoder_attention_mask", "cache", "past_key_values", "kwargs"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _absorbed_blip_cross_attention() -> type | None:
     try:
         from transformers.models.blip.modeling_blip_text import BlipTextSelfAttention

@@ -11,9 +11,11 @@ through ``model.encode_text``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -198,7 +200,7 @@ class ClipEncoder:
         texts = [prefix + SEPARATOR + p for prefix, phrases in requests for p in phrases]
         feats = self.encode_texts(texts)
         bounds = np.cumsum([0] + [len(phrases) for _, phrases in requests])
-        return [feats[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return [feats[a:b] for a, b in itertools.pairwise(bounds)]
 
     def prefix_scorer(self) -> PrefixScorer | None:
         """The prefix-cached scorer, or None where it would not be exact (or is turned off)."""
@@ -508,7 +510,7 @@ def _load_open_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, memor
         return enc
     except ModelLoadError:
         raise
-    except Exception as e:  # noqa: BLE001 - an open_clip layout we do not know: say so on one line
+    except Exception as e:
         raise ModelLoadError(
             f"CLIP model {spec.name!r}: its text tower is not supported ({one_line(e) or type(e).__name__})"
         ) from e

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
-DeviceLike = Union[str, torch.device, None]
+DeviceLike = str | torch.device | None
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from ..errors import ModelLoadError, one_line
-from ..hub import hub_cache_dir, hub_endpoint, hub_offline, hub_reachable  # noqa: F401  (re-exported)
+from ..hub import hub_cache_dir, hub_endpoint, hub_offline, hub_reachable
 
 T = TypeVar("T")
 
@@ -40,6 +41,7 @@ def _local_cache_only(force: bool) -> Iterator[None]:
     """Offline mode for huggingface_hub (and so transformers and open_clip, which ask it),
     with their retry and download warnings silenced; open_clip logs on the root logger."""
     with _mode_lock:
+        constants: Any
         try:
             from huggingface_hub import constants
         except ImportError:  # pragma: no cover
@@ -137,7 +139,7 @@ def from_hub(load: Callable[[], T], *, what: str, remote: bool, advice: str = ""
         return load()
     except ModelLoadError:
         raise
-    except Exception as e:  # noqa: BLE001 - the backends raise many types; all mean "could not load"
+    except Exception as e:
         raise load_error(what, e, remote=remote, advice=advice, forced_offline=forced) from e
 
 
@@ -182,7 +184,7 @@ def call_plugin(loader: Callable[..., T], name: str, what: str, **kwargs: Any) -
         return loader(name, **kwargs)
     except ModelLoadError:
         raise
-    except Exception as e:  # noqa: BLE001 - a plugin may raise anything; all mean "could not load"
+    except Exception as e:
         raise ModelLoadError(f"could not load {what} {name!r}: {one_line(e) or type(e).__name__}") from e
 
 

@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,7 +122,7 @@ def hf_clip_parts(model: Any) -> TowerParts | None:
         a = layer.self_attn
         layers.append(_Layer(
             layer.layer_norm1,
-            (lambda a: lambda h: (a.q_proj(h), a.k_proj(h), a.v_proj(h)))(a),
+            (lambda a: lambda h: (a.q_proj(h), a.k_proj(h), a.v_proj(h)))(a),  # noqa: B023  bound by the outer call
             a.out_proj, _identity, layer.layer_norm2, layer.mlp, _identity,
         ))
 

@@ -7,7 +7,8 @@ to its base's forward wherever its own does not apply.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["retype"]
 

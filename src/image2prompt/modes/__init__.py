@@ -15,7 +15,7 @@ Plugins register modes the same way from an ``image2prompt.plugins`` entry point
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..errors import SettingsError
 from .base import Chain, Mode, Outcome, Scored, SearchContext, Task
@@ -33,8 +33,8 @@ M = TypeVar("M")
 
 def register_mode(cls: M) -> M:
     """Register a mode class (or instance) under its ``name``; a later one of the same name wins."""
-    mode = cls() if isinstance(cls, type) else cls
-    _MODES[mode.name] = mode  # type: ignore[attr-defined]
+    mode: Any = cls() if isinstance(cls, type) else cls
+    _MODES[mode.name] = mode
     return cls
 
 

@@ -14,8 +14,10 @@ top-k, token budgets, text similarity. A mode never touches a model directly.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -89,7 +91,7 @@ class Mode(Protocol):
     def needs_caption(self, has_captioner: bool) -> bool:
         """Whether the images must be captioned before this mode can run."""
 
-    def plan(self, ctx: "SearchContext", batch: Sequence[Features]) -> list[Task]:
+    def plan(self, ctx: SearchContext, batch: Sequence[Features]) -> list[Task]:
         """One task per image, in order."""
 
 
@@ -103,12 +105,13 @@ class OnePromptMode:
     def needs_caption(self, has_captioner: bool) -> bool:
         return True
 
-    def candidate(self, ctx: "SearchContext", feats: Features) -> "Scored":
+    def candidate(self, ctx: SearchContext, feats: Features) -> Scored:
         raise NotImplementedError
 
-    def plan(self, ctx: "SearchContext", batch: Sequence[Features]) -> list[Task]:
+    def plan(self, ctx: SearchContext, batch: Sequence[Features]) -> list[Task]:
         score = ctx.settings.score_prompt  # scored (in one text batch) only where it is shown
-        return [Task([], lambda s=self.candidate(ctx, f): Outcome([s], score=score)) for f in batch]
+        # each image's candidate is computed now, once, not when the task finishes
+        return [Task([], partial(_one_outcome, self.candidate(ctx, f), score)) for f in batch]
 
 
 class SearchContext:
@@ -118,7 +121,7 @@ class SearchContext:
     confidence figures need the same scores several times), then dropped.
     """
 
-    def __init__(self, interrogator: "Interrogator", settings: SearchSettings) -> None:
+    def __init__(self, interrogator: Interrogator, settings: SearchSettings) -> None:
         self._owner = interrogator
         self.settings = settings
         self.clips = interrogator.clips
@@ -368,6 +371,11 @@ def with_rejected(outcome: Outcome, rejected: list[Phrase]) -> Outcome:
     for c in outcome.candidates:
         c.rejected = list(rejected)
     return outcome
+
+
+
+def _one_outcome(candidate: Scored, score: bool) -> Outcome:
+    return Outcome([candidate], score=score)
 
 
 __all__ = [

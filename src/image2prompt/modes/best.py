@@ -8,7 +8,8 @@ rest of the budget is filled in order of the phrases' own scores.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from functools import partial
 
 from ..features import Features
 from ..results import Phrase
@@ -50,7 +51,7 @@ class BestMode:
             if s.floor is not None and s.trace:  # what the unfloored chain would have used: run it too
                 plain = ctx.top_merged(feats, self.pool_size(ctx))
                 chains.append(chain_over(plain))
-            tasks.append(Task(chains, lambda f=feats, c=chains, p=pool, u=plain: self.finish(ctx, f, c, p, u)))
+            tasks.append(Task(chains, partial(self.finish, ctx, feats, chains, pool, plain)))
         return tasks
 
     def finish(self, ctx: SearchContext, feats: Features, chains: list[Chain], pool: list[Phrase],

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from functools import partial
 
 from ..features import Features
 from .base import SearchContext, Task, chain_from_best_phrase, chain_outcome, phrase, with_rejected
@@ -30,6 +31,6 @@ class NegativeMode:
             by_text, chain = chain_from_best_phrase(ctx, feats, pool, min_count=s.min_flavors,
                                                     max_count=s.max_flavors, reverse=True)
             tasks.append(Task([chain] if chain else [],
-                              lambda b=by_text, c=chain, r=rejected: with_rejected(
-                                  chain_outcome(b, c, score=False), r)))
+                              partial(lambda b, c, r: with_rejected(chain_outcome(b, c, score=False), r),
+                                      by_text, chain, rejected)))
         return tasks

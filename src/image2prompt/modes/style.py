@@ -9,7 +9,9 @@ the other modes.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +54,7 @@ class StyleMode:
             rejected: list[Phrase] = []
             # the style pack with the active pack's mediums, movements and artists, then the
             # active pack's own flavors (only their best `candidates`: a 100k table is mostly subject)
-            tables = [(c, indexes, None) for c in pack.categories()]
+            tables: list[tuple[str, Any, int | None]] = [(c, indexes, None) for c in pack.categories()]
             if "flavors" in ctx.vocab and "flavors" not in pack:
                 tables.append(("flavors", ctx.indexes, s.candidates))
             every = [ctx.table_scores(category, styled, where) for category, where, _ in tables]
@@ -82,6 +84,6 @@ class StyleMode:
                                                     min_count=min(4, s.style_phrases),
                                                     max_count=max(0, s.style_phrases - 1), indexes=indexes)
             tasks.append(Task([chain] if chain else [],
-                              lambda b=by_text, c=chain, r=rejected: with_rejected(
-                                  chain_outcome(b, c, score=True), r)))
+                              partial(lambda b, c, r: with_rejected(chain_outcome(b, c, score=True), r),
+                                      by_text, chain, rejected)))
         return tasks

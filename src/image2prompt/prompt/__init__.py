@@ -1,6 +1,5 @@
 """Prompt assembly and token-budget handling (no torch here)."""
 
-from .caption import clean_caption
 from .assemble import (
     DEFAULT_MAX_TOKENS,
     SEPARATOR,
@@ -14,8 +13,19 @@ from .assemble import (
     text_budget,
     truncate_to_fit,
 )
+from .caption import clean_caption
 
 __all__ = [
-    "DEFAULT_MAX_TOKENS", "SEPARATOR", "CountTokens", "at_limit", "classic_prompt", "cut_to_fit", "clean_caption", "fast_prompt",
-    "fits", "split_into_chunks", "text_budget", "truncate_to_fit",
+    "DEFAULT_MAX_TOKENS",
+    "SEPARATOR",
+    "CountTokens",
+    "at_limit",
+    "classic_prompt",
+    "clean_caption",
+    "cut_to_fit",
+    "fast_prompt",
+    "fits",
+    "split_into_chunks",
+    "text_budget",
+    "truncate_to_fit",
 ]

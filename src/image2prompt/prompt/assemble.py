@@ -7,11 +7,12 @@ every Stable Diffusion text encoder) therefore holds ``max_tokens - 2`` of them.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+
+from ..syntax import SEPARATOR
 
 CountTokens = Callable[[str], int]
 
-from ..syntax import SEPARATOR
 DEFAULT_MAX_TOKENS = 77
 
 
@@ -96,7 +97,7 @@ def classic_prompt(caption: str, medium: str | None, artist: str | None, trendin
     tail = f"{artist}, {trending}, {movement}, {SEPARATOR.join(flavors)}"
     if not caption:
         return f"{medium} {tail}"
-    if caption.startswith(medium):
+    if medium and caption.startswith(medium):
         return f"{caption} {tail}"
     return f"{caption}, {medium} {tail}"
 

@@ -136,7 +136,7 @@ def _finite(x: float) -> float | None:
 def _top_phrases(col: Collection, category: str, n: int, group: str | None = None) -> list[Any]:
     stats = [s for (c, _), s in col.phrases.items() if c == category and s.images("top")]
     if group is None:
-        key = lambda s: (-s.images("top"), -(s.mean if s.n_scores else -9))  # noqa: E731
+        key = lambda s: (-s.images("top"), -(s.mean if s.n_scores else -9))
     else:  # a group's own counts, ties broken by its own scores (not the collection's)
         stats = [s for s in stats if s.top.get(group, 0)]
 
@@ -234,7 +234,7 @@ def _map(col: Collection, opts: ReportOptions, roots: Sequence[Path]) -> tuple[s
     method = "PCA"
     if opts.map_method == "umap":
         try:
-            import umap  # type: ignore[import-not-found]
+            import umap
 
             xy = umap.UMAP(n_components=2, random_state=0).fit_transform(x)
             method = "UMAP"
@@ -340,10 +340,10 @@ def _page(col: Collection, opts: ReportOptions, summary: dict[str, Any], separat
                  + (f"A sample of {len(gallery)}:" if gallery else "") + "</p>"
                  f"<div class=gallery>{''.join(gallery)}</div></section>")
     # map
-    uri, caption = _map(col, opts, roots)
+    map_uri, caption = _map(col, opts, roots)
     parts.append("<section><h2>Map of the image features</h2>"
-                 + (f"<figure><img alt='feature map' src='{uri}'><figcaption>{e(caption)}</figcaption></figure>"
-                    if uri else f"<p>{e(caption)}</p>") + "</section>")
+                 + (f"<figure><img alt='feature map' src='{map_uri}'><figcaption>{e(caption)}</figcaption></figure>"
+                    if map_uri else f"<p>{e(caption)}</p>") + "</section>")
     body = "\n".join(parts)
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport "
             f"content='width=device-width, initial-scale=1'><title>{e(title)}</title><style>{_CSS}</style>"

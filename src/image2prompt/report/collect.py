@@ -146,7 +146,7 @@ class Collection:
         self._weak_sample = _Reservoir(thumbnails, self.rng)
 
     # -- reading ---------------------------------------------------------------------------
-    def add_all(self, records: Iterable[dict[str, Any]]) -> "Collection":
+    def add_all(self, records: Iterable[dict[str, Any]]) -> Collection:
         for record in records:
             self.add(record)
         return self

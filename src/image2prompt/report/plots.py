@@ -9,8 +9,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["data_uri", "score_boxes", "share_bars", "effects", "lift_heatmap", "feature_map", "feature_map_figure",
-           "group_colours"]
+__all__ = [
+    "data_uri",
+    "effects",
+    "feature_map",
+    "feature_map_figure",
+    "group_colours",
+    "lift_heatmap",
+    "score_boxes",
+    "share_bars",
+]
 
 DPI = 96
 OTHER = "#7f7f7f"  # tab10's grey: the groups past the palette, together
@@ -23,7 +31,7 @@ def group_colours(names: Sequence[str]) -> dict[str, str]:
     from matplotlib import colormaps
     from matplotlib.colors import to_hex
 
-    tab10 = [to_hex(c) for c in colormaps["tab10"].colors]
+    tab10 = [to_hex(c) for c in colormaps["tab10"](range(10))]  # a listed map: index i is its i-th colour
     names = list(dict.fromkeys(names))
     hues = tab10 if len(names) <= len(tab10) else [c for c in tab10 if c != OTHER]
     return {name: (hues[k] if k < len(hues) else OTHER) for k, name in enumerate(names)}

@@ -5,9 +5,10 @@ images that have the phrase among their top phrases (``--store-scores K``; else 
 prompt): the group's share minus the share in every other image. Its 95% interval is a
 percentile bootstrap over images (2000 resamples; for a share, resampling n images is a
 binomial draw, so it is done in closed form). Its p-value is a two-sided two-proportion
-z-test, or Fisher's exact test where a cell of the 2x2 table expects fewer than 5 images. Over every (group, phrase) tested, false discoveries are controlled with the
-Benjamini-Hochberg procedure at q = 0.05. Phrases seen in fewer than ``min_images`` images
-are not tested (they cannot reach significance and only dilute the correction).
+z-test, or Fisher's exact test where a cell of the 2x2 table expects fewer than 5 images.
+Over every (group, phrase) tested, false discoveries are controlled with the Benjamini-Hochberg
+procedure at q = 0.05. Phrases seen in fewer than ``min_images`` images are not tested (they
+cannot reach significance and only dilute the correction).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _z_test(c1: np.ndarray, n1: int, c2: np.ndarray, n2: int) -> np.ndarray:
     diff = c1 / n1 - c2 / n2
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(se > 0, np.abs(diff) / se, 0.0)
-    return _erfc(z / math.sqrt(2)).astype(np.float64)
+    return np.asarray(_erfc(z / math.sqrt(2)), dtype=np.float64)
 
 
 def fisher_exact(c1: int, n1: int, c2: int, n2: int) -> float:

@@ -6,8 +6,8 @@ The rules and their reasons are in docs/confidence.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 

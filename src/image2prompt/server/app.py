@@ -27,11 +27,11 @@ import time
 import uuid
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -130,7 +130,7 @@ class SearchFields(BaseModel):
     chunks: bool | None = None
     trace: bool | None = None
     trace_top: int | None = Field(None, le=50)
-    floor: Union[float, Literal["off"], None] = Field(
+    floor: float | Literal["off"] | None = Field(
         None, description="Relevance floor (a phrase's margin over its category's median, in standard "
                           "deviations of the image's scores over the whole vocabulary), or \"off\"; "
                           f"omitted or null: the default, {DEFAULT_FLOOR:g}.")
@@ -245,7 +245,7 @@ class _State:
             self.interrogator = ip
             self.ready.set()
             log.info("ready: %s%s", ip.clip_name, f" with {ip.caption_name} captions" if ip.caption_name else "")
-        except Exception as err:  # noqa: BLE001  the reason is shown by /readyz and logged
+        except Exception as err:
             self.error = one_line(err) or type(err).__name__
             log.error("loading the models failed: %s", self.error, exc_info=not isinstance(err, Image2PromptError))
             if self.on_load_error is not None:
@@ -259,7 +259,7 @@ class _State:
         return self.interrogator, self.batcher
 
 
-def create_app(interrogator: Union["Interrogator", Loader], config: ServerConfig | None = None, *,
+def create_app(interrogator: Interrogator | Loader, config: ServerConfig | None = None, *,
                on_load_error: Callable[[str], None] | None = None) -> FastAPI:
     """The application over a loaded interrogator, or a function that loads one (then called
     in a thread at start-up, so /healthz answers at once and /readyz once it is done)."""
@@ -352,7 +352,7 @@ class _Guard:
         started = time.perf_counter()
         status = [0]
 
-        async def send_logged(message: dict[str, Any]) -> None:
+        async def send_logged(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
@@ -366,7 +366,7 @@ class _Guard:
             await self.app(scope, _limited(receive, self.body_limit(path), self.config.body_timeout), send_logged)
         except ClientDisconnect:  # the client went away mid-body: its doing, not a bug (499, as nginx logs it)
             status[0] = status[0] or 499
-        except Exception as err:  # noqa: BLE001  a bug: logged here once, never shown to the client
+        except Exception as err:
             log.error("%s %s failed: %s", scope.get("method", "-"), path, type(err).__name__, exc_info=err)
             if not status[0]:
                 await _error(500, "internal error (the server logged the details)")(scope, receive, send_logged)
@@ -554,7 +554,7 @@ async def _parse(request: Request, model: type[BaseModel]) -> tuple[BaseModel, b
             raise HTTPError(422, "invalid request: image: a file field named image is required")
         fields = _validate(model, raw)
         data = await upload.read()
-        return fields, data, _upload_name(upload.filename)
+        return fields, data, _upload_name(getattr(upload, "filename", None))
     if ctype in ("application/json", ""):
         fields = await _json(request, model)
         image, url = getattr(fields, "image", None), getattr(fields, "url", None)
@@ -978,7 +978,7 @@ async def _batch(request: Request, state: _State) -> dict[str, Any]:
     budget = cfg.max_batch_bytes  # one budget for the whole batch: uploads and what zips unpack to
     for up in uploads:
         data = await up.read()
-        name = _upload_name(up.filename)
+        name = _upload_name(getattr(up, "filename", None))
         if name.lower().endswith(".zip"):
             members = await run_in_threadpool(_unzip, name, data, cfg, cfg.max_batch_files - len(inputs), budget)
             budget -= sum(len(d) for _, d, _ in members if d is not None)
@@ -1007,7 +1007,7 @@ async def _batch(request: Request, state: _State) -> dict[str, Any]:
                     raise
                 return make_record(name, digest, fingerprint, None, err.message if err.message.startswith(name)
                                    else f"{name}: {err.message}")
-            except Exception as err:  # noqa: BLE001  a bug or the model failing: this image's record says so
+            except Exception as err:
                 log.error("batch upload: %s failed", name, exc_info=err)
                 return make_record(name, digest, fingerprint, None, f"{name}: internal error (the server logged "
                                                                     "the details)")
@@ -1024,7 +1024,7 @@ async def _batch(request: Request, state: _State) -> dict[str, Any]:
     fits = None
     if prefix or suffix:  # trigger words stay first and count against the token budget, as in `batch`
         budget = settings.max_tokens - 2  # the budget counts the start and end tokens
-        fits = lambda text: ip.count_tokens(text) <= budget  # noqa: E731
+        fits = lambda text: ip.count_tokens(text) <= budget
     state.batches[bid] = {"records": records, "prefix": prefix, "suffix": suffix, "fits": fits}
     while len(state.batches) > cfg.batch_keep:
         state.batches.popitem(last=False)

@@ -25,7 +25,7 @@ class _HeaderDeadline:
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         self._seen_cycle: Any = None
         self._deadline: asyncio.TimerHandle | None = None

@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
 
 from ..errors import VocabularyError
 from .tables import PhraseTable
@@ -95,7 +95,7 @@ class VocabularyPack:
         extra = [c for c in self.tables if c not in MERGED_CATEGORIES and c != "negative"]
         return base + extra
 
-    def with_table(self, table: PhraseTable) -> "VocabularyPack":
+    def with_table(self, table: PhraseTable) -> VocabularyPack:
         tables = dict(self.tables)
         tables[table.name] = table
         return VocabularyPack(self.name, tables)
@@ -128,8 +128,9 @@ def load_folder_pack(folder: str | os.PathLike[str], name: str | None = None) ->
     if "trendings" not in tables and "flavors" in tables:
         # The reference's own trendings list, the same in every pack: its cache file is shared.
         tables["trendings"] = PhraseTable.from_lines("trendings", expand_trending(TRENDING_SITES), canonical=True)
-    order = [c for c in ("artists", "flavors", "mediums", "movements", "trendings", "negative") if c in tables]
-    ordered = {c: tables[c] for c in order}
+    order: list[str] = [c for c in ("artists", "flavors", "mediums", "movements", "trendings", "negative")
+                        if c in tables]
+    ordered: dict[str, PhraseTable] = {c: tables[c] for c in order}
     ordered.update({c: t for c, t in tables.items() if c not in ordered})
     return VocabularyPack(name or folder.name, ordered)
 
@@ -174,12 +175,12 @@ def load_vocabulary(paths: Iterable[str | os.PathLike[str]] = ()) -> VocabularyP
 
     With no folder given, single lists are added to the classic pack.
     """
-    paths = [Path(p) for p in paths]
-    for p in paths:
+    given = [Path(p) for p in paths]
+    for p in given:
         if not p.exists():
             raise VocabularyError(f"{p}: vocabulary folder or list not found")
-    folders = [p for p in paths if p.is_dir()]
-    files = [p for p in paths if not p.is_dir()]
+    folders = [p for p in given if p.is_dir()]
+    files = [p for p in given if not p.is_dir()]
     if len(folders) > 1:
         raise VocabularyError(
             f"only one vocabulary folder can be used at a time (got {', '.join(map(str, folders))})"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterable, Sequence
 
 
 def labels_sha256(labels: Sequence[str]) -> str:
@@ -58,7 +58,7 @@ class PhraseTable:
 
     @classmethod
     def from_lines(cls, name: str, lines: Iterable[str], *, keep_source: bool = True,
-                   canonical: bool = False) -> "PhraseTable":
+                   canonical: bool = False) -> PhraseTable:
         raw = [line.strip() for line in lines]
         labels = clean_labels(raw)
         source = None
