@@ -15,8 +15,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-import urllib.request
 from pathlib import Path
 
 import httpx
@@ -24,7 +22,7 @@ import pytest
 
 from tests.conftest import make_images
 from tests.server.test_serve_cli import env as clean_env
-from tests.server.test_serve_cli import free_port
+from tests.server.test_serve_cli import free_port, wait_ready
 
 PLUGIN = '''
 from image2prompt.modes import register_mode
@@ -95,17 +93,7 @@ def test_serve_and_comfyui_take_a_plugin_mode(setup, tiny_blip: Path) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180  # a hang guard, not a timing check
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.1)
+        wait_ready(proc, base)
         assert "plugfast" in httpx.get(base + "/v1/models").json()["modes"]
         data = "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode()
         native = httpx.post(base + "/v1/interrogate", json={"image": data, "mode": "plugfast", "caption": "a thing"},

@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 #: The captioner ``caption_model="auto"`` picks, by whether low_vram is set.
-DEFAULT_CAPTIONER, LOW_VRAM_CAPTIONER = "blip-large", "blip-base"
+from .models._registry import DEFAULT_CAPTIONER, LOW_VRAM_CAPTIONER  # defined once, torch-free
 
 
 

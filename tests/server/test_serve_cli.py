@@ -26,6 +26,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(proc: subprocess.Popen[str], base: str, limit: float = 180) -> None:
+    """Until the server process answers /readyz with 200 (``limit`` seconds: a hang guard)."""
+    deadline = time.monotonic() + limit
+    while True:
+        assert proc.poll() is None, proc.communicate()[1]
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the server did not become ready"
+        time.sleep(0.1)
+
+
 def env() -> dict[str, str]:
     e = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
@@ -57,17 +72,7 @@ def test_serve_answers_an_a1111_client_like_the_cli(tiny_open_clip: Path, tiny_b
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.1)
+        wait_ready(proc, base)
         body = {"image": "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode(),
                 "clip_model_name": f"local-dir:{tiny_open_clip}", "mode": "fast"}
         r = httpx.post(base + "/interrogator/prompt", json=body, timeout=120)

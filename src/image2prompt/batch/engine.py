@@ -542,14 +542,8 @@ class BatchJob:
         """``--store-scores K``: the top K phrases per category, as ``result.trace.top``. Scored from the
         features after the search (a search with ``trace`` would also run best and turbo mode's chain
         again without the relevance floor, to list exactly what it rejected: about twice the time)."""
-        from ..results import Trace
-
         assert self._interrogator is not None and self.scores_top is not None
-        top = self._interrogator.analyze_features(features, self.scores_top).categories
-        if result.trace is None:
-            result.trace = Trace(top=top)
-        else:  # the caller's settings asked for a trace: keep its steps
-            result.trace.top = top
+        add_scores(self._interrogator, result, features, self.scores_top)
 
     def _save_features(self, features: Features, content_hash: str) -> None:
         assert self.store_features is not None
@@ -621,6 +615,19 @@ def _same_source(source: str) -> str:
 def run_batch(inputs: Sequence[str], output: str | os.PathLike[str], **options: Any) -> BatchStats:
     """``BatchJob(inputs, output, **options).run()``."""
     return BatchJob(inputs, output, **options).run()
+
+
+def add_scores(ic: Interrogator, result: Any, features: Features, top_n: int) -> None:
+    """``--store-scores K`` for one result, in every executor: the top ``top_n`` phrases per category,
+    scored from the features after the search, as ``result.trace.top`` (a trace the settings asked
+    for keeps its steps)."""
+    from ..results import Trace
+
+    top = ic.analyze_features(features, top_n).categories
+    if result.trace is None:
+        result.trace = Trace(top=top)
+    else:
+        result.trace.top = top
 
 
 def _is_interrogator(obj: object) -> bool:

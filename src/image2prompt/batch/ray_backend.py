@@ -962,14 +962,10 @@ class _Searcher:
         """``--store-scores K``: the top K phrases per category as ``result.trace.top``, scored from
         the features after the search, as :meth:`BatchJob._add_scores` scores them (the same
         :meth:`~image2prompt.interrogator.Interrogator.analyze_features`)."""
-        from ..results import Trace
+        from .engine import add_scores
 
         assert self.ic is not None and self.scores_top is not None
-        top = self.ic.analyze_features(features, self.scores_top).categories
-        if result.trace is None:
-            result.trace = Trace(top=top)
-        else:  # the caller's settings asked for a trace: keep its steps
-            result.trace.top = top
+        add_scores(self.ic, result, features, self.scores_top)
 
     def _adopt_captioner(self, name: str | None) -> None:
         assert self.ic is not None

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CLIP = "ViT-L-14/openai"
 DEFAULT_CAPTIONER = "blip-large"
+LOW_VRAM_CAPTIONER = "blip-base"  # what caption_model="auto" picks with low_vram
 
 #: Stable Diffusion family -> the CLIP backbone its text encoder was trained with.
 TARGETS: dict[str, str] = {
