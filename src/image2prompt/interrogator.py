@@ -29,6 +29,7 @@ import numpy as np
 from .cache import EmbeddingCache
 from .features import Features, FeaturesError
 from .index import ProgressFactory, VocabularyIndex
+from .models._registry import DEFAULT_CAPTIONER, LOW_VRAM_CAPTIONER  # what caption_model="auto" picks
 from .modes import Chain, Outcome, Scored, SearchContext, Task, get_mode
 from .prompt import clean_caption
 from .prompt.caption import clean_given_caption
@@ -41,10 +42,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .models.clip import ClipEncoder
 
 log = logging.getLogger(__name__)
-
-#: The captioner ``caption_model="auto"`` picks, by whether low_vram is set.
-from .models._registry import DEFAULT_CAPTIONER, LOW_VRAM_CAPTIONER  # defined once, torch-free
-
 
 
 @dataclass
