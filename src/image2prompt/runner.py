@@ -30,7 +30,7 @@ from PIL import Image
 from .errors import Image2PromptError, ImageLoadError, SettingsError, one_line
 from .features import Features
 from .io import DEFAULT_MAX_PIXELS, ImageSource, expand_sources, is_array, load_image
-from .io.images import decoded_bytes, reduce_image
+from .io.images import decoded_bytes, input_side_of, reduce_image
 from .results import Result
 from .settings import SearchSettings
 
@@ -282,8 +282,7 @@ class Runner:
         return _batch_bytes(batch) + sum(p.nbytes() for p in pending) >= self.max_bytes
 
     def _reduce_side(self) -> int | None:
-        side = getattr(self._interrogator, "input_side", None) if self._interrogator is not None else None
-        return side if isinstance(side, int) and not isinstance(side, bool) and side > 0 else None
+        return input_side_of(self._interrogator)
 
     def _take(self, pending: deque[_Pending]) -> _Pending:
         """The next decoded input: the oldest in input order, else whichever finished first."""

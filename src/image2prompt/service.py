@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from PIL import Image as PILImage
 
 from .errors import Image2PromptError, SettingsError
-from .io.images import decoded_bytes, reduce_image
+from .io.images import decoded_bytes, input_side_of, reduce_image
 from .modes import caption_free_modes, get_mode
 from .settings import SearchSettings
 
@@ -245,7 +245,7 @@ class MicroBatcher:
 
     def _put(self, request: _Request) -> Future[Any]:
         if isinstance(request.image, PILImage.Image):
-            request.image = reduce_image(request.image, self.interrogator_side())
+            request.image = reduce_image(request.image, input_side_of(self.interrogator))
             request.nbytes = decoded_bytes(request.image)
         try:
             with self._admit:
@@ -266,11 +266,6 @@ class MicroBatcher:
         with self._lock:
             self._stats.submitted += 1
         return request.future
-
-    def interrogator_side(self) -> int | None:
-        """The side images are reduced to on submit (the interrogator's ``input_side``)."""
-        side = getattr(self.interrogator, "input_side", None)
-        return side if isinstance(side, int) and not isinstance(side, bool) and side > 0 else None
 
     def _release(self, requests: list[_Request]) -> None:
         """The worker is done with these requests: their images no longer count, nor are they held."""

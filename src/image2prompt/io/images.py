@@ -6,6 +6,7 @@ Only PIL decodes data here (nothing is unpickled). Every failure becomes an
 
 from __future__ import annotations
 
+import functools
 import http.client
 import io
 import ipaddress
@@ -29,7 +30,8 @@ from image2prompt.errors import ImageLoadError, one_line
 from image2prompt.io.sources import ImageInput, ImageSource, coerce_source, to_numpy
 
 __all__ = ["DEFAULT_MAX_PIXELS", "MAX_DOWNLOAD_BYTES", "DecodeSlots", "decoded_bytes", "download_bytes",
-           "is_public_address", "load_image", "open_file", "reduce_factor", "reduce_image", "trim_memory"]
+           "input_side_of", "is_public_address", "load_image", "open_file", "reduce_factor", "reduce_image",
+           "trim_memory"]
 
 DEFAULT_MAX_PIXELS = 64_000_000
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
@@ -126,6 +128,14 @@ def reduce_image(image: Image.Image, side: int | None) -> Image.Image:
     if factor < 2 or image.mode not in _REDUCIBLE_MODES or "transparency" in image.info:
         return image
     return image.reduce(factor)
+
+
+def input_side_of(holder: object) -> int | None:
+    """The side to reduce images to for ``holder``'s models: its ``input_side`` (an
+    :class:`~image2prompt.Interrogator`'s), or None when it has none or it is not a positive int
+    (a stand-in interrogator, a plugin that does not say): then images are kept whole."""
+    side = getattr(holder, "input_side", None) if holder is not None else None
+    return side if isinstance(side, int) and not isinstance(side, bool) and side > 0 else None
 
 
 def _check_side(side: int | None) -> int | None:
@@ -233,25 +243,22 @@ def _encoded_pixels(data: bytes | bytearray | memoryview) -> int:
         return 0
 
 
-_TRIM: list[Any] = []  # glibc's malloc_trim, or None, once looked up
-
-
+@functools.cache
 def _malloc_trim() -> Any:
-    if not _TRIM:
-        fn = None
-        try:
-            import ctypes
-            import ctypes.util
+    """glibc's malloc_trim, or None (looked up once)."""
+    try:
+        import ctypes
+        import ctypes.util
 
-            if os.name == "posix":
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                fn = getattr(libc, "malloc_trim", None)  # glibc only (not musl, not macOS)
-                if fn is not None:
-                    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-        except (OSError, AttributeError, ImportError):
-            fn = None
-        _TRIM.append(fn)
-    return _TRIM[0]
+        if os.name != "posix":
+            return None
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        fn = getattr(libc, "malloc_trim", None)  # glibc only (not musl, not macOS)
+        if fn is not None:
+            fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+        return fn
+    except (OSError, AttributeError, ImportError):
+        return None
 
 
 # --- reading bytes ---------------------------------------------------------------

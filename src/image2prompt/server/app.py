@@ -49,7 +49,7 @@ from ..batch.records import make_record, records_bytes
 from ..batch.sidecars import SidecarOptions, caption_text, sidecar_path
 from ..errors import Image2PromptError, ImageLoadError, SettingsError, one_line
 from ..io import load_image
-from ..io.images import download_bytes
+from ..io.images import DecodeSlots, download_bytes, input_side_of
 from ..io.sources import is_image_filename
 from ..modes import caption_free_modes, get_mode, list_modes
 from ..prompt.caption import clean_given_caption, is_invisible
@@ -229,10 +229,12 @@ class _State:
     batches: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     on_load_error: Callable[[str], None] | None = None
     decoding: asyncio.Semaphore = field(init=False)  # config.decoders images decode at a time
+    decode_slots: DecodeSlots = field(init=False)  # the same bound, held by the decoding threads
     downloads: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
 
     def __post_init__(self) -> None:
         self.decoding = asyncio.Semaphore(max(1, self.config.decoders))
+        self.decode_slots = DecodeSlots(max(1, self.config.decoders))
 
     def load(self) -> None:
         try:
@@ -669,15 +671,9 @@ async def _decode(state: _State, data: bytes | None, name: str) -> Any:
         # Reduced right after decoding to what the loaded models need, so no waiting request holds
         # a full-size image; the decoding thread itself holds one of config.decoders slots (the
         # asyncio semaphore alone is given back when a request is cancelled mid-decode).
-        from ..io.images import DecodeSlots
-
-        ip = state.interrogator
-        side = ip.input_side if ip is not None else None
-        slots = state.__dict__.get("decode_slots")
-        if slots is None:
-            slots = state.__dict__.setdefault("decode_slots", DecodeSlots(max(1, cfg.decoders)))
         async with state.decoding:
-            return await run_in_threadpool(_load, data, name, cfg, side, slots)
+            return await run_in_threadpool(_load, data, name, cfg, input_side_of(state.interrogator),
+                                           state.decode_slots)
     except ImageLoadError as err:
         raise _image_error(err) from None
 
