@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union, cast
 
@@ -46,7 +46,7 @@ from ..runner import Record, Runner
 from ..settings import SearchSettings
 from .identity import predict_fingerprint
 from .records import OutputError, RecordWriter, copy_record, make_record, open_output, record_key
-from .retry import describe_run, write_run
+from .retry import describe_run, run_outputs, write_run
 from .sidecars import SidecarOptions, write_sidecar
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -551,9 +551,7 @@ class BatchJob:
 
     def _write_manifest(self, writer: RecordWriter) -> None:
         config = self._config if self._config is not None else getattr(self._interrogator, "config", None)
-        outputs = {"sidecar": asdict(self.sidecar) if self.sidecar is not None else None,
-                   "store_features": os.path.abspath(self.store_features) if self.store_features else None,
-                   "store_scores": self.scores_top}
+        outputs = run_outputs(self.sidecar, self.store_features, self.scores_top)
         run = describe_run(config, self.settings, self.caption, self.fingerprint, outputs) \
             if config is not None else None
         write_failure_manifest(writer, self.output, self.fingerprint, run)

@@ -40,7 +40,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +54,7 @@ from .engine import BatchStats, record_prompt, store_features, write_failure_man
 from .identity import predict_fingerprint
 from .inputs import iter_inputs
 from .records import RecordWriter, copy_record, json_default, make_record, open_output, read_records
-from .retry import describe_run
+from .retry import describe_run, run_outputs
 from .sidecars import SidecarOptions, write_sidecar
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -253,9 +253,7 @@ def run_on_ray(
             if writer is not None:
                 if not summary.finished:
                     writer.abort()
-                outputs = {"sidecar": asdict(sidecar) if sidecar is not None else None,  # as BatchJob keeps them
-                           "store_features": os.path.abspath(store_features) if store_features else None,
-                           "store_scores": scores_top}
+                outputs = run_outputs(sidecar, store_features, scores_top)
                 write_failure_manifest(writer, output, summary.fingerprint,
                                        describe_run(config, settings, caption, summary.fingerprint, outputs))
         finally:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +31,9 @@ from ..settings import SearchSettings
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..interrogator import Config
+    from .sidecars import SidecarOptions
 
-__all__ = ["describe_run", "normalise_clip", "read_run", "run_path", "write_run"]
+__all__ = ["describe_run", "normalise_clip", "read_run", "run_outputs", "run_path", "write_run"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,14 @@ def describe_run(config: Config, settings: SearchSettings, caption: str | None,
         "vocab": [os.path.abspath(os.path.expanduser(v)) for v in config.vocab],
         "caption": caption,
     }
+
+
+def run_outputs(sidecar: SidecarOptions | None, store_features: str | os.PathLike[str] | None,
+                store_scores: int | None) -> dict[str, Any]:
+    """A run's output options as :func:`describe_run` keeps them (the engine's and Ray's alike)."""
+    return {"sidecar": asdict(sidecar) if sidecar is not None else None,
+            "store_features": os.path.abspath(store_features) if store_features else None,
+            "store_scores": store_scores}
 
 
 def write_run(output: str | os.PathLike[str], run: dict[str, Any] | None) -> None:
