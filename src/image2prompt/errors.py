@@ -49,6 +49,24 @@ class SettingsError(Image2PromptError, ValueError):
     """Search settings that cannot run (a count below its minimum, an unknown mode)."""
 
 
+class CaptionRequired(SettingsError):
+    """A mode needs a caption and none can be had: none was given and no caption model is loaded.
+
+    The one message every front end shows for it. ``caption_free`` names the modes that run
+    without a caption (:func:`image2prompt.modes.caption_free_modes`), ``source`` the input
+    that lacks one (when only some inputs do, as with per-image captions from a manifest).
+    """
+
+    def __init__(self, mode: str, *, source: str | None = None, caption_free: tuple[str, ...] | list[str] = ()) -> None:
+        self.mode = mode
+        self.source = source
+        self.caption_free = tuple(caption_free)
+        where = f"{source}: " if source else ""
+        others = f" (or use {' or '.join(self.caption_free)} mode)" if self.caption_free else ""
+        super().__init__(f"{where}{mode} mode needs a caption, and none was given or generated: "
+                         f"give a caption or load a caption model{others}")
+
+
 def one_line(text: object, limit: int = 300) -> str:
     """``text`` on one line, whitespace collapsed, cut at a word boundary to ``limit`` characters.
 

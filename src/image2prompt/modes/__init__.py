@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from ..errors import SettingsError
+from ..errors import CaptionRequired, SettingsError
 from .base import Chain, Mode, Outcome, Scored, SearchContext, Task
 from .best import BestMode
 from .classic import ClassicMode
@@ -65,6 +65,14 @@ def caption_free_modes() -> list[str]:
     return [name for name in list_modes() if not _MODES[name].needs_caption(False)]
 
 
+def require_caption(mode: str, *, has_caption: bool, has_captioner: bool, source: str | None = None) -> None:
+    """Raise :class:`~image2prompt.errors.CaptionRequired` when ``mode`` needs a caption and
+    none can be had (no caption given, no caption model loaded): the one check, and the one
+    message, of every front end."""
+    if not has_caption and not has_captioner and get_mode(mode).needs_caption(False):
+        raise CaptionRequired(mode, source=source, caption_free=caption_free_modes())
+
+
 def beam_modes() -> list[str]:
     """The registered modes whose search reads ``SearchSettings.beam`` (``uses_beam = True``);
     the others ignore it."""
@@ -83,4 +91,4 @@ for _cls in (BestMode, ClassicMode, FastMode, NegativeMode, TurboMode, StyleMode
     register_mode(_cls)
 
 __all__ = ["Chain", "Mode", "Outcome", "Scored", "SearchContext", "Task", "beam_modes", "caption_free_modes",
-           "get_mode", "list_modes", "mode_names", "register_mode"]
+           "get_mode", "list_modes", "mode_names", "register_mode", "require_caption"]
