@@ -259,3 +259,57 @@ def test_csv_cells_never_start_a_formula_and_read_back_as_written(tmp_path):
     assert back[0]["prompt"] == "-2+3, oil painting" and back[1]["error"] == "+x.png: not an image"
     with open_output(out) as w:  # resume: the sources are known as written
         assert w.has_source("=cmd|' /C calc'!A0.png", FP, "h1") and w.error_sources(FP) == ["+x.png"]
+
+
+@pytest.mark.parametrize(("name", "fmt", "kind"), [("out.jsonl", None, "JsonlWriter"), ("out.ndjson", None, "JsonlWriter"),
+                                                    ("out.csv", None, "CsvWriter"), ("out.pq", None, "ParquetWriter"),
+                                                    ("out.txt", "csv", "CsvWriter")])
+def test_each_format_has_its_own_writer_and_every_one_does_what_the_protocol_names(tmp_path, name, fmt, kind):
+    from image2prompt.batch import records
+
+    with open_output(tmp_path / name, fmt) as w:
+        assert type(w) is getattr(records, kind) and records.WRITERS[w.format] is type(w)
+        operations = [n for n in vars(records.RecordWriter) if not n.startswith("_")]
+        assert {"write", "find", "done_keys", "drop_errors", "close", "abort"} <= set(operations)
+        assert all(callable(getattr(w, n)) for n in operations)
+        assert all(hasattr(w, n) for n in records.RecordWriter.__annotations__)
+        assert (w.path, w.count, w.closed) == (tmp_path / name, 0, False)
+        w.write(make_record("a.png", "h1", FP, result(), None))
+        assert w.count == 1
+    assert w.closed
+    assert [r["source"] for r in read_records(tmp_path / name, fmt)] == ["a.png"]
+
+
+def test_an_unknown_format_is_refused_before_anything_is_made(tmp_path):
+    from image2prompt.batch.records import record_line, records_bytes
+
+    with pytest.raises(OutputError, match="extension"):
+        open_output(tmp_path / "sub" / "out.txt")
+    with pytest.raises(OutputError, match="unknown output format"):
+        open_output(tmp_path / "sub" / "out.jsonl", "xml")
+    assert not (tmp_path / "sub").exists()
+    with pytest.raises(OutputError, match="unknown output format"):
+        list(read_records(tmp_path / "out.jsonl", "xml"))
+    with pytest.raises(OutputError, match="choose jsonl or csv"):
+        record_line(make_record("a.png", "h1", FP, result(), None), "parquet")
+    assert records_bytes([], "parquet") == b""
+    with pytest.raises(TypeError):
+        open_output(tmp_path / "out.jsonl", fsync_evry=1)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_records_bytes_are_the_lines_a_writer_appends(tmp_path, fmt):
+    from image2prompt.batch.records import records_bytes
+
+    recs = [make_record("a.png", "h1", FP, result(trace=True), None, scores=True),
+            make_record("b\n.png", None, FP, None, "b.png: bad")]
+    out = tmp_path / f"out.{fmt}"
+    with open_output(out) as w:
+        for rec in recs:
+            w.write(rec)
+    assert out.read_bytes() == records_bytes(recs, fmt)
+
+
+def test_a_missing_output_reads_as_no_records(tmp_path):
+    for name in ("none.jsonl", "none.csv", "none.parquet"):
+        assert list(read_records(tmp_path / name)) == []
