@@ -245,7 +245,7 @@ def test_one_log_line_per_request_with_latency(server_url, caplog):
         httpx.get(server_url + "/healthz")
         httpx.get(server_url + "/v1/nothing")
         time.sleep(0.2)
-    lines = [r.getMessage() for r in caplog.records if r.name == "image2prompt.server.app"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "image2prompt.server.guard"]
     assert any(" GET /healthz 200 " in m and m.endswith("ms") for m in lines)
     assert any(" GET /v1/nothing 404 " in m for m in lines)
 

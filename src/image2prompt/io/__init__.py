@@ -6,6 +6,7 @@ validate inputs before any model is loaded.
 
 from __future__ import annotations
 
+from image2prompt.io.download import download_bytes
 from image2prompt.io.images import DEFAULT_MAX_PIXELS, load_image
 from image2prompt.io.sources import (
     ImageInput,
@@ -17,8 +18,8 @@ from image2prompt.io.sources import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageInput", "ImageSource", "coerce_source", "expand_sources",
-    "image_extensions", "is_array", "load_image",
+    "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageInput", "ImageSource", "coerce_source", "download_bytes",
+    "expand_sources", "image_extensions", "is_array", "load_image",
 ]
 
 

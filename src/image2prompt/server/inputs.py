@@ -1,0 +1,171 @@
+"""Reading a request's inputs: its fields (JSON or a multipart form, validated by a schema) and its
+image (base64, an upload or, where allowed, a URL), decoded in worker threads within the server's limits."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from pathlib import PurePosixPath
+from typing import Any
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from ..errors import ImageLoadError
+from ..io import ImageSource, load_image
+from ..io.download import download_bytes
+from ..io.images import input_side_of
+from ..prompt.caption import is_invisible
+from .errors import HTTPError, image_error, validation_message
+from .state import ServerConfig, ServerState
+
+
+async def parse_body(request: Request, model: type[BaseModel]) -> tuple[BaseModel, bytes | None, str]:
+    """The request's fields (validated by ``model``) and its image bytes, from JSON or a multipart
+    form; returns (fields, image bytes or None when a URL was given, a display name)."""
+    ctype = content_type(request)
+    if ctype == "multipart/form-data":
+        form = await read_form(request, max_files=1, max_fields=64)
+        raw: dict[str, Any] = {}
+        upload = None
+        for key, value in form.multi_items():
+            if key == "image" and hasattr(value, "read"):
+                upload = value
+            elif isinstance(value, str):
+                raw[key] = value
+            else:
+                raise HTTPError(422, f"invalid request: {key}: only the image field may be a file")
+        if upload is None:
+            raise HTTPError(422, "invalid request: image: a file field named image is required")
+        fields = validate(model, raw)
+        data = await upload.read()
+        return fields, data, upload_name(getattr(upload, "filename", None))
+    if ctype in ("application/json", ""):
+        fields = await read_json(request, model)
+        image, url = getattr(fields, "image", None), getattr(fields, "url", None)
+        if image and url:
+            raise HTTPError(422, "invalid request: give image or url, not both")
+        if image:
+            return fields, await run_in_threadpool(b64, image), "image"  # off the loop: up to ~27 MB
+        if url:
+            return fields, None, url
+        raise HTTPError(422, "invalid request: image: a base64 image (or a url) is required")
+    raise HTTPError(415, f"content type {ctype!r} is not accepted: send JSON or multipart/form-data")
+
+
+def content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+class MultiPart(MultiPartParser):
+    """Starlette's multipart parser, noting whether the closing boundary came (python-multipart
+    takes a body that stops short as if it had ended, dropping the part it was in)."""
+
+    complete = False
+
+    def on_end(self) -> None:
+        self.complete = True
+
+
+async def read_form(request: Request, *, max_files: int, max_fields: int) -> FormData:
+    """A multipart form, refused (400) when it is malformed or ends before its closing boundary."""
+    try:
+        parser = MultiPart(request.headers, request.stream(), max_files=max_files, max_fields=max_fields)
+        form = await parser.parse()
+    except MultiPartException as err:
+        raise HTTPError(400, f"invalid multipart body: {err.message}") from None
+    if not parser.complete:
+        await form.close()
+        raise HTTPError(400, "invalid multipart body: it ends before its closing boundary (a cut-off upload?)")
+    return form
+
+
+def upload_name(filename: str | None) -> str:
+    """What an uploaded file is called in answers and records: its base name (no folders, no
+    ``..``), without control or format characters (NUL, CR, LF, bidirectional overrides)."""
+    base = PurePosixPath((filename or "").replace("\\", "/")).name
+    base = "".join(c for c in base if not is_invisible(c)).strip()[:255]
+    return base if base not in ("", ".", "..") else "upload"
+
+
+def loads_json(body: bytes, model: type[BaseModel]) -> Any:
+    """Parse and validate a JSON body (run off the event loop: a large body takes seconds)."""
+    try:
+        payload = json.loads(body)
+    except RecursionError:
+        raise HTTPError(400, "the body is not valid JSON: nested too deeply") from None
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise HTTPError(400, "the body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise HTTPError(422, "invalid request: the JSON body must be an object")
+    try:
+        return validate(model, payload)
+    except RecursionError:
+        raise HTTPError(400, "the body is not valid JSON: nested too deeply") from None
+
+
+async def read_json(request: Request, model: type[BaseModel]) -> Any:
+    """A JSON body validated by ``model`` (read here, so the body limit answers 413, not 400);
+    parsed in a worker thread, so a large body does not stall every other request."""
+    ctype = content_type(request)
+    if ctype not in ("application/json", "") and not ctype.endswith("+json"):
+        raise HTTPError(415, f"content type {ctype!r} is not accepted here: send JSON (application/json)")
+    body = await request.body()
+    return await run_in_threadpool(loads_json, body, model)
+
+
+def validate(model: type[BaseModel], raw: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise HTTPError(422, validation_message(err.errors())) from None
+
+
+def b64(text: str) -> bytes:
+    """Base64 (standard or URL-safe, padding optional), with or without a data: URL prefix."""
+    body = text.strip()
+    if body.startswith("data:"):
+        head, _, body = body.partition(",")
+        if ";base64" not in head:
+            raise HTTPError(422, "invalid request: image: a data: URL must be base64-encoded")
+    body = "".join(body.split())
+    body += "=" * (-len(body) % 4)
+    try:
+        return base64.b64decode(body.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPError(422, "invalid request: image: not valid base64") from None
+
+
+async def decode_image(state: ServerState, data: bytes | None, name: str) -> Any:
+    cfg = state.config
+    try:
+        if data is None:
+            if not cfg.allow_urls:
+                raise HTTPError(400, "fetching URLs is off on this server (start it with --allow-urls)")
+            async with state.downloads:
+                data = await run_in_threadpool(download_bytes, name, cfg.url_timeout, public_only=True,
+                                               max_bytes=cfg.max_upload_bytes)
+        if len(data) > cfg.max_upload_bytes:
+            raise HTTPError(413, f"{name}: image of {len(data)} bytes is over the {cfg.max_upload_bytes}-byte limit")
+        # Reduced right after decoding to what the loaded models need, so no waiting request holds
+        # a full-size image; the decoding thread itself holds one of config.decoders slots (the
+        # asyncio semaphore alone is given back when a request is cancelled mid-decode).
+        async with state.decoding:
+            return await run_in_threadpool(load_upload, data, name, cfg, input_side_of(state.interrogator),
+                                           state.decode_slots)
+    except ImageLoadError as err:
+        raise image_error(err) from None
+
+
+def load_upload(data: bytes, name: str, cfg: ServerConfig, reduce_to: int | None = None, slots: Any = None) -> Any:
+    """Decode an upload (in a worker thread), holding one of ``slots`` (:class:`DecodeSlots`) while
+    it decodes, reduced to ``reduce_to`` (the models' :attr:`~image2prompt.Interrogator.input_side`)."""
+    source = ImageSource(name, "bytes", data)
+    if slots is None:
+        return load_image(source, max_pixels=cfg.max_pixels, formats=cfg.formats, reduce_to=reduce_to)
+    with slots.hold(data):
+        return load_image(source, max_pixels=cfg.max_pixels, formats=cfg.formats, reduce_to=reduce_to)

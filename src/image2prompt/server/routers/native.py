@@ -1,0 +1,79 @@
+"""The native API: /v1/models, /v1/stats, /v1/interrogate and /v1/analyze."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Request
+
+from ... import __version__
+from ...errors import SettingsError
+from ...modes import caption_free_modes, list_modes
+from ...settings import SearchSettings
+from ..errors import HTTPError
+from ..inputs import decode_image, parse_body
+from ..names import public, shown_model_name
+from ..schemas import ANALYZE_FORM, IMAGE_FORM, AnalyzeBody, InterrogateBody, body_doc
+from ..state import State
+from ..waiting import wait
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...interrogator import Interrogator
+
+router = APIRouter()
+
+
+@router.get("/v1/models", tags=["native"], summary="The loaded models, the modes and the limits.")
+async def models(state: State) -> dict[str, Any]:
+    ip, _ = state.need()
+    cfg = state.config
+    return {"clip_models": [shown_model_name(c.name) for c in ip.clips],
+            "caption_model": shown_model_name(ip.caption_name) if ip.caption_name else None,
+            "modes": list_modes(), "default_mode": "best", "caption_free_modes": caption_free_modes(),
+            "max_tokens": SearchSettings().max_tokens,
+            "auth": cfg.api_key is not None, "version": __version__,
+            "limits": {"max_upload_bytes": cfg.max_upload_bytes, "max_pixels": cfg.max_pixels,
+                       "formats": list(cfg.formats), "max_batch_files": cfg.max_batch_files,
+                       "max_batch_bytes": cfg.max_batch_bytes,
+                       "urls": cfg.allow_urls}}
+
+
+@router.get("/v1/stats", tags=["service"], summary="Micro-batching counters since start.")
+async def stats(state: State) -> dict[str, Any]:
+    _, batcher = state.need()
+    return batcher.stats.to_dict() | {"max_batch": batcher.max_batch, "max_queue": batcher.max_queue,
+                                       "max_queue_bytes": batcher.max_queue_bytes}
+
+
+@router.post("/v1/interrogate", tags=["native"], summary="An image's prompt (and negative prompt).",
+             openapi_extra=body_doc(InterrogateBody, IMAGE_FORM))
+async def interrogate(request: Request, state: State) -> dict[str, Any]:
+    fields, data, name = await parse_body(request, InterrogateBody)
+    ip, batcher = state.need()
+    try:
+        settings = fields.settings()  # type: ignore[attr-defined]
+    except SettingsError as err:
+        raise HTTPError(422, str(err)) from None
+    image = await decode_image(state, data, name)
+    caption = fields.caption  # type: ignore[attr-defined]
+    result = await wait(request, lambda: batcher.submit(image, settings, caption=caption, source=name),
+                        state.config.timeout)
+    return result_json(ip, result, settings)
+
+
+@router.post("/v1/analyze", tags=["native"], summary="The top phrases of every category, with scores.",
+             openapi_extra=body_doc(AnalyzeBody, ANALYZE_FORM))
+async def analyze(request: Request, state: State) -> dict[str, Any]:
+    fields, data, name = await parse_body(request, AnalyzeBody)
+    ip, batcher = state.need()
+    image = await decode_image(state, data, name)
+    top = fields.top  # type: ignore[attr-defined]
+    analysis = await wait(request, lambda: batcher.submit_analyze(image, top, source=name), state.config.timeout)
+    out: dict[str, Any] = public(ip, analysis.to_dict())
+    return out
+
+
+def result_json(ip: Interrogator, result: Any, settings: SearchSettings) -> dict[str, Any]:
+    data: dict[str, Any] = public(ip, result.to_dict())
+    data["token_budget"] = settings.max_tokens
+    return data
