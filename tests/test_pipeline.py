@@ -11,7 +11,7 @@ import pytest
 
 from image2prompt import Config, Features, Interrogator, SearchSettings
 from image2prompt.cache import EmbeddingCache
-from image2prompt.errors import SettingsError
+from image2prompt.errors import CaptionRequired, SettingsError
 from image2prompt.features import FeaturesError, features_from_arrow, features_to_arrow
 from image2prompt.models.clip import load_clip
 from image2prompt.modes import Outcome, Scored, Task, get_mode, mode_names, register_mode
@@ -230,6 +230,8 @@ def test_a_registered_mode_is_dispatched(ci, images):
 
 def test_missing_caption_is_a_clear_error(ci, images):
     feats = ci.encode(images[:1], generate_captions=False)
-    with pytest.raises(ValueError, match="no caption; fast mode needs one"):
+    with pytest.raises(CaptionRequired, match="image 0: fast mode needs a caption, and none was given or generated") \
+            as info:
         ci.search(feats, SearchSettings(mode="fast"))
+    assert isinstance(info.value, ValueError) and "negative" in str(info.value)  # names the modes that need none
     assert next(ci.search(feats, SearchSettings(mode="negative"))).prompt  # negative needs none

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from image2prompt import Config, Interrogator, SearchSettings
-from image2prompt.errors import SettingsError
+from image2prompt.errors import CaptionRequired, SettingsError
 from image2prompt.service import Busy, MicroBatcher, ShuttingDown
 from tests.support.gate import gate_encode
 
@@ -115,7 +115,7 @@ def test_settings_the_interrogator_cannot_run_are_refused_at_submit(tiny_open_cl
     no_captioner = Interrogator.load(Config(clip_model=f"local-dir:{tiny_open_clip}", caption_model=None,
                                             device="cpu", cache_dir=str(tmp_path), vocab=(str(small_vocab_dir),)))
     with MicroBatcher(no_captioner) as batcher:
-        with pytest.raises(SettingsError, match="needs a caption .* or use negative or style mode"):
+        with pytest.raises(CaptionRequired, match="needs a caption.*or use negative or style mode"):
             batcher.submit(images[0], SearchSettings(mode="best"))
         with pytest.raises(SettingsError, match="no caption model"):
             batcher.submit_caption(images[0])

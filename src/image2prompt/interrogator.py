@@ -27,15 +27,17 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from .cache import EmbeddingCache
+from .errors import SettingsError
 from .features import Features, FeaturesError
+from .identity import ModelIdentity
 from .index import ProgressFactory, VocabularyIndex
 from .models._registry import DEFAULT_CAPTIONER, LOW_VRAM_CAPTIONER  # what caption_model="auto" picks
-from .modes import Chain, Outcome, Scored, SearchContext, Task, get_mode
+from .modes import Chain, Outcome, Scored, SearchContext, Task, get_mode, require_caption
 from .prompt import clean_caption
 from .prompt.caption import clean_given_caption
 from .results import Analysis, Result, Trace
 from .search import emphasis_weight
-from .settings import DEFAULT_FLOOR, SearchSettings, search_fingerprint
+from .settings import DEFAULT_FLOOR, SearchSettings
 from .vocab import VocabularyPack, load_style_pack, load_vocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -159,13 +161,17 @@ class Interrogator:
         """What :class:`Features` from these encoders are labelled with."""
         return tuple(c.cache_key for c in self.clips)
 
+    @property
+    def identity(self) -> ModelIdentity:
+        """The loaded models and vocabulary, as a fingerprint names them (:mod:`image2prompt.identity`)."""
+        if self._vocab_identity is None:
+            self._vocab_identity = {name: table.sha256 for name, table in self.vocab.tables.items()}
+        return ModelIdentity.of(self.encoder_keys, self.caption_name, self._vocab_identity)
+
     def fingerprint(self, settings: SearchSettings) -> str:
         """A short hash of the settings, the models and the vocabulary: equal fingerprints
         mean the same search of the same image gives the same result (the resume key)."""
-        if self._vocab_identity is None:
-            self._vocab_identity = {name: table.sha256 for name, table in self.vocab.tables.items()}
-        return search_fingerprint(settings, clip=self.encoder_keys, captioner=self.caption_name,
-                                  vocab=self._vocab_identity)
+        return self.identity.fingerprint(settings)
 
     # -- device placement -------------------------------------------------------------
     @contextmanager
@@ -197,7 +203,7 @@ class Interrogator:
 
     def caption(self, images: Sequence[Any]) -> list[str]:
         if self.captioner is None:
-            raise ValueError("no caption model is loaded: pass a caption (--caption TEXT) or load a captioner")
+            raise SettingsError("no caption model is loaded: give a caption, or load a caption model")
         with self._using("caption"):
             raw = self.captioner.caption(images, batch_size=self.config.caption_batch_size)
         return [clean_caption(t) for t in raw]
@@ -264,9 +270,12 @@ class Interrogator:
         order; ``Result.source`` says which). Images of one call share encoder batches."""
         return (r for _, r in self.search_indexed(features, settings))
 
-    def search_indexed(self, features: Sequence[Features],
-                       settings: SearchSettings | None = None) -> Iterator[tuple[int, Result]]:
-        """:meth:`search`, with each result's position in ``features``. Arguments are checked at the call."""
+    def search_indexed(self, features: Sequence[Features], settings: SearchSettings | None = None, *,
+                       identity: ModelIdentity | None = None) -> Iterator[tuple[int, Result]]:
+        """:meth:`search`, with each result's position in ``features``. Arguments are checked at the call.
+
+        ``identity`` labels the results (their fingerprint) when it is not this interrogator's own:
+        a process that searches features another one encoded, without loading its captioner."""
         settings = settings or SearchSettings()
         mode = get_mode(settings.mode)
         feats = list(features)
@@ -274,14 +283,14 @@ class Interrogator:
             if f.encoders != self.encoder_keys:
                 raise FeaturesError(f"{f.source or f'features {i}'}: encoded with {', '.join(f.encoders)}, "
                                     f"but the loaded encoders are {', '.join(self.encoder_keys)}")
-            if not f.caption and mode.needs_caption(False):
-                raise ValueError(f"{f.source or f'image {i}'}: no caption; {settings.mode} mode needs one "
-                                 "(pass a caption, or load a captioner before encoding)")
-        return self._search(feats, settings, mode)
+            if not f.caption:
+                require_caption(settings.mode, has_caption=False, has_captioner=False,
+                                source=f.source or f"image {i}")
+        return self._search(feats, settings, mode, (identity or self.identity).fingerprint(settings))
 
-    def _search(self, feats: list[Features], settings: SearchSettings, mode: Any) -> Iterator[tuple[int, Result]]:
+    def _search(self, feats: list[Features], settings: SearchSettings, mode: Any,
+                fingerprint: str) -> Iterator[tuple[int, Result]]:
         ctx = SearchContext(self, settings)
-        fingerprint = self.fingerprint(settings)
         cut: set[int] = set()
         if mode.uses_caption:  # the token budget is hard: a caption over it is cut at a word boundary
             for i, f in enumerate(feats):

@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 from PIL import Image
 
-from .errors import Image2PromptError, ImageLoadError, SettingsError, one_line
+from .errors import ImageLoadError, SettingsError, one_line
 from .features import Features
 from .io import DEFAULT_MAX_PIXELS, ImageSource, expand_sources, is_array, load_image
 from .io.images import decoded_bytes, input_side_of, reduce_image
 from .results import Result
 from .settings import SearchSettings
+from .work import Failure, WorkItem, reason, run_items
 
 if TYPE_CHECKING:  # pragma: no cover
     from .interrogator import Interrogator
@@ -65,6 +66,8 @@ class Record:
     error: str | None = None
     #: The image's features (caption and vectors), with ``Runner(keep_features=True)``; not in ``to_dict``.
     features: Features | None = field(default=None, repr=False)
+    #: What the input carried for its caller (``ImageSource.meta``), returned untouched; not in ``to_dict``.
+    meta: Any = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -75,21 +78,19 @@ class Record:
                 "result": self.result.to_dict() if self.result is not None else None}
 
 
-@dataclass
-class _Decoded:
-    index: int
-    name: str
-    image: Image.Image
+#: A decoded input waiting for its batch (the work unit's item).
+_Decoded = WorkItem
 
 
 class _Pending:
     """An input whose decode is in flight (or that failed before it could start)."""
 
-    __slots__ = ("error", "future", "index", "name")
+    __slots__ = ("caption", "error", "future", "index", "meta", "name")
 
     def __init__(self, index: int, name: str, future: Future[Image.Image | ImageLoadError] | None = None,
-                 error: ImageLoadError | None = None) -> None:
+                 error: ImageLoadError | None = None, caption: str | None = None, meta: Any = None) -> None:
         self.index, self.name, self.future, self.error = index, name, future, error
+        self.caption, self.meta = caption, meta
 
     def done(self) -> bool:
         return self.future is None or self.future.done()
@@ -237,7 +238,8 @@ class Runner:
                     if isinstance(item, ImageLoadError):
                         pending.append(_Pending(index, item.source, error=item))
                     else:
-                        pending.append(_Pending(index, item.name, pool.submit(self._decode, item)))
+                        pending.append(_Pending(index, item.name, pool.submit(self._decode, item),
+                                                caption=item.caption, meta=item.meta))
                 if not pending:
                     if exhausted or not batch:
                         break
@@ -249,7 +251,7 @@ class Runner:
                 outcome = taken.outcome()
                 if isinstance(outcome, ImageLoadError):
                     log.debug("could not load %s: %s", taken.name, outcome.reason)
-                    yield from out.put(Record(taken.index, taken.name, error=one_line(outcome)))
+                    yield from out.put(Record(taken.index, taken.name, error=one_line(outcome), meta=taken.meta))
                     continue
                 if restore is None:
                     restore = self._prepare()
@@ -259,7 +261,7 @@ class Runner:
                     for record in self._process(batch):  # early, rather than hold more than max_bytes
                         yield from out.put(record)
                     batch = []
-                batch.append(_Decoded(taken.index, taken.name, outcome))
+                batch.append(WorkItem(taken.index, taken.name, outcome, taken.caption, meta=taken.meta))
                 del outcome, taken
                 if len(batch) >= self.batch_size:
                     for record in self._process(batch):
@@ -303,7 +305,7 @@ class Runner:
             return err
         except Exception as err:
             log.debug("decoding %s failed", source.name, exc_info=True)
-            return ImageLoadError(source.name, f"could not load ({_reason(err)})")
+            return ImageLoadError(source.name, f"could not load ({reason(err)})")
 
     def _prepare(self) -> tuple[Interrogator, bool]:
         """Load a lazy interrogator (the first image has decoded) and set its device policy for the run."""
@@ -320,59 +322,28 @@ class Runner:
             ic.manage_devices = False
         return ic, saved
 
-    def _process(self, batch: list[_Decoded]) -> Iterator[Record]:
-        """Records for one batch of decoded images, as the search yields them."""
+    def _process(self, batch: list[WorkItem]) -> Iterator[Record]:
+        """Records for one batch of decoded images (:func:`image2prompt.work.run_items`), as each
+        search ends; a fatal error is raised after the records of the whole batch."""
         ic = self._interrogator
         assert ic is not None
-        done: set[int] = set()
-        features: list[Features] = []
-        try:
-            for j, result in self._search(ic, batch, features):
-                if j in done or not 0 <= j < len(batch):
-                    continue
-                done.add(j)
-                kept = features[j] if self.keep_features and j < len(features) else None
-                yield Record(batch[j].index, batch[j].name, result=result, features=kept)
-            missing = [d for j, d in enumerate(batch) if j not in done]
-            for d in missing:  # a search that yields fewer results than images
-                yield Record(d.index, d.name, error=f"{d.name}: could not interrogate (no result)")
-        except Exception as err:
-            rest = [d for j, d in enumerate(batch) if j not in done]
-            if _is_fatal(err):
-                log.debug("stopping on a library error", exc_info=True)
-                for d in rest:
-                    yield self._failed(d, err)
-                raise
-            if len(batch) == 1:
-                log.debug("interrogating %s failed", batch[0].name, exc_info=True)
-                for d in rest:
-                    yield self._failed(d, err)
-                return
-            log.info("a batch of %d images failed (%s); retrying each of its %d remaining images alone",
-                     len(batch), _reason(err), len(rest))
-            log.debug("the batch failed with", exc_info=True)
-            for k, d in enumerate(rest):
-                try:
-                    yield from self._process([d])
-                except Exception as fatal:  # only the fatal kind gets here
-                    for other in rest[k + 1:]:
-                        yield self._failed(other, fatal)
-                    raise
-
-    def _search(self, ic: Interrogator, batch: list[_Decoded],
-                features_out: list[Features] | None = None) -> Iterator[tuple[int, Result]]:
-        images = [d.image for d in batch]
-        names = [d.name for d in batch]
-        captions = [self.caption] * len(batch) if self.caption is not None else None
-        generate = self.caption is None and ic.needs_caption(self.settings)
-        features = ic.encode(images, captions, generate_captions=generate, sources=names)
-        if features_out is not None:
-            features_out.extend(features)
-        return ic.search_indexed(features, self.settings)
-
-    @staticmethod
-    def _failed(d: _Decoded, err: BaseException) -> Record:
-        return Record(d.index, d.name, error=f"{d.name}: could not interrogate ({_reason(err)})")
+        wants = ic.needs_caption(self.settings)
+        for item in batch:
+            if item.caption is None:
+                item.caption = self.caption
+            item.generate = item.caption is None and wants
+        fatal: BaseException | None = None
+        for item, outcome, features in run_items(ic, batch, self.settings):
+            if isinstance(outcome, Failure):
+                if outcome.fatal and fatal is None:
+                    fatal = outcome.error
+                yield Record(item.index, item.source, error=outcome.text, meta=item.meta)
+            else:
+                yield Record(item.index, item.source, result=outcome,
+                             features=features if self.keep_features else None, meta=item.meta)
+        if fatal is not None:
+            log.debug("stopping on a library error", exc_info=fatal)
+            raise fatal
 
 
 def _batch_bytes(batch: list[_Decoded]) -> int:
@@ -381,15 +352,6 @@ def _batch_bytes(batch: list[_Decoded]) -> int:
 
 def _is_interrogator(obj: object) -> bool:
     return hasattr(obj, "encode") and hasattr(obj, "search_indexed")
-
-
-def _is_fatal(err: BaseException) -> bool:
-    """A library error that is not about one image: every later batch would hit it too."""
-    return isinstance(err, Image2PromptError) and not isinstance(err, ImageLoadError)
-
-
-def _reason(err: BaseException) -> str:
-    return one_line(err) or type(err).__name__
 
 
 def _number(inputs: Iterable[Any] | Any) -> Iterator[tuple[int, ImageSource | ImageLoadError]]:

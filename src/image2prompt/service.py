@@ -42,14 +42,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from PIL import Image as PILImage
 
 from .errors import Image2PromptError, SettingsError
+from .features import Features
 from .io.images import decoded_bytes, input_side_of, reduce_image
-from .modes import caption_free_modes, get_mode
+from .modes import require_caption
 from .settings import SearchSettings
+from .work import Failure, WorkItem, encode_items, search_items
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-    from .features import Features
     from .interrogator import Interrogator
 
 __all__ = [
@@ -218,14 +219,11 @@ class MicroBatcher:
         """Queue a search of a decoded RGB image; the future's result is a
         :class:`~image2prompt.Result`. Raises :class:`Busy` when the queue is full and
         :class:`~image2prompt.errors.SettingsError` for settings this interrogator cannot
-        run (a mode that needs a caption, with no captioner and no caption given)."""
+        run (:class:`~image2prompt.errors.CaptionRequired`: a mode that needs a caption, with no
+        captioner and no caption given)."""
         settings = settings or SearchSettings()
-        mode = get_mode(settings.mode)
         ip = self.interrogator
-        if not caption and ip.captioner is None and mode.needs_caption(False):
-            free = " or ".join(caption_free_modes())
-            raise SettingsError(f"{settings.mode} mode needs a caption and no caption model is loaded: "
-                                f"send a caption, or use {free} mode")
+        require_caption(settings.mode, has_caption=bool(caption), has_captioner=ip.captioner is not None)
         wants = bool(not caption and ip.needs_caption(settings))
         return self._put(_Request("search", image, settings, caption or None, source, 0,
                                   ip.fingerprint(settings), wants_caption=wants))
@@ -316,29 +314,21 @@ class MicroBatcher:
         return batch, False
 
     def _run(self, batch: list[_Request]) -> None:
+        """Encode the micro-batch together, then search each fingerprint group together
+        (:mod:`image2prompt.work`: a failed batch is retried one request at a time, and a
+        request's failure goes to its own future)."""
         with self._lock:
             self._stats.batches += 1
             self._stats.largest_batch = max(self._stats.largest_batch, len(batch))
         started = time.perf_counter()
-        try:
-            feats = self._encode(batch)
-        except Exception as err:  # noqa: BLE001  a request's failure goes to its future
-            if len(batch) == 1:
-                self._fail(batch[0], err)
-                return
-            log.warning("a micro-batch of %d failed to encode (%s); encoding its requests one by one",
-                        len(batch), type(err).__name__)
-            pairs = []
-            for r in batch:
-                try:
-                    pairs.append((r, self._encode([r])[0]))
-                except Exception as one:  # noqa: BLE001  this request's own failure, to its future
-                    self._fail(r, one)
-            batch = [r for r, _ in pairs]
-            feats = [f for _, f in pairs]
-        groups: dict[str, list[tuple[_Request, Features]]] = {}
-        for r, f in zip(batch, feats):
-            groups.setdefault(r.key, []).append((r, f))
+        items = [WorkItem(i, r.source or "image", r.image, r.caption, r.wants_caption, meta=r)
+                 for i, r in enumerate(batch)]
+        groups: dict[str, list[tuple[WorkItem, Features]]] = {}
+        for item, got in zip(items, encode_items(self.interrogator, items)):
+            if isinstance(got, Failure):
+                self._fail(item.meta, got.error)
+            else:
+                groups.setdefault(item.meta.key, []).append((item, got))
         for members in groups.values():
             self._finish_group(members)
         for r in batch:  # a safety net: no caller waits forever on a request the worker skipped
@@ -347,42 +337,27 @@ class MicroBatcher:
         log.debug("micro-batch of %d in %.1f ms (%d groups)", len(batch),
                   1000 * (time.perf_counter() - started), len(groups))
 
-    def _encode(self, batch: list[_Request]) -> list[Features]:
-        return self.interrogator.encode([r.image for r in batch], [r.caption for r in batch],
-                                        sources=[r.source for r in batch],
-                                        generate_captions=[r.wants_caption for r in batch])
-
-    def _finish_group(self, members: list[tuple[_Request, Features]]) -> None:
-        kind = members[0][0].kind
-        if kind == "caption":
-            for r, f in members:
-                self._done(r, f.caption)
+    def _finish_group(self, members: list[tuple[WorkItem, Features]]) -> None:
+        first: _Request = members[0][0].meta
+        if first.kind == "caption":
+            for item, f in members:
+                self._done(item.meta, f.caption)
             return
-        if kind == "analyze":
-            for r, f in members:
+        if first.kind == "analyze":
+            for item, f in members:
                 try:
-                    self._done(r, self.interrogator.analyze_features(f, r.top_n))
+                    self._done(item.meta, self.interrogator.analyze_features(f, item.meta.top_n))
                 except Exception as err:  # noqa: BLE001  a request's failure goes to its future
-                    self._fail(r, err)
+                    self._fail(item.meta, err)
             return
-        settings = members[0][0].settings
-        try:
-            for i, result in self.interrogator.search_indexed([f for _, f in members], settings):
-                self._done(members[i][0], result)
-        except Exception as err:  # noqa: BLE001  a request's failure goes to its future
-            left = [(r, f) for r, f in members if not r.future.done()]
-            if len(left) <= 1:
-                for r, _ in left:
-                    self._fail(r, err)
-                return
-            log.warning("a search group of %d failed (%s); searching its requests one by one",
-                        len(left), type(err).__name__)
-            for r, f in left:
-                try:
-                    for _, result in self.interrogator.search_indexed([f], settings):
-                        self._done(r, result)
-                except Exception as one:  # noqa: BLE001  this request's own failure, to its future
-                    self._fail(r, one)
+        assert first.settings is not None
+        for j, outcome in search_items(self.interrogator, [it for it, _ in members], [f for _, f in members],
+                                       first.settings):
+            request = members[j][0].meta
+            if isinstance(outcome, Failure):
+                self._fail(request, outcome.error)
+            else:
+                self._done(request, outcome)
 
     def _done(self, request: _Request, value: Any) -> None:
         request.future.set_result(value)

@@ -63,12 +63,17 @@ class ImageSource:
     ``"<bytes>"``, ``"<PIL.Image>"``, ``"<array>"`` or ``"<array N>"`` for image N of a
     ``[B,H,W,C]`` batch); ``ref`` is what the loader reads: a :class:`~pathlib.Path`, a
     URL string, ``bytes``, a PIL image or a numpy array (torch tensors are converted).
+    ``caption`` is a caption that came with the image (a manifest's caption column, a
+    WebDataset sample's text), used instead of a generated one; ``meta`` is whatever the
+    caller wants back with the image's record (:attr:`image2prompt.runner.Record.meta`).
     """
 
     name: str
     kind: SourceKind
     # repr=False: bytes or pixel data would flood logs and tracebacks.
     ref: object = field(repr=False)
+    caption: str | None = field(default=None, repr=False)
+    meta: object = field(default=None, repr=False, compare=False)
 
 
 def is_url(text: str) -> bool:

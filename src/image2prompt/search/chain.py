@@ -22,7 +22,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..settings import SearchSettings
 from ..syntax import SEPARATOR
+
+#: The turbo defaults, defined once, in SearchSettings.
+_DEFAULTS = SearchSettings()
 
 #: score_texts(texts) -> similarity of each text on its own.
 ScoreTexts = Callable[[Sequence[str]], np.ndarray]
@@ -78,7 +82,8 @@ class ChainState:
     def __init__(self, phrases: Sequence[str], at_limit: Callable[[str], bool], *, start: str,
                  start_similarity: float, start_phrases: Sequence[str] = (), min_count: int = 8,
                  max_count: int = 32, reverse: bool = False, beam: int = 1,
-                 shortlist: int | None = None, refresh_every: int = 8, max_rounds: int = 2,
+                 shortlist: int | None = None, refresh_every: int = _DEFAULTS.refresh_every,
+                 max_rounds: int = _DEFAULTS.max_rounds,
                  keep: int | None = None, fits: Callable[[str], bool] | None = None) -> None:
         if beam < 1:
             raise ValueError(f"beam must be at least 1, got {beam}")
@@ -238,8 +243,8 @@ def start_chain(
     reverse: bool = False,
     beam: int = 1,
     shortlist: int | None = None,
-    refresh_every: int = 8,
-    max_rounds: int = 2,
+    refresh_every: int = _DEFAULTS.refresh_every,
+    max_rounds: int = _DEFAULTS.max_rounds,
     keep: int | None = None,
     fits: Callable[[str], bool] | None = None,
 ) -> ChainState | None:
