@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 
 from image2prompt.batch.engine import BatchJob, failure_manifest_path, feature_path
-from image2prompt.batch.identity import predict_fingerprint
 from image2prompt.batch.inputs import InputItem
 from image2prompt.batch.records import read_records
 from image2prompt.batch.sidecars import SidecarOptions
 from image2prompt.errors import ImageLoadError
 from image2prompt.features import Features
+from image2prompt.identity import ModelIdentity
 from image2prompt.interrogator import Config, Interrogator
 from image2prompt.settings import SearchSettings
 from tests.conftest import make_images
@@ -75,10 +75,29 @@ def by_source(out: Path) -> dict[str, dict[str, Any]]:
     return {Path(r["source"]).name: r for r in records}
 
 
-def test_predicted_fingerprint_is_the_loaded_one(config: Config) -> None:
-    fp = predict_fingerprint(config, FAST)
-    assert fp is not None and fp == Interrogator.load(config).fingerprint(FAST)
-    assert predict_fingerprint(config, FAST.replace(max_flavors=7)) != fp
+def test_the_identity_told_from_the_config_is_the_loaded_one(config: Config) -> None:
+    identity = ModelIdentity.of_config(config)
+    loaded = Interrogator.load(config)
+    assert identity is not None and identity == loaded.identity
+    fp = identity.fingerprint(FAST)
+    assert fp == loaded.fingerprint(FAST) and identity.fingerprint(FAST.replace(max_flavors=7)) != fp
+
+
+def test_a_loaded_model_that_is_not_the_runs_identity_stops_the_run(config: Config, folder: Path,
+                                                                    tmp_path: Path) -> None:
+    """The identity is computed once, from the config; models that load as something else are refused,
+    not silently relabelled mid-run."""
+    from dataclasses import replace
+
+    from image2prompt.identity import IdentityMismatch
+
+    other = replace(config, vocab=())  # the default vocabulary: another identity than the config's
+    out = tmp_path / "out.jsonl"
+    mislabelled = BatchJob([str(folder)], out, interrogator=lambda: Interrogator.load(config), config=other,
+                           settings=FAST, caption="x")
+    with pytest.raises(IdentityMismatch, match="are not the run's"):
+        mislabelled.run()
+    assert all(not r["ok"] for r in read_records(out))  # only the unreadable inputs were written, before the load
 
 
 def test_run_resume_and_identical_images(config: Config, folder: Path, tmp_path: Path) -> None:
@@ -184,8 +203,10 @@ def test_caption_files_only_for_local_files(config: Config, folder: Path, tmp_pa
 
 
 class CountingFake(FakeInterrogator):
+    identity = ModelIdentity.of(["fake"], None, {})
+
     def fingerprint(self, settings: SearchSettings) -> str:
-        return "fake-" + settings.digest()
+        return self.identity.fingerprint(settings)
 
 
 def test_each_input_is_read_once_and_only_a_little_ahead(tmp_path: Path) -> None:

@@ -17,9 +17,17 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from image2prompt.batch import ray_backend  # noqa: E402
 from image2prompt.batch.engine import failure_manifest_path, run_batch  # noqa: E402
-from image2prompt.batch.ray_backend import RAY_MISSING, RunSummary, run_on_ray  # noqa: E402
+from image2prompt.batch.ray import (  # noqa: E402  # noqa: E402
+    RAY_MISSING,
+    RayMissingError,
+    RayRunError,
+    RunSummary,
+    cluster,
+    driver,
+    run_on_ray,
+    stages,
+)
 from image2prompt.batch.records import read_records  # noqa: E402
 from image2prompt.batch.retry import read_run  # noqa: E402
 from image2prompt.batch.sidecars import SidecarOptions  # noqa: E402
@@ -207,11 +215,11 @@ def test_store_scores_and_the_kept_run_are_the_batch_engine_s(ray_instance, fold
     assert read_run(output) == kept
 
 
-def test_resume_fingerprint_from_a_ray_task(ray_instance, config, expected, folder, monkeypatch):
-    """Where the driver cannot predict the fingerprint, a Ray task loads the models for it."""
-    monkeypatch.setattr(ray_backend, "predict_fingerprint", lambda *a: None)
-    fp = ray_backend._resume_fingerprint(ray, config, FAST, 0.5)
-    assert fp == expected[str(folder / "img00.png")]["fingerprint"]
+def test_run_identity_from_a_ray_task(ray_instance, config, expected, folder, monkeypatch):
+    """Where the driver cannot tell the model identity, a Ray task loads the models for it."""
+    monkeypatch.setattr(driver.ModelIdentity, "of_config", classmethod(lambda cls, config: None))
+    identity = driver.run_identity(ray, config, 0.5)
+    assert identity.fingerprint(FAST) == expected[str(folder / "img00.png")]["fingerprint"]
 
 
 def test_a_model_problem_stops_the_run_with_its_own_one_line(ray_instance, folder, config, tmp_path):
@@ -243,8 +251,8 @@ def test_missing_ray_is_one_line(monkeypatch):
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
-    with pytest.raises(ray_backend.RayMissingError) as info:
-        ray_backend._import_ray()
+    with pytest.raises(RayMissingError) as info:
+        cluster._import_ray()
     assert str(info.value) == RAY_MISSING == "--ray needs Ray Data: pip install 'image2prompt[ray]'"
 
 
@@ -258,17 +266,17 @@ def test_driver_errors_are_one_line():
         except ValueError as inner:
             raise Outer("ray::MapWorker(...).submit() (pid=1)\ntraceback") from inner
     except Outer as err:
-        mapped = ray_backend._driver_error(ray, err)
-    assert isinstance(mapped, ray_backend.RayRunError)
+        mapped = cluster._driver_error(ray, err)
+    assert isinstance(mapped, RayRunError)
     assert str(mapped) == "the Ray run stopped: ValueError: boom"
     ours = ModelLoadError("clip: folder not found\nFailed to apply UDF transform after 1/1 attempts")
-    assert ray_backend._driver_error(ray, ours) is ours and str(ours) == "clip: folder not found"
+    assert cluster._driver_error(ray, ours) is ours and str(ours) == "clip: folder not found"
 
 
 def test_done_set_lookup():
-    done = ray_backend._DoneSet(
-        keys=np.array(sorted(ray_backend._digest(k) for k in ("a" * 64, "src/x.png")), "S32"),
-        sources=np.array([ray_backend._digest("src/y.png")], "S32"))
+    done = stages.DoneSet(
+        keys=np.array(sorted(stages._digest(k) for k in ("a" * 64, "src/x.png")), "S32"),
+        sources=np.array([stages._digest("src/y.png")], "S32"))
     assert done.has_key("a" * 64) and done.has_key("src/x.png") and not done.has_key("b" * 64)
     assert done.has_source("src/y.png") and not done.has_source("src/x.png")
     assert done.size == 2
@@ -296,14 +304,14 @@ def _fit(cpus: float, gpus: float = 0, largest: dict[str, float] | None = None, 
                           "num_gpus_per_search_actor": 0}
     kw.update(asked)
     total = {"CPU": cpus, "GPU": gpus}
-    return ray_backend._fit(total, largest or total, **kw)
+    return cluster._fit(total, largest or total, **kw)
 
 
 def test_the_stages_are_sized_to_fit_the_cluster():
     """Actors hold their CPUs for the whole run and the decode tasks need a CPU beside them
     (issue 28: the defaults took both CPUs of a 2-CPU cluster and the run waited for ever)."""
-    assert _fit(16) == ray_backend._Fit(1, 1.0, None)  # fits: as asked
-    assert _fit(2, num_cpus_per_actor=0.5) == ray_backend._Fit(0.5, 1.0, None)
+    assert _fit(16) == cluster._Fit(1, 1.0, None)  # fits: as asked
+    assert _fit(2, num_cpus_per_actor=0.5) == cluster._Fit(0.5, 1.0, None)
     two = _fit(2)
     assert (two.actor_cpus, two.decode_cpus) == (0.5, 1.0)
     assert two.note == ("--ray: 1 encode and 1 search actor at 1 CPU each, plus 1 for the decode tasks, need 3 CPUs, "
@@ -336,11 +344,11 @@ def test_stages_that_cannot_fit_stop_with_one_line_naming_the_flag():
 
 
 def test_sizing_reads_the_real_cluster(ray_instance):
-    fit = ray_backend._fit_cluster(ray_instance, encode_actors=1, search_actors=1, num_cpus_per_actor=1,
+    fit = cluster._fit_cluster(ray_instance, encode_actors=1, search_actors=1, num_cpus_per_actor=1,
                                    num_gpus_per_actor=0, num_gpus_per_search_actor=0)
     assert (fit.actor_cpus, fit.decode_cpus) == (0.5, 1.0) and "the Ray cluster has 2" in fit.note
     with pytest.raises(SettingsError, match="the Ray cluster has 0: lower --encode-actors or --gpus-per-actor"):
-        ray_backend._fit_cluster(ray_instance, encode_actors=1, search_actors=1, num_cpus_per_actor=0.5,
+        cluster._fit_cluster(ray_instance, encode_actors=1, search_actors=1, num_cpus_per_actor=0.5,
                                  num_gpus_per_actor=1, num_gpus_per_search_actor=0)
 
 
@@ -349,7 +357,7 @@ def test_a_token_ray_will_not_send_is_found(tmp_path):
     token auth refuses the driver for 20 s, then 'failed to connect' (issue 28)."""
     home = tmp_path / "home"
     (home / ".ray").mkdir(parents=True)
-    unsent = ray_backend._unsent_token
+    unsent = cluster._unsent_token
     assert unsent("HEAD:6379", {}, home) is None  # no token anywhere
     (home / ".ray" / "auth_token").write_text("t" * 32)
     assert unsent("HEAD:6379", {}, home) == str(home / ".ray" / "auth_token")
@@ -362,11 +370,81 @@ def test_a_token_ray_will_not_send_is_found(tmp_path):
     other.write_text("t" * 32)
     assert unsent("HEAD:6379", {"RAY_AUTH_TOKEN_PATH": str(other)}, tmp_path) == str(other)
     assert unsent("HEAD:6379", {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")}, tmp_path) is None
-    line = ray_backend._token_auth_message("HEAD:6379", "/home/u/.ray/auth_token")
+    line = cluster._token_auth_message("HEAD:6379", "/home/u/.ray/auth_token")
     assert "\n" not in line and "RAY_AUTH_MODE=token" in line and "token authentication" in line
 
 
 def test_the_probe_leaves_other_addresses_to_ray():
     # not a GCS address: no probe (ray.init reports what it finds)
-    assert not ray_backend._refused_for_token("ray://HEAD:10001")
-    assert not ray_backend._refused_for_token("HEAD")
+    assert not cluster._refused_for_token("ray://HEAD:10001")
+    assert not cluster._refused_for_token("HEAD")
+
+
+@pytest.fixture(scope="module")
+def captioned(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A manifest with its own caption column: an image listed twice under two names (identical bytes)
+    with the same caption, the same image again with another caption, and a row with no caption."""
+    d = tmp_path_factory.mktemp("captioned")
+    for name in ("a.png", "a-again.png"):
+        shutil.copyfile(folder / "img00.png", d / name)
+    shutil.copyfile(folder / "img01.jpg", d / "b.jpg")
+    shutil.copyfile(folder / "img02.webp", d / "c.webp")
+    (d / "m.csv").write_text("file,alt\na.png,a red square\na-again.png,a red square\nb.jpg,a blue thing\n"
+                             "c.webp,\n", encoding="utf-8")
+    shutil.copyfile(d / "m.csv", d / "m2.csv")
+    with open(d / "m2.csv", "a", encoding="utf-8") as f:
+        f.write("a.png,another caption\n")
+    return d
+
+
+def test_ray_and_the_engine_dedupe_alike_and_take_captions_from_a_column(ray_instance, captioned, config,
+                                                                          tmp_path):
+    manifest = str(captioned / "m2.csv")
+    engine_out, ray_out = tmp_path / "engine.jsonl", tmp_path / "ray.jsonl"
+    stats = run_batch([manifest], engine_out, interrogator=lambda: Interrogator.load(config), config=config,
+                      settings=FAST, caption_column="alt", batch_size=4)
+    summary = run_on_ray([manifest], output=str(ray_out), config=config, settings=FAST, caption_column="alt",
+                         batch_size=4, encode_actors=1, search_actors=1, num_cpus_per_actor=0.5)
+    for s in (stats, summary):  # a.png twice (another caption the 2nd time), a-again.png a copy, c.webp no caption
+        assert (s.seen, s.done, s.copied, s.failed) == (5, 3, 1, 1), s.summary()
+    def keyed(out: Path) -> dict[tuple[str, str], dict[str, Any]]:  # a.png has two records: two captions
+        return {(r["source"], r["content_hash"]): row for r in read_records(out)
+                for row in _by_source([r]).values()}
+
+    want, got = keyed(engine_out), keyed(ray_out)
+    assert len(want) == 5 and set(got) == set(want)
+    for key, expect in want.items():
+        have = got[key]
+        if expect["ok"]:
+            assert have.pop("similarity") == pytest.approx(expect.pop("similarity"), abs=1e-5), key
+        assert have == expect, key
+    records = list(read_records(engine_out))
+    by_caption = {(r["source"], r["result"]["caption"]) if r["ok"] else (r["source"], None): r for r in records}
+    a = str(captioned / "a.png")
+    assert (a, "a red square") in by_caption and (a, "another caption") in by_caption  # computed twice
+    assert by_caption[(a, "a red square")]["content_hash"] != by_caption[(a, "another caption")]["content_hash"]
+    again = by_caption[(str(captioned / "a-again.png"), "a red square")]  # the copy of a.png's first record
+    assert again["content_hash"] == by_caption[(a, "a red square")]["content_hash"]
+    assert again["result"]["prompt"] == by_caption[(a, "a red square")]["result"]["prompt"]
+    (missing,) = [r for r in records if not r["ok"]]
+    assert missing["source"] == str(captioned / "c.webp")
+    assert "fast mode needs a caption" in missing["error"] and "\n" not in missing["error"]
+
+
+def test_a_ray_retry_refuses_other_settings_and_keeps_the_errors_it_does_not_reach(ray_instance, folder, config,
+                                                                                    tmp_path):
+    from image2prompt.batch.records import OutputError
+
+    output = tmp_path / "out.jsonl"
+    first = _run([folder], output, config)
+    assert first.failed == 2
+    errors = {r["source"]: r["error"] for r in read_records(output) if not r["ok"]}
+    with pytest.raises(OutputError, match="ran with other settings or models"):
+        run_on_ray([str(folder / "broken.jpg")], output=str(output), config=config, settings=FAST.replace(max_flavors=7),
+                   caption=CAPTION, retry_failed=True, num_cpus_per_actor=0.5)
+    retry = _run([folder / "broken.jpg"], output, config, retry_failed=True)  # a subset of the failed inputs
+    assert retry.failed == 1
+    after = {r["source"]: r["error"] for r in read_records(output) if not r["ok"]}
+    assert after == errors  # empty.png was not reached: its error record is written back, with its own error
+    listed = failure_manifest_path(output).read_text(encoding="utf-8").splitlines()
+    assert sorted(os.path.normpath(os.path.join(output.parent, line)) for line in listed) == sorted(errors)

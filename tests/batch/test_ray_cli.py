@@ -160,7 +160,7 @@ def test_the_probe_sees_the_refusal_at_once(token_cluster, tmp_path):
     """The one-line error above comes from asking the cluster once, before ray.init's 20 s of
     retries (its own process: Ray caches the authentication mode per process)."""
     address, home = token_cluster
-    probe = ("import sys; from image2prompt.batch.ray_backend import _refused_for_token as r; "
+    probe = ("import sys; from image2prompt.batch.ray.cluster import _refused_for_token as r; "
              "print(r(sys.argv[1]), r('ray://' + sys.argv[1]))")
     done = _run([sys.executable, "-c", probe, address], _env(home), timeout=120)
     assert done.returncode == 0, done.stderr

@@ -43,7 +43,8 @@ from typing import IO, Any
 
 from image2prompt.errors import Image2PromptError, ImageLoadError, one_line
 from image2prompt.io import expand_sources
-from image2prompt.io.images import download_bytes, open_file
+from image2prompt.io.download import download_bytes
+from image2prompt.io.images import open_file
 from image2prompt.io.sources import is_image_filename, is_url
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "PATH_COLUMNS",
     "InputItem",
     "iter_inputs",
+    "read_file",
 ]
 
 #: The largest image file (or shard member) read, in bytes.
@@ -111,20 +113,25 @@ def iter_inputs(
     *,
     allow_urls: bool = False,
     column: str | None = None,
+    caption_column: str | None = None,
 ) -> Iterator[InputItem]:
     """Every image the inputs name, as :class:`InputItem` objects, lazily and in input order.
 
     ``allow_urls`` lets ``http://`` and ``https://`` inputs (and list entries and manifest
     cells) be downloaded; without it each is an error item. ``column`` names the path or
     URL column of CSV and Parquet manifests (exact name first, then case-insensitively);
-    without it the first of :data:`PATH_COLUMNS` present is used.
+    without it the first of :data:`PATH_COLUMNS` present is used. ``caption_column`` names
+    where each image's caption is: the manifest column of that name (a manifest without it is
+    an error item) and, in WebDataset shards, the sample's member with that extension
+    (``txt``: ``KEY.txt``); without it a manifest's caption is the first of
+    :data:`CAPTION_COLUMNS` present, and a shard's the sample's ``KEY.txt``.
 
     Raises:
         Image2PromptError: a Parquet manifest is reached and pyarrow is not installed.
     """
     items: Iterable[str | os.PathLike[str]]
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
-    ctx = _Context(allow_urls=allow_urls, column=column)
+    ctx = _Context(allow_urls=allow_urls, column=column, caption_column=caption_column)
     for raw in items:
         yield from _dispatch(os.fsdecode(os.fspath(raw)), ctx, ())
 
@@ -133,6 +140,7 @@ def iter_inputs(
 class _Context:
     allow_urls: bool
     column: str | None
+    caption_column: str | None = None
 
 
 # --- dispatch --------------------------------------------------------------------
@@ -176,7 +184,7 @@ def _container_kind(path: str) -> str | None:
 def _container(name: str, path: str, ctx: _Context, parents: tuple[str, ...]) -> Iterator[InputItem]:
     kind = _container_kind(path)
     if kind == "tar":
-        yield from _iter_shard(name, path)
+        yield from _iter_shard(name, path, ctx)
         return
     if kind in ("csv", "tsv"):
         yield from _iter_csv(name, path, ctx, "\t" if kind == "tsv" else ",")
@@ -264,12 +272,13 @@ def _alternatives(body: str) -> Iterable[str] | None:
 
 def _file_reader(path: Path, name: str) -> Callable[[], bytes]:
     def read() -> bytes:
-        return _read_file(path, name)
+        return read_file(path, name)
 
     return read
 
 
-def _read_file(path: Path, name: str) -> bytes:
+def read_file(path: Path, name: str) -> bytes:
+    """A local image file's bytes, within :data:`MAX_FILE_BYTES`, or :class:`ImageLoadError` naming ``name``."""
     with open_file(path, name) as fp:
         try:
             if os.fstat(fp.fileno()).st_size > MAX_FILE_BYTES:
@@ -358,6 +367,13 @@ def _pick_columns(names: list[str], ctx: _Context) -> tuple[int, int | None] | s
         if found is None:
             return f"no path or URL column ({_listed(names)}); pick one with --column"
         index = folded.index(found)
+    if ctx.caption_column is not None:
+        wanted = ctx.caption_column
+        if wanted in names:
+            return index, names.index(wanted)
+        if wanted.strip().lower() in folded:
+            return index, folded.index(wanted.strip().lower())
+        return f"no caption column {wanted!r} ({_listed(names)})"
     caption = next((folded.index(c) for c in CAPTION_COLUMNS if c in folded and folded.index(c) != index), None)
     return index, caption
 
@@ -528,7 +544,7 @@ def _split_key(member: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def _iter_shard(name: str, path: str) -> Iterator[InputItem]:
+def _iter_shard(name: str, path: str, ctx: _Context) -> Iterator[InputItem]:
     """The images of a tar shard, streamed: each sample's members are read as it is reached."""
     try:
         fp = open_file(Path(path), name)
@@ -543,10 +559,10 @@ def _iter_shard(name: str, path: str) -> Iterator[InputItem]:
             yield _failed(name, reason)
             return
         with tf:
-            yield from _shard_items(name, tf)
+            yield from _shard_items(name, tf, (ctx.caption_column or "txt").strip().lower().lstrip("."))
 
 
-def _shard_items(name: str, tf: tarfile.TarFile) -> Iterator[InputItem]:
+def _shard_items(name: str, tf: tarfile.TarFile, caption_ext: str = "txt") -> Iterator[InputItem]:
     key: str | None = None
     images: list[InputItem] = []  # the current sample's images, waiting for its caption
     caption: str | None = None
@@ -569,7 +585,7 @@ def _shard_items(name: str, tf: tarfile.TarFile) -> Iterator[InputItem]:
             source = f"{name}/{member.name}"
             if is_image_filename(base):
                 images.append(_member_item(tf, member, source))
-            elif ext == "txt":
+            elif ext == caption_ext:
                 caption = _member_text(tf, member)
             else:
                 others[os.path.splitext(base)[1].lower() or "no extension"] += 1

@@ -23,8 +23,7 @@ from image2prompt.errors import ImageLoadError, one_line
 from image2prompt.io.download import download_bytes
 from image2prompt.io.sources import ImageInput, ImageSource, coerce_source, to_numpy
 
-# download_bytes lives in image2prompt.io.download; it is named here too for the batch reader's import.
-__all__ = ["DEFAULT_MAX_PIXELS", "DecodeSlots", "decoded_bytes", "download_bytes", "input_side_of", "load_image",
+__all__ = ["DEFAULT_MAX_PIXELS", "DecodeSlots", "decoded_bytes", "input_side_of", "load_image",
            "open_file", "reduce_factor", "reduce_image", "trim_memory"]
 
 DEFAULT_MAX_PIXELS = 64_000_000
