@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from image2prompt import Image2PromptError, SearchSettings
+from image2prompt.catalogue import DEFAULT_CAPTIONER, DEFAULT_MODE, DEFAULT_TARGET, list_captioners, list_targets
 from image2prompt.errors import SettingsError, one_line
 from image2prompt.io import load_image
-from image2prompt.models import CAPTION_MODELS, TARGETS, parse_caption_name, parse_clip_name
-from image2prompt.modes import caption_free_modes, list_modes
+from image2prompt.models import parse_caption_name, parse_clip_name
+from image2prompt.modes import list_modes, require_caption
 from image2prompt.render import format_analysis
 from image2prompt.runner import Runner
 from image2prompt.settings import DEFAULT_FLOOR, parse_floor
@@ -40,7 +41,11 @@ T = TypeVar("T")
 InputTypes = dict[str, dict[str, tuple[Any, ...]]]
 
 CATEGORY = "image2prompt"
+#: The choices and defaults, from the library's catalogue (and the search settings' own defaults).
+TARGETS = {t.name: t.clip for t in list_targets()}
+CAPTION_MODELS = [c.name for c in list_captioners(plugins=False)]
 CLIP_CHOICES = [*TARGETS, "custom"]
+_SEARCH = SearchSettings()
 CAPTION_CHOICES = [*CAPTION_MODELS, "none", "custom"]
 _CLIP_HELP = ", ".join(f"{k} = {v}" for k, v in TARGETS.items()) + "; custom: the custom_clip field"
 
@@ -223,10 +228,7 @@ def _images(image: Any, count: int) -> Iterator[Image.Image]:
 
 def _interrogate(ic: Interrogator, image: Any, count: int, settings: SearchSettings,
                  caption: str | None) -> list[Result]:
-    if caption is None and ic.captioner is None and ic.needs_caption(settings):
-        free = " or ".join(caption_free_modes())
-        raise ValueError(f"{settings.mode} mode needs a caption: pick a caption_model, type a caption, "
-                         f"or use {free} mode")
+    require_caption(settings.mode, has_caption=caption is not None, has_captioner=ic.captioner is not None)
     results: list[Result] = []
     step = _progress(count)
     records = Runner(ic, settings, caption=caption, manage_devices=False).run(image)
@@ -289,15 +291,15 @@ class Interrogate:
         return {
             "required": {
                 "image": ("IMAGE",),
-                "mode": (list_modes(), {"default": "best"}),  # plugins' modes included
-                "clip_model": (CLIP_CHOICES, {"default": "sd15", "tooltip": _CLIP_HELP}),
-                "caption_model": (CAPTION_CHOICES, {"default": "blip-large",
+                "mode": (list_modes(), {"default": DEFAULT_MODE}),  # plugins' modes included
+                "clip_model": (CLIP_CHOICES, {"default": DEFAULT_TARGET, "tooltip": _CLIP_HELP}),
+                "caption_model": (CAPTION_CHOICES, {"default": DEFAULT_CAPTIONER,
                                                     "tooltip": "none: use the caption field; custom: the "
                                                                "custom_caption_model field"}),
             },
             "optional": {
                 "caption": _text(tooltip="Used for every image instead of a generated caption"),
-                "max_tokens": ("INT", {"default": 77, "min": 3, "max": 1024, "step": 1,
+                "max_tokens": ("INT", {"default": _SEARCH.max_tokens, "min": 3, "max": 1024, "step": 1,
                                        "tooltip": "Token budget of each prompt (77 = one CLIP window)"}),
                 "negative": _flag(False, "Also build a negative prompt from the same features"),
                 "floor": _text(f"{DEFAULT_FLOOR:g}", tooltip="Relevance floor: a phrase needs this much support "
@@ -349,7 +351,7 @@ class Analyze:
         return {
             "required": {
                 "image": ("IMAGE",),
-                "clip_model": (CLIP_CHOICES, {"default": "sd15", "tooltip": _CLIP_HELP}),
+                "clip_model": (CLIP_CHOICES, {"default": DEFAULT_TARGET, "tooltip": _CLIP_HELP}),
                 "top_n": ("INT", {"default": 5, "min": 1, "max": 100, "step": 1,
                                   "tooltip": "Phrases shown per category"}),
             },

@@ -19,9 +19,13 @@ from .settings import SearchSettings
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .catalogue import list_captioners, list_clip_models, list_modes, list_targets
     from .interrogator import Config, Interrogator
 
-_LAZY = {"Config": ".interrogator", "Interrogator": ".interrogator"}
+_LAZY = {"Config": ".interrogator", "Interrogator": ".interrogator",
+         # what can be named, in open_clip's manner (image2prompt.catalogue; no torch)
+         "list_captioners": ".catalogue", "list_clip_models": ".catalogue", "list_modes": ".catalogue",
+         "list_targets": ".catalogue"}
 
 
 def __getattr__(name: str) -> Any:
@@ -35,5 +39,5 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "MODES", "Analysis", "Config", "Features", "Image2PromptError", "ImageLoadError", "Interrogator",
     "ModelLoadError", "Phrase", "Result", "SearchSettings", "Trace", "TraceStep", "VocabularyError",
-    "__version__",
+    "__version__", "list_captioners", "list_clip_models", "list_modes", "list_targets",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .errors import SettingsError
@@ -47,25 +47,49 @@ CHUNK_TOKENS = 75
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """How one search runs. Every field has a working default (the reference's best mode)."""
+    """How one search runs. Every field has a working default (the reference's best mode).
 
-    mode: str = "best"
-    candidates: int = 2048  # best/negative/style: size of the candidate pool
-    min_flavors: int = DEFAULT_MIN_FLAVORS  # chains take at least this many steps (the default: capped by max_flavors)
-    max_flavors: int = 32  # and at most this many; also fast mode's phrase count
+    A field that front ends offer as an option carries its description in ``metadata["help"]``
+    (the command line's ``--help`` takes it, and its default, from here: one definition).
+    """
+
+    mode: str = field(default="best", metadata={"help": (
+        "best: greedy search for the highest-scoring prompt (slowest); turbo: the same search, done lazily on a "
+        "shortlist of phrases at each step (several times faster); classic: caption, medium, artist, site, "
+        "movement and 3 flavors; fast: caption and the top phrases; negative: phrases least like the image, for a "
+        "negative prompt; style: only the aesthetic (lighting, colour, medium, technique...), no caption or "
+        "subject.")})
+    candidates: int = field(default=2048, metadata={"help": (  # best/negative/style: the candidate pool
+        "best, negative and style: how many of the best-scoring phrases the search tries (turbo: at most 1024). "
+        "Every search step scores each one, so best mode's time grows about in proportion: 512 is about 4x "
+        "faster on a CPU and finds slightly weaker prompts.")})
+    min_flavors: int = field(default=DEFAULT_MIN_FLAVORS, metadata={"help": (  # the default: capped by max_flavors
+        "Phrases a search adds: at least this many steps.")})
+    max_flavors: int = field(default=32, metadata={"help": (
+        "Phrases a search adds: at most this many steps (fast mode adds this many).")})
     classic_flavors: int = 3  # flavors in classic mode
-    max_tokens: int = 77  # the prompt's token budget, start and end tokens included
-    beam: int = 1  # best/turbo: prompts kept per chain step (1 = the reference's greedy chain)
+    max_tokens: int = field(default=77, metadata={"help": (
+        "Token budget of the prompt, start and end tokens included; no mode goes over it, and a caption over it "
+        "is cut at a word. Past 77, CLIP cannot score additions: the rest is filled in order of the phrases' "
+        "own scores.")})
+    beam: int = field(default=1, metadata={"help": (
+        "best/turbo: prompts kept per search step (1 is the reference's greedy search); the other modes have "
+        "no beam.")})
     turbo_pool: int = 1024  # turbo: candidate pool size (at most `candidates`)
     keep: int | None = None  # turbo: after the first step keep only this many phrases, highest gain first
     shortlist: int = 48  # turbo: phrases scored per lazy round, highest mean past gain first
     max_rounds: int = 2  # turbo: at most this many lazy rounds per chain step
     refresh_every: int = 16  # turbo: rescore the whole pool every this many steps (0: only the first)
     style_phrases: int = 12  # style: at most this many phrases
-    chunks: bool = False  # also return the prompt split into CHUNK_TOKENS-token chunks
-    negative: bool = False  # also return the paired negative prompt, from the same features
+    chunks: bool = field(default=False, metadata={"help": (
+        f"Split long prompts into {CHUNK_TOKENS}-token chunks joined with BREAK (A1111/ComfyUI style).")})
+    negative: bool = field(default=False, metadata={"help": (
+        "Also write the paired negative prompt, from the same image features.")})
     score_prompt: bool = True  # fast/classic: compute Result.similarity (one text encode per image)
-    floor: float | None = DEFAULT_FLOOR  # relevance floor: the support a phrase needs (None: off, the reference)
+    floor: float | None = field(default=DEFAULT_FLOOR, metadata={"help": (  # None: off, the reference
+        "Relevance floor: a phrase enters the prompt only if the image supports it on its own: its score "
+        "stands Z above its category's median for this image, in standard deviations of the image's scores "
+        "over the whole vocabulary (negative mode: below). off: the reference's behaviour, for parity.")})
     weak_z: float = 4.0  # weak match below this z of the best flavor, for a 100k table; scaled to other sizes
     trace: bool = False  # record each chain step and the top phrases per category (Result.trace)
     trace_top: int = 10  # phrases per category in the trace

@@ -65,7 +65,7 @@ def test_batch_jsonl_with_sidecars_and_exit_status(folder: Path, tmp_path: Path,
 
 def test_batch_progress_lines_when_not_a_terminal(folder: Path, tmp_path: Path, model_args: list[str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys.modules["image2prompt.cli.main"], "_PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr(sys.modules["image2prompt.cli.batch"], "_PROGRESS_EVERY", 0.0)
     result = invoke("batch", folder / "0.png", folder / "1.png", "-o", tmp_path / "o.jsonl", *model_args)
     assert result.exit_code == 0
     assert "image2prompt: 2 images: 2 done, 0 skipped, 0 failed" in result.stderr
@@ -262,3 +262,37 @@ def test_retry_failed_takes_caption_model_auto_as_the_model_it_picks(folder: Pat
     assert "ran with --caption-model blip-large, not --caption-model blip-base" in other.stderr
     same = invoke("batch", listed, "-o", out, "--retry-failed", "--caption-model", "auto")
     assert "--caption-model" not in same.stderr, same.stderr  # (the records' own fingerprint is another check)
+
+
+def test_captions_from_a_manifest_column_and_webdataset_text_members(folder: Path, tmp_path: Path,
+                                                                      model_args: list[str]) -> None:
+    """--caption-column: re-rank captions a dataset already has, from a CSV column or KEY.txt members."""
+    import tarfile
+
+    args = [a for a in model_args if a not in ("--caption", "x")]  # no caption for every image
+    manifest = folder / "m.csv"
+    manifest.write_text("file,alt\n0.png,a cat on a mat\n1.png,\n", encoding="utf-8")
+    shard = tmp_path / "shard.tar"
+    with tarfile.open(shard, "w") as tf:
+        tf.add(folder / "2.png", arcname="k2.png")
+        (tmp_path / "k2.txt").write_text("a dog in the snow\n", encoding="utf-8")
+        tf.add(tmp_path / "k2.txt", arcname="k2.txt")
+    out = tmp_path / "out.jsonl"
+    result = invoke("batch", manifest, shard, "-o", out, *args, "--caption-column", "alt")
+    assert result.exit_code == 1, result.output  # 1.png has no caption, and fast mode needs one
+    recs = {Path(r["source"]).name: r for r in read_records(out)}
+    assert recs["0.png"]["result"]["caption"] == "a cat on a mat"
+    assert recs["0.png"]["result"]["prompt"].startswith("a cat on a mat")
+    assert "fast mode needs a caption" in recs["1.png"]["error"]
+    assert recs["k2.png"]["ok"] is False and "fast mode needs a caption" in recs["k2.png"]["error"]  # alt: no KEY.alt
+    shard_out = tmp_path / "shard.jsonl"
+    result = invoke("batch", shard, "-o", shard_out, *args, "--caption-column", "txt")
+    assert result.exit_code == 0, result.output
+    (rec,) = read_records(shard_out)
+    assert rec["result"]["caption"] == "a dog in the snow"
+    missing = invoke("batch", manifest, "-o", tmp_path / "o2.jsonl", *args, "--caption-column", "nope")
+    assert missing.exit_code == 1 and "no caption column 'nope' (columns: 'file', 'alt')" in missing.stderr
+    with_global = invoke("batch", manifest, "-o", tmp_path / "o3.jsonl", *model_args, "--caption-column", "alt")
+    assert with_global.exit_code == 0, with_global.output  # --caption for the rows without their own
+    got = {Path(r["source"]).name: r["result"]["caption"] for r in read_records(tmp_path / "o3.jsonl")}
+    assert got == {"0.png": "a cat on a mat", "1.png": "x"}

@@ -139,9 +139,14 @@ def test_bad_device_is_a_clean_error(image: Path, tiny_open_clip: Path, small_vo
 
 
 def test_caption_model_none_needs_caption(image: Path, tiny_open_clip: Path) -> None:
+    from image2prompt.errors import CaptionRequired
+    from image2prompt.modes import caption_free_modes
+
     result = invoke(image, "--clip", f"local-dir:{tiny_open_clip}", "--caption-model", "none")
     assert result.exit_code == 2
-    assert "--caption" in result.stderr
+    # the library's one message for it, naming the mode and those that need no caption
+    assert f"Error: {CaptionRequired('best', caption_free=caption_free_modes())}\n" in result.stderr
+    assert "best mode needs a caption" in result.stderr and "negative or style mode" in result.stderr
 
 
 def test_caption_model_none_with_caption(image: Path, tiny_open_clip: Path, small_vocab_dir: Path,

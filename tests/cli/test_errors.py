@@ -150,7 +150,8 @@ def test_usage_error_raised_by_the_default_command_shows_the_usage_typed(image: 
     assert result.exit_code == 2
     assert "Usage: image2prompt [OPTIONS] PATH_OR_URL..." in result.stderr
     assert "image2prompt run" not in result.stderr
-    assert "--caption-model none needs --caption" in result.stderr
+    assert "Error: best mode needs a caption, and none was given or generated" in result.stderr
+    assert "(or use negative or style mode)" in result.stderr
 
 
 def test_usage_error_after_run_keeps_run(image: Path) -> None:

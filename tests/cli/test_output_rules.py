@@ -13,6 +13,7 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from image2prompt.cli.main import cli
+from image2prompt.errors import CaptionRequired
 from image2prompt.modes import beam_modes, caption_free_modes
 from tests.conftest import make_images
 
@@ -191,7 +192,9 @@ def test_missing_caption_hint_names_every_mode_that_needs_none(one_image_folder:
         result = invoke(*command, one_image_folder, "--clip", f"local-dir:{tiny_open_clip}",
                         "--caption-model", "none", "--mode", "fast")
         assert result.exit_code == 2
-        assert "--caption-model none needs --caption TEXT (or use --mode negative or --mode style)" in result.stderr
+        message = str(CaptionRequired("fast", caption_free=caption_free_modes()))  # the one message, every front end
+        assert f"Error: {message}\n" in result.stderr
+        assert "fast mode needs a caption" in message and message.endswith("(or use negative or style mode)")
 
 
 def test_style_mode_runs_without_a_caption(one_image_folder: Path, tiny_open_clip: Path,

@@ -258,8 +258,9 @@ def _bad_inputs(tmp: Path, batch: Any) -> dict[str, tuple[dict[str, Any], str]]:
         "missing custom clip": ({"custom_clip": f"local-dir:{tmp / 'nope'}"}, f"{tmp / 'nope'} not found"),
         "empty custom clip": ({"custom_clip": ""}, "custom_clip is empty"),
         "missing captioner": ({"custom_caption_model": f"local-dir:{tmp / 'nope'}"}, "no config.json"),
-        "no caption at all": ({"caption_model": "none"}, "best mode needs a caption: pick a caption_model, "
-                                                          "type a caption, or use negative or style mode"),
+        "no caption at all": ({"caption_model": "none"}, "best mode needs a caption, and none was given or generated: "
+                                                          "give a caption or load a caption model (or use negative "
+                                                          "or style mode)"),
         "unknown mode": ({"mode": "worst"}, "unknown mode 'worst'"),
         "max_tokens too small": ({"max_tokens": 1}, "max_tokens must be at least 3"),
         "missing vocab": ({"vocab": str(tmp / "no-vocab")}, str(tmp / "no-vocab")),

@@ -9,9 +9,10 @@ run that wrote it leaves ``FILE.failed.json``: its settings, models and output o
 
 :func:`describe_run` makes that object, :func:`write_run` writes it (or removes a stale one
 when a run does not describe itself) and :func:`read_run` reads it back. A retry then searches
-with exactly these settings and models, whatever the retry's own defaults are; the front end
-refuses, in one line, an option given on the retry that says otherwise (see
-``image2prompt.cli.main``). Local model folders and vocabulary paths are kept absolute, so a
+with exactly these settings and models, whatever the retry's own defaults are:
+:func:`plan_retry` is the policy every front end calls. It refuses
+(:class:`RetryRefused`, in one line) a setting given on the retry that says otherwise.
+Local model folders and vocabulary paths are kept absolute, so a
 retry from another folder finds them (a local captioner's name is kept as it was given: the
 fingerprint holds it).
 
@@ -23,19 +24,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import SettingsError, one_line
 from ..settings import SearchSettings
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..interrogator import Config
     from .sidecars import SidecarOptions
 
-__all__ = ["describe_run", "normalise_clip", "read_run", "run_outputs", "run_path", "write_run"]
+__all__ = ["RETRY_SETTINGS", "RetryPlan", "RetryRefused", "describe_run", "normalise_clip", "plan_retry", "read_run",
+           "retry_outputs", "run_outputs", "run_path", "write_run"]
 
 log = logging.getLogger(__name__)
+
 
 def run_path(output: str | os.PathLike[str]) -> Path:
     """``FILE.failed.json`` beside the output: the run that wrote ``FILE.failed.txt``."""
@@ -51,11 +56,14 @@ def normalise_clip(name: str) -> str:
 
 
 def describe_run(config: Config, settings: SearchSettings, caption: str | None,
-                 fingerprint: str | None, outputs: dict[str, Any] | None = None) -> dict[str, Any]:
+                 fingerprint: str | None, outputs: dict[str, Any] | None = None,
+                 caption_column: str | None = None) -> dict[str, Any]:
     """The run's settings and models, as the failure manifest keeps them (JSON types only);
     ``outputs``: its output options (``sidecar``, ``store_features``, ``store_scores``), which a
-    retry takes too unless it is given its own."""
+    retry takes too unless it is given its own; ``caption_column``: where its images' own
+    captions came from (part of each input's key)."""
     return {
+        "caption_column": caption_column,
         "outputs": dict(outputs or {}),
         "fingerprint": fingerprint,
         "settings": settings.to_dict(),
@@ -106,3 +114,130 @@ def read_run(output: str | os.PathLike[str]) -> dict[str, Any] | None:
         log.warning("%s: cannot read the settings of the failed inputs (%s)", path, err)
         return None
     return run if isinstance(run, dict) and isinstance(run.get("settings"), dict) else None
+
+
+# --- the retry policy -----------------------------------------------------------------
+
+#: The search settings a retry takes from the failed run, as the names :func:`plan_retry`'s
+#: ``given`` and ``names`` use (``min_flavors`` and ``max_flavors`` are one: ``flavors``).
+RETRY_SETTINGS = ("mode", "negative", "beam", "max_tokens", "chunks", "candidates", "min_flavors", "max_flavors",
+                  "floor")
+_SHOWN_AS = {"min_flavors": "flavors", "max_flavors": "flavors"}
+
+
+class RetryRefused(SettingsError):
+    """A retry of failed inputs that cannot run as they ran: a setting or model given on the
+    retry says otherwise, or the kept settings cannot be read. Its message is one line."""
+
+
+@dataclass(frozen=True)
+class RetryPlan:
+    """What a retry of the failed inputs runs with: the failed run's settings, models and caption,
+    and (``outputs``) the output options of that run the retry was not given, by name:
+    ``sidecar``, ``on_existing``, ``prefix``, ``suffix``, ``dedupe``, ``store_features``,
+    ``store_scores``."""
+
+    settings: SearchSettings
+    clip: list[str]
+    captioner: str | None
+    vocab: tuple[str, ...]
+    caption: str | None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    caption_column: str | None = None
+
+
+def retry_outputs(run: Mapping[str, Any], given: Collection[str] = ()) -> dict[str, Any]:
+    """The output options of a kept run that the retry was not given (``given`` wins): the
+    caption files (``sidecar``: its extension, ``on_existing``, ``prefix``, ``suffix``,
+    ``dedupe``), ``store_features`` and ``store_scores``."""
+    kept: dict[str, Any] = run["outputs"] if isinstance(run.get("outputs"), dict) else {}
+    side: dict[str, Any] | None = kept["sidecar"] if isinstance(kept.get("sidecar"), dict) else None
+    out: dict[str, Any] = {}
+    if side is not None and "sidecar" not in given:
+        out.update(sidecar=side.get("ext"), on_existing=side.get("on_existing", "skip"), prefix=side.get("prefix"),
+                   suffix=side.get("suffix"), dedupe=bool(side.get("dedupe")))
+    for key in ("store_features", "store_scores"):
+        if kept.get(key) is not None and key not in given:
+            out[key] = kept[key]
+    return out
+
+
+def plan_retry(output: str | os.PathLike[str], settings: SearchSettings, *, clip: Sequence[str],
+               captioner: str | None, vocab: Sequence[str] = (), caption: str | None = None,
+               caption_column: str | None = None, low_vram: bool = False, given: Collection[str] = (),
+               names: Mapping[str, str] | None = None) -> RetryPlan:
+    """The retry of ``output``'s failed inputs: the settings and models they ran with (kept in
+    ``FILE.failed.json``), not the retry's defaults, and the output options of that run.
+
+    ``settings``, ``clip``, ``captioner`` (``"auto"``, a name or None), ``vocab`` and ``caption``
+    are the retry's own; ``given`` names those the user gave explicitly: any of
+    :data:`RETRY_SETTINGS`, ``clip``, ``captioner``, ``caption``, ``caption_column``, ``vocab``, and the output
+    options ``sidecar``, ``store_features``, ``store_scores`` (a given one is kept, not the run's).
+    A given setting or model that differs from the run's raises :class:`RetryRefused`, one line
+    naming each difference in the front end's words (``names``: ``{"mode": "--mode", ...,
+    "flavors": "--flavors", "retry": "--retry-failed"}``; a name left out is shown as is).
+    Without a kept run (an earlier version's manifest) the retry's own settings are returned,
+    and the engine refuses them if no failed input ran with them.
+    """
+    words = dict(names or {})
+
+    def word(key: str) -> str:
+        return words.get(key, key)
+
+    run = read_run(output)
+    if run is None:
+        return RetryPlan(settings, list(clip), captioner, tuple(vocab), caption, caption_column=caption_column)
+    try:
+        stored = SearchSettings.from_dict(run["settings"])
+    except (SettingsError, TypeError) as err:
+        raise RetryRefused(f"{word('retry')}: cannot use the settings kept in {output}.failed.json ({one_line(err)}); "
+                           f"retry with the options of that run, without {word('retry')}") from None
+
+    differences: list[str] = []
+
+    def differ(key: str, theirs: Any, ours: Any, theirs_settings: SearchSettings | None = None,
+               ours_settings: SearchSettings | None = None) -> None:
+        entry = f"{_shown(word(key), key, theirs, theirs_settings)}, not {_shown(word(key), key, ours, ours_settings)}"
+        if entry not in differences:
+            differences.append(entry)
+
+    for name in RETRY_SETTINGS:
+        ours, theirs = getattr(settings, name), getattr(stored, name)
+        if ours != theirs and name in given:
+            differ(_SHOWN_AS.get(name, name), theirs, ours, stored, settings)
+    stored_clip = [str(c) for c in run.get("clip") or []]
+    if "clip" in given and [normalise_clip(c) for c in clip] != stored_clip:
+        differ("clip", stored_clip, list(clip))
+    stored_captioner = run.get("captioner")
+    from ..interrogator import Config  # no torch: the load-time settings only
+
+    resolved = Config(caption_model=captioner, low_vram=low_vram).captioner  # "auto" is the model it picks
+    if "captioner" in given and resolved != stored_captioner:
+        differ("captioner", stored_captioner or "none", captioner or "none")
+    stored_caption = run.get("caption")
+    if "caption" in given and caption != stored_caption:
+        differ("caption", stored_caption, caption)
+    stored_column = run.get("caption_column")
+    if "caption_column" in given and caption_column != stored_column:
+        differ("caption_column", stored_column, caption_column)
+    stored_vocab = [str(v) for v in run.get("vocab") or []]
+    if "vocab" in given and [os.path.abspath(os.path.expanduser(v)) for v in vocab] != stored_vocab:
+        differ("vocab", stored_vocab, list(vocab))
+    if differences:
+        raise RetryRefused(f"{word('retry')}: the failed inputs of {output} ran with {'; '.join(differences)}; "
+                           "leave those options out to retry them as they ran")
+    return RetryPlan(stored, stored_clip, stored_captioner, tuple(stored_vocab), stored_caption,
+                     retry_outputs(run, given), stored_column)
+
+
+def _shown(word: str, key: str, value: Any, settings: SearchSettings | None = None) -> str:
+    """A setting's value as a difference names it: ``--mode fast``, ``--flavors 8,32``, ``no --chunks``."""
+    if key == "flavors" and settings is not None:
+        return f"{word} {settings.min_flavors},{settings.max_flavors}"
+    if isinstance(value, bool):
+        return word if value else f"no {word}"
+    if value is None:
+        return f"{word} off" if key == "floor" else f"no {word}"
+    if isinstance(value, (list, tuple)):
+        return f"{word} {' '.join(str(v) for v in value)}" if value else f"no {word}"
+    return f"{word} {value:g}" if isinstance(value, float) else f"{word} {value}"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from ..errors import Image2PromptError, SettingsError
-from .main import CONTEXT_SETTINGS, FatalError, cli, verbosity_options
+from .app import CONTEXT_SETTINGS, FatalError
+from .options import verbosity_options
 from .progress import PROG, setup_logging
 
 
@@ -21,7 +22,8 @@ def _group_by(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return value
 
 
-@cli.command(context_settings=CONTEXT_SETTINGS, short_help="Report how CLIP sees a collection (from batch records).")
+@click.command(context_settings=CONTEXT_SETTINGS,
+               short_help="Report how CLIP sees a collection (from batch records).")
 @click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False), metavar="RESULTS...")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write the report: one self-contained HTML page that opens offline.")

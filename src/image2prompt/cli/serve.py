@@ -9,18 +9,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..service import SERVE_FORMATS, SERVE_MAX_PIXELS
-from .main import (
-    CONTEXT_SETTINGS,
-    FatalError,
-    _max_pixels_callback,
-    cli,
-    load_interrogator,
-    model_config,
-    model_options,
-    pick_captioner,
-    pick_clip,
-    verbosity_options,
-)
+from .app import CONTEXT_SETTINGS, FatalError, load_interrogator, model_config
+from .options import max_pixels_option, model_options, pick_captioner, pick_clip, verbosity_options
 from .progress import PROG, setup_logging
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,7 +28,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-@cli.command(context_settings=CONTEXT_SETTINGS, short_help="Serve the models over HTTP, with a web UI.")
+@click.command(context_settings=CONTEXT_SETTINGS, short_help="Serve the models over HTTP, with a web UI.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind. Anything but loopback needs an API key (or --insecure-no-auth).")
 @click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True)
@@ -55,9 +45,8 @@ def is_loopback(host: str) -> bool:
 @click.option("--max-upload-mb", type=click.FloatRange(min=0.01), default=20, show_default=True, metavar="MB",
               help="Largest image (or request body) accepted; batch uploads may total --max-batch-mb.")
 @click.option("--max-batch-mb", type=click.FloatRange(min=0.01), default=256, show_default=True, metavar="MB")
-@click.option("--max-pixels", metavar="N|none", default=str(SERVE_MAX_PIXELS), show_default=True,
-              callback=_max_pixels_callback,
-              help="Refuse images with more than N pixels (413). Memory: each waiting request holds 3 bytes a pixel.")
+@max_pixels_option(SERVE_MAX_PIXELS,
+                   "Refuse images with more than N pixels (413). Memory: each waiting request holds 3 bytes a pixel.")
 @click.option("--formats", default=",".join(SERVE_FORMATS), show_default=True, metavar="LIST",
               help="Image formats accepted (Pillow names, comma-separated); others get 415.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True, metavar="N",

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request
 
 from ... import __version__
+from ...catalogue import DEFAULT_MODE
 from ...errors import SettingsError
 from ...modes import caption_free_modes, list_modes
 from ...settings import SearchSettings
@@ -29,7 +30,7 @@ async def models(state: State) -> dict[str, Any]:
     cfg = state.config
     return {"clip_models": [shown_model_name(c.name) for c in ip.clips],
             "caption_model": shown_model_name(ip.caption_name) if ip.caption_name else None,
-            "modes": list_modes(), "default_mode": "best", "caption_free_modes": caption_free_modes(),
+            "modes": list_modes(), "default_mode": DEFAULT_MODE, "caption_free_modes": caption_free_modes(),
             "max_tokens": SearchSettings().max_tokens,
             "auth": cfg.api_key is not None, "version": __version__,
             "limits": {"max_upload_bytes": cfg.max_upload_bytes, "max_pixels": cfg.max_pixels,
