@@ -9,7 +9,8 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "src" / "image2prompt"
 
-#: Each layer and the layers it may import (besides itself). Lower layers never import upper ones.
+#: Each layer and the layers it may import (besides itself): the table in docs/architecture.md, kept
+#: equal to it by test_the_document_states_these_rules. Lower layers never import upper ones.
 BASE = {"errors", "syntax", "settings", "results", "features", "hub", "spreadsheet", "__version__"}
 FACADE = {"__init__", "__main__"}  # the package's public face may name anything
 ALLOWED: dict[str, set[str]] = {
@@ -21,16 +22,19 @@ ALLOWED: dict[str, set[str]] = {
     "search": {"base"},
     "prompt": {"base"},
     "index": {"base", "vocab", "cache"},
+    "identity": {"base", "vocab", "models"},
     "modes": {"base", "vocab", "cache", "index", "search", "prompt", "models"},
-    "interrogator": {"base", "vocab", "cache", "index", "search", "prompt", "modes", "models"},
+    "interrogator": {"base", "vocab", "cache", "index", "search", "prompt", "modes", "models", "identity"},
     "render": {"base", "prompt"},
-    "runner": {"base", "io", "interrogator", "modes"},
-    "batch": {"base", "io", "vocab", "models", "interrogator", "render", "runner", "modes"},
-    "service": {"base", "io", "interrogator", "modes"},
-    "server": {"base", "io", "modes", "prompt", "interrogator", "render", "batch", "service"},
+    "catalogue": {"base", "models", "modes"},
+    "work": {"base"},
+    "runner": {"base", "io", "interrogator", "modes", "work"},
+    "service": {"base", "io", "interrogator", "modes", "work"},
+    "batch": {"base", "io", "vocab", "models", "identity", "interrogator", "render", "runner", "modes", "work"},
+    "server": {"base", "io", "modes", "prompt", "interrogator", "render", "batch", "service", "catalogue"},
     "report": {"base", "io", "batch"},
     "cli": {"base", "io", "vocab", "cache", "models", "interrogator", "render", "runner", "modes", "prompt",
-            "batch", "service", "server", "report"},
+            "batch", "service", "server", "report", "catalogue"},
 }
 
 
@@ -102,3 +106,14 @@ def test_registry_imports_no_torch_at_module_level():
     names = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
     names += [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
     assert not [n for n in names if n.split(".")[0] in ("torch", "open_clip", "transformers")]
+
+
+def test_the_document_states_these_rules():
+    """docs/architecture.md's layer table and ALLOWED are the same rules."""
+    doc = (PKG.parent.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    table = {}
+    for line in doc.splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 2:
+            table[cells[0]] = {c.strip().strip("`") for c in cells[1].split(",") if c.strip() not in ("", "-")}
+    assert table == ALLOWED
