@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union, cast
 
-from ..errors import ImageLoadError, one_line
+from ..errors import one_line
 from ..identity import ModelIdentity
 from ..io import DEFAULT_MAX_PIXELS, ImageSource
 from ..runner import Record, Runner
@@ -57,6 +57,7 @@ from .sink import (
     feature_path,
     finish_result,
     input_key,
+    read_input,
     record_prompt,
     same_source,
     store_features,
@@ -185,20 +186,9 @@ def _read_and_hash(item: InputItem, captions: bool = False) -> _Item:
     if item.error is not None:
         out.error = one_line(item.error)
         return out
-    if item.read is None:
-        out.error = f"{item.source}: nothing to read"
-        return out
-    try:
-        data = item.read()
-    except ImageLoadError as err:
-        out.error = one_line(err)
-        return out
-    except Exception as err:
-        log.debug("reading %s failed", item.source, exc_info=True)
-        out.error = f"{item.source}: could not read ({one_line(err) or type(err).__name__})"
-        return out
-    out.data = bytes(data)
-    out.content_hash = input_key(out.data, out.caption)
+    out.data, out.error = read_input(item.source, item.read)
+    if out.data is not None:
+        out.content_hash = input_key(out.data, out.caption)
     return out
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ImageLoadError, one_line
 from .records import OutputError, RecordWriter, copy_record, make_record, record_key
 from .retry import write_run
 from .sidecars import SidecarOptions, write_sidecar
@@ -33,8 +34,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..interrogator import Interrogator
     from ..results import Result
 
-__all__ = ["Entry", "RecordSink", "check_retry", "failure_manifest_path", "feature_path", "finish_result", "input_key",
-           "record_prompt", "store_features", "write_failure_manifest"]
+__all__ = ["Entry", "RecordSink", "add_scores", "check_retry", "failure_manifest_path", "feature_path", "finish_result",
+           "input_key", "read_input", "record_prompt", "same_source", "store_features", "write_failure_manifest"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,19 @@ def input_key(data: bytes, caption: str | None = None) -> str:
     if caption is not None:
         h.update(b"\x00caption\x00" + caption.encode("utf-8", "surrogatepass"))
     return h.hexdigest()
+
+
+def read_input(source: str, read: Callable[[], bytes] | None) -> tuple[bytes | None, str | None]:
+    """An input's bytes, or why there are none (one line naming it): how every executor reads."""
+    if read is None:
+        return None, f"{source}: nothing to read"
+    try:
+        return bytes(read()), None
+    except ImageLoadError as err:
+        return None, one_line(err)
+    except Exception as err:
+        log.debug("reading %s failed", source, exc_info=True)
+        return None, f"{source}: could not read ({one_line(err) or type(err).__name__})"
 
 
 @dataclass

@@ -31,7 +31,7 @@ from ...settings import SearchSettings
 from ...work import Failure, WorkItem, encode_items, reason, search_items
 from ..inputs import iter_inputs, read_file
 from ..records import json_default, make_record, read_records
-from ..sink import Entry, finish_result, input_key, same_source
+from ..sink import Entry, finish_result, input_key, read_input, same_source
 
 if TYPE_CHECKING:  # pragma: no cover
     from ...features import Features
@@ -187,20 +187,11 @@ def decode_batch(batch: dict[str, np.ndarray], *, done: Any = None,
 
 def _read(source: str, path: Any, reader: Any) -> tuple[bytes | None, str | None]:
     """The input's bytes, or why there are none (one line), as the batch engine reads them."""
-    try:
-        if reader is None:
-            assert path is not None
-            data = read_file(Path(str(path)), source)
-        else:
-            from ray import cloudpickle
+    if reader is None:
+        return read_input(source, lambda: read_file(Path(str(path)), source))
+    from ray import cloudpickle
 
-            data = cloudpickle.loads(bytes(reader))()
-    except ImageLoadError as err:
-        return None, one_line(err)
-    except Exception as err:
-        log.debug("reading %s failed", source, exc_info=True)
-        return None, f"{source}: could not read ({reason(err)})"
-    return bytes(data), None
+    return read_input(source, cloudpickle.loads(bytes(reader)))
 
 
 def _column(batch: dict[str, Any], name: str) -> list[Any]:
