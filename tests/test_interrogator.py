@@ -197,3 +197,28 @@ def test_a_given_caption_is_one_line_whatever_it_holds(interrogator: Interrogato
     assert feats[0].caption == "a red fox in snow"
     result = interrogator.interrogate(images[0], "fast", caption="a red\nfox")
     assert "\n" not in result.prompt and result.prompt.startswith("a red fox")
+
+
+class _ChatCaptioner:
+    """A chat model's answers, as a VLM gives them (``chat = True``)."""
+
+    name = "chat-test"
+    chat = True
+
+    def __init__(self, answers: list[str]) -> None:
+        self.answers = answers
+
+    def caption(self, images, *, batch_size: int = 16) -> list[str]:
+        return self.answers[: len(images)]
+
+
+def test_a_chat_captioners_answers_are_cleaned(interrogator: Interrogator, images):
+    chat = Interrogator(interrogator.clips, _ChatCaptioner([
+        "<think>The user wants a caption.</think>This image shows a red barn in snow.",
+        "a cat on a mat mat mat mat mat\nsecond line",
+    ]), interrogator.vocab, interrogator.cache, interrogator.config)
+    assert chat.caption(images[:2]) == ["a red barn in snow", "a cat on a mat"]
+    plain = Interrogator(interrogator.clips, _ChatCaptioner(["This image shows a red barn"]), interrogator.vocab,
+                         interrogator.cache, interrogator.config)
+    plain.captioner.chat = False  # a captioner that does not say it chats keeps its words
+    assert plain.caption(images[:1]) == ["This image shows a red barn"]

@@ -34,6 +34,7 @@ from .index import ProgressFactory, VocabularyIndex
 from .models._registry import DEFAULT_CAPTIONER, LOW_VRAM_CAPTIONER  # what caption_model="auto" picks
 from .modes import Chain, Outcome, Scored, SearchContext, Task, get_mode, require_caption
 from .prompt import clean_caption
+from .prompt.answers import clean_answer
 from .prompt.caption import clean_given_caption
 from .results import Analysis, Result, Trace
 from .search import emphasis_weight
@@ -206,6 +207,8 @@ class Interrogator:
             raise SettingsError("no caption model is loaded: give a caption, or load a caption model")
         with self._using("caption"):
             raw = self.captioner.caption(images, batch_size=self.config.caption_batch_size)
+        if getattr(self.captioner, "chat", False):  # a chat model's answer: reasoning, openers, loops
+            raw = [clean_answer(t) for t in raw]
         return [clean_caption(t) for t in raw]
 
     def image_features(self, images: Sequence[Any]) -> list[np.ndarray]:
