@@ -27,6 +27,7 @@ from .models._registry import (
     CLIP_PRESETS,
     DEFAULT_CAPTIONER,
     DEFAULT_CLIP,
+    LOCAL_DIR,
     LOW_VRAM_CAPTIONER,
     TARGET_ALIASES,
     TARGETS,
@@ -41,11 +42,9 @@ DEFAULT_TARGET = next(name for name, clip in TARGETS.items() if clip == DEFAULT_
 #: The search mode used when none is named.
 DEFAULT_MODE: str = SearchSettings().mode
 
-__all__ = [
-    "DEFAULT_CAPTIONER", "DEFAULT_CLIP", "DEFAULT_MODE", "DEFAULT_TARGET", "LOW_VRAM_CAPTIONER",
-    "CaptionerInfo", "TargetInfo", "caption_free_modes", "defaults", "list_captioners", "list_clip_models",
-    "list_clip_presets", "list_modes", "list_targets",
-]
+__all__ = ["DEFAULT_CAPTIONER", "DEFAULT_CLIP", "DEFAULT_MODE", "DEFAULT_TARGET", "LOCAL_DIR", "LOW_VRAM_CAPTIONER",
+           "CaptionerInfo", "TargetInfo", "caption_free_modes", "defaults", "list_captioners", "list_clip_models",
+           "list_clip_presets", "list_modes", "list_targets"]
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ No torch here.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,9 +79,6 @@ class Features:
 
     def save(self, path: str | Path) -> Path:
         """Write to ``path`` (safetensors), atomically: a crash never leaves half a file."""
-        import os
-        import tempfile
-
         from safetensors.numpy import save
 
         path = Path(path)
@@ -107,41 +106,32 @@ class Features:
             raise FeaturesError(f"{path}: no such file") from None
         except (SafetensorError, OSError, ValueError) as e:
             raise FeaturesError(f"{path}: not an image2prompt features file ({type(e).__name__})") from None
-        return cls._from_parts(meta, tensors, str(path))
-
-    @classmethod
-    def _from_parts(cls, meta: dict[str, str], tensors: dict[str, np.ndarray], where: str) -> Features:
         if meta.get("format") != "image2prompt.features":
-            raise FeaturesError(f"{where}: not an image2prompt features file")
+            raise FeaturesError(f"{path}: not an image2prompt features file")
         if int(meta.get("version", "0")) > FORMAT_VERSION:
-            raise FeaturesError(f"{where}: written by a newer image2prompt (format {meta.get('version')})")
+            raise FeaturesError(f"{path}: written by a newer image2prompt (format {meta.get('version')})")
         try:
             encoders = tuple(json.loads(meta["encoders"]))
             values = {k: json.loads(meta[k]) for k in ("caption", "caption_model", "source")}
         except (KeyError, ValueError):
-            raise FeaturesError(f"{where}: damaged metadata") from None
+            raise FeaturesError(f"{path}: damaged metadata") from None
         try:
             vectors = [tensors[f"vector.{e}"] for e in range(len(encoders))]
         except KeyError:
-            raise FeaturesError(f"{where}: a vector is missing") from None
+            raise FeaturesError(f"{path}: a vector is missing") from None
         return cls(vectors, encoders, **values)
 
 
 # -- Arrow ------------------------------------------------------------------------------
 
 
-def _pyarrow() -> Any:
+def features_to_arrow(items: Sequence[Features]) -> Any:
+    """An Arrow table, one row per image: ``source``, ``caption``, ``caption_model``,
+    ``encoders`` (list of names) and one ``vector_<e>`` list<float32> column per encoder."""
     try:
         import pyarrow as pa
     except ImportError:
         raise Image2PromptError("storing features as Arrow needs pyarrow: pip install pyarrow") from None
-    return pa
-
-
-def features_to_arrow(items: Sequence[Features]) -> Any:
-    """An Arrow table, one row per image: ``source``, ``caption``, ``caption_model``,
-    ``encoders`` (list of names) and one ``vector_<e>`` list<float32> column per encoder."""
-    pa = _pyarrow()
     if not items:
         return pa.table({"source": pa.array([], pa.string())})
     n_enc = len(items[0].encoders)
@@ -168,7 +158,6 @@ def features_from_arrow(table: Any) -> list[Features]:
             return []
         raise FeaturesError("this Arrow table has no 'encoders' column: not image2prompt features")
     vec_cols = sorted((c for c in names if c.startswith("vector_")), key=lambda c: int(c.split("_", 1)[1]))
-    cols = {c: table.column(c) for c in ("source", "caption", "caption_model", "encoders")}
     vectors = []
     for c in vec_cols:
         col = table.column(c)
@@ -179,9 +168,6 @@ def features_from_arrow(table: Any) -> list[Features]:
         if dim is None:
             dim = flat.size // max(1, table.num_rows)
         vectors.append(flat.reshape(table.num_rows, dim))
-    out = []
-    py = {k: v.to_pylist() for k, v in cols.items()}
-    for i in range(table.num_rows):
-        out.append(Features([v[i] for v in vectors], tuple(py["encoders"][i]), py["caption"][i],
-                            py["caption_model"][i], py["source"][i]))
-    return out
+    py = {c: table.column(c).to_pylist() for c in ("source", "caption", "caption_model", "encoders")}
+    return [Features([v[i] for v in vectors], tuple(py["encoders"][i]), py["caption"][i], py["caption_model"][i],
+                     py["source"][i]) for i in range(table.num_rows)]

@@ -1,8 +1,7 @@
-"""The Hugging Face Hub's reachability, asked once (standard library only; every layer may use it).
+"""The Hugging Face Hub's reachability, asked once (huggingface_hub imported lazily; every layer may use it).
 
-Before anything is fetched from the Hub, its host is probed with one short TCP
-connect. When nothing answers, callers use the local cache only and say so in
-one line, instead of the minute of retries huggingface_hub would spend.
+Before anything is fetched from the Hub, its host is probed with one short TCP connect. When nothing answers, callers
+use the local cache only and say so in one line, instead of the minute of retries huggingface_hub would spend.
 """
 
 from __future__ import annotations
@@ -24,19 +23,15 @@ _probes: dict[str, tuple[float, bool]] = {}  # endpoint -> (monotonic time, reac
 
 
 def hub_endpoint() -> str:
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    from huggingface_hub import constants
+
     return str(constants.ENDPOINT)
 
 
 def hub_cache_dir() -> str:
-    try:
-        from huggingface_hub.constants import HF_HUB_CACHE
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        return "~/.cache/huggingface/hub"
-    return str(HF_HUB_CACHE)
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
 
 
 def hub_offline() -> bool:
@@ -44,10 +39,8 @@ def hub_offline() -> bool:
     if any(os.environ.get(k, "").strip().lower() in {"1", "true", "yes", "on"}
            for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
         return True
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # pragma: no cover
-        return False
+    from huggingface_hub import constants
+
     return bool(constants.HF_HUB_OFFLINE)
 
 

@@ -37,7 +37,6 @@ class TextEncoder(Protocol):
     def embed_labels(self, labels: Sequence[str], *, progress: Callable[[int], None] | None = None
                      ) -> tuple[np.ndarray, list[list[int]]]:
         """Features [N, D] and each label's token ids (no start/end tokens, untruncated)."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -72,9 +71,8 @@ class VocabularyIndex:
     def embeds(self, category: str) -> np.ndarray:
         """float32 [N, D] embeddings of the category's labels, in table order.
 
-        Stored as fp16 in the cache (the reference's format) and widened once here:
-        scoring a 112k-label table from fp16 costs ~7x more on CPU, because numpy
-        converts half floats without SIMD on every product.
+        Stored as fp16 in the cache (the reference's format) and widened once here: scoring a 112k-label table from
+        fp16 costs ~7x more on CPU, because numpy converts half floats without SIMD on every product.
         """
         got = self._embeds.get(category)
         if got is not None:
@@ -137,19 +135,13 @@ class VocabularyIndex:
         if self._merged is None:
             with self._lock:
                 if self._merged is None:
-                    seen: set[str] = set()
-                    labels: list[str] = []
-                    categories: list[str] = []
-                    rows: list[int] = []
+                    first: dict[str, tuple[str, int]] = {}  # label -> (its first category, its row)
                     offset = 0
                     for c in self.pack.merged_categories():
                         table = self.pack[c]
                         for i, label in enumerate(table.labels):
-                            if label not in seen:
-                                seen.add(label)
-                                labels.append(label)
-                                categories.append(c)
-                                rows.append(offset + i)
+                            first.setdefault(label, (c, offset + i))
                         offset += len(table)
-                    self._merged = MergedView(tuple(labels), tuple(categories), np.asarray(rows, dtype=np.int64))
+                    self._merged = MergedView(tuple(first), tuple(c for c, _ in first.values()),
+                                              np.asarray([row for _, row in first.values()], dtype=np.int64))
         return self._merged

@@ -221,25 +221,22 @@ def format_analysis(analysis: Analysis) -> str:
     lines.append(f"clip model: {analysis.clip_model}")
     if analysis.caption:
         lines.append(f"caption: {analysis.caption}")
-    width = max((len(f"{p.score:.4f}") for ps in analysis.categories.values() for p in ps), default=0)
+    every = [p for ps in analysis.categories.values() for p in ps]
+    width = max((len(f"{p.score:.4f}") for p in every), default=0)
     for category, phrases in analysis.categories.items():
-        lines.append("")
-        lines.append(f"{category}:")
+        lines += ["", f"{category}:"]
         for p in phrases:
             note = "  (hypothesis)" if p.hypothesis else ""
             if _below_floor(p, analysis.floor):
                 note += "  (below floor)"
             margin = f"  {p.margin:+.4f} vs median" if p.margin is not None else ""
             lines.append(f"  {p.score:>{width}.4f}{margin}  {p.text}{note}")
-    if any(p.hypothesis for ps in analysis.categories.values() for p in ps):
-        lines.append("")
-        lines.append("(hypothesis): the image resembles work tagged with this name; it does not say who made it.")
-    if any(_below_floor(p, analysis.floor) for ps in analysis.categories.values() for p in ps):
-        lines.append("")
-        lines.append(f"(below floor): its support is under {analysis.floor:g} (its margin over its category's median, "
-                     f"in standard deviations of the image's scores over the whole vocabulary): the image does not "
-                     f"support it on its own, and --floor {analysis.floor:g} keeps it out of prompts.")
+    if any(p.hypothesis for p in every):
+        lines += ["", "(hypothesis): the image resembles work tagged with this name; it does not say who made it."]
+    if any(_below_floor(p, analysis.floor) for p in every):
+        lines += ["", f"(below floor): its support is under {analysis.floor:g} (its margin over its category's median, "
+                      f"in standard deviations of the image's scores over the whole vocabulary): the image does not "
+                      f"support it on its own, and --floor {analysis.floor:g} keeps it out of prompts."]
     if analysis.weak_match:
-        lines.append("")
-        lines.append(WEAK_MATCH_WORDS)
+        lines += ["", WEAK_MATCH_WORDS]
     return "\n".join(lines) + "\n"

@@ -9,6 +9,14 @@ from typing import Any
 from .settings import BUILTIN_MODES as MODES  # noqa: F401  (the built-in mode names, kept here for callers)
 
 
+class _Serialisable:
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]  # every subclass is a dataclass
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
+
+
 @dataclass
 class Phrase:
     """One vocabulary phrase with its CLIP similarity to the image.
@@ -45,7 +53,7 @@ class Trace:
 
 
 @dataclass
-class Result:
+class Result(_Serialisable):
     """What one interrogation produced. The prompt is a scaffold to refine, not a recovered prompt."""
 
     prompt: str
@@ -68,15 +76,9 @@ class Result:
     version: str | None = None  # the image2prompt version that produced it
     trace: Trace | None = None  # with SearchSettings(trace=True): how the prompt was found
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
-
 
 @dataclass
-class Analysis:
+class Analysis(_Serialisable):
     """Top phrases of each category, with scores."""
 
     categories: dict[str, list[Phrase]]
@@ -86,9 +88,3 @@ class Analysis:
     match_strength: float | None = None  # as in Result: how far the best flavor stands out
     weak_match: bool = False  # as in Result: no phrase stands out, treat every one with suspicion
     floor: float | None = None  # the relevance floor phrases are marked against (Phrase.support below it: weak)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)

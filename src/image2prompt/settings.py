@@ -1,17 +1,16 @@
 """Per-call search settings: frozen, hashable, validated when built (no torch here).
 
-Load-time settings (models, device, precision, cache, vocabulary) live in
-:class:`image2prompt.Config`; everything a single search may vary lives here and is
-passed per call, so one loaded :class:`~image2prompt.Interrogator` serves any mix of
-modes and budgets. Each knob has one name in every layer: the CLI flag, this field
-and the search code use the same word.
+Load-time settings (models, device, precision, cache, vocabulary) live in :class:`image2prompt.Config`; everything a
+single search may vary lives here and is passed per call, so one loaded :class:`~image2prompt.Interrogator` serves any
+mix of modes and budgets. Each knob has one name in every layer: the CLI flag, this field and the search code use the
+same word.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -20,20 +19,18 @@ from .errors import SettingsError
 #: The modes built into the package (plugins may register more, see image2prompt.modes).
 BUILTIN_MODES = ("best", "classic", "fast", "negative", "turbo", "style")
 
-#: The relevance floor's default, in units of the spread of the image's whole vocabulary
-#: (a phrase's support: its margin over its category's median for the image, over the
-#: standard deviation of every phrase's score). Chosen on the quality lab as the floor with the
-#: highest precision whose recall stays within 0.05 of the floor off: best mode's precision
-#: 0.26 -> 0.39 for 0.02 of recall (docs/confidence.md). It is also
-#: the bar ``Result.specificity`` and ``analyze`` measure against when the floor is off.
+#: The relevance floor's default, in units of the spread of the image's whole vocabulary (a phrase's support: its
+#: margin over its category's median for the image, over the standard deviation of every phrase's score). Chosen on
+#: the quality lab as the floor with the highest precision whose recall stays within 0.05 of the floor off: best
+#: mode's precision 0.26 -> 0.39 for 0.02 of recall (docs/confidence.md). It is also the bar ``Result.specificity``
+#: and ``analyze`` measure against when the floor is off.
 DEFAULT_FLOOR = 0.75
 
-#: The relevance floor's bounds (inclusive), in the same units. A phrase's support over a real
-#: vocabulary stays within a few units (the best of 100k normal scores stands about 4.4 above
-#: their median; the floors measured in docs/confidence.md are 0.5 to 1.5), so a floor past +10
-#: keeps out every phrase (an empty prompt in the modes with no caption) and one under -10 keeps
-#: out none (as ``off`` does, which says so plainly). A floor outside them is a mistake, say
-#: ``1e308`` for ``1.0``: an error rather than an empty prompt.
+#: The relevance floor's bounds (inclusive), in the same units. A phrase's support over a real vocabulary stays within
+#: a few units (the best of 100k normal scores stands about 4.4 above their median; the floors measured in
+#: docs/confidence.md are 0.5 to 1.5), so a floor past +10 keeps out every phrase (an empty prompt in the modes with
+#: no caption) and one under -10 keeps out none (as ``off`` does, which says so plainly). A floor outside them is a
+#: mistake, say ``1e308`` for ``1.0``: an error rather than an empty prompt.
 FLOOR_RANGE = (-10.0, 10.0)
 
 #: min_flavors's default: capped by a smaller max_flavors (``max_flavors=4`` alone is a 4-step
@@ -109,9 +106,7 @@ class SearchSettings:
     # -- conversion ----------------------------------------------------------------
     def replace(self, **changes: Any) -> SearchSettings:
         """A copy with ``changes`` applied (validated like any new instance)."""
-        unknown = sorted(set(changes) - {f.name for f in fields(self)})
-        if unknown:
-            raise SettingsError(f"unknown search setting(s): {', '.join(unknown)}")
+        self._check_known(changes)
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,10 +115,14 @@ class SearchSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchSettings:
         """Settings from a mapping (a JSON body, a stored record); unknown keys are an error."""
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        cls._check_known(data)
+        return cls(**data)
+
+    @classmethod
+    def _check_known(cls, names: Iterable[str]) -> None:
+        unknown = sorted(set(names) - {f.name for f in fields(cls)})
         if unknown:
             raise SettingsError(f"unknown search setting(s): {', '.join(unknown)}")
-        return cls(**data)
 
     def digest(self) -> str:
         """A short, stable hash of these settings alone (see Interrogator.fingerprint)."""
@@ -133,8 +132,7 @@ class SearchSettings:
 #: Bumped whenever a change of this package changes what a search returns for the same
 #: settings, models and vocabulary; it is part of every fingerprint, so resumed runs redo the work.
 SEARCH_REVISION = 4  # 3: the relevance floor reads support (margin over the vocabulary's spread), not z
-# 4: QuickGELU-trained ARCH/TAG models (ViT-L-14/openai...) are built with QuickGELU (open_clip >= 2.29
-# builds them with GELU)
+# 4: QuickGELU-trained ARCH/TAG models (ViT-L-14/openai...) are built with QuickGELU (open_clip >= 2.29 builds GELU)
 
 
 def parse_floor(text: str) -> float | None:

@@ -1,16 +1,14 @@
 """CSV cells that a spreadsheet reads as text, never as a formula (a leaf module: it imports nothing).
 
-Excel, LibreOffice and Google Sheets run a cell that starts with ``=``, ``+``, ``-`` or ``@``
-(and, after a tab or carriage return, what follows) as a formula, so a prompt, caption,
-file name or error message written into a CSV could run one ("CSV injection"). As the OWASP
-guidance on it says, such a text cell gets a leading ``'``, which spreadsheets show as text
-and do not display. Every CSV this package writes goes through :func:`spreadsheet_safe`:
-``image2prompt --format csv``, the records of ``image2prompt batch`` and the server's CSV
-download. Numbers are left alone (a negative similarity stays a number).
+Excel, LibreOffice and Google Sheets run a cell that starts with ``=``, ``+``, ``-`` or ``@`` (and, after a tab or
+carriage return, what follows) as a formula, so a prompt, caption, file name or error message written into a CSV could
+run one ("CSV injection"). As the OWASP guidance on it says, such a text cell gets a leading ``'``, which spreadsheets
+show as text and do not display. Every CSV this package writes goes through :func:`spreadsheet_safe`:
+``image2prompt --format csv``, the records of ``image2prompt batch`` and the server's CSV download. Numbers are left
+alone (a negative similarity stays a number).
 
-The change is undone exactly on reading (:func:`spreadsheet_value`): a text that already
-starts with quotes before such a character gets one quote more, so ``'=x`` survives the
-round trip.
+The change is undone exactly on reading (:func:`spreadsheet_value`): a text that already starts with quotes before
+such a character gets one quote more, so ``'=x`` survives the round trip.
 """
 
 from __future__ import annotations
@@ -30,13 +28,9 @@ def _needs_quote(text: str) -> bool:
 
 def spreadsheet_safe(value: Any) -> Any:
     """``value`` as a CSV cell: a text that a spreadsheet would read as a formula gets a leading ``'``."""
-    if isinstance(value, str) and _needs_quote(value):
-        return "'" + value
-    return value
+    return "'" + value if isinstance(value, str) and _needs_quote(value) else value
 
 
 def spreadsheet_value(cell: Any) -> Any:
     """The text :func:`spreadsheet_safe` was given, from the cell it made."""
-    if isinstance(cell, str) and cell.startswith("'") and _needs_quote(cell):
-        return cell[1:]
-    return cell
+    return cell[1:] if isinstance(cell, str) and cell.startswith("'") and _needs_quote(cell) else cell

@@ -1,20 +1,18 @@
 """The inputs of ``image2prompt batch``: image files, folders, globs, lists, manifests, shards and URLs.
 
-:func:`iter_inputs` turns what the user named into :class:`InputItem` objects, lazily and
-in input order. Nothing is decoded here, and no image bytes are read until an item's
-``read()`` is called, except for WebDataset shards: a tar stream cannot go back, so a
-member's bytes are read when its item is produced (one sample at a time) and kept in
-the item. Nothing is ever extracted to disk or unpickled.
+:func:`iter_inputs` turns what the user named into :class:`InputItem` objects, lazily and in input order.
+Nothing is decoded here, and no image bytes are read until an item's ``read()`` is called, except for
+WebDataset shards: a tar stream cannot go back, so a member's bytes are read when its item is produced
+(one sample at a time) and kept in the item. Nothing is ever extracted to disk or unpickled.
 
 Kinds of input (told apart by what exists on disk and by the name's extension):
 
 * image files, folders (recursive) and glob patterns: as :func:`image2prompt.io.expand_sources`;
-* ``.txt`` / ``.lst`` files: lists, one path or URL per line (``#`` comments and blank
-  lines skipped; relative entries resolve against the list's folder; a folder, glob,
-  list, manifest or shard in a list expands as it would on the command line);
-* ``.csv`` / ``.tsv`` / ``.parquet`` files: manifests with a path or URL column (named by
-  ``column`` or found among :data:`PATH_COLUMNS`) and an optional caption column
-  (:data:`CAPTION_COLUMNS`);
+* ``.txt`` / ``.lst`` files: lists, one path or URL per line (``#`` comments and blank lines skipped;
+  relative entries resolve against the list's folder; a folder, glob, list, manifest or shard in a
+  list expands as it would on the command line);
+* ``.csv`` / ``.tsv`` / ``.parquet`` files: manifests with a path or URL column (named by ``column``
+  or found among :data:`PATH_COLUMNS`) and an optional caption column (:data:`CAPTION_COLUMNS`);
 * ``.tar`` (also ``.tar.gz``, ``.tgz``) files: WebDataset shards in the img2dataset layout
   (``KEY.jpg`` with an optional ``KEY.txt`` caption; other members are ignored). A glob
   or a brace range (``data/{00000..00010}.tar``) of lists, manifests or shards works too;
@@ -23,23 +21,25 @@ Kinds of input (told apart by what exists on disk and by the name's extension):
 * ``http://`` / ``https://`` URLs, downloaded with the limits of :mod:`image2prompt.io.images`
   only when ``allow_urls`` is set; other schemes are refused.
 
-Problems with one input become an item with ``error`` set, so a batch carries on;
-a problem with one image's bytes is raised by its ``read()`` as an
-:class:`~image2prompt.errors.ImageLoadError`.
+Problems with one input become an item with ``error`` set, so a batch carries on; a problem with one
+image's bytes is raised by its ``read()`` as an :class:`~image2prompt.errors.ImageLoadError`.
 """
 
 from __future__ import annotations
 
 import csv
 import glob
+import itertools
 import os
 import re
 import tarfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO
 
 from image2prompt.errors import Image2PromptError, ImageLoadError, one_line
 from image2prompt.io import expand_sources
@@ -47,14 +47,7 @@ from image2prompt.io.download import download_bytes
 from image2prompt.io.images import open_file
 from image2prompt.io.sources import is_image_filename, is_url
 
-__all__ = [
-    "CAPTION_COLUMNS",
-    "MAX_FILE_BYTES",
-    "PATH_COLUMNS",
-    "InputItem",
-    "iter_inputs",
-    "read_file",
-]
+__all__ = ["CAPTION_COLUMNS", "MAX_FILE_BYTES", "PATH_COLUMNS", "InputItem", "iter_inputs", "read_file"]
 
 #: The largest image file (or shard member) read, in bytes.
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -71,13 +64,12 @@ URL_TIMEOUT = 30.0
 _MAX_CAPTION_BYTES = 1024 * 1024
 _MAX_NESTING = 8
 _MAX_LISTED_COLUMNS = 20
-_GLOB_CHARS = ("*", "?", "[")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+)://")
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
-_LIST_SUFFIXES = (".txt", ".lst")
-_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-_URLS_OFF = "URL inputs are off; pass --allow-urls to fetch them"
+#: The kind of container a file's name ends with (what :func:`_container` reads it as).
+_CONTAINERS = {".txt": "list", ".lst": "list", ".tar": "tar", ".tar.gz": "tar", ".tgz": "tar", ".csv": "csv",
+               ".tsv": "tsv", ".parquet": "parquet"}
 # What a damaged or truncated stream raises while it is read (zlib.error, lzma.LZMAError
 # and gzip.BadGzipFile come wrapped in tarfile.ReadError or are OSError/EOFError).
 _DAMAGE: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, OSError, ValueError)
@@ -87,13 +79,13 @@ _DAMAGE: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, OSError,
 class InputItem:
     """One image to interrogate, or one input that failed before any image was read.
 
-    ``source`` is the name to show: the path or URL as given or found, ``shard.tar/KEY.jpg``
-    for a shard member, ``manifest.csv:17`` for a manifest row (CSV: line 17; Parquet: row 17)
-    that names no image. Exactly one of ``read`` and ``error`` is set: ``read()`` returns the
-    image's encoded bytes or raises :class:`ImageLoadError` with a one-line reason; ``error``
-    says why the input gave no image at all. ``path`` is the local image file (sidecars go
-    beside it), else ``None``; ``caption`` is a caption shipped with the input, else ``None``;
-    ``origin`` is the manifest row (``manifest.csv:17``) an image came from, else ``None``.
+    ``source`` is the name to show: the path or URL as given or found, ``shard.tar/KEY.jpg`` for a shard
+    member, ``manifest.csv:17`` for a manifest row (CSV: line 17; Parquet: row 17) that names no image.
+    Exactly one of ``read`` and ``error`` is set: ``read()`` returns the image's encoded bytes or raises
+    :class:`ImageLoadError` with a one-line reason; ``error`` says why the input gave no image at all.
+    ``path`` is the local image file (sidecars go beside it), else ``None``; ``caption`` is a caption
+    shipped with the input, else ``None``; ``origin`` is the manifest row (``manifest.csv:17``) an
+    image came from, else ``None``.
     """
 
     source: str
@@ -108,13 +100,8 @@ class InputItem:
             raise ValueError("InputItem needs exactly one of read and error")
 
 
-def iter_inputs(
-    inputs: Sequence[str],
-    *,
-    allow_urls: bool = False,
-    column: str | None = None,
-    caption_column: str | None = None,
-) -> Iterator[InputItem]:
+def iter_inputs(inputs: Sequence[str], *, allow_urls: bool = False, column: str | None = None,
+                caption_column: str | None = None) -> Iterator[InputItem]:
     """Every image the inputs name, as :class:`InputItem` objects, lazily and in input order.
 
     ``allow_urls`` lets ``http://`` and ``https://`` inputs (and list entries and manifest
@@ -129,8 +116,7 @@ def iter_inputs(
     Raises:
         Image2PromptError: a Parquet manifest is reached and pyarrow is not installed.
     """
-    items: Iterable[str | os.PathLike[str]]
-    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
+    items: Iterable[str | os.PathLike[str]] = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
     ctx = _Context(allow_urls=allow_urls, column=column, caption_column=caption_column)
     for raw in items:
         yield from _dispatch(os.fsdecode(os.fspath(raw)), ctx, ())
@@ -148,18 +134,17 @@ class _Context:
 
 def _dispatch(name: str, ctx: _Context, parents: tuple[str, ...]) -> Iterator[InputItem]:
     """The items of one input: ``name`` is both what is shown and (``~`` expanded) what is read."""
+    path = os.path.expanduser(name)
     if _SCHEME.match(name):
         yield _url_item(name, ctx)
-        return
-    path = os.path.expanduser(name)
-    if os.path.isfile(path) and _container_kind(path):
+    elif os.path.isfile(path) and _container_kind(path):
         yield from _container(name, path, ctx, parents)
     elif os.path.exists(path):
         yield from _from_sources(name)
-    elif _has_braces(name):
+    elif any(_alternatives(m.group(1)) is not None for m in _BRACE.finditer(name)):  # {a..b} or {x,y}
         for expanded in _expand_braces(name):
             yield from _dispatch(expanded, ctx, parents)
-    elif any(ch in name for ch in _GLOB_CHARS):
+    elif any(ch in name for ch in "*?["):  # a glob
         if _container_kind(path):
             yield from _container_glob(name, path, ctx, parents)
         else:
@@ -171,29 +156,19 @@ def _dispatch(name: str, ctx: _Context, parents: tuple[str, ...]) -> Iterator[In
 
 def _container_kind(path: str) -> str | None:
     lower = path.lower()
-    if lower.endswith(_LIST_SUFFIXES):
-        return "list"
-    if lower.endswith(_TAR_SUFFIXES):
-        return "tar"
-    for kind in ("csv", "tsv", "parquet"):
-        if lower.endswith("." + kind):
-            return kind
-    return None
+    return next((kind for suffix, kind in _CONTAINERS.items() if lower.endswith(suffix)), None)
 
 
-def _container(name: str, path: str, ctx: _Context, parents: tuple[str, ...]) -> Iterator[InputItem]:
+def _container(name: str, path: str, ctx: _Context, parents: tuple[str, ...]) -> Generator[InputItem, None, None]:
     kind = _container_kind(path)
+    real = os.path.realpath(path)
     if kind == "tar":
         yield from _iter_shard(name, path, ctx)
-        return
-    if kind in ("csv", "tsv"):
+    elif kind in ("csv", "tsv"):
         yield from _iter_csv(name, path, ctx, "\t" if kind == "tsv" else ",")
-        return
-    if kind == "parquet":
+    elif kind == "parquet":
         yield from _iter_parquet(name, path, ctx)
-        return
-    real = os.path.realpath(path)
-    if real in parents:
+    elif real in parents:
         yield _failed(name, "list includes itself")
     elif len(parents) >= _MAX_NESTING:
         yield _failed(name, f"lists nested more than {_MAX_NESTING} deep")
@@ -204,11 +179,10 @@ def _container(name: str, path: str, ctx: _Context, parents: tuple[str, ...]) ->
 def _container_glob(pattern: str, expanded: str, ctx: _Context, parents: tuple[str, ...]) -> Iterator[InputItem]:
     matches = sorted((m for m in glob.glob(expanded, recursive=True) if os.path.isfile(m)),
                      key=lambda m: Path(m).as_posix())
-    if not matches:
-        yield _failed(pattern, "pattern matched no files")
-        return
     for match in matches:
         yield from _container(match, match, ctx, parents)
+    if not matches:
+        yield _failed(pattern, "pattern matched no files")
 
 
 def _from_sources(name: str) -> Iterator[InputItem]:
@@ -217,7 +191,7 @@ def _from_sources(name: str) -> Iterator[InputItem]:
         if isinstance(src, ImageLoadError):
             yield InputItem(src.source, error=src)
         elif src.kind == "path" and isinstance(src.ref, Path):
-            yield InputItem(src.name, read=_file_reader(src.ref, src.name), path=src.ref)
+            yield InputItem(src.name, read=partial(read_file, src.ref, src.name), path=src.ref)
         else:  # pragma: no cover - URLs are dispatched before expansion
             yield _failed(src.name, f"unsupported input kind {src.kind}")
 
@@ -234,10 +208,6 @@ def _resolve(base: str, entry: str) -> str:
 
 
 # --- brace ranges ------------------------------------------------------------------
-
-
-def _has_braces(text: str) -> bool:
-    return any(_alternatives(m.group(1)) is not None for m in _BRACE.finditer(text))
 
 
 def _expand_braces(text: str, start: int = 0) -> Iterator[str]:
@@ -262,19 +232,10 @@ def _alternatives(body: str) -> Iterable[str] | None:
         width = max(len(lo_text), len(hi_text)) if padded else 0
         step = 1 if hi >= lo else -1
         return (f"{n:0{width}d}" if width else str(n) for n in range(lo, hi + step, step))
-    if "," in body:
-        return body.split(",")
-    return None
+    return body.split(",") if "," in body else None
 
 
 # --- files and URLs ------------------------------------------------------------------
-
-
-def _file_reader(path: Path, name: str) -> Callable[[], bytes]:
-    def read() -> bytes:
-        return read_file(path, name)
-
-    return read
 
 
 def read_file(path: Path, name: str) -> bytes:
@@ -301,10 +262,9 @@ def _too_big() -> str:
 
 def _url_item(url: str, ctx: _Context, caption: str | None = None) -> InputItem:
     if not is_url(url):
-        scheme = url.split("://", 1)[0]
-        return _failed(url, f"unsupported URL scheme {scheme}:// (only http:// and https:// are fetched)")
+        return _failed(url, f"unsupported URL scheme {url.split('://', 1)[0]}:// (only http:// and https:// are fetched)")
     if not ctx.allow_urls:
-        return _failed(url, _URLS_OFF)
+        return _failed(url, "URL inputs are off; pass --allow-urls to fetch them")
 
     def read() -> bytes:
         data = download_bytes(url, URL_TIMEOUT)
@@ -326,16 +286,14 @@ def _iter_list(name: str, path: str, ctx: _Context, parents: tuple[str, ...]) ->
         return
     entries = 0
     with fp:
-        lineno = 0
-        while True:
+        for lineno in itertools.count(1):
             try:
                 raw = fp.readline()
             except OSError as err:
-                yield _failed(f"{name}:{lineno + 1}", f"cannot read list ({_os_reason(err)})")
+                yield _failed(f"{name}:{lineno}", f"cannot read list ({_os_reason(err)})")
                 return
             if not raw:
                 break
-            lineno += 1
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").strip()
             except UnicodeDecodeError:
@@ -355,26 +313,26 @@ def _iter_list(name: str, path: str, ctx: _Context, parents: tuple[str, ...]) ->
 def _pick_columns(names: list[str], ctx: _Context) -> tuple[int, int | None] | str:
     """(path column index, caption column index or None), or why no path column fits."""
     folded = [n.strip().lower() for n in names]
+
+    def find(wanted: str) -> int | None:  # the exact name first, then case-insensitively
+        if wanted in names:
+            return names.index(wanted)
+        return folded.index(wanted.strip().lower()) if wanted.strip().lower() in folded else None
+
     if ctx.column is not None:
-        if ctx.column in names:
-            index = names.index(ctx.column)
-        elif ctx.column.strip().lower() in folded:
-            index = folded.index(ctx.column.strip().lower())
-        else:
+        index = find(ctx.column)
+        if index is None:
             return f"no column {ctx.column!r} ({_listed(names)})"
     else:
         found = next((c for c in PATH_COLUMNS if c in folded), None)
         if found is None:
             return f"no path or URL column ({_listed(names)}); pick one with --column"
         index = folded.index(found)
-    if ctx.caption_column is not None:
-        wanted = ctx.caption_column
-        if wanted in names:
-            return index, names.index(wanted)
-        if wanted.strip().lower() in folded:
-            return index, folded.index(wanted.strip().lower())
-        return f"no caption column {wanted!r} ({_listed(names)})"
-    caption = next((folded.index(c) for c in CAPTION_COLUMNS if c in folded and folded.index(c) != index), None)
+    if ctx.caption_column is None:
+        return index, next((folded.index(c) for c in CAPTION_COLUMNS if c in folded and folded.index(c) != index), None)
+    caption = find(ctx.caption_column)
+    if caption is None:
+        return f"no caption column {ctx.caption_column!r} ({_listed(names)})"
     return index, caption
 
 
@@ -403,15 +361,13 @@ def _manifest_item(manifest: str, where: str, value: object, caption: object, ct
         return replace(_url_item(entry, ctx, text), origin=where)
     name = _resolve(manifest, entry)
     path = Path(os.path.expanduser(name))
-    return InputItem(name, read=_file_reader(path, name), path=path, caption=text, origin=where)
+    return InputItem(name, read=partial(read_file, path, name), path=path, caption=text, origin=where)
 
 
 def _caption_text(value: object) -> str | None:
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
-    if not isinstance(value, str):
-        return None
-    return value.strip() or None
+    return (value.strip() or None) if isinstance(value, str) else None
 
 
 def _iter_csv(name: str, path: str, ctx: _Context, delimiter: str) -> Iterator[InputItem]:
@@ -463,23 +419,18 @@ def _csv_reason(err: BaseException) -> str:
     return one_line(err, 120)
 
 
-def _parquet() -> Any:
+def _iter_parquet(name: str, path: str, ctx: _Context) -> Iterator[InputItem]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise Image2PromptError("reading Parquet manifests needs pyarrow: pip install pyarrow") from None
-    return pq
-
-
-def _iter_parquet(name: str, path: str, ctx: _Context) -> Iterator[InputItem]:
-    pq = _parquet()
     try:
         pf = pq.ParquetFile(path)
         names = list(pf.schema_arrow.names)
     except Exception as err:  # noqa: BLE001  pyarrow raises ArrowInvalid, OSError, ...
         yield _failed(name, f"cannot read Parquet file ({one_line(err, 120)})")
         return
-    try:
+    with pf:
         picked = _pick_columns(names, ctx)
         if isinstance(picked, str):
             yield _failed(name, picked)
@@ -492,34 +443,27 @@ def _iter_parquet(name: str, path: str, ctx: _Context) -> Iterator[InputItem]:
         while True:
             try:
                 batch = next(batches, None)
-                if batch is not None:
-                    values = batch.column(0).to_pylist()
-                    captions = batch.column(1).to_pylist() if caption_index is not None else [None] * len(values)
+                if batch is None:
+                    break
+                values = batch.column(0).to_pylist()
+                captions = batch.column(1).to_pylist() if caption_index is not None else [None] * len(values)
             except Exception as err:  # noqa: BLE001
                 yield _failed(name, f"cannot read Parquet file after {row} rows ({one_line(err, 120)})")
                 return
-            if batch is None:
-                break
             for value, caption in zip(values, captions, strict=True):
                 row += 1
                 yield _manifest_item(name, f"{name}:{row}", value, caption, ctx, column)
         if not row:
             yield _failed(name, "manifest has no rows")
-    finally:
-        close = getattr(pf, "close", None)
-        if close is not None:
-            close()
 
 
 # --- WebDataset shards -------------------------------------------------------------
 
 
 class _StrictInfo(tarfile.TarInfo):
-    """Reads headers as tarfile does, except that an archive cut short is damage.
-
-    tarfile ends a stream quietly at a missing, short or garbled header past the first;
-    a shard is only whole when it ends with its end-of-archive block.
-    """
+    """Reads headers as tarfile does, except that an archive cut short is damage: tarfile ends a stream
+    quietly at a missing, short or garbled header past the first; a shard is only whole when it ends
+    with its end-of-archive block."""
 
     @classmethod
     def fromtarfile(cls, archive: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
@@ -555,8 +499,7 @@ def _iter_shard(name: str, path: str, ctx: _Context) -> Iterator[InputItem]:
         try:
             tf = tarfile.open(fileobj=fp, mode="r|*", tarinfo=_StrictInfo)
         except _DAMAGE as err:
-            reason = "empty file" if str(err) == "empty file" else f"not a tar file ({_tar_reason(err)})"
-            yield _failed(name, reason)
+            yield _failed(name, "empty file" if str(err) == "empty file" else f"not a tar file ({_tar_reason(err)})")
             return
         with tf:
             yield from _shard_items(name, tf, (ctx.caption_column or "txt").strip().lower().lstrip("."))
@@ -609,22 +552,24 @@ def _shard_items(name: str, tf: tarfile.TarFile, caption_ext: str = "txt") -> It
 
 
 def _sample(images: list[InputItem], caption: str | None) -> list[InputItem]:
-    if caption is None:
-        return images
-    return [replace(i, caption=caption) if i.read else i for i in images]
+    return images if caption is None else [replace(i, caption=caption) if i.read else i for i in images]
 
 
 def _member_item(tf: tarfile.TarFile, member: tarfile.TarInfo, source: str) -> InputItem:
+    try:
+        data = _member_image(tf, member, source)
+    except ImageLoadError as err:
+        return InputItem(source, error=err)
+    return InputItem(source, read=lambda: data)
+
+
+def _member_image(tf: tarfile.TarFile, member: tarfile.TarInfo, source: str) -> bytes:
+    """A shard member's image bytes, or :class:`ImageLoadError` (too big, empty); damage raises as tarfile does."""
     if member.size > MAX_FILE_BYTES:
-        return _failed(source, _too_big())
+        raise ImageLoadError(source, _too_big())
     if member.size == 0:
-        return _failed(source, "empty file")
-    data = _member_bytes(tf, member, MAX_FILE_BYTES)
-
-    def read() -> bytes:
-        return data
-
-    return InputItem(source, read=read)
+        raise ImageLoadError(source, "empty file")
+    return _member_bytes(tf, member, MAX_FILE_BYTES)
 
 
 def _member_text(tf: tarfile.TarFile, member: tarfile.TarInfo) -> str | None:
@@ -659,12 +604,7 @@ def _shard_member_item(name: str, path: str) -> InputItem | None:
         if parent.name and _container_kind(parent.name) == "tar" and os.path.isfile(parent):
             member = parts.relative_to(parent).as_posix()
             shard_name = name[: len(name) - len(member) - 1] if name.endswith(member) else str(parent)
-            shard = str(parent)
-
-            def read() -> bytes:  # returned at once: the loop never moves on under it
-                return _read_member(shard, shard_name, member, name)  # noqa: B023
-
-            return InputItem(name, read=read)
+            return InputItem(name, read=partial(_read_member, str(parent), shard_name, member, name))
     return None
 
 
@@ -675,12 +615,7 @@ def _read_member(shard: str, shard_name: str, member: str, source: str) -> bytes
                 while (info := tf.next()) is not None:
                     del tf.members[:]  # type: ignore[attr-defined]  # TarFile.members: real, not in typeshed
                     if info.name == member and info.isfile():
-                        if info.size > MAX_FILE_BYTES:
-                            raise ImageLoadError(source, _too_big())
-                        data = _member_bytes(tf, info, MAX_FILE_BYTES)
-                        if not data:
-                            raise ImageLoadError(source, "empty file")
-                        return data
+                        return _member_image(tf, info, source)
         except _DAMAGE as err:
             raise ImageLoadError(source, f"damaged shard ({_tar_reason(err)})") from None
     raise ImageLoadError(source, f"no member {member} in {shard_name}")
@@ -698,23 +633,14 @@ def _manifest_row_item(name: str, path: str, ctx: _Context) -> InputItem | None:
     manifest = match["manifest"]
     shown = name[: len(name) - len(match["row"]) - 1]
     wanted = f"{shown}:{match['row']}"
-    kind = _container_kind(manifest)
-    rows = _iter_parquet(shown, manifest, ctx) if kind == "parquet" else \
-        _iter_csv(shown, manifest, ctx, "\t" if kind == "tsv" else ",")
-    try:
+    with closing(_container(shown, manifest, ctx, ())) as rows:
         for item in rows:
             if item.source == wanted or item.origin == wanted:
                 return item
             if item.source == shown and item.error is not None:  # the manifest itself fails now
                 return InputItem(wanted, error=ImageLoadError(wanted, item.error.reason))
-    finally:
-        close = getattr(rows, "close", None)
-        if close is not None:
-            close()
     return _failed(wanted, f"no such row in {shown}")
 
 
 def _os_reason(err: OSError) -> str:
-    if isinstance(err, PermissionError):
-        return "permission denied"
-    return (err.strerror or str(err)).lower()
+    return "permission denied" if isinstance(err, PermissionError) else (err.strerror or str(err)).lower()

@@ -1,22 +1,17 @@
 """What ``--retry-failed`` needs to know: the settings and models the failed inputs ran with.
 
-A record keeps only the settings' ``fingerprint`` (a hash), which cannot be turned back into
-settings. So beside the failure manifest ``FILE.failed.txt`` (one failed input per line), the
-run that wrote it leaves ``FILE.failed.json``: its settings, models and output options::
+A record keeps only the settings' ``fingerprint`` (a hash), which cannot be turned back into settings.
+So beside the failure manifest ``FILE.failed.txt`` (one failed input per line), the run that wrote it
+leaves ``FILE.failed.json`` (:func:`describe_run`, :func:`write_run`, :func:`read_run`): its settings,
+models and output options::
 
     {"fingerprint": "...", "settings": {...}, "clip": [...], "captioner": "...",
      "vocab": [...], "caption": null, "outputs": {"sidecar": {...}, "store_features": null, ...}}
 
-:func:`describe_run` makes that object, :func:`write_run` writes it (or removes a stale one
-when a run does not describe itself) and :func:`read_run` reads it back. A retry then searches
-with exactly these settings and models, whatever the retry's own defaults are:
-:func:`plan_retry` is the policy every front end calls. It refuses
-(:class:`RetryRefused`, in one line) a setting given on the retry that says otherwise.
-Local model folders and vocabulary paths are kept absolute, so a
-retry from another folder finds them (a local captioner's name is kept as it was given: the
-fingerprint holds it).
-
-No torch here.
+A retry then searches with exactly these settings and models, whatever its own defaults are:
+:func:`plan_retry`, the policy every front end calls, refuses (:class:`RetryRefused`, in one line) a
+setting given on the retry that says otherwise. Local model folders and vocabulary paths are kept
+absolute, so a retry from another folder finds them. No torch here.
 """
 
 from __future__ import annotations
@@ -31,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SettingsError, one_line
 from ..settings import SearchSettings
+from .records.writers import synced, temp_beside
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..interrogator import Config
@@ -51,27 +47,25 @@ def run_path(output: str | os.PathLike[str]) -> Path:
 def normalise_clip(name: str) -> str:
     """A CLIP model name with a local folder made absolute (``local-dir:PATH``), to compare and store."""
     if name.startswith("local-dir:"):
-        return "local-dir:" + os.path.abspath(os.path.expanduser(name[len("local-dir:"):]))
+        return "local-dir:" + _absolute(name[len("local-dir:"):])
     return name
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def describe_run(config: Config, settings: SearchSettings, caption: str | None,
                  fingerprint: str | None, outputs: dict[str, Any] | None = None,
                  caption_column: str | None = None) -> dict[str, Any]:
-    """The run's settings and models, as the failure manifest keeps them (JSON types only);
-    ``outputs``: its output options (``sidecar``, ``store_features``, ``store_scores``), which a
-    retry takes too unless it is given its own; ``caption_column``: where its images' own
-    captions came from (part of each input's key)."""
-    return {
-        "caption_column": caption_column,
-        "outputs": dict(outputs or {}),
-        "fingerprint": fingerprint,
-        "settings": settings.to_dict(),
-        "clip": [normalise_clip(n) for n in config.clip_models],
-        "captioner": config.captioner,  # as given: its name is part of the fingerprint
-        "vocab": [os.path.abspath(os.path.expanduser(v)) for v in config.vocab],
-        "caption": caption,
-    }
+    """The run's settings and models, as the failure manifest keeps them (JSON types only); ``outputs``:
+    its output options (``sidecar``, ``store_features``, ``store_scores``), which a retry takes too unless
+    it is given its own; ``caption_column``: where its images' own captions came from (part of each
+    input's key)."""
+    return {"caption_column": caption_column, "outputs": dict(outputs or {}), "fingerprint": fingerprint,
+            "settings": settings.to_dict(), "clip": [normalise_clip(n) for n in config.clip_models],
+            "captioner": config.captioner,  # as given: its name is part of the fingerprint
+            "vocab": [_absolute(v) for v in config.vocab], "caption": caption}
 
 
 def run_outputs(sidecar: SidecarOptions | None, store_features: str | os.PathLike[str] | None,
@@ -90,12 +84,9 @@ def write_run(output: str | os.PathLike[str], run: dict[str, Any] | None) -> Non
         if run is None:
             path.unlink(missing_ok=True)
             return
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            json.dump(run, f, sort_keys=True, ensure_ascii=False, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
+        tmp = temp_beside(path)
+        with synced(tmp) as f:
+            f.write((json.dumps(run, sort_keys=True, ensure_ascii=False, indent=1) + "\n").encode())
         os.replace(tmp, path)
     except OSError as err:
         log.warning("%s: cannot write the settings of the failed inputs (%s)", path, err.strerror or err)
@@ -106,12 +97,10 @@ def read_run(output: str | os.PathLike[str]) -> dict[str, Any] | None:
     earlier version, or a run that does not describe itself)."""
     path = run_path(output)
     try:
-        with open(path, encoding="utf-8") as f:
-            run = json.load(f)
-    except FileNotFoundError:
-        return None
+        run = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        log.warning("%s: cannot read the settings of the failed inputs (%s)", path, err)
+        if not isinstance(err, FileNotFoundError):
+            log.warning("%s: cannot read the settings of the failed inputs (%s)", path, err)
         return None
     return run if isinstance(run, dict) and isinstance(run.get("settings"), dict) else None
 
@@ -122,7 +111,6 @@ def read_run(output: str | os.PathLike[str]) -> dict[str, Any] | None:
 #: ``given`` and ``names`` use (``min_flavors`` and ``max_flavors`` are one: ``flavors``).
 RETRY_SETTINGS = ("mode", "negative", "beam", "max_tokens", "chunks", "candidates", "min_flavors", "max_flavors",
                   "floor")
-_SHOWN_AS = {"min_flavors": "flavors", "max_flavors": "flavors"}
 
 
 class RetryRefused(SettingsError):
@@ -132,10 +120,9 @@ class RetryRefused(SettingsError):
 
 @dataclass(frozen=True)
 class RetryPlan:
-    """What a retry of the failed inputs runs with: the failed run's settings, models and caption,
-    and (``outputs``) the output options of that run the retry was not given, by name:
-    ``sidecar``, ``on_existing``, ``prefix``, ``suffix``, ``dedupe``, ``store_features``,
-    ``store_scores``."""
+    """What a retry of the failed inputs runs with: the failed run's settings, models and caption, and
+    (``outputs``) the output options of that run the retry was not given, by name: ``sidecar``,
+    ``on_existing``, ``prefix``, ``suffix``, ``dedupe``, ``store_features``, ``store_scores``."""
 
     settings: SearchSettings
     clip: list[str]
@@ -156,9 +143,7 @@ def retry_outputs(run: Mapping[str, Any], given: Collection[str] = ()) -> dict[s
     if side is not None and "sidecar" not in given:
         out.update(sidecar=side.get("ext"), on_existing=side.get("on_existing", "skip"), prefix=side.get("prefix"),
                    suffix=side.get("suffix"), dedupe=bool(side.get("dedupe")))
-    for key in ("store_features", "store_scores"):
-        if kept.get(key) is not None and key not in given:
-            out[key] = kept[key]
+    out.update({k: kept[k] for k in ("store_features", "store_scores") if kept.get(k) is not None and k not in given})
     return out
 
 
@@ -169,20 +154,18 @@ def plan_retry(output: str | os.PathLike[str], settings: SearchSettings, *, clip
     """The retry of ``output``'s failed inputs: the settings and models they ran with (kept in
     ``FILE.failed.json``), not the retry's defaults, and the output options of that run.
 
-    ``settings``, ``clip``, ``captioner`` (``"auto"``, a name or None), ``vocab`` and ``caption``
-    are the retry's own; ``given`` names those the user gave explicitly: any of
-    :data:`RETRY_SETTINGS`, ``clip``, ``captioner``, ``caption``, ``caption_column``, ``vocab``, and the output
-    options ``sidecar``, ``store_features``, ``store_scores`` (a given one is kept, not the run's).
-    A given setting or model that differs from the run's raises :class:`RetryRefused`, one line
-    naming each difference in the front end's words (``names``: ``{"mode": "--mode", ...,
-    "flavors": "--flavors", "retry": "--retry-failed"}``; a name left out is shown as is).
-    Without a kept run (an earlier version's manifest) the retry's own settings are returned,
-    and the engine refuses them if no failed input ran with them.
+    ``settings``, ``clip``, ``captioner`` (``"auto"``, a name or None), ``vocab`` and ``caption`` are the
+    retry's own; ``given`` names those the user gave explicitly: any of :data:`RETRY_SETTINGS`, ``clip``,
+    ``captioner``, ``caption``, ``caption_column``, ``vocab``, and the output options ``sidecar``,
+    ``store_features``, ``store_scores`` (a given one is kept, not the run's). A given setting or model
+    that differs from the run's raises :class:`RetryRefused`, one line naming each difference in the
+    front end's words (``names``: ``{"mode": "--mode", ..., "flavors": "--flavors", "retry":
+    "--retry-failed"}``; a name left out is shown as is). Without a kept run (an earlier version's
+    manifest) the retry's own settings are returned, and the engine refuses them if no failed input
+    ran with them.
     """
-    words = dict(names or {})
-
-    def word(key: str) -> str:
-        return words.get(key, key)
+    def word(key: str) -> str:  # the front end's name for an option
+        return (names or {}).get(key, key)
 
     run = read_run(output)
     if run is None:
@@ -193,36 +176,29 @@ def plan_retry(output: str | os.PathLike[str], settings: SearchSettings, *, clip
         raise RetryRefused(f"{word('retry')}: cannot use the settings kept in {output}.failed.json ({one_line(err)}); "
                            f"retry with the options of that run, without {word('retry')}") from None
 
-    differences: list[str] = []
-
-    def differ(key: str, theirs: Any, ours: Any, theirs_settings: SearchSettings | None = None,
-               ours_settings: SearchSettings | None = None) -> None:
-        entry = f"{_shown(word(key), key, theirs, theirs_settings)}, not {_shown(word(key), key, ours, ours_settings)}"
-        if entry not in differences:
-            differences.append(entry)
-
-    for name in RETRY_SETTINGS:
-        ours, theirs = getattr(settings, name), getattr(stored, name)
-        if ours != theirs and name in given:
-            differ(_SHOWN_AS.get(name, name), theirs, ours, stored, settings)
-    stored_clip = [str(c) for c in run.get("clip") or []]
-    if "clip" in given and [normalise_clip(c) for c in clip] != stored_clip:
-        differ("clip", stored_clip, list(clip))
-    stored_captioner = run.get("captioner")
     from ..interrogator import Config  # no torch: the load-time settings only
 
     resolved = Config(caption_model=captioner, low_vram=low_vram).captioner  # "auto" is the model it picks
-    if "captioner" in given and resolved != stored_captioner:
-        differ("captioner", stored_captioner or "none", captioner or "none")
-    stored_caption = run.get("caption")
-    if "caption" in given and caption != stored_caption:
-        differ("caption", stored_caption, caption)
-    stored_column = run.get("caption_column")
-    if "caption_column" in given and caption_column != stored_column:
-        differ("caption_column", stored_column, caption_column)
+    stored_clip = [str(c) for c in run.get("clip") or []]
     stored_vocab = [str(v) for v in run.get("vocab") or []]
-    if "vocab" in given and [os.path.abspath(os.path.expanduser(v)) for v in vocab] != stored_vocab:
-        differ("vocab", stored_vocab, list(vocab))
+    stored_captioner, stored_caption, stored_column = run.get("captioner"), run.get("caption"), run.get("caption_column")
+    # (the name ``given`` uses, the run's value, the retry's, whether they differ)
+    checks: list[tuple[str, Any, Any, bool]] = [
+        (n, getattr(stored, n), getattr(settings, n), getattr(settings, n) != getattr(stored, n)) for n in RETRY_SETTINGS]
+    checks += [
+        ("clip", stored_clip, list(clip), [normalise_clip(c) for c in clip] != stored_clip),
+        ("captioner", stored_captioner or "none", captioner or "none", resolved != stored_captioner),
+        ("caption", stored_caption, caption, caption != stored_caption),
+        ("caption_column", stored_column, caption_column, caption_column != stored_column),
+        ("vocab", stored_vocab, list(vocab), [_absolute(v) for v in vocab] != stored_vocab),
+    ]
+    differences: dict[str, None] = {}  # each once, in order
+    for key, theirs, ours, differs in checks:
+        if key in given and differs:
+            if key.endswith("_flavors"):  # shown as one: --flavors MIN,MAX
+                key, theirs = "flavors", f"{stored.min_flavors},{stored.max_flavors}"
+                ours = f"{settings.min_flavors},{settings.max_flavors}"
+            differences[f"{_shown(word(key), key, theirs)}, not {_shown(word(key), key, ours)}"] = None
     if differences:
         raise RetryRefused(f"{word('retry')}: the failed inputs of {output} ran with {'; '.join(differences)}; "
                            "leave those options out to retry them as they ran")
@@ -230,10 +206,8 @@ def plan_retry(output: str | os.PathLike[str], settings: SearchSettings, *, clip
                      retry_outputs(run, given), stored_column)
 
 
-def _shown(word: str, key: str, value: Any, settings: SearchSettings | None = None) -> str:
+def _shown(word: str, key: str, value: Any) -> str:
     """A setting's value as a difference names it: ``--mode fast``, ``--flavors 8,32``, ``no --chunks``."""
-    if key == "flavors" and settings is not None:
-        return f"{word} {settings.min_flavors},{settings.max_flavors}"
     if isinstance(value, bool):
         return word if value else f"no {word}"
     if value is None:

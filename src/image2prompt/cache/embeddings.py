@@ -1,14 +1,12 @@
 """Embedding cache: one safetensors file per (model, table), in the reference's format.
 
-The reference's own lists (canonical tables: the classic pack, the standard
-trendings) keep its file names, ``{model with '/' and '@' -> '_'}_{table}.safetensors``,
-so caches written by ``clip-interrogator`` and its precomputed files are reused and
-vice versa. Every other table's file is ``{model}_{table}_{sha256[:16]}.safetensors``,
-so switching vocabularies never overwrites another vocabulary's file. Files hold
-``embeds`` (fp16 [N, D]) and ``hash`` (int8 codes of the sha256 hex digest of the
-labels joined with ","); they are validated on every read and written atomically.
-Ours add each label's token ids, and ``i2p_quick_gelu`` when the model was built with the
-QuickGELU its weights were trained with (the reference ignores both).
+The reference's own lists (canonical tables: the classic pack, the standard trendings) keep its file names,
+``{model with '/' and '@' -> '_'}_{table}.safetensors``, so caches written by ``clip-interrogator`` and its precomputed
+files are reused and vice versa. Every other table's file is ``{model}_{table}_{sha256[:16]}.safetensors``, so switching
+vocabularies never overwrites another vocabulary's file. Files hold ``embeds`` (fp16 [N, D]) and ``hash`` (int8 codes
+of the sha256 hex digest of the labels joined with ","); they are validated on every read and written atomically. Ours
+add each label's token ids, and ``i2p_quick_gelu`` when the model was built with the QuickGELU its weights were
+trained with (the reference ignores both).
 """
 
 from __future__ import annotations
@@ -111,10 +109,8 @@ class EmbeddingCache:
         if blocker is None:
             return
         where = "this is a file" if blocker == self.directory else f"{blocker} is a file"
-        raise CacheError(
-            f"{self.directory}: the embedding cache must be a folder, but {where}; "
-            "pass --cache-dir to use another folder"
-        )
+        raise CacheError(f"{self.directory}: the embedding cache must be a folder, but {where}; "
+                         "pass --cache-dir to use another folder")
 
     # -- reading -----------------------------------------------------------
     def load(self, model_key: str, table: PhraseTable, *, dim: int | None = None,
@@ -127,12 +123,11 @@ class EmbeddingCache:
                    quick_gelu: bool = False) -> CachedTable | None:
         """Embeddings and, when stored, token ids for ``table``; None if absent or invalid.
 
-        ``quick_gelu``: the model is built with QuickGELU where open_clip 2.29 and later
-        build GELU (``ClipEncoder.quick_gelu_forced``); a file of ours without the mark was
-        computed with GELU and is stale (the reference's files, which carry no token ids,
-        cannot be told apart and are read as they are). An invalid file is reported in one
-        warning that says why (another vocabulary list, another model, a damaged file, the
-        wrong activation); the caller recomputes and overwrites it.
+        ``quick_gelu``: the model is built with QuickGELU where open_clip 2.29 and later build GELU
+        (``ClipEncoder.quick_gelu_forced``); a file of ours without the mark was computed with GELU and is stale (the
+        reference's files, which carry no token ids, cannot be told apart and are read as they are). An invalid file
+        is reported in one warning that says why (another vocabulary list, another model, a damaged file, the wrong
+        activation); the caller recomputes and overwrites it.
         """
         path = self.path_for(model_key, table)
         if not path.exists() and self.download and table.canonical and _published(model_key):
@@ -207,8 +202,7 @@ class EmbeddingCache:
              token_ids: list[list[int]] | None = None, *, quick_gelu: bool = False) -> Path:
         """Write ``embeds`` (and optionally each label's token ids) for ``table`` atomically.
 
-        Token ids go in two extra tensors that the reference ignores, so the file
-        stays readable by clip-interrogator.
+        Token ids go in two extra tensors that the reference ignores, so the file stays readable by clip-interrogator.
         """
         from safetensors.numpy import save
 
@@ -229,10 +223,8 @@ class EmbeddingCache:
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.directory)
         except OSError as e:
             self.check()  # a file where the folder should be: say so, not "File exists"
-            raise CacheError(
-                f"{self.directory}: cannot write the embedding cache ({e.strerror or e}); "
-                "pass --cache-dir to use another folder"
-            ) from None
+            raise CacheError(f"{self.directory}: cannot write the embedding cache ({e.strerror or e}); "
+                             "pass --cache-dir to use another folder") from None
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(payload)
@@ -255,11 +247,10 @@ class EmbeddingCache:
 
     def clear(self) -> int:
         """Delete every cached table; return how many files were removed."""
-        n = 0
-        for entry in list(self.entries()):
+        entries = list(self.entries())
+        for entry in entries:
             entry.path.unlink(missing_ok=True)
-            n += 1
-        return n
+        return len(entries)
 
 
 def _unpack_ids(tensors: dict[str, np.ndarray], n: int) -> list[list[int]] | None:
@@ -269,20 +260,15 @@ def _unpack_ids(tensors: dict[str, np.ndarray], n: int) -> list[list[int]] | Non
     if n and (offsets[0] != 0 or np.any(np.diff(offsets) < 0)):
         return None
     values = flat.tolist()
-    bounds = offsets.tolist()
-    return [values[a:b] for a, b in itertools.pairwise(bounds)]
+    return [values[a:b] for a, b in itertools.pairwise(offsets.tolist())]
 
 
 def _fsync_dir(directory: Path) -> None:
     if os.name != "posix":
         return
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -7,7 +7,7 @@ import json
 import click
 
 from ..errors import ImageLoadError
-from ..io import ImageSource, expand_sources, load_image
+from ..io import expand_sources, load_image
 from ..render import format_analysis
 from .app import CONTEXT_SETTINGS, FatalError, fatal_errors, load_interrogator, model_config
 from .options import max_pixels_option, model_options, pick_captioner, pick_clip, verbosity_options
@@ -38,10 +38,10 @@ def analyze(image: str, top_n: int, target: str | None, clip_name: tuple[str, ..
     sources = list(expand_sources(image))
     if len(sources) != 1:
         raise click.UsageError(f"analyze takes one image; {image!r} gave {len(sources)}")
+    source = sources[0]
     try:
-        if isinstance(sources[0], ImageLoadError):
-            raise sources[0]
-        source: ImageSource = sources[0]
+        if isinstance(source, ImageLoadError):
+            raise source
         img = load_image(source, max_pixels=max_pixels)
     except ImageLoadError as err:
         raise FatalError(str(err)) from None

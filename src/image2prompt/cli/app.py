@@ -1,10 +1,7 @@
 """What every command shares: the ``image2prompt`` group, its errors and model loading.
 
 Only the standard library and click are imported here; torch, open_clip and transformers
-load when a model does (:func:`load_interrogator`). The commands live one per module
-(``run``, ``batch``, ``analyze``, ``models``, ``cache``, ``serve``, ``report``) and
-:mod:`image2prompt.cli.main` adds them to :data:`cli`; they import from here and from
-:mod:`image2prompt.cli.options`, never from each other or from ``main``.
+load when a model does (:func:`load_interrogator`).
 """
 
 from __future__ import annotations
@@ -18,17 +15,14 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 
 from .. import __version__
-from ..errors import RAISE_MAX_PIXELS, Image2PromptError
-from .progress import PROG, table_progress
+from ..errors import Image2PromptError
+from .progress import PROG, cli_words, table_progress
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..interrogator import Config, Interrogator
 
 DEFAULT_COMMAND = "run"
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-# --- errors -----------------------------------------------------------------------
 
 
 class FatalError(click.ClickException):
@@ -49,18 +43,6 @@ class UsageLine(FatalError):
     exit_code = 2
 
 
-#: The library's front-end-neutral words for a setting -> the option that sets it here.
-_CLI_WORDS = {RAISE_MAX_PIXELS: "raise it with --max-pixels N, or --max-pixels none"}
-
-
-def cli_words(message: str) -> str:
-    """A library message in the command line's words: where it says how to change a setting,
-    it names the option (``--max-pixels``)."""
-    for neutral, ours in _CLI_WORDS.items():
-        message = message.replace(neutral, ours)
-    return message
-
-
 @contextmanager
 def fatal_errors(debug: bool, *types_: type[BaseException]) -> Iterator[None]:
     """Turn library errors into :class:`FatalError`; ``--debug`` keeps the traceback."""
@@ -73,8 +55,6 @@ def fatal_errors(debug: bool, *types_: type[BaseException]) -> Iterator[None]:
         raise FatalError(str(err)) from None
 
 
-# --- the default-command group -------------------------------------------------------
-
 #: ``ctx.meta`` key: DefaultGroup put the default command's name in front of the arguments.
 _DEFAULT_INSERTED = "image2prompt.default_command_inserted"
 
@@ -85,12 +65,8 @@ class _ImplicitCommandUsageError(click.UsageError):
 
     def __init__(self, original: click.UsageError, group_ctx: click.Context) -> None:
         super().__init__(original.format_message(), original.ctx)
-        self.original = original
         self.group_ctx = group_ctx
         self.exit_code = original.exit_code  # type: ignore[misc]  # click reads it off the instance
-
-    def format_message(self) -> str:
-        return self.original.format_message()
 
     def show(self, file: IO[Any] | None = None) -> None:
         sub = self.ctx
@@ -110,26 +86,16 @@ class DefaultGroup(click.Group):
     """A group that sends its arguments to a default command when they do not start with a
     command name, so ``image2prompt photo.jpg`` means ``image2prompt run photo.jpg``."""
 
-    def __init__(self, *args: Any, default_command: str = DEFAULT_COMMAND, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.default_command = default_command
-
-    def _own_options(self, ctx: click.Context) -> set[str]:
-        names: set[str] = set()
-        for param in self.get_params(ctx):
-            names.update(param.opts)
-            names.update(param.secondary_opts)
-        return names
+    default_command = DEFAULT_COMMAND
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in self._own_options(ctx):
+        own = {name for param in self.get_params(ctx) for name in (*param.opts, *param.secondary_opts)}
+        if args and args[0] not in self.commands and args[0] not in own:
             args = [self.default_command, *args]
             ctx.meta[_DEFAULT_INSERTED] = True
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
-        """A usage error of a default command the user did not type shows the usage they wrote
-        (``image2prompt [OPTIONS] PATH_OR_URL...``), not ``image2prompt run ...``."""
         try:
             return super().invoke(ctx)
         except click.UsageError as err:
@@ -182,9 +148,6 @@ def cli() -> None:
     """
 
 
-# --- models -------------------------------------------------------------------------------
-
-
 def model_config(*, clip: Sequence[str], captioner: str | None, device: str, precision: str,
                  caption_precision: str | None, cache_dir: str | None, vocab: Sequence[str], low_vram: bool,
                  memory_budget_mb: int | None = None, batch_size: int | None = None) -> Config:
@@ -207,9 +170,8 @@ def load_interrogator(config: Config, *, show_progress: bool, debug: bool,
         from ..interrogator import Interrogator
 
         if show_progress:
-            name = config.captioner
             clips = [config.clip_model] if isinstance(config.clip_model, str) else list(config.clip_model)
-            what = " + ".join(clips) + (f" and {name}" if name else "")
+            what = " + ".join(clips) + (f" and {config.captioner}" if config.captioner else "")
             (say or (lambda m: click.echo(m, err=True)))(f"{PROG}: loading {what}...")
         else:
             _quiet_library_progress()
@@ -219,12 +181,9 @@ def load_interrogator(config: Config, *, show_progress: bool, debug: bool,
 def _quiet_library_progress() -> None:
     """Silence the download and weight-loading bars of huggingface_hub and transformers
     (logs and pipes get no carriage-return noise; --quiet means quiet)."""
-    try:
-        from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils import disable_progress_bars
 
-        disable_progress_bars()
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        pass
+    disable_progress_bars()
     if "transformers" in sys.modules:  # it read the hub's setting when it was imported
         try:
             sys.modules["transformers"].utils.logging.disable_progress_bar()

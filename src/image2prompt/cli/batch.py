@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -16,27 +15,9 @@ from ..batch.records import OutputError, format_for
 from ..batch.retry import RetryPlan, RetryRefused, plan_retry
 from ..batch.sidecars import ON_EXISTING
 from ..settings import SearchSettings
-from .app import (
-    CONTEXT_SETTINGS,
-    FatalError,
-    UsageLine,
-    cli_words,
-    fatal_errors,
-    load_interrogator,
-    model_config,
-)
-from .options import (
-    check_caption,
-    input_options,
-    model_options,
-    pick_captioner,
-    pick_clip,
-    search_options,
-    search_settings,
-    verbosity_options,
-    warn_unused_beam,
-)
-from .progress import PROG, progress_enabled, setup_logging
+from .app import CONTEXT_SETTINGS, FatalError, UsageLine, fatal_errors, load_interrogator, model_config
+from .options import input_options, model_options, pick_models, search_options, search_settings, verbosity_options
+from .progress import PROG, Reporter, progress_enabled, setup_logging
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..interrogator import Interrogator
@@ -69,24 +50,18 @@ _RETRY_PARAMS: dict[str, tuple[str, ...]] = {
 _RETRY_WORDS = {"mode": "--mode", "negative": "--negative", "beam": "--beam", "max_tokens": "--max-tokens",
                 "chunks": "--chunks", "candidates": "--candidates", "flavors": "--flavors", "floor": "--floor",
                 "clip": "--clip", "captioner": "--caption-model", "caption": "--caption",
-                "caption_column": "--caption-column", "vocab": "--vocab",
-                "retry": "--retry-failed"}
-
-
-def _given(*params: str) -> bool:
-    """True when one of these parameters of the current command was given (not its default)."""
-    from click.core import ParameterSource
-
-    ctx = click.get_current_context()
-    return any(ctx.get_parameter_source(p) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
-               for p in params)
+                "caption_column": "--caption-column", "vocab": "--vocab", "retry": "--retry-failed"}
 
 
 def _retry_plan(output: str, settings: SearchSettings, clip: list[str], captioner: str | None,
                 vocab: Sequence[str], caption: str | None, caption_column: str | None, low_vram: bool) -> RetryPlan:
     """--retry-failed: the settings, models and output options the failed inputs ran with; a search
     or model option given here that says otherwise is refused, in one line."""
-    given = {key for key, params in _RETRY_PARAMS.items() if _given(*params)}
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    unset = (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    given = {key for key, params in _RETRY_PARAMS.items() if any(ctx.get_parameter_source(p) not in unset for p in params)}
     try:
         return plan_retry(output, settings, clip=clip, captioner=captioner, vocab=vocab, caption=caption,
                           caption_column=caption_column, low_vram=low_vram, given=given, names=_RETRY_WORDS)
@@ -94,22 +69,17 @@ def _retry_plan(output: str, settings: SearchSettings, clip: list[str], captione
         raise FatalError(str(err)) from None
 
 
-class _BatchProgress:
+class _BatchProgress(Reporter):
     """A tqdm bar on a terminal; otherwise a plain line every 30 seconds (nothing with --quiet)."""
 
-    def __init__(self, inputs: Sequence[str], allow_urls: bool, column: str | None, bar: bool,
-                 quiet: bool) -> None:
-        self.bar: Any = None
+    def __init__(self, inputs: Sequence[str], allow_urls: bool, column: str | None, bar: bool, quiet: bool) -> None:
+        super().__init__(None, bar)
         self.quiet = quiet
         self.shown = 0
         self.last = time.monotonic()
-        if bar:
+        if bar:  # the total is counted in the background (a listing, no image read): the ETA appears when known
             import threading
 
-            from tqdm import tqdm
-
-            self.bar = tqdm(desc="Images", unit="img", file=sys.stderr, dynamic_ncols=True)
-            # the total is counted in the background (a listing, no image read): the ETA appears when known
             threading.Thread(target=self._count, args=(inputs, allow_urls, column), daemon=True).start()
 
     def _count(self, inputs: Sequence[str], allow_urls: bool, column: str | None) -> None:
@@ -124,14 +94,6 @@ class _BatchProgress:
             bar.total = total
             bar.refresh()
 
-    def say(self, line: str) -> None:
-        if self.bar is not None:
-            from tqdm import tqdm
-
-            tqdm.write(line, file=sys.stderr)
-        else:
-            click.echo(line, err=True)
-
     def __call__(self, stats: Any) -> None:
         finished = stats.written + stats.skipped
         if self.bar is not None:
@@ -145,14 +107,8 @@ class _BatchProgress:
             click.echo(f"{PROG}: {finished} images: {stats.done + stats.copied} done, {stats.skipped} skipped, "
                        f"{stats.failed} failed ({stats.rate:.2f} images/s)", err=True)
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
-
-@click.command(context_settings=CONTEXT_SETTINGS,
-               short_help="Caption a dataset into JSONL, CSV or Parquet; resumable.")
+@click.command(context_settings=CONTEXT_SETTINGS, short_help="Caption a dataset into JSONL, CSV or Parquet; resumable.")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE", required=True,
               help="The records: .jsonl, .csv or .parquet (or --format). Rerunning the same command "
@@ -175,8 +131,7 @@ class _BatchProgress:
                    "scored from its features after the search (a little time per image). The search and the "
                    "settings' fingerprint are those without it: adding it to a rerun redoes nothing, and the "
                    "records already done stay without scores.")
-@click.option("--sidecar", is_flag=False, flag_value=".txt", default=None, metavar="[EXT]",
-              callback=_sidecar_callback,
+@click.option("--sidecar", is_flag=False, flag_value=".txt", metavar="[EXT]", callback=_sidecar_callback,
               help="Write each prompt beside its image (local files only): photo.txt, or photo.EXT "
                    "(.caption is what kohya reads).")
 @click.option("--on-existing", type=click.Choice(ON_EXISTING), default="skip", show_default=True,
@@ -207,15 +162,13 @@ class _BatchProgress:
 @verbosity_options
 def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with_negative: bool, beam: int,
           max_tokens: int, chunks: bool, candidates: int, flavors: tuple[int, int], floor: float | None,
-          memory_budget: int | None,
-          target: str | None, clip_name: tuple[str, ...], caption_model: str | None, caption: str | None,
-          vocab: tuple[str, ...], device: str, precision: str, caption_precision: str | None, low_vram: bool,
-          cache_dir: str | None,
-          batch_size: int, max_pixels: int | None, allow_urls: bool, column: str | None,
-          caption_column: str | None, store_features: str | None, store_scores: int | None, sidecar: str | None, on_existing: str,
-          prefix: str | None, suffix: str | None, dedupe: bool, retry_failed: bool, ray_address: str | None,
-          encode_actors: int, search_actors: int, gpus_per_actor: float, cpus_per_actor: float,
-          quiet: bool, verbose: bool, debug: bool) -> None:
+          memory_budget: int | None, target: str | None, clip_name: tuple[str, ...], caption_model: str | None,
+          caption: str | None, vocab: tuple[str, ...], device: str, precision: str, caption_precision: str | None,
+          low_vram: bool, cache_dir: str | None, batch_size: int, max_pixels: int | None, allow_urls: bool,
+          column: str | None, caption_column: str | None, store_features: str | None, store_scores: int | None,
+          sidecar: str | None, on_existing: str, prefix: str | None, suffix: str | None, dedupe: bool,
+          retry_failed: bool, ray_address: str | None, encode_actors: int, search_actors: int, gpus_per_actor: float,
+          cpus_per_actor: float, quiet: bool, verbose: bool, debug: bool) -> None:
     """Caption a dataset: one record per image in FILE, resumable, each identical image computed once.
 
     INPUT may be image files, folders, globs, .txt path lists (such as FILE.failed.txt,
@@ -236,12 +189,7 @@ def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with
         format_for(output, fmt)
     except OutputError as err:
         raise UsageLine(str(err)) from None
-    clip = pick_clip(clip_name, target)
-    captioner = pick_captioner(caption_model)
-    check_caption(mode, captioner, caption or caption_column)  # a caption column: each row says
-    warn_unused_beam(mode, beam)
-    if caption or mode == "negative":
-        captioner = None
+    clip, captioner = pick_models(mode, beam, clip_name, target, caption_model, caption, caption_column)
     show_bar = progress_enabled(quiet)
     progress = _BatchProgress(inputs, allow_urls, column, show_bar, quiet)
     with fatal_errors(debug, ValueError):
@@ -249,10 +197,8 @@ def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with
                                    chunks=chunks, candidates=candidates, flavors=flavors, floor=floor)
         if retry_failed:  # the settings, models and output options the failed inputs ran with
             plan = _retry_plan(output, settings, clip, captioner, vocab, caption, caption_column, low_vram)
-            settings, clip, captioner, vocab, caption = (plan.settings, plan.clip, plan.captioner, plan.vocab,
-                                                         plan.caption)
-            caption_column = plan.caption_column
-            outputs = plan.outputs
+            settings, clip, captioner, vocab = plan.settings, plan.clip, plan.captioner, plan.vocab
+            caption, caption_column, outputs = plan.caption, plan.caption_column, plan.outputs
             sidecar, on_existing = outputs.get("sidecar", sidecar), outputs.get("on_existing", on_existing)
             prefix, suffix = outputs.get("prefix", prefix), outputs.get("suffix", suffix)
             dedupe = outputs.get("dedupe", dedupe)
@@ -267,11 +213,12 @@ def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with
     def load() -> Interrogator:  # called once the first image needs the model
         return load_interrogator(config, show_progress=show_bar, debug=debug, say=progress.say)
 
-    job = BatchJob(inputs, output, interrogator=load, settings=settings, config=config, fmt=fmt,
-                   allow_urls=allow_urls, column=column, caption_column=caption_column, batch_size=batch_size,
-                   max_pixels=max_pixels, caption=caption, store_features=store_features, store_scores=store_scores,
-                   sidecar=sidecar_options, retry_failed=retry_failed, progress=progress,
-                   on_error=lambda line: progress.say(f"{PROG}: error: {cli_words(line)}"))
+    both: dict[str, Any] = {  # what the local engine and Ray's are both given
+        "settings": settings, "config": config, "fmt": fmt, "allow_urls": allow_urls, "column": column,
+        "caption_column": caption_column, "batch_size": batch_size, "max_pixels": max_pixels, "caption": caption,
+        "store_features": store_features, "store_scores": store_scores, "sidecar": sidecar_options,
+        "retry_failed": retry_failed, "progress": progress, "on_error": progress.error}
+    job = BatchJob(inputs, output, interrogator=load, **both)
     try:
         with fatal_errors(debug, OSError):
             if ray_address is None:
@@ -279,16 +226,9 @@ def batch(inputs: tuple[str, ...], output: str, fmt: str | None, mode: str, with
             else:
                 from ..batch.ray import run_on_ray
 
-                stats = run_on_ray(list(inputs), output=output, config=config, settings=settings,
-                                   address=None if ray_address == "local" else ray_address,
+                stats = run_on_ray(list(inputs), output=output, address=None if ray_address == "local" else ray_address,
                                    encode_actors=encode_actors, search_actors=search_actors,
-                                   num_gpus_per_actor=gpus_per_actor, num_cpus_per_actor=cpus_per_actor,
-                                   batch_size=batch_size,
-                                   allow_urls=allow_urls, column=column, caption_column=caption_column,
-                                   max_pixels=max_pixels, caption=caption,
-                                   fmt=fmt, store_scores=store_scores, store_features=store_features,
-                                   sidecar=sidecar_options, retry_failed=retry_failed, progress=progress,
-                                   on_error=lambda line: progress.say(f"{PROG}: error: {cli_words(line)}"))
+                                   num_gpus_per_actor=gpus_per_actor, num_cpus_per_actor=cpus_per_actor, **both)
     except FatalError as err:
         if job.stats.seen and ray_address is None:  # it stopped in the middle: say so (the records written stand)
             raise FatalError(f"stopping: {err.format_message()}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -17,10 +18,6 @@ def cache() -> None:
     """Show where cached data lives, or clear the cached vocabulary embeddings."""
 
 
-cache_dir_option = click.option("--cache-dir", type=click.Path(), metavar="DIR", callback=cache_dir_callback,
-                                help="The embedding cache to use (default: the per-user cache).")
-
-
 @cache.command("info")
 @click.option("--cache-dir", type=click.Path(), metavar="DIR",
               help="The embedding cache to show (default: the per-user cache).")
@@ -28,6 +25,8 @@ def cache_info(cache_dir: str | None) -> None:
     """Show where vocabulary embeddings and model weights are cached, and their sizes.
 
     Creates nothing."""
+    from huggingface_hub import constants
+
     emb = EmbeddingCache(cache_dir, download=False)
     entries = list(emb.entries())
     total = sum(e.size_bytes for e in entries)
@@ -42,17 +41,15 @@ def cache_info(cache_dir: str | None) -> None:
         state = "does not exist yet"
     click.echo(f"Vocabulary embeddings: {emb.directory}  ({state})")
     click.echo("  (set IMAGE2PROMPT_CACHE_DIR or pass --cache-dir to move it; `cache clear` empties it)")
-    hub = _hub_cache_dir()
-    if hub.is_dir():
-        state = _size(_tree_size(hub))
-    else:
-        state = "does not exist yet"
+    hub = Path(constants.HF_HUB_CACHE)
+    state = _size(_tree_size(hub)) if hub.is_dir() else "does not exist yet"
     click.echo(f"Model weights (Hugging Face hub cache, also used by open_clip): {hub}  ({state})")
     click.echo("  (set HF_HOME or HF_HUB_CACHE to move it; manage it with `hf cache` / `huggingface-cli`)")
 
 
 @cache.command("clear")
-@cache_dir_option
+@click.option("--cache-dir", type=click.Path(), metavar="DIR", callback=cache_dir_callback,
+              help="The embedding cache to use (default: the per-user cache).")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def cache_clear(cache_dir: str | None, yes: bool) -> None:
     """Delete the cached vocabulary embeddings (model weights are kept).
@@ -74,34 +71,22 @@ def cache_clear(cache_dir: str | None, yes: bool) -> None:
     click.echo(f"Deleted {removed} files ({_size(total)}) from {emb.directory}")
 
 
-def _hub_cache_dir() -> Path:
-    try:
-        from huggingface_hub import constants
-
-        return Path(constants.HF_HUB_CACHE)
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-        return Path(os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub")).expanduser()
-
-
 def _tree_size(root: Path) -> int:
     """Bytes of the regular files under ``root`` (the hub's snapshot symlinks are not counted twice)."""
     total = 0
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            if not os.path.islink(os.path.join(dirpath, name)):
-                total += st.st_size
+            path = os.path.join(dirpath, name)
+            with contextlib.suppress(OSError):
+                if not os.path.islink(path):
+                    total += os.lstat(path).st_size
     return total
 
 
 def _size(n: int) -> str:
     size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
+    for unit in ("B", "KB", "MB"):
+        if size < 1024:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
-    return f"{size:.1f} GB"  # pragma: no cover
+    return f"{size:.1f} GB"

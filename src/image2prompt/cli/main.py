@@ -4,8 +4,8 @@ Only the standard library, click, PIL and numpy are imported up front; torch, op
 transformers load when a model does, so ``--help``, ``models`` and ``cache info`` stay fast.
 
 The commands live one per module over :mod:`image2prompt.cli.app` (the group, errors and
-model loading) and :mod:`image2prompt.cli.options` (the shared options); this module adds
-them to the group. The names below stay importable from here.
+model loading) and :mod:`image2prompt.cli.options` (the shared options), never importing each
+other; this module adds them to the group.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from .analyze import analyze
-from .app import CONTEXT_SETTINGS, FatalError, UsageLine, cli, fatal_errors, load_interrogator, model_config
+from .app import cli, load_interrogator, model_config
 from .batch import batch
 from .cache import cache
 from .models import models
-from .options import check_caption, pick_captioner, pick_clip
 from .progress import PROG
 from .report import report  # matplotlib loads only when it runs
 from .run import run
@@ -34,8 +33,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     raise SystemExit(0)  # pragma: no cover - cli.main always exits in standalone mode
 
 
-__all__ = ["CONTEXT_SETTINGS", "FatalError", "UsageLine", "check_caption", "cli", "fatal_errors",
-           "load_interrogator", "main", "model_config", "pick_captioner", "pick_clip"]
+__all__ = ["cli", "load_interrogator", "main", "model_config"]
 
 if __name__ == "__main__":  # pragma: no cover
     main()

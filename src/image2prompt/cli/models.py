@@ -7,19 +7,11 @@ import click
 from ..catalogue import list_captioners, list_clip_models, list_clip_presets, list_targets
 from .app import CONTEXT_SETTINGS
 
-#: How --clip and --caption-model names are written (the schemes the model registry parses).
-NAME_SCHEMES = [
-    "Name schemes (--clip, --caption-model)",
-    "  ARCH/TAG          an open_clip model and pretrained tag, e.g. ViT-L-14/openai",
-    "  local-dir:PATH    a local folder: open_clip (open_clip_config.json + weights)",
-    "                    or transformers (save_pretrained, config.json)",
-    "  hf-hub:ORG/REPO   an open_clip model on the Hugging Face Hub (--clip)",
-    "  hf:ORG/REPO       a transformers model on the Hub, e.g. hf:openai/clip-vit-large-patch14",
-]
 
-
-def models_listing() -> list[str]:
-    """The lines ``image2prompt models`` prints, built from :mod:`image2prompt.catalogue`."""
+@click.command(context_settings=CONTEXT_SETTINGS, short_help="List targets, CLIP models and captioners.")
+def models() -> None:
+    """List the --target names, the caption models, the model name schemes and the CLIP
+    models open_clip knows (ARCH/TAG). Nothing is loaded or downloaded."""
     out: list[str] = ["Targets (--target): the CLIP backbone of each Stable Diffusion family's text encoder"]
     targets = list_targets()
     width = max(len(t.name) for t in targets)
@@ -38,7 +30,12 @@ def models_listing() -> list[str]:
     out.append(f"  {'none':<{width}}  no captioner: pass --caption TEXT")
     out += [
         "",
-        *NAME_SCHEMES,
+        "Name schemes (--clip, --caption-model)",
+        "  ARCH/TAG          an open_clip model and pretrained tag, e.g. ViT-L-14/openai",
+        "  local-dir:PATH    a local folder: open_clip (open_clip_config.json + weights)",
+        "                    or transformers (save_pretrained, config.json)",
+        "  hf-hub:ORG/REPO   an open_clip model on the Hugging Face Hub (--clip)",
+        "  hf:ORG/REPO       a transformers model on the Hub, e.g. hf:openai/clip-vit-large-patch14",
         "",
         "Presets (--clip NAME): several models scored together (mean similarity)",
         *[f"  {name:<16}  {' + '.join(clips)}" for name, clips in list_clip_presets().items()],
@@ -50,11 +47,4 @@ def models_listing() -> list[str]:
     else:
         out.append(f"CLIP models known to open_clip (--clip ARCH/TAG), {len(names)}:")
         out += [f"  {n}" for n in names]
-    return out
-
-
-@click.command(context_settings=CONTEXT_SETTINGS, short_help="List targets, CLIP models and captioners.")
-def models() -> None:
-    """List the --target names, the caption models, the model name schemes and the CLIP
-    models open_clip knows (ARCH/TAG). Nothing is loaded or downloaded."""
-    click.echo("\n".join(models_listing()))
+    click.echo("\n".join(out))

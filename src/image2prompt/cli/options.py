@@ -39,6 +39,16 @@ def setting_help(name: str, more: str = "") -> str:
     return str(_FIELDS[name].metadata["help"]) + more
 
 
+def _stack(*options: Callable[[F], F]) -> Callable[[F], F]:
+    """One decorator applying ``options`` in the order they are listed (the order --help shows)."""
+    def decorate(f: F) -> F:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
 # --- model options ----------------------------------------------------------------------
 
 
@@ -53,42 +63,36 @@ def _target_callback(ctx: click.Context, param: click.Parameter, value: str | No
 
 
 def model_options(default_captioner_help: str) -> Callable[[F], F]:
-    def decorate(f: F) -> F:
-        for option in reversed([
-            click.option("--target", metavar="|".join(TARGETS), callback=_target_callback,
-                         help="Stable Diffusion family to write for; picks the CLIP backbone its text "
-                              f"encoder uses ({DEFAULT_TARGET} -> {TARGETS[DEFAULT_TARGET]}). "
-                              f"Default: {DEFAULT_TARGET}."),
-            click.option("--clip", "clip_name", metavar="NAME", multiple=True,
-                         help="CLIP model: ARCH/TAG (e.g. ViT-L-14/openai), local-dir:PATH, hf-hub:ORG/REPO "
-                              "or hf:ORG/REPO. Repeat it (or use the preset sdxl-dual) to score with several "
-                              "models at once. Wins over --target. `image2prompt models` lists names."),
-            click.option("--caption-model", metavar="NAME|none",
-                         help=f"Captioner: {', '.join(CAPTION_MODELS)}, local-dir:PATH, hf:ORG/REPO, or none "
-                              f"(then give --caption). {default_captioner_help}"),
-            click.option("--caption", metavar="TEXT",
-                         help="Use this caption for every input instead of generating one."),
-            click.option("--vocab", multiple=True, type=click.Path(), metavar="PATH",
-                         help="A folder of .txt lists replaces the vocabulary; a .txt file adds a category "
-                              "named after the file. Repeatable."),
-            click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N|mps",
-                         help="Where models run."),
-            click.option("--precision", default="auto", show_default=True,
-                         type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
-                         help="Model weights precision (auto: fp16 on CUDA, fp32 elsewhere)."),
-            click.option("--caption-precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
-                         help="The captioner's precision (default: --precision's; auto: fp16 on CUDA, fp32 "
-                              "elsewhere). On a CPU with AMX, bf16 captions about 2.5x faster while CLIP's "
-                              "scores stay fp32; captions may differ from fp32's in a word."),
-            click.option("--low-vram", is_flag=True,
-                         help="Keep only one model on the GPU at a time (run also defaults to blip-base captions)."),
-            click.option("--cache-dir", type=click.Path(), metavar="DIR", callback=cache_dir_callback,
-                         help="Where vocabulary embeddings are cached (default: see `image2prompt cache info`)."),
-        ]):
-            f = option(f)
-        return f
-
-    return decorate
+    return _stack(
+        click.option("--target", metavar="|".join(TARGETS), callback=_target_callback,
+                     help="Stable Diffusion family to write for; picks the CLIP backbone its text "
+                          f"encoder uses ({DEFAULT_TARGET} -> {TARGETS[DEFAULT_TARGET]}). "
+                          f"Default: {DEFAULT_TARGET}."),
+        click.option("--clip", "clip_name", metavar="NAME", multiple=True,
+                     help="CLIP model: ARCH/TAG (e.g. ViT-L-14/openai), local-dir:PATH, hf-hub:ORG/REPO "
+                          "or hf:ORG/REPO. Repeat it (or use the preset sdxl-dual) to score with several "
+                          "models at once. Wins over --target. `image2prompt models` lists names."),
+        click.option("--caption-model", metavar="NAME|none",
+                     help=f"Captioner: {', '.join(CAPTION_MODELS)}, local-dir:PATH, hf:ORG/REPO, or none "
+                          f"(then give --caption). {default_captioner_help}"),
+        click.option("--caption", metavar="TEXT", help="Use this caption for every input instead of generating one."),
+        click.option("--vocab", multiple=True, type=click.Path(), metavar="PATH",
+                     help="A folder of .txt lists replaces the vocabulary; a .txt file adds a category "
+                          "named after the file. Repeatable."),
+        click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N|mps",
+                     help="Where models run."),
+        click.option("--precision", default="auto", show_default=True,
+                     type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+                     help="Model weights precision (auto: fp16 on CUDA, fp32 elsewhere)."),
+        click.option("--caption-precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+                     help="The captioner's precision (default: --precision's; auto: fp16 on CUDA, fp32 "
+                          "elsewhere). On a CPU with AMX, bf16 captions about 2.5x faster while CLIP's "
+                          "scores stay fp32; captions may differ from fp32's in a word."),
+        click.option("--low-vram", is_flag=True,
+                     help="Keep only one model on the GPU at a time (run also defaults to blip-base captions)."),
+        click.option("--cache-dir", type=click.Path(), metavar="DIR", callback=cache_dir_callback,
+                     help="Where vocabulary embeddings are cached (default: see `image2prompt cache info`)."),
+    )
 
 
 def cache_dir_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -103,14 +107,11 @@ def cache_dir_callback(ctx: click.Context, param: click.Parameter, value: str | 
     return value
 
 
-def verbosity_options(f: F) -> F:
-    for option in reversed([
-        click.option("-q", "--quiet", is_flag=True, help="No progress bars and no warnings."),
-        click.option("-v", "--verbose", is_flag=True, help="Log what is loaded and computed."),
-        click.option("--debug", is_flag=True, help="Debug logging, and full tracebacks on errors."),
-    ]):
-        f = option(f)
-    return f
+verbosity_options = _stack(
+    click.option("-q", "--quiet", is_flag=True, help="No progress bars and no warnings."),
+    click.option("-v", "--verbose", is_flag=True, help="Log what is loaded and computed."),
+    click.option("--debug", is_flag=True, help="Debug logging, and full tracebacks on errors."),
+)
 
 
 def pick_clip(clip_names: Sequence[str], target: str | None) -> list[str]:
@@ -126,9 +127,24 @@ def pick_captioner(caption_model: str | None) -> str | None:
     blip-large, or blip-base with --low-vram)."""
     if caption_model is None:
         return "auto"
-    if caption_model.strip().lower() == "none":
-        return None
-    return caption_model
+    return None if caption_model.strip().lower() == "none" else caption_model
+
+
+def pick_models(mode: str, beam: int, clip_names: Sequence[str], target: str | None, caption_model: str | None,
+                caption: str | None, caption_column: str | None = None) -> tuple[list[str], str | None]:
+    """The CLIP models and captioner of ``run`` and ``batch``, checked before anything loads: a usage error
+    (:class:`~image2prompt.errors.CaptionRequired`'s words) when ``mode`` needs a caption and none can be
+    had, a warning when ``mode`` ignores --beam. No captioner when there is nothing to caption."""
+    clip = pick_clip(clip_names, target)
+    captioner = pick_captioner(caption_model)
+    try:
+        require_caption(mode, has_caption=bool(caption or caption_column), has_captioner=captioner is not None)
+    except CaptionRequired as err:
+        raise click.UsageError(str(err)) from None
+    if beam > 1 and mode not in beam_modes():
+        logging.getLogger(f"{PROG}.cli").warning(
+            "--beam %d is ignored: %s mode has no beam (only %s modes do)", beam, mode, " and ".join(beam_modes()))
+    return clip, None if caption or mode == "negative" else captioner
 
 
 # --- input options ----------------------------------------------------------------------
@@ -159,15 +175,12 @@ def max_pixels_option(default: int = DEFAULT_MAX_PIXELS, text: str = MAX_PIXELS_
                         callback=max_pixels_callback, help=text)
 
 
-def input_options(f: F) -> F:
-    """--batch-size and --max-pixels, shared by ``run`` and ``batch``."""
-    for option in reversed([
-        click.option("--batch-size", type=click.IntRange(min=1), metavar="N", default=16, show_default=True,
-                     help="Images decoded ahead and sent through the captioner and CLIP together."),
-        max_pixels_option(),
-    ]):
-        f = option(f)
-    return f
+#: --batch-size and --max-pixels, shared by ``run`` and ``batch``.
+input_options = _stack(
+    click.option("--batch-size", type=click.IntRange(min=1), metavar="N", default=16, show_default=True,
+                 help="Images decoded ahead and sent through the captioner and CLIP together."),
+    max_pixels_option(),
+)
 
 
 # --- search options ---------------------------------------------------------------------
@@ -191,9 +204,8 @@ class ModeChoice(click.Choice):
 
 def _flavors_callback(value: str) -> tuple[int, int]:
     """``MIN,MAX`` or ``MAX`` (then MIN is the default, capped at MAX)."""
-    parts = [p.strip() for p in str(value).split(",")]
     try:
-        numbers = [int(p.replace("_", "")) for p in parts]
+        numbers = [int(p.strip().replace("_", "")) for p in str(value).split(",")]
     except ValueError:
         raise click.BadParameter(f"{value!r} is not MIN,MAX or MAX (whole numbers)") from None
     if len(numbers) == 1:
@@ -203,11 +215,6 @@ def _flavors_callback(value: str) -> tuple[int, int]:
     return numbers[0], numbers[1]
 
 
-def _floor_default() -> str:
-    floor = setting_default("floor")
-    return "off" if floor is None else f"{floor:g}"
-
-
 def _floor_callback(value: str) -> float | None:
     try:
         return parse_floor(value)
@@ -215,51 +222,32 @@ def _floor_callback(value: str) -> float | None:
         raise click.BadParameter(str(err)) from None
 
 
-def check_caption(mode: str, captioner: str | None, caption: str | None) -> None:
-    """A usage error when ``mode`` needs a caption and none can be had: no captioner, no --caption.
-    Its words are :class:`~image2prompt.errors.CaptionRequired`'s, which name every mode that needs
-    none (from the mode registry)."""
-    try:
-        require_caption(mode, has_caption=bool(caption), has_captioner=captioner is not None)
-    except CaptionRequired as err:
-        raise click.UsageError(str(err)) from None
+#: --memory-budget, of the commands that search (run, batch, serve).
+memory_budget_option = click.option("--memory-budget", type=click.IntRange(min=16), metavar="MB",
+                                    help="Activation memory for one text batch (default: 512 on CPU, 2048 on CUDA).")
+_FLOOR = "off" if setting_default("floor") is None else f"{setting_default('floor'):g}"
 
-
-def warn_unused_beam(mode: str, beam: int) -> None:
-    """One warning when --beam is given to a mode whose search does not read it."""
-    if beam > 1 and mode not in beam_modes():
-        logging.getLogger(f"{PROG}.cli").warning(
-            "--beam %d is ignored: %s mode has no beam (only %s modes do)", beam, mode, " and ".join(beam_modes()))
-
-
-def search_options(f: F) -> F:
-    """The search options of ``run`` and ``batch``: --mode ... --memory-budget (one definition for both)."""
-    flavors = f"{setting_default('min_flavors')},{setting_default('max_flavors')}"
-    for option in reversed([
-        click.option("--mode", type=ModeChoice(), default=setting_default("mode"), show_default=True,
-                     help=setting_help("mode")),
-        click.option("--negative", "with_negative", is_flag=True, help=setting_help("negative")),
-        click.option("--beam", type=click.IntRange(min=1), default=setting_default("beam"), show_default=True,
-                     metavar="N",
-                     help="best/turbo: keep N prompts per search step (1 is the reference's greedy search); "
-                          "the other modes have no beam and warn that they ignore it."),
-        click.option("--max-tokens", type=click.IntRange(min=3), default=setting_default("max_tokens"),
-                     show_default=True, metavar="N", help=setting_help("max_tokens")),
-        click.option("--chunks", is_flag=True, help=setting_help("chunks")),
-        click.option("--candidates", type=click.IntRange(min=1), default=setting_default("candidates"),
-                     show_default=True, metavar="N", help=setting_help("candidates")),
-        click.option("--flavors", "flavors", callback=lambda c, p, v: _flavors_callback(v), default=flavors,
-                     show_default=True, metavar="MIN,MAX",
-                     help="Phrases a search adds: at least MIN steps, at most MAX (fast mode adds MAX). Each step "
-                          "of best mode scores every candidate, so MAX bounds its time; a single number sets MAX."),
-        click.option("--floor", callback=lambda c, p, v: _floor_callback(v), default=_floor_default(),
-                     show_default=True, metavar="Z|off",
-                     help=setting_help("floor", " Phrases it keeps out are listed in --format json.")),
-        click.option("--memory-budget", type=click.IntRange(min=16), metavar="MB",
-                     help="Activation memory for one text batch (default: 512 on CPU, 2048 on CUDA)."),
-    ]):
-        f = option(f)
-    return f
+#: The search options of ``run`` and ``batch``: --mode ... --memory-budget (one definition for both).
+search_options = _stack(
+    click.option("--mode", type=ModeChoice(), default=setting_default("mode"), show_default=True,
+                 help=setting_help("mode")),
+    click.option("--negative", "with_negative", is_flag=True, help=setting_help("negative")),
+    click.option("--beam", type=click.IntRange(min=1), default=setting_default("beam"), show_default=True, metavar="N",
+                 help="best/turbo: keep N prompts per search step (1 is the reference's greedy search); "
+                      "the other modes have no beam and warn that they ignore it."),
+    click.option("--max-tokens", type=click.IntRange(min=3), default=setting_default("max_tokens"),
+                 show_default=True, metavar="N", help=setting_help("max_tokens")),
+    click.option("--chunks", is_flag=True, help=setting_help("chunks")),
+    click.option("--candidates", type=click.IntRange(min=1), default=setting_default("candidates"),
+                 show_default=True, metavar="N", help=setting_help("candidates")),
+    click.option("--flavors", callback=lambda c, p, v: _flavors_callback(v), show_default=True, metavar="MIN,MAX",
+                 default=f"{setting_default('min_flavors')},{setting_default('max_flavors')}",
+                 help="Phrases a search adds: at least MIN steps, at most MAX (fast mode adds MAX). Each step "
+                      "of best mode scores every candidate, so MAX bounds its time; a single number sets MAX."),
+    click.option("--floor", callback=lambda c, p, v: _floor_callback(v), default=_FLOOR, show_default=True, metavar="Z|off",
+                 help=setting_help("floor", " Phrases it keeps out are listed in --format json.")),
+    memory_budget_option,
+)
 
 
 def search_settings(*, mode: str, with_negative: bool, beam: int, max_tokens: int, chunks: bool, candidates: int,

@@ -9,9 +9,23 @@ from typing import Any
 
 import click
 
+from ..errors import RAISE_MAX_PIXELS
+
 PROG = "image2prompt"
 
 _HANDLER_MARK = "_image2prompt_cli_handler"
+
+
+#: The library's front-end-neutral words for a setting -> the option that sets it here.
+_CLI_WORDS = {RAISE_MAX_PIXELS: "raise it with --max-pixels N, or --max-pixels none"}
+
+
+def cli_words(message: str) -> str:
+    """A library message in the command line's words: where it says how to change a setting,
+    it names the option (``--max-pixels``)."""
+    for neutral, ours in _CLI_WORDS.items():
+        message = message.replace(neutral, ours)
+    return message
 
 
 def progress_enabled(quiet: bool) -> bool:
@@ -38,20 +52,19 @@ def table_progress(enabled: bool) -> Callable[[str, int], Any] | None:
 
 
 class Reporter:
-    """Prints one-line messages to stderr and owns the progress bar over inputs.
+    """Prints one-line messages to stderr (through ``tqdm.write`` while a bar is shown, so they do not
+    tear it) and owns the progress bar over inputs."""
 
-    While a bar is shown, messages go through ``tqdm.write`` so they do not tear it.
-    """
-
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, total: int | None, enabled: bool) -> None:
         self.bar: Any = None
-        if enabled and total > 1:
+        if enabled:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc="Images", unit="img", file=sys.stderr, dynamic_ncols=True)
 
     def error(self, message: str) -> None:
-        self.say(f"{PROG}: error: {message}")
+        """One failed input, said in the command line's words (:func:`cli_words`)."""
+        self.say(f"{PROG}: error: {cli_words(message)}")
 
     def say(self, line: str) -> None:
         if self.bar is not None:
@@ -73,9 +86,6 @@ class Reporter:
 
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at emit time (click's test runner swaps it)."""
-
-    def __init__(self) -> None:
-        super().__init__()
 
     @property
     def stream(self) -> Any:
@@ -103,15 +113,13 @@ def setup_logging(verbose: bool = False, debug: bool = False, quiet: bool = Fals
     """Configure the ``image2prompt`` logger (the library itself never does)."""
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
     logger = logging.getLogger(PROG)
-    for h in list(logger.handlers):
-        if getattr(h, _HANDLER_MARK, False):
-            logger.removeHandler(h)
+    for h in [h for h in logger.handlers if getattr(h, _HANDLER_MARK, False)]:
+        logger.removeHandler(h)
     handler = _StderrHandler()
     setattr(handler, _HANDLER_MARK, True)
     handler.setFormatter(_Formatter(debug))
     logger.addHandler(handler)
     logger.setLevel(level)
-    # Ours is the only handler: open_clip logs through the root logger's module functions
-    # (logging.info), which install a root handler on first use, and every warning would
-    # then be printed twice (once as "image2prompt: warning: ...", once as "WARNING:...").
+    # Ours is the only handler: open_clip's logging.info() installs a root handler, and every warning
+    # would be printed twice ("image2prompt: warning: ..." and "WARNING:...").
     logger.propagate = False

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..errors import Image2PromptError, SettingsError
-from .app import CONTEXT_SETTINGS, FatalError
+from ..errors import SettingsError
+from .app import CONTEXT_SETTINGS, FatalError, fatal_errors
 from .options import verbosity_options
 from .progress import PROG, setup_logging
 
@@ -22,8 +22,7 @@ def _group_by(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return value
 
 
-@click.command(context_settings=CONTEXT_SETTINGS,
-               short_help="Report how CLIP sees a collection (from batch records).")
+@click.command(context_settings=CONTEXT_SETTINGS, short_help="Report how CLIP sees a collection (from batch records).")
 @click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False), metavar="RESULTS...")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write the report: one self-contained HTML page that opens offline.")
@@ -78,12 +77,8 @@ def report(results: tuple[str, ...], html_path: str | None, json_path: str | Non
                          "pip install 'image2prompt[report]'") from None
     options = ReportOptions(group_by=group_by, features=features, map_method=map_method, top=top,
                             thumbnails=thumbnails, points=points, roots=roots, fingerprints=fingerprints)
-    try:
+    with fatal_errors(debug):
         summary = build_report(results, options, html_path=html_path, json_path=json_path)
-    except Image2PromptError as err:
-        if debug:
-            raise
-        raise FatalError(str(err)) from None
     if not quiet:
         wrote = " and ".join(p for p in (html_path, json_path) if p)
         flagged = len(summary["separating"]["significant"])

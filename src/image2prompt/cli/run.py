@@ -16,27 +16,8 @@ from ..io import expand_sources
 from ..io.sources import is_url
 from ..render import FORMATS, make_writer, shows_similarity
 from ..runner import Runner
-from .app import (
-    CONTEXT_SETTINGS,
-    DEFAULT_COMMAND,
-    FatalError,
-    UsageLine,
-    cli_words,
-    fatal_errors,
-    load_interrogator,
-    model_config,
-)
-from .options import (
-    check_caption,
-    input_options,
-    model_options,
-    pick_captioner,
-    pick_clip,
-    search_options,
-    search_settings,
-    verbosity_options,
-    warn_unused_beam,
-)
+from .app import CONTEXT_SETTINGS, DEFAULT_COMMAND, FatalError, UsageLine, fatal_errors, load_interrogator, model_config
+from .options import input_options, model_options, pick_models, search_options, search_settings, verbosity_options
 from .progress import Reporter, progress_enabled, setup_logging
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,8 +48,7 @@ def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_
         candidates: int, flavors: tuple[int, int], floor: float | None, memory_budget: int | None, target: str | None,
         clip_name: tuple[str, ...], caption_model: str | None, caption: str | None, vocab: tuple[str, ...], device: str,
         precision: str, caption_precision: str | None, low_vram: bool, cache_dir: str | None, fmt: str | None,
-        output: str | None,
-        batch_size: int, max_pixels: int | None, quiet: bool, verbose: bool, debug: bool) -> None:
+        output: str | None, batch_size: int, max_pixels: int | None, quiet: bool, verbose: bool, debug: bool) -> None:
     """Write a prompt scaffold for each image: a starting point to edit, not a recovered prompt.
 
     PATH_OR_URL may be image files, folders (searched recursively for every image
@@ -81,12 +61,7 @@ def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_
     """
     setup_logging(verbose, debug, quiet)
     fmt = run_format(fmt, output)
-    clip = pick_clip(clip_name, target)
-    captioner = pick_captioner(caption_model)
-    check_caption(mode, captioner, caption)
-    warn_unused_beam(mode, beam)
-    if caption or mode == "negative":
-        captioner = None  # nothing to caption: do not load a captioner at all
+    clip, captioner = pick_models(mode, beam, clip_name, target, caption_model, caption)
     with fatal_errors(debug):
         # text and weighted output do not show the prompt's similarity, so fast and classic
         # skip the one text encode per image that computes it
@@ -97,7 +72,7 @@ def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_
     show_progress = progress_enabled(quiet)
     with _open_output(output, fmt) as stream:
         writer = make_writer(fmt, stream, single=names_one_image(inputs))
-        reporter = Reporter(len(items), show_progress)
+        reporter = Reporter(len(items), show_progress and len(items) > 1)
 
         def load() -> Interrogator:  # called by the runner once the first image has decoded
             config = model_config(clip=clip, captioner=captioner, device=device, precision=precision,
@@ -107,12 +82,11 @@ def run(inputs: tuple[str, ...], mode: str, with_negative: bool, beam: int, max_
 
         failures = 0
         try:
-            for record in Runner(load, settings, batch_size=batch_size, caption=caption,
-                                 max_pixels=max_pixels).run(items):
+            for record in Runner(load, settings, batch_size=batch_size, caption=caption, max_pixels=max_pixels).run(items):
                 if record.result is not None:
                     writer.write(record.result)
                 else:
-                    reporter.error(cli_words(record.error or f"{record.source}: failed"))
+                    reporter.error(record.error or f"{record.source}: failed")
                     failures += 1
                 reporter.advance()
         except Image2PromptError as err:

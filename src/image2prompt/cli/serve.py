@@ -10,7 +10,14 @@ import click
 
 from ..service import SERVE_FORMATS, SERVE_MAX_PIXELS
 from .app import CONTEXT_SETTINGS, FatalError, load_interrogator, model_config
-from .options import max_pixels_option, model_options, pick_captioner, pick_clip, verbosity_options
+from .options import (
+    max_pixels_option,
+    memory_budget_option,
+    model_options,
+    pick_captioner,
+    pick_clip,
+    verbosity_options,
+)
 from .progress import PROG, setup_logging
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,16 +71,15 @@ def is_loopback(host: str) -> bool:
               help="Seconds a client may take to send a request's headers; the connection is closed after.")
 @click.option("--body-timeout", type=click.FloatRange(min=0.1), default=30, show_default=True, metavar="S",
               help="Seconds a client may pause while sending a request's body (408 after).")
-@click.option("--memory-budget", type=click.IntRange(min=16), metavar="MB",
-              help="Activation memory for one text batch (default: 512 on CPU, 2048 on CUDA).")
+@memory_budget_option
 @verbosity_options
 def serve(host: str, port: int, target: str | None, clip_name: tuple[str, ...], caption_model: str | None,
-          caption: str | None, vocab: tuple[str, ...], device: str, precision: str, caption_precision: str | None, low_vram: bool,
-          cache_dir: str | None, api_key: str | None, insecure_no_auth: bool, allow_urls: bool,
+          caption: str | None, vocab: tuple[str, ...], device: str, precision: str, caption_precision: str | None,
+          low_vram: bool, cache_dir: str | None, api_key: str | None, insecure_no_auth: bool, allow_urls: bool,
           cors_origins: tuple[str, ...], max_upload_mb: float, max_batch_mb: float, max_pixels: int | None,
           formats: str, max_batch: int, max_wait_ms: float, max_queue: int, max_queue_mb: int, timeout: float,
-          header_timeout: float, body_timeout: float,
-          memory_budget: int | None, quiet: bool, verbose: bool, debug: bool) -> None:
+          header_timeout: float, body_timeout: float, memory_budget: int | None, quiet: bool, verbose: bool,
+          debug: bool) -> None:
     """Serve one loaded model to many clients over HTTP, with a web UI at /.
 
     Routes: POST /v1/interrogate, /v1/analyze and /v1/batch; GET /v1/models, /healthz,
@@ -113,8 +119,7 @@ def serve(host: str, port: int, target: str | None, clip_name: tuple[str, ...], 
         max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_batch_bytes=int(max_batch_mb * 1024 * 1024),
         max_pixels=max_pixels, formats=names, max_batch=max_batch, max_wait=max_wait_ms / 1000,
         max_queue=max_queue, max_queue_bytes=max_queue_mb * 1024 * 1024, timeout=timeout,
-        loopback_only=is_loopback(host), header_timeout=header_timeout,
-        body_timeout=body_timeout)
+        loopback_only=is_loopback(host), header_timeout=header_timeout, body_timeout=body_timeout)
     failed: list[str] = []
     server: Any = None
 

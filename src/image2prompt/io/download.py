@@ -1,10 +1,7 @@
 """Fetch a URL's bytes for the input layer, with a size cap and, for servers, only from public addresses.
 
-:func:`download_bytes` is what :func:`~image2prompt.io.load_image` uses for URL inputs (and the
-batch reader for URL lists). With ``public_only=True`` it is safe to run for a client (SSRF):
-every connection's peer, the first and each redirect's, must be a globally routable address,
-checked on the connected socket; only http and https are followed; no proxy is used. Standard
-library only (no torch, no PIL).
+:func:`download_bytes` is what :func:`~image2prompt.io.load_image` uses for URL inputs (and the batch reader
+for URL lists); with ``public_only=True`` it is safe to run for a client (SSRF). Standard library only.
 """
 
 from __future__ import annotations
@@ -29,13 +26,12 @@ USER_AGENT = "image2prompt"
 def download_bytes(url: str, timeout: float, *, public_only: bool = False, max_bytes: int | None = None) -> bytes:
     """The body of ``url`` (at most ``max_bytes``, default :data:`MAX_DOWNLOAD_BYTES`).
 
-    ``public_only=True`` (what a server that fetches URLs for clients needs) refuses any
-    connection, the first or a redirect's, whose peer is not a public address: loopback,
-    private, link-local (cloud metadata), multicast and reserved ranges are refused, and
-    the check is made on the connected socket, so a name that resolves differently the
-    second time cannot get round it. Only http and https are followed (a redirect to any
-    other scheme is refused), no proxy is used (its address would be the peer), and
-    ``timeout`` bounds the whole download, not each read.
+    ``public_only=True`` (what a server that fetches URLs for clients needs) refuses any connection, the first
+    or a redirect's, whose peer is not a public address: loopback, private, link-local (cloud metadata),
+    multicast and reserved ranges are refused, and the check is made on the connected socket, so a name that
+    resolves differently the second time cannot get round it. Only http and https are followed (a redirect to
+    any other scheme is refused), no proxy is used (its address would be the peer), and ``timeout`` bounds the
+    whole download, not each read.
     """
     cap = MAX_DOWNLOAD_BYTES if max_bytes is None else min(max_bytes, MAX_DOWNLOAD_BYTES)
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
@@ -107,39 +103,27 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
-def _check_peer(sock: socket.socket | None, host: str) -> None:
-    peer = sock.getpeername()[0] if sock is not None else ""
-    if not is_public_address(peer):
-        if sock is not None:
-            sock.close()
-        raise ImageLoadError(host, f"refused: {host} is not a public address", kind="refused")
-
-
-def _check_host(host: str, port: int) -> None:
-    """Refuse before connecting when any address the name resolves to is not public."""
-    try:
-        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except OSError:
-        return  # the connection attempt reports the name error in its own words
-    for info in infos:
-        address = str(info[4][0])
-        if not is_public_address(address):
-            raise ImageLoadError(host, f"refused: {host} is not a public address (private, loopback or "
-                                       "reserved)", kind="refused")
-
-
 class _PublicHTTPConnection(http.client.HTTPConnection):
+    """Connects only to public addresses: refused before connecting when any address the name
+    resolves to is not public, and after, when the connected socket's peer is not."""
+
     def connect(self) -> None:
-        _check_host(self.host, self.port)
+        try:
+            infos = socket.getaddrinfo(self.host, self.port, proto=socket.IPPROTO_TCP)
+        except OSError:
+            infos = []  # the connection attempt reports the name error in its own words
+        if not all(is_public_address(str(info[4][0])) for info in infos):
+            raise ImageLoadError(self.host, f"refused: {self.host} is not a public address (private, loopback or "
+                                            "reserved)", kind="refused")
         super().connect()
-        _check_peer(self.sock, self.host)
+        if not is_public_address(self.sock.getpeername()[0] if self.sock is not None else ""):
+            if self.sock is not None:
+                self.sock.close()
+            raise ImageLoadError(self.host, f"refused: {self.host} is not a public address", kind="refused")
 
 
-class _PublicHTTPSConnection(http.client.HTTPSConnection):
-    def connect(self) -> None:
-        _check_host(self.host, self.port)
-        super().connect()
-        _check_peer(self.sock, self.host)
+class _PublicHTTPSConnection(_PublicHTTPConnection, http.client.HTTPSConnection):
+    pass
 
 
 class _PublicHTTPHandler(urllib.request.HTTPHandler):
@@ -152,7 +136,7 @@ class _PublicHTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(_PublicHTTPSConnection, req)
 
 
-def _too_big_for_download(cap: int = MAX_DOWNLOAD_BYTES) -> str:
+def _too_big_for_download(cap: int) -> str:
     return (f"larger than the {cap // (1024 * 1024)} MB limit" if cap >= 1024 * 1024
             else f"larger than the {cap}-byte limit")
 

@@ -19,7 +19,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from image2prompt.errors import ImageLoadError, one_line
+from image2prompt.errors import RAISE_MAX_PIXELS, ImageLoadError, one_line
 from image2prompt.io.download import download_bytes
 from image2prompt.io.sources import ImageInput, ImageSource, coerce_source, to_numpy
 
@@ -29,8 +29,8 @@ __all__ = ["DEFAULT_MAX_PIXELS", "DecodeSlots", "decoded_bytes", "input_side_of"
 DEFAULT_MAX_PIXELS = 64_000_000
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-# PIL's bomb limit is a module global; it is only changed (briefly, under this lock)
-# when the caller's max_pixels is looser than it. Reentrant: measuring a bomb nests.
+# PIL's bomb limit is a module global; it is only changed (briefly, under this lock) when the caller's
+# max_pixels is looser than it. Reentrant: measuring a bomb nests.
 _PIL_LIMIT_LOCK = threading.RLock()
 
 
@@ -44,48 +44,43 @@ def load_image(
 ) -> Image.Image:
     """Load ``source`` as a new, fully decoded RGB image.
 
-    EXIF orientation is applied, transparency is composited onto white, and
-    animated images give their first frame. Images over ``max_pixels`` are
-    rejected from their header, before decoding; ``None`` lifts the limit.
-    ``timeout`` (seconds) applies to URL downloads. ``formats`` (PIL format names such as
-    ``PNG``, ``JPEG``) limits the encoded formats accepted; default: any Pillow decodes.
+    EXIF orientation is applied, transparency is composited onto white, and animated images give their first
+    frame. Images over ``max_pixels`` are rejected from their header, before decoding; ``None`` lifts the limit.
+    ``timeout`` (seconds) applies to URL downloads. ``formats`` (PIL format names such as ``PNG``, ``JPEG``)
+    limits the encoded formats accepted; default: any Pillow decodes.
 
-    ``reduce_to`` (pixels; what :attr:`Interrogator.input_side` says the loaded models need)
-    keeps a large image from being held at full size: one whose shorter side is at least
-    twice ``reduce_to`` is reduced right after decoding by the largest whole factor that
-    keeps its shorter side at least ``reduce_to`` (:func:`reduce_image`). A JPEG decodes
-    reduced (at 1/2, 1/4 or 1/8, with Pillow's ``draft``), so it never exists at full size;
-    other formats are decoded whole, then reduced. The models' own preprocessing still does
-    the final resize (CLIP's resizes the shorter side and crops, BLIP's squashes; both
-    only ever shrink from there), and an image whose shorter side is under twice
-    ``reduce_to`` comes back exactly as without it. ``None`` (the default): full size.
+    ``reduce_to`` (pixels; what :attr:`Interrogator.input_side` says the loaded models need) keeps a large image
+    from being held at full size: one whose shorter side is at least twice ``reduce_to`` is reduced right after
+    decoding by the largest whole factor that keeps its shorter side at least ``reduce_to`` (:func:`reduce_image`).
+    A JPEG decodes reduced (at 1/2, 1/4 or 1/8, with Pillow's ``draft``), so it never exists at full size; other
+    formats are decoded whole, then reduced. The models' own preprocessing still does the final resize (CLIP's
+    resizes the shorter side and crops, BLIP's squashes; both only ever shrink from there), and an image whose
+    shorter side is under twice ``reduce_to`` comes back exactly as without it. ``None`` (the default): full size.
 
-    Arrays (numpy, or torch tensors, converted by duck typing) are HWC pixels: HW or
-    HW1 grey, HW3 RGB or HW4 RGBA, either ``uint8`` or floating point in [0, 1] (what
-    ComfyUI passes). Other dtypes, other shapes, NaN and values outside [0, 1] are
-    an :class:`ImageLoadError`.
+    Arrays (numpy, or torch tensors, converted by duck typing) are HWC pixels: HW or HW1 grey, HW3 RGB or HW4
+    RGBA, either ``uint8`` or floating point in [0, 1] (what ComfyUI passes). Other dtypes, other shapes, NaN and
+    values outside [0, 1] are an :class:`ImageLoadError`.
 
     Raises:
         ImageLoadError: the input is missing, unreadable, too large or not a valid image.
     """
     src = coerce_source(source)
     ref = src.ref
-    side = _check_side(reduce_to)
+    if reduce_to is not None and (isinstance(reduce_to, bool) or not isinstance(reduce_to, int) or reduce_to < 1):
+        raise ValueError(f"reduce_to must be a positive number of pixels or None, got {reduce_to!r}")
     if src.kind == "pil" and isinstance(ref, Image.Image):
-        return _normalise(ref, src.name, max_pixels, side)
+        return _normalise(ref, src.name, max_pixels, reduce_to)
     if src.kind == "array":
-        return reduce_image(_from_array(ref, src.name, max_pixels), side)
+        return reduce_image(_from_array(ref, src.name, max_pixels), reduce_to)
     if src.kind == "bytes" and isinstance(ref, (bytes, bytearray, memoryview)):
-        return _decode(io.BytesIO(ref), src.name, max_pixels, formats, side)
+        return _decode(io.BytesIO(ref), src.name, max_pixels, formats, reduce_to)
     if src.kind == "url" and isinstance(ref, str):
-        return _decode(io.BytesIO(download_bytes(ref, timeout)), src.name, max_pixels, formats, side)
+        return _decode(io.BytesIO(download_bytes(ref, timeout)), src.name, max_pixels, formats, reduce_to)
     if src.kind == "path" and isinstance(ref, (str, os.PathLike)):
         with open_file(Path(ref), src.name) as fp:
-            return _decode(fp, src.name, max_pixels, formats, side)
+            return _decode(fp, src.name, max_pixels, formats, reduce_to)
     raise TypeError(f"ImageSource of kind {src.kind!r} has a {type(ref).__name__} ref")
 
-
-# --- reducing --------------------------------------------------------------------
 
 # Modes whose pixels Image.reduce may average as they are (palette indices, 1-bit and 16-bit
 # data are converted to RGB first; a colour key is applied first, since averaging moves colours).
@@ -103,17 +98,14 @@ def decoded_bytes(image: Image.Image) -> int:
 
 def reduce_factor(size: tuple[int, int], side: int | None) -> int:
     """The largest whole factor that keeps the shorter side of ``size`` at least ``side`` (1: none)."""
-    if side is None:
-        return 1
-    return max(1, min(size) // side)
+    return 1 if side is None else max(1, min(size) // side)
 
 
 def reduce_image(image: Image.Image, side: int | None) -> Image.Image:
     """``image`` reduced by :func:`reduce_factor` (box averaging), or ``image`` itself when that is 1.
 
-    The shorter side stays at least ``side``, so a model that resizes to ``side`` (or less)
-    still resizes from at least that many pixels; an image whose shorter side is under twice
-    ``side`` is returned as it is. Only RGB-like modes are reduced here (others as they are).
+    The shorter side stays at least ``side``, so a model that resizes to ``side`` (or less) still resizes from at
+    least that many pixels. Only RGB-like modes are reduced here (others as they are).
     """
     factor = reduce_factor(image.size, side)
     if factor < 2 or image.mode not in _REDUCIBLE_MODES or "transparency" in image.info:
@@ -122,29 +114,19 @@ def reduce_image(image: Image.Image, side: int | None) -> Image.Image:
 
 
 def input_side_of(holder: object) -> int | None:
-    """The side to reduce images to for ``holder``'s models: its ``input_side`` (an
-    :class:`~image2prompt.Interrogator`'s), or None when it has none or it is not a positive int
-    (a stand-in interrogator, a plugin that does not say): then images are kept whole."""
+    """The side to reduce images to for ``holder``'s models: its ``input_side`` (an :class:`~image2prompt.Interrogator`'s),
+    or None when it has none or it is not a positive int (a stand-in, a plugin that does not say): images kept whole."""
     side = getattr(holder, "input_side", None) if holder is not None else None
     return side if isinstance(side, int) and not isinstance(side, bool) and side > 0 else None
-
-
-def _check_side(side: int | None) -> int | None:
-    if side is None:
-        return None
-    if isinstance(side, bool) or not isinstance(side, int) or side < 1:
-        raise ValueError(f"reduce_to must be a positive number of pixels or None, got {side!r}")
-    return side
 
 
 def trim_memory() -> bool:
     """Give the C heap's free memory back to the system (glibc's ``malloc_trim``).
 
-    Pillow allocates images in blocks that glibc serves from its heaps once its mmap threshold
-    has grown past them (it grows with every large block freed), and glibc keeps what is freed
-    there: after a wave of large decodes the process's RSS would stay at its peak. Returns
-    whether anything could be done (False off glibc). It walks every heap, holding its lock:
-    call it after a wave (:class:`DecodeSlots` does), not per image.
+    Pillow allocates images in blocks that glibc serves from its heaps once its mmap threshold has grown past
+    them (it grows with every large block freed), and glibc keeps what is freed there: after a wave of large
+    decodes the process's RSS would stay at its peak. Returns whether anything could be done (False off glibc).
+    It walks every heap, holding its lock: call it after a wave (:class:`DecodeSlots` does), not per image.
     """
     trim = _malloc_trim()
     if trim is None:
@@ -159,21 +141,18 @@ def trim_memory() -> bool:
 class DecodeSlots:
     """At most ``n`` full-size decodes at once, counted by the threads that decode.
 
-    A server that bounds its decodes with an ``asyncio.Semaphore`` around ``run_in_threadpool``
-    loses the bound when a request is cancelled (the client went away): the slot is given
-    back while the thread goes on decoding. ``with slots.hold(data):`` is held by the decoding
-    thread itself, for as long as the decode runs. Once no decode has run for ``trim_delay``
-    seconds, and at least ``trim_after`` bytes were decoded at full size since the last trim,
-    :func:`trim_memory` gives the freed heap back to the system: once per wave, not between
-    two decodes of one (``trim_delay=0``: at once, when the last decode ends).
+    A server that bounds its decodes with an ``asyncio.Semaphore`` around ``run_in_threadpool`` loses the bound
+    when a request is cancelled (the client went away): the slot is given back while the thread goes on
+    decoding. ``with slots.hold(data):`` is held by the decoding thread itself, for as long as the decode runs.
+    Once no decode has run for ``trim_delay`` seconds, and at least ``trim_after`` bytes were decoded at full
+    size since the last trim, :func:`trim_memory` gives the freed heap back to the system: once per wave, not
+    between two decodes of one (``trim_delay=0``: at once, when the last decode ends).
     """
 
     def __init__(self, n: int, *, trim_after: int = 64 * 1024 * 1024, trim_delay: float = 1.0) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"decode slots must be a positive integer, got {n!r}")
-        self.n = n
-        self.trim_after = trim_after
-        self.trim_delay = trim_delay
+        self.n, self.trim_after, self.trim_delay = n, trim_after, trim_delay
         self._sem = threading.BoundedSemaphore(n)
         self._lock = threading.Lock()
         self._started = 0  # decodes begun, ever: a trim is for the quiet after the last of them
@@ -195,20 +174,22 @@ class DecodeSlots:
             yield
         finally:
             full = _encoded_pixels(data) * 4 if data is not None else 0
-            timer = None
             with self._lock:
                 self.active -= 1
                 self.since_trim += full
                 due = self.active == 0 and self.since_trim >= self.trim_after
                 started = self._started
                 if due and self.trim_delay > 0 and self._timer is None:
-                    timer = self._timer = threading.Timer(self.trim_delay, self._trim_if_quiet, (started,))
-                    timer.daemon = True
+                    self._wait_for_quiet(started)
             self._sem.release()
-            if timer is not None:
-                timer.start()
-            elif due and self.trim_delay <= 0:
+            if due and self.trim_delay <= 0:
                 self._trim_if_quiet(started)
+
+    def _wait_for_quiet(self, started: int) -> None:
+        """Trim after ``trim_delay`` seconds if no decode began meanwhile (called holding the lock)."""
+        self._timer = threading.Timer(self.trim_delay, self._trim_if_quiet, (started,))
+        self._timer.daemon = True
+        self._timer.start()
 
     def _trim_if_quiet(self, started: int) -> None:
         with self._lock:
@@ -216,9 +197,7 @@ class DecodeSlots:
             if self.active or self.since_trim < self.trim_after:
                 return  # a decode is running: its own end starts the next wait
             if self._started != started:  # decodes ran since: wait for the quiet after them
-                self._timer = threading.Timer(self.trim_delay, self._trim_if_quiet, (self._started,))
-                self._timer.daemon = True
-                self._timer.start()
+                self._wait_for_quiet(self._started)
                 return
             self.since_trim = 0
             self.trims += 1
@@ -252,9 +231,6 @@ def _malloc_trim() -> Any:
         return None
 
 
-# --- reading bytes ---------------------------------------------------------------
-
-
 def open_file(path: Path, name: str) -> IO[bytes]:
     try:
         return open(path, "rb")
@@ -270,23 +246,19 @@ def open_file(path: Path, name: str) -> IO[bytes]:
         raise ImageLoadError(name, f"cannot read file ({err.strerror or err})") from None
 
 
-# --- decoding --------------------------------------------------------------------
-
-
 def _decode(fp: IO[bytes], name: str, max_pixels: int | None,
             formats: Collection[str] | None = None, side: int | None = None) -> Image.Image:
     with _pil_limit_for(max_pixels):
         im = _open_header(fp, name, max_pixels)
-        allowed = {f.upper() for f in formats} if formats is not None else None
-        if allowed is not None and "JPEG" in allowed:
-            allowed.add("MPO")  # cameras' multi-picture JPEGs: a JPEG first frame, decoded as one
-        if allowed is not None and (im.format or "").upper() not in allowed:
-            names = ", ".join(sorted(f.upper() for f in formats or ()))
-            raise ImageLoadError(name, f"{im.format or 'this'} images are not accepted (allowed: {names})",
-                                 kind="format")
+        fmt = (im.format or "").upper()
+        if formats is not None:
+            allowed = sorted(f.upper() for f in formats)
+            if fmt not in allowed and not (fmt == "MPO" and "JPEG" in allowed):  # cameras' multi-picture JPEGs
+                raise ImageLoadError(name, f"{im.format or 'this'} images are not accepted (allowed: "
+                                           f"{', '.join(allowed)})", kind="format")
         _check_size(im.size, name, max_pixels)
         try:
-            if side is not None and (im.format or "").upper() in ("JPEG", "MPO") and reduce_factor(im.size, side) >= 2:
+            if side is not None and fmt in ("JPEG", "MPO") and reduce_factor(im.size, side) >= 2:
                 # Decode at 1/2, 1/4 or 1/8 scale: the shorter side stays at least `side`.
                 im.draft(None, (side, side))
             im.load()
@@ -346,8 +318,6 @@ def _too_large(size: tuple[int, int] | None, max_pixels: int | None) -> str:
     limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
     # Worded for every front end (the CLI's option is --max-pixels, the library's argument max_pixels);
     # a front end may replace RAISE_MAX_PIXELS with its own setting's name.
-    from image2prompt.errors import RAISE_MAX_PIXELS
-
     return f"image too large ({dims}limit {limit} pixels; {RAISE_MAX_PIXELS})"
 
 
@@ -378,11 +348,6 @@ def _pil_limit(max_pixels: int | None) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-# --- arrays ----------------------------------------------------------------------
-
-_ARRAY_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA
-
-
 def _from_array(ref: object, name: str, max_pixels: int | None) -> Image.Image:
     """An HWC pixel array (uint8, or float in [0, 1]) as a new RGB image."""
     try:
@@ -392,7 +357,7 @@ def _from_array(ref: object, name: str, max_pixels: int | None) -> Image.Image:
     shape = "×".join(str(d) for d in arr.shape)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in _ARRAY_CHANNELS:
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):  # grey, RGB, RGBA
         raise ImageLoadError(name, f"unsupported array shape {shape or '()'} "
                                    "(expected H×W, H×W×1, H×W×3 or H×W×4 pixels; a batch is B×H×W×C)")
     height, width = int(arr.shape[0]), int(arr.shape[1])
@@ -423,12 +388,9 @@ def _from_array(ref: object, name: str, max_pixels: int | None) -> Image.Image:
         raise ImageLoadError(name, f"cannot read the array ({one_line(err, 120)})") from None
 
 
-# --- colour ----------------------------------------------------------------------
-
-
 def _normalise(im: Image.Image, name: str, max_pixels: int | None, side: int | None = None) -> Image.Image:
-    """Apply EXIF orientation and convert to RGB, always returning a new image; with ``side``,
-    reduce it first (:func:`reduce_image`), so no further full-size copy is made."""
+    """Apply EXIF orientation and convert to RGB, always returning a new image; with ``side``, reduce it first
+    (:func:`reduce_image`), so no further full-size copy is made."""
     _check_size(im.size, name, max_pixels)
     try:
         im.load()  # a caller's PIL image may still be lazy

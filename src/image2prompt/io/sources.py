@@ -1,8 +1,7 @@
 """Turn what the user passed (paths, folders, globs, URLs, bytes, PIL images, arrays) into image sources.
 
-Nothing here opens an image; :mod:`image2prompt.io.images` does the decoding.
-Problems with one input are *yielded* as :class:`~image2prompt.errors.ImageLoadError`
-instead of raised, so a batch carries on past a bad entry.
+Nothing here opens an image; :mod:`image2prompt.io.images` does the decoding. Problems with one input are
+*yielded* as :class:`~image2prompt.errors.ImageLoadError` instead of raised, so a batch carries on past a bad entry.
 """
 
 from __future__ import annotations
@@ -28,21 +27,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_EXTENSIONS",  # noqa: F822  computed on first use, by the module's __getattr__
-    "ImageInput",
-    "ImageSource",
-    "SourceKind",
-    "coerce_source",
-    "expand_sources",
-    "image_extensions",
-    "is_array",
-    "is_image_filename",
-    "is_torch_tensor",
-    "is_url",
-    "to_numpy",
+    "ImageInput", "ImageSource", "SourceKind", "coerce_source", "expand_sources", "image_extensions",
+    "is_array", "is_image_filename", "is_torch_tensor", "is_url", "to_numpy",
 ]
 
-# Formats Pillow can identify but not decode without a plug-in or an outside program:
-# a folder scan leaves their files alone instead of failing on them.
+# Formats Pillow can identify but not decode without a plug-in or an outside program: a folder scan leaves
+# their files alone instead of failing on them.
 _IDENTIFY_ONLY = frozenset({"MPEG"})
 _SKIPPED = "not an image file Pillow can open"
 _MAX_LISTED_EXTENSIONS = 8
@@ -50,8 +40,8 @@ _MAX_LISTED_EXTENSIONS = 8
 _GLOB_CHARS = ("*", "?", "[")
 
 SourceKind: TypeAlias = Literal["path", "url", "bytes", "pil", "array"]
-#: A path, URL, encoded bytes, a PIL image, or an HWC pixel array (numpy, or a torch tensor:
-#: recognised by duck typing, so this module never imports torch).
+#: A path, URL, encoded bytes, a PIL image, or an HWC pixel array (numpy, or a torch tensor: recognised by
+#: duck typing, so this module never imports torch).
 ImageInput: TypeAlias = str | os.PathLike[str] | bytes | Image.Image | np.ndarray | Any
 
 
@@ -59,13 +49,12 @@ ImageInput: TypeAlias = str | os.PathLike[str] | bytes | Image.Image | np.ndarra
 class ImageSource:
     """One image to load.
 
-    ``name`` is what to show the user (the path as given or found, the URL,
-    ``"<bytes>"``, ``"<PIL.Image>"``, ``"<array>"`` or ``"<array N>"`` for image N of a
-    ``[B,H,W,C]`` batch); ``ref`` is what the loader reads: a :class:`~pathlib.Path`, a
-    URL string, ``bytes``, a PIL image or a numpy array (torch tensors are converted).
-    ``caption`` is a caption that came with the image (a manifest's caption column, a
-    WebDataset sample's text), used instead of a generated one; ``meta`` is whatever the
-    caller wants back with the image's record (:attr:`image2prompt.runner.Record.meta`).
+    ``name`` is what to show the user (the path as given or found, the URL, ``"<bytes>"``, ``"<PIL.Image>"``,
+    ``"<array>"`` or ``"<array N>"`` for image N of a ``[B,H,W,C]`` batch); ``ref`` is what the loader reads: a
+    :class:`~pathlib.Path`, a URL string, ``bytes``, a PIL image or a numpy array (torch tensors are converted).
+    ``caption`` is a caption that came with the image (a manifest's caption column, a WebDataset sample's text),
+    used instead of a generated one; ``meta`` is whatever the caller wants back with the image's record
+    (:attr:`image2prompt.runner.Record.meta`).
     """
 
     name: str
@@ -85,11 +74,10 @@ def is_url(text: str) -> bool:
 def image_extensions() -> frozenset[str]:
     """The file extensions (lower case, with the dot) of every format the installed Pillow can decode.
 
-    Read from Pillow's registry the first time it is needed (loading all of Pillow's
-    plug-ins), then kept: a format registered later is still opened when a file is named
-    explicitly, but is not picked up by folder scans and globs. Formats Pillow can only
-    identify (HDF5, BUFR, GRIB and WMF without a handler, MPEG, EPS without Ghostscript)
-    are left out. Also available as the module attribute ``IMAGE_EXTENSIONS``.
+    Read from Pillow's registry the first time it is needed (loading all of Pillow's plug-ins), then kept: a
+    format registered later is still opened when a file is named explicitly, but is not picked up by folder scans
+    and globs. Formats Pillow can only identify (HDF5, BUFR, GRIB and WMF without a handler, MPEG, EPS without
+    Ghostscript) are left out. Also available as the module attribute ``IMAGE_EXTENSIONS``.
     """
     Image.init()
     return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if _can_decode(fmt))
@@ -168,27 +156,24 @@ def expand_sources(
 ) -> Iterator[ImageSource | ImageLoadError]:
     """Expand inputs into image sources, in input order.
 
-    * a folder is walked recursively; image files (by extension, any case: every format
-      the installed Pillow decodes, see :func:`image_extensions`) come out sorted by
-      relative POSIX path; other files are skipped, each logged at INFO level; hidden
-      files and folders are skipped silently; links to folders are followed, each real
-      folder once (a link that loops back, or reaches a folder walked already, is skipped
-      and logged at INFO level);
-    * a glob pattern (``*``, ``?``, ``[``) yields the image files it matches, sorted (the
-      other files it matches are logged at INFO level);
+    * a folder is walked recursively; image files (by extension, any case: every format the installed Pillow
+      decodes, see :func:`image_extensions`) come out sorted by relative POSIX path; other files are skipped,
+      each logged at INFO level; hidden files and folders are skipped silently; links to folders are followed,
+      each real folder once (a link that loops back, or reaches a folder walked already, is skipped and logged);
+    * a glob pattern (``*``, ``?``, ``[``) yields the image files it matches, sorted (the other files it
+      matches are logged at INFO level);
     * an existing file is yielded whatever its extension (it was named explicitly);
     * ``http://``/``https://`` strings, ``bytes`` and PIL images pass through;
-    * a numpy array or torch tensor is one image (HW, HW1, HW3 or HW4), except a 4-D
-      ``[B,H,W,C]`` batch, which gives its B images, named ``<array 0>`` ... ``<array B-1>``;
-    * :class:`ImageSource` items pass through, and so do :class:`ImageLoadError` items
-      (what an earlier expansion yielded), so expanded inputs can be expanded again.
+    * a numpy array or torch tensor is one image (HW, HW1, HW3 or HW4), except a 4-D ``[B,H,W,C]`` batch,
+      which gives its B images, named ``<array 0>`` ... ``<array B-1>``;
+    * :class:`ImageSource` items pass through, and so do :class:`ImageLoadError` items (what an earlier
+      expansion yielded), so expanded inputs can be expanded again.
 
-    Missing paths, empty folders and patterns that match nothing are yielded as
-    :class:`ImageLoadError`. A single input (not wrapped in a list) is accepted too.
-    Expansion is lazy: inputs are read one at a time, so they may be a long generator.
+    Missing paths, empty folders and patterns that match nothing are yielded as :class:`ImageLoadError`. A
+    single input (not wrapped in a list) is accepted too. Expansion is lazy: inputs are read one at a time, so
+    they may be a long generator.
     """
-    # A bare str/bytes is iterable; iterating it would yield one source per character,
-    # and iterating an array would yield its rows.
+    # A bare str/bytes is iterable: iterating it would yield one source per character (an array: its rows).
     items: Iterable[ImageInput]
     if isinstance(inputs, (str, bytes, bytearray, memoryview, os.PathLike, Image.Image, ImageSource)) \
             or is_array(inputs):
@@ -238,8 +223,8 @@ def _walk_folder(name: str, root: str) -> Iterator[ImageSource | ImageLoadError]
     skipped: list[tuple[str, str]] = []
     hidden = 0
     walk_errors: list[OSError] = []
-    # Links to folders are followed; each real folder is walked once (a link back up the tree,
-    # or a second link to a folder already walked, is skipped and named at INFO level).
+    # Links to folders are followed; each real folder is walked once (a link back up the tree, or a second
+    # link to a folder already walked, is skipped and named at INFO level).
     seen = {_folder_key(root)}
     for dirpath, dirnames, filenames in os.walk(root, onerror=walk_errors.append, followlinks=True):
         hidden_dirs = [d for d in dirnames if d.startswith(".")]
@@ -320,15 +305,11 @@ def _expand_glob(pattern: str, expanded: str) -> Iterator[ImageSource | ImageLoa
     others = sorted((m for m in all_files if not is_image_filename(m)), key=lambda m: PurePath(m).as_posix())
     for other in others:
         logger.info("skipping %s: %s", other, _SKIPPED)
-    if not files:
-        detail = f" ({_found_files(others)})" if others else ""
-        yield ImageLoadError(pattern, f"pattern matched no image files{detail}")
-        return
     for match in sorted(files, key=lambda m: PurePath(m).as_posix()):
         yield ImageSource(match, "path", Path(match))
+    if not files:
+        yield ImageLoadError(pattern, "pattern matched no image files" + (f" ({_found_files(others)})" if others else ""))
 
 
 def _os_reason(err: OSError) -> str:
-    if isinstance(err, PermissionError):
-        return "permission denied"
-    return (err.strerror or str(err)).lower()
+    return "permission denied" if isinstance(err, PermissionError) else (err.strerror or str(err)).lower()

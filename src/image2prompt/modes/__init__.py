@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from ..errors import CaptionRequired, SettingsError
+from ..models._registry import load_plugins
 from .base import Chain, Mode, Outcome, Scored, SearchContext, Task
 from .best import BestMode
 from .classic import ClassicMode
@@ -40,7 +41,7 @@ def register_mode(cls: M) -> M:
 
 def get_mode(name: str) -> Mode:
     if name not in _MODES:
-        _load_plugin_modes()
+        load_plugins()
     try:
         return _MODES[name]
     except KeyError:
@@ -50,25 +51,22 @@ def get_mode(name: str) -> Mode:
 def list_modes() -> list[str]:
     """Every registered mode's name: the built-in ones, then those of installed plugins (their
     ``image2prompt.plugins`` entry points are loaded first). What every front end offers."""
-    _load_plugin_modes()
+    load_plugins()
     return list(_MODES)
 
 
-def mode_names() -> list[str]:
-    """:func:`list_modes` (the older name)."""
-    return list_modes()
+mode_names = list_modes  # the older name
 
 
 def caption_free_modes() -> list[str]:
-    """The registered modes that run without a caption (none given and no captioner loaded):
-    what a front end suggests when a caption is missing."""
+    """The registered modes that run without a caption (none given and no captioner loaded): what a front end suggests
+    when a caption is missing."""
     return [name for name in list_modes() if not _MODES[name].needs_caption(False)]
 
 
 def require_caption(mode: str, *, has_caption: bool, has_captioner: bool, source: str | None = None) -> None:
-    """Raise :class:`~image2prompt.errors.CaptionRequired` when ``mode`` needs a caption and
-    none can be had (no caption given, no caption model loaded): the one check, and the one
-    message, of every front end."""
+    """Raise :class:`~image2prompt.errors.CaptionRequired` when ``mode`` needs a caption and none can be had (no
+    caption given, no caption model loaded): the one check, and the one message, of every front end."""
     if not has_caption and not has_captioner and get_mode(mode).needs_caption(False):
         raise CaptionRequired(mode, source=source, caption_free=caption_free_modes())
 
@@ -77,14 +75,6 @@ def beam_modes() -> list[str]:
     """The registered modes whose search reads ``SearchSettings.beam`` (``uses_beam = True``);
     the others ignore it."""
     return [name for name in list_modes() if getattr(_MODES[name], "uses_beam", False)]
-
-
-def _load_plugin_modes() -> None:
-    try:
-        from ..models._registry import load_plugins
-    except ImportError:  # pragma: no cover
-        return
-    load_plugins()
 
 
 for _cls in (BestMode, ClassicMode, FastMode, NegativeMode, TurboMode, StyleMode):

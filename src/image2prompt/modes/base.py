@@ -1,15 +1,13 @@
 """The mode interface: what a mode is given, and what it hands back (no torch here).
 
-A mode turns a batch of :class:`~image2prompt.features.Features` into one
-:class:`Task` per image. A task holds the chains it wants advanced (the orchestrator
-advances every chain of every image in lockstep, so their extensions share encoder
-batches) and a ``finish`` callback that, once those chains are done, gives an
-:class:`Outcome`: one or more candidate prompts. When the outcome asks for it, the
-orchestrator scores the candidates of every task that finished in the same round in
-one text batch and keeps the most similar.
+A mode turns a batch of :class:`~image2prompt.features.Features` into one :class:`Task` per image. A task holds the
+chains it wants advanced (the orchestrator advances every chain of every image in lockstep, so their extensions share
+encoder batches) and a ``finish`` callback that, once those chains are done, gives an :class:`Outcome`: one or more
+candidate prompts. When the outcome asks for it, the orchestrator scores the candidates of every task that finished in
+the same round in one text batch and keeps the most similar.
 
-Everything a mode may compute with is on :class:`SearchContext`: table scores,
-top-k, token budgets, text similarity. A mode never touches a model directly.
+Everything a mode may compute with is on :class:`SearchContext`: table scores, top-k, token budgets, text similarity.
+A mode never touches a model directly.
 """
 
 from __future__ import annotations
@@ -25,9 +23,8 @@ from ..features import Features
 from ..index import MergedView, VocabularyIndex
 from ..prompt import at_limit, cut_to_fit, fits, split_into_chunks, truncate_to_fit
 from ..results import Phrase, TraceStep
-from ..search import ChainState, category_stats, pooled_spread, similarities, top_k_of_scores, weak_match
+from ..search import ChainState, category_stats, pooled_spread, similarities, start_chain, top_k_of_scores, weak_match
 from ..settings import CHUNK_TOKENS, SearchSettings
-from ..syntax import SEPARATOR
 from ..vocab import HYPOTHESIS_CATEGORIES, VocabularyPack
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,9 +55,8 @@ class Chain:
 class Outcome:
     """What a finished task gives: the candidates, and whether to score them.
 
-    With ``score`` the orchestrator computes each candidate's similarity to the image
-    and keeps the highest (ties: the earlier one); otherwise the single candidate is
-    kept with ``similarity`` as given (None: not scored).
+    With ``score`` the orchestrator computes each candidate's similarity to the image and keeps the highest (ties: the
+    earlier one); otherwise the single candidate is kept with ``similarity`` as given (None: not scored).
     """
 
     candidates: list[Scored]
@@ -109,9 +105,8 @@ class OnePromptMode:
         raise NotImplementedError
 
     def plan(self, ctx: SearchContext, batch: Sequence[Features]) -> list[Task]:
-        score = ctx.settings.score_prompt  # scored (in one text batch) only where it is shown
-        # each image's candidate is computed now, once, not when the task finishes
-        return [Task([], partial(_one_outcome, self.candidate(ctx, f), score)) for f in batch]
+        # each image's candidate is computed now, once, and scored (in one text batch) only where it is shown
+        return [Task([], partial(Outcome, [self.candidate(ctx, f)], score=ctx.settings.score_prompt)) for f in batch]
 
 
 class SearchContext:
@@ -156,10 +151,7 @@ class SearchContext:
 
     # -- scores --------------------------------------------------------------------------
     def memo(self, feats: Features) -> dict[Any, Any]:
-        got = self._memo.get(id(feats))
-        if got is None:
-            got = self._memo[id(feats)] = (feats, {})  # the features are held so the id stays theirs
-        return got[1]
+        return self._memo.setdefault(id(feats), (feats, {}))[1]  # the features are held so the id stays theirs
 
     def table_scores(self, category: str, feats: Features,
                      indexes: Sequence[VocabularyIndex] | None = None) -> np.ndarray:
@@ -169,13 +161,9 @@ class SearchContext:
         key = (category, id(indexes))
         if key in memo:
             return memo[key]
-        total = None
-        for index, f in zip(indexes, feats):
-            s = similarities(f, index.embeds(category)).astype(np.float64)
-            total = s if total is None else total + s
-        assert total is not None
-        scores = memo[key] = (total / len(self.clips)).astype(np.float32)
-        return scores
+        each = [similarities(f, index.embeds(category)).astype(np.float64) for index, f in zip(indexes, feats)]
+        memo[key] = (sum(each[1:], each[0]) / len(self.clips)).astype(np.float32)
+        return memo[key]
 
     def merged_scores(self, feats: Features) -> tuple[MergedView, np.ndarray]:
         view = self.indexes[0].merged()
@@ -183,8 +171,7 @@ class SearchContext:
         every = np.concatenate([self.table_scores(c, feats) for c in cats]) if cats else np.empty(0, np.float32)
         return view, every[view.rows]
 
-    def top(self, category: str, feats: Features, k: int, *, largest: bool = True,
-            floored: bool = False) -> list[Phrase]:
+    def top(self, category: str, feats: Features, k: int, *, largest: bool = True, floored: bool = False) -> list[Phrase]:
         """The ``k`` best phrases of a table (``largest=False``: the worst); with ``floored``, only
         those that clear the relevance floor (mirrored for the worst)."""
         scores = self.table_scores(category, feats)
@@ -253,10 +240,9 @@ class SearchContext:
 
     def clears_floor(self, p: Phrase, feats: Features, *, below: bool = False,
                      floor: float | None = None) -> bool:
-        """Whether the image supports ``p`` on its own: its support is at least the floor
-        (negative mode, ``below``: at most minus the floor). Always True with the floor off. A
-        phrase whose mode set its support (style mode, on the features it searched) is judged
-        on that."""
+        """Whether the image supports ``p`` on its own: its support is at least the floor (negative mode, ``below``:
+        at most minus the floor). Always True with the floor off. A phrase whose mode set its support (style mode, on
+        the features it searched) is judged on that."""
         f = self.settings.floor if floor is None else floor
         if f is None:
             return True
@@ -266,11 +252,8 @@ class SearchContext:
     def split_floor(self, phrases: Sequence[Phrase], feats: Features, *,
                     below: bool = False) -> tuple[list[Phrase], list[Phrase]]:
         """``(kept, rejected)``: the phrases that clear the floor, and those that do not."""
-        kept: list[Phrase] = []
-        rejected: list[Phrase] = []
-        for p in phrases:
-            (kept if self.clears_floor(p, feats, below=below) else rejected).append(p)
-        return kept, rejected
+        clears = [self.clears_floor(p, feats, below=below) for p in phrases]
+        return [p for p, ok in zip(phrases, clears) if ok], [p for p, ok in zip(phrases, clears) if not ok]
 
     def category_stats(self, category: str, feats: Features) -> tuple[float, float]:
         """Median and standard deviation of a category's scores for this image."""
@@ -335,35 +318,28 @@ def chain_steps(state: ChainState) -> list[TraceStep]:
     return [TraceStep(p, float(s)) for p, s in zip(chain.phrases, chain.similarities)]
 
 
-def chain_from_best_phrase(ctx: SearchContext, feats: Features, pool: Sequence[Phrase], *, min_count: int,
-                           max_count: int, reverse: bool = False,
-                           indexes: Sequence[VocabularyIndex] | None = None
-                           ) -> tuple[dict[str, Phrase], Chain | None]:
-    """A chain over ``pool`` that starts at its best single phrase (None if the pool is empty)."""
-    from ..search import start_chain
-
+def best_phrase_task(ctx: SearchContext, feats: Features, pool: Sequence[Phrase], rejected: Sequence[Phrase], *,
+                     min_count: int, max_count: int, score: bool, reverse: bool = False,
+                     indexes: Sequence[VocabularyIndex] | None = None) -> Task:
+    """A task with a chain over ``pool`` that starts at its best single phrase. Its prompt is scored against the image
+    when ``score`` (style mode searched other features), else it keeps the chain's own similarity; an empty pool gives
+    an empty prompt of similarity 0. Its candidate lists ``rejected``, the phrases the relevance floor kept out."""
     by_text: dict[str, Phrase] = {}
     for p in pool:
         by_text.setdefault(p.text, p)
     state = start_chain(list(by_text), ctx.at_limit, score_texts=lambda texts: ctx.similarity(feats, texts),
                         min_count=min_count, max_count=max_count, reverse=reverse, fits=ctx.fits)
     if state is None:
-        return by_text, None
-    return by_text, Chain(feats, state, indexes or ctx.indexes)
+        return Task([], partial(Outcome, [Scored("", rejected=list(rejected))], similarity=0.0))
 
+    def finish() -> Outcome:
+        result = state.result()
+        scored = Scored(result.prompt, [by_text[t] for t in result.phrases], "chain", list(rejected))
+        if score and scored.prompt:
+            return Outcome([scored], score=True, steps=chain_steps(state))
+        return Outcome([scored], similarity=result.similarity, steps=chain_steps(state))
 
-def chain_outcome(by_text: dict[str, Phrase], chain: Chain | None, *, score: bool) -> Outcome:
-    """The outcome of a chain that started at its best phrase: its prompt, scored against
-    the image when ``score`` (style mode searched other features), else with the chain's
-    own similarity. An empty pool gives an empty prompt of similarity 0."""
-    if chain is None:
-        return Outcome([Scored("")], similarity=0.0)
-    result = chain.state.result()
-    scored = Scored(result.prompt, [by_text[t] for t in result.phrases], "chain")
-    steps = chain_steps(chain.state)
-    if score and scored.prompt:
-        return Outcome([scored], score=True, steps=steps)
-    return Outcome([scored], similarity=result.similarity, steps=steps)
+    return Task([Chain(feats, state, indexes or ctx.indexes)], finish)
 
 
 def with_rejected(outcome: Outcome, rejected: list[Phrase]) -> Outcome:
@@ -373,12 +349,7 @@ def with_rejected(outcome: Outcome, rejected: list[Phrase]) -> Outcome:
     return outcome
 
 
-
-def _one_outcome(candidate: Scored, score: bool) -> Outcome:
-    return Outcome([candidate], score=score)
-
-
 __all__ = [
-    "SEPARATOR", "Chain", "Mode", "OnePromptMode", "Outcome", "Scored", "SearchContext", "Task", "chain_from_best_phrase",
-    "chain_outcome", "chain_steps", "kept_phrases", "phrase", "with_rejected",
+    "Chain", "Mode", "OnePromptMode", "Outcome", "Scored", "SearchContext", "Task", "best_phrase_task", "chain_steps",
+    "kept_phrases", "phrase", "with_rejected",
 ]

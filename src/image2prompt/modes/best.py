@@ -1,9 +1,8 @@
 """Best mode: a greedy chain over the best phrases, then the best of caption, classic, fast and chain.
 
-The chain adds, at each step, the phrase that raises the whole prompt's similarity
-most (at least ``min_flavors`` steps, at most ``max_flavors``, stopping at the token
-window). ``beam > 1`` keeps several prompts per step. Past the encoders' window the
-rest of the budget is filled in order of the phrases' own scores.
+The chain adds, at each step, the phrase that raises the whole prompt's similarity most (at least ``min_flavors``
+steps, at most ``max_flavors``, stopping at the token window). ``beam > 1`` keeps several prompts per step. Past the
+encoders' window the rest of the budget is filled in order of the phrases' own scores.
 """
 
 from __future__ import annotations

@@ -10,9 +10,8 @@ from .base import OnePromptMode, Scored, SearchContext, kept_phrases
 
 def fast_candidate(ctx: SearchContext, feats: Features, caption: str, n: int, *,
                    list_rejected: bool = True) -> Scored:
-    """The caption and the ``n`` best merged phrases; with the relevance floor on, the best
-    ``n`` of those that clear it, and (``list_rejected``) the unfloored prompt's phrases that
-    did not as ``rejected``."""
+    """The caption and the ``n`` best merged phrases; with the relevance floor on, the best ``n`` of those that clear
+    it, and (``list_rejected``) the unfloored prompt's phrases that did not as ``rejected``."""
     tops = ctx.top_merged(feats, n, floored=True)
     full = fast_prompt(caption, [p.text for p in tops])
     prompt = ctx.truncate(full)

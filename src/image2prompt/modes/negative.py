@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 
 from ..features import Features
-from .base import SearchContext, Task, chain_from_best_phrase, chain_outcome, phrase, with_rejected
+from .base import SearchContext, Task, best_phrase_task, phrase
 
 
 class NegativeMode:
@@ -28,9 +27,6 @@ class NegativeMode:
             if "negative" in ctx.vocab:  # the negative list is generic by design: it is not floored
                 scores = ctx.table_scores("negative", feats)
                 pool += [phrase(t, "negative", float(v)) for t, v in zip(ctx.vocab["negative"].labels, scores)]
-            by_text, chain = chain_from_best_phrase(ctx, feats, pool, min_count=s.min_flavors,
-                                                    max_count=s.max_flavors, reverse=True)
-            tasks.append(Task([chain] if chain else [],
-                              partial(lambda b, c, r: with_rejected(chain_outcome(b, c, score=False), r),
-                                      by_text, chain, rejected)))
+            tasks.append(best_phrase_task(ctx, feats, pool, rejected, min_count=s.min_flavors, max_count=s.max_flavors,
+                                          score=False, reverse=True))
         return tasks

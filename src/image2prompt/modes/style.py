@@ -1,16 +1,13 @@
 """Style mode: only the aesthetic, no caption and no phrase that restates the subject.
 
-The caption's direction is projected out of the image features, phrases that share
-the caption's content words or whose embedding is close to the caption's are left
-out, and a chain starting at the best remaining phrase is searched on what is left
-(docs/style.md). The similarity reported is to the image itself, comparable with
-the other modes.
+The caption's direction is projected out of the image features, phrases that share the caption's content words or
+whose embedding is close to the caption's are left out, and a chain starting at the best remaining phrase is searched
+on what is left (docs/style.md). The similarity reported is to the image itself, comparable with the other modes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,7 +16,7 @@ from ..features import Features
 from ..prompt.subject import restates_subject, subject_words
 from ..results import Phrase
 from ..search import category_stats, pooled_spread, top_k_of_scores
-from .base import SearchContext, Task, chain_from_best_phrase, chain_outcome, phrase, with_rejected
+from .base import SearchContext, Task, best_phrase_task, phrase
 
 #: Phrases whose embedding is this close to the caption's restate the subject.
 SUBJECT_COSINE = 0.95
@@ -80,10 +77,6 @@ class StyleMode:
                 out = {id(p) for p in rejected}
                 rejected = [p for p in sorted(pool + rejected, key=lambda p: -p.score)[: s.style_phrases]
                             if id(p) in out]
-            by_text, chain = chain_from_best_phrase(ctx, styled, pool[: s.candidates],
-                                                    min_count=min(4, s.style_phrases),
-                                                    max_count=max(0, s.style_phrases - 1), indexes=indexes)
-            tasks.append(Task([chain] if chain else [],
-                              partial(lambda b, c, r: with_rejected(chain_outcome(b, c, score=True), r),
-                                      by_text, chain, rejected)))
+            tasks.append(best_phrase_task(ctx, styled, pool[: s.candidates], rejected, min_count=min(4, s.style_phrases),
+                                          max_count=max(0, s.style_phrases - 1), score=True, indexes=indexes))
         return tasks

@@ -1,9 +1,5 @@
-"""Turbo mode: best mode's chain on a smaller pool, searched lazily (Minoux's lazy greedy).
-
-After a full first pass each step scores only the ``shortlist`` phrases whose measured
-gains so far were highest on average (up to ``max_rounds`` rounds, and every phrase
-before the chain stops), with a full rescore every ``refresh_every`` steps; ``keep``
-narrows the pool after the first step. See :class:`image2prompt.search.ChainState`.
+"""Turbo mode: best mode's chain on a smaller pool, searched lazily (Minoux's lazy greedy; the
+``shortlist``, ``max_rounds``, ``refresh_every`` and ``keep`` settings): see :class:`image2prompt.search.ChainState`.
 """
 
 from __future__ import annotations

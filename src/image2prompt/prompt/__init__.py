@@ -16,16 +16,6 @@ from .assemble import (
 from .caption import clean_caption
 
 __all__ = [
-    "DEFAULT_MAX_TOKENS",
-    "SEPARATOR",
-    "CountTokens",
-    "at_limit",
-    "classic_prompt",
-    "clean_caption",
-    "cut_to_fit",
-    "fast_prompt",
-    "fits",
-    "split_into_chunks",
-    "text_budget",
-    "truncate_to_fit",
+    "DEFAULT_MAX_TOKENS", "SEPARATOR", "CountTokens", "at_limit", "classic_prompt", "clean_caption", "cut_to_fit",
+    "fast_prompt", "fits", "split_into_chunks", "text_budget", "truncate_to_fit",
 ]

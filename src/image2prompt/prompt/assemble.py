@@ -35,15 +35,11 @@ def at_limit(text: str, count_tokens: CountTokens, max_tokens: int = DEFAULT_MAX
 def truncate_to_fit(text: str, count_tokens: CountTokens, max_tokens: int = DEFAULT_MAX_TOKENS) -> str:
     """Keep the leading ", "-separated parts that fit in the window.
 
-    Unlike the reference, the separator is counted: the reference measured
-    ``kept + part`` with no ", " between them, which glues two words together.
-    The first part (the caption) is always kept, cut at a word boundary if it alone
-    is over the budget, so the result always fits.
-
-    A prompt's token count only grows as parts are added (the tokenizer splits at
-    the separator's punctuation), so the first part that no longer fits is found by
-    bisection: about log2(parts) tokenizer calls instead of one per part, the same
-    result as adding parts one by one until one does not fit.
+    Unlike the reference, the separator is counted (it measured ``kept + part``, gluing two
+    words together). The first part (the caption) is always kept, cut at a word boundary if it
+    alone is over the budget, so the result always fits. A prompt's token count only grows as
+    parts are added, so the first part that no longer fits is found by bisection: about
+    log2(parts) tokenizer calls, the same result as adding parts one by one.
     """
     parts = text.split(SEPARATOR)
     whole_checked = bool(parts[0])  # with no first part the prompt drops its leading separator
@@ -86,9 +82,9 @@ def cut_to_fit(text: str, count_tokens: CountTokens, max_tokens: int = DEFAULT_M
 
 def classic_prompt(caption: str, medium: str | None, artist: str | None, trending: str | None,
                    movement: str | None, flavors: Sequence[str], *, joined: bool = False) -> str:
-    """The reference's classic layout; ", medium" is dropped when the caption starts with it.
-    With ``joined`` (or a part given as None: the relevance floor kept it out) the parts
-    present are joined with the separator, none left empty."""
+    """The reference's classic layout; ", medium" is dropped when the caption starts with it. With ``joined`` (or a
+    part given as None: the relevance floor kept it out) the parts present are joined with the separator, none left
+    empty."""
     if joined or None in (medium, artist, trending, movement):
         if medium and caption.startswith(medium):
             medium = None

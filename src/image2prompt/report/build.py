@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -61,23 +62,16 @@ def build_report(results: Sequence[str | Path], options: ReportOptions | None = 
     for path in results:
         if not Path(path).exists():
             raise ReportError(f"{path}: no such file")
+    records = lambda: chain.from_iterable(map(read_records, results))
     selection = Selection(grouper(opts.group_by), opts.fingerprints)
+    # counting every record, in the hope that no image has two
     col = Collection(opts.group_by, points=opts.points, thumbnails=opts.thumbnails)
-    for path in results:  # counting every record, in the hope that no image has two
-        for record in read_records(path):
-            if selection.offer(record):
-                col.add(record)
-    selection.finish()
-    if selection.repeats:  # some have: count again, one record per image
+    col.add_all(r for r in records() if selection.offer(r))
+    if selection.finish().repeats:  # some have: count again, one record per image
         del col
+        wanted = (r for r in records() if selection.wants(r))
         col = Collection(opts.group_by, points=opts.points, thumbnails=opts.thumbnails)
-        keep, i = selection.keep, 0
-        for path in results:
-            for record in read_records(path):
-                if selection.wants(record):
-                    if keep[i]:
-                        col.add(record)
-                    i += 1
+        col.add_all(r for r, keep in zip(wanted, selection.keep) if keep)
     col.records = selection.records
     col.finish()
     if opts.group_by and opts.group_by.strip() == "folder":
@@ -126,10 +120,6 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def _finite(x: float) -> float | None:
-    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
-
-
 # --- the summary ------------------------------------------------------------------------------
 
 
@@ -166,7 +156,7 @@ def _summary(col: Collection, opts: ReportOptions, separation: list[Separation],
     for category in col.categories():
         cats[category] = [{
             "text": s.text, "images": s.images("top"), "share": s.images("top") / scored,
-            "in_prompts": s.images("prompt") / n, "mean_score": _finite(s.mean),
+            "in_prompts": s.images("prompt") / n, "mean_score": s.mean if math.isfinite(s.mean) else None,
             "quartiles": [float(v) for v in np.percentile(s.sample, [25, 50, 75])] if s.sample else None,
             "hypothesis": s.hypothesis} for s in _top_phrases(col, category, opts.top)]
     groups = {g: {"images": k, "weak_matches": col.weak_by_group.get(g, 0),
@@ -219,11 +209,8 @@ def _map(col: Collection, opts: ReportOptions, roots: Sequence[Path]) -> tuple[s
     for ref in col.points:
         if not ref.content_hash:
             continue
-        path = feature_path(opts.features, ref.content_hash)
-        if not path.exists():
-            continue
-        try:
-            f = Features.load(path)
+        try:  # a missing file is a FeaturesError too
+            f = Features.load(feature_path(opts.features, ref.content_hash))
         except (FeaturesError, OSError, ValueError):
             continue
         refs.append(ref)
@@ -231,18 +218,15 @@ def _map(col: Collection, opts: ReportOptions, roots: Sequence[Path]) -> tuple[s
     if len(refs) < 3:
         return None, f"No map: fewer than 3 of the sampled images have stored features in {opts.features}."
     x = np.stack(vectors)
-    method = "PCA"
+    method, xy = "PCA", None
     if opts.map_method == "umap":
         try:
             import umap
 
-            xy = umap.UMAP(n_components=2, random_state=0).fit_transform(x)
-            method = "UMAP"
+            method, xy = "UMAP", umap.UMAP(n_components=2, random_state=0).fit_transform(x)
         except ImportError:
             log.warning("umap-learn is not installed: the map uses PCA")
-            xy = _pca(x)
-    else:
-        xy = _pca(x)
+    xy = _pca(x) if xy is None else xy
     grouped = len(col.groups) > 1
     colour = [r.group if grouped else (r.label or "?") for r in refs]
     thumbs = []
@@ -253,7 +237,7 @@ def _map(col: Collection, opts: ReportOptions, roots: Sequence[Path]) -> tuple[s
             im.thumbnail((48, 48))
             thumbs.append((i, im))
     what = "group" if grouped else "best medium"
-    return plots.feature_map(xy, colour, method, thumbs), (
+    return plots.data_uri(plots.feature_map_figure(xy, colour, method, thumbs)), (
         f"{method} of the image features of {len(refs)} images (a uniform sample), coloured by {what}; "
         f"{len(thumbs)} thumbnails placed at their points. Near points: images CLIP encodes alike.")
 
@@ -285,7 +269,6 @@ def _page(col: Collection, opts: ReportOptions, summary: dict[str, Any], separat
                 f"the top phrases of {col.with_scores} images and the prompt phrases of the rest"
                 if col.with_scores else "the phrases of each image's prompt only (run batch with "
                                         "--store-scores K to see every image's top K per category)")))
-    # top phrases per category
     parts.append("<section><h2>The phrases that score highest</h2><p>For each category: the phrases most often "
                  "among an image's top phrases (the share of images in brackets), and the spread of their "
                  "scores.</p><div class=grid>")
@@ -301,16 +284,13 @@ def _page(col: Collection, opts: ReportOptions, summary: dict[str, Any], separat
         parts.append(f"<figure><img alt='scores of {e(category)}' src='{uri}'><figcaption>{e(category)}{note}"
                      f"</figcaption>{warn}</figure>")
     parts.append("</div></section>")
-    # prompts
     in_prompts = sorted(col.phrases.values(), key=lambda s: -s.images("prompt"))[:20]
     in_prompts = [s for s in in_prompts if s.images("prompt")]
     if in_prompts:
         uri = plots.share_bars("How often each phrase makes it into the prompts", [s.text for s in in_prompts],
                                [s.images("prompt") / n for s in in_prompts])
         parts.append(f"<section><h2>Phrases in the prompts</h2><img alt='phrases in prompts' src='{uri}'></section>")
-    # groups
     parts.append(_groups_section(col, opts, separation))
-    # co-occurrence
     if len(cooc.labels) >= 2:
         uri = plots.lift_heatmap(cooc.labels, cooc.counts, cooc.images)
         pairs = cooc.pairs(15)
@@ -323,23 +303,17 @@ def _page(col: Collection, opts: ReportOptions, summary: dict[str, Any], separat
                      "if the two were independent; the table lists the pairs seen together more often than "
                      "chance (lift above 1), the most frequent first.</p><div class=grid><figure>"
                      f"<img alt='co-occurrence' src='{uri}'></figure>{table}</div></section>")
-    # weak matches
     gallery = []
     for ref in col.weak_sample:
         im = _thumb(ref, roots)
         label = e(Path(ref.source).name)
-        if im is None:
-            gallery.append(f"<figure class=thumb><div class=missing>not found</div><figcaption>{label}"
-                           "</figcaption></figure>")
-        else:
-            gallery.append(f"<figure class=thumb><img alt='{label}' src='{_jpeg_uri(im)}'><figcaption>{label}"
-                           "</figcaption></figure>")
+        shown = "<div class=missing>not found</div>" if im is None else f"<img alt='{label}' src='{_jpeg_uri(im)}'>"
+        gallery.append(f"<figure class=thumb>{shown}<figcaption>{label}</figcaption></figure>")
     share = 100 * col.weak / n
     parts.append(f"<section><h2>Weak matches</h2><p><b>{col.weak}</b> of {n} images ({share:.1f}%) are weak matches: "
                  "no flavor stands out from its table for them, so their phrases are closer to guesses. "
                  + (f"A sample of {len(gallery)}:" if gallery else "") + "</p>"
                  f"<div class=gallery>{''.join(gallery)}</div></section>")
-    # map
     map_uri, caption = _map(col, opts, roots)
     parts.append("<section><h2>Map of the image features</h2>"
                  + (f"<figure><img alt='feature map' src='{map_uri}'><figcaption>{e(caption)}</figcaption></figure>"

@@ -119,7 +119,6 @@ class Collection:
     def __init__(self, group_by: str | None = None, *, points: int = 2000, thumbnails: int = 48,
                  seed: int = 0) -> None:
         self.group_of = grouper(group_by)
-        self.group_by = group_by
         self.rng = random.Random(seed)
         self._random = self.rng.random
         self.phrases: dict[tuple[str, str], PhraseStats] = {}
@@ -206,12 +205,9 @@ class Collection:
             return
         stats.n_scores += 1
         stats.sum += float(score)
-        mine = stats.group_scores.get(group)
-        if mine is None:
-            stats.group_scores[group] = [1, float(score)]
-        else:
-            mine[0] += 1
-            mine[1] += float(score)
+        mine = stats.group_scores.setdefault(group, [0, 0.0])
+        mine[0] += 1
+        mine[1] += float(score)
         if len(stats.sample) < RESERVOIR:
             stats.sample.append(float(score))
         else:
@@ -270,27 +266,20 @@ class Collection:
         return self._weak_sample.items
 
     def categories(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for category, _ in self.phrases:
-            seen.setdefault(category, None)
-        return list(seen)
+        return list(dict.fromkeys(category for category, _ in self.phrases))
 
 
 class Selection:
     """Which records the report counts: one per image, the latest, and what that leaves out.
 
-    ``batch`` appends a record per image and settings fingerprint, so an output holds an image
-    once more for every change of settings (a mode, a model, the floor). Counting them all
-    would count each image several times, and feed the statistics copies as if they were
-    independent images. The report counts one record per source (per source and group: with
-    ``--group-by column:NAME``, e.g. ``column:clip_model``, each group keeps its own, so two
-    runs of the same images can still be compared): the last one with a result (the files in
-    the order given, each in its order), or, where none has one, the last error.
-    ``fingerprints`` (prefixes) count only those fingerprints' records.
+    ``batch`` appends a record per image each time its settings fingerprint changes; counting them
+    all would count each image several times, as if the copies were independent images. One record
+    per source (and group: with ``--group-by column:NAME`` two runs of the same images can still be
+    compared) is counted: the last with a result, in the order given, or where none has one the
+    last error. ``fingerprints`` (prefixes) count only those fingerprints' records.
 
     The first pass offers every record (:meth:`offer`, 17 bytes each), :meth:`finish` decides, and
-    :attr:`keep` then says, record by record of those :meth:`wants` in the same order, which
-    to count.
+    :attr:`keep` then says, record by record of those :meth:`wants` in the same order, which to count.
     """
 
     def __init__(self, group_of: Callable[[dict[str, Any]], str], fingerprints: Iterable[str] = ()) -> None:

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "data_uri",
-    "effects",
-    "feature_map",
-    "feature_map_figure",
-    "group_colours",
-    "lift_heatmap",
-    "score_boxes",
-    "share_bars",
-]
+__all__ = ["data_uri", "effects", "feature_map_figure", "group_colours", "lift_heatmap", "score_boxes", "share_bars"]
 
 DPI = 96
 OTHER = "#7f7f7f"  # tab10's grey: the groups past the palette, together
@@ -60,6 +52,15 @@ def _short(text: str, n: int = 42) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def _finish(fig: Any, ax: Any, title: str, ticks: Any, labels: list[str], xlabel: str) -> str:
+    """The phrases down the y axis, the axis' label and the title; then the figure as a data URI."""
+    ax.set_yticks(ticks)
+    ax.set_yticklabels(labels)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, loc="left", fontweight="bold")
+    return data_uri(fig)
+
+
 def score_boxes(title: str, labels: Sequence[str], samples: Sequence[Sequence[float]],
                 shares: Sequence[float]) -> str:
     """Horizontal box plots of each phrase's scores (with the points), best at the top."""
@@ -76,11 +77,8 @@ def score_boxes(title: str, labels: Sequence[str], samples: Sequence[Sequence[fl
     rng = np.random.default_rng(0)
     for i, s in enumerate(data[::-1], start=1):
         ax.scatter(s, i + rng.uniform(-0.15, 0.15, len(s)), s=4, alpha=0.35, color="#3b5bdb", linewidths=0)
-    ax.set_yticks(range(1, n + 1))
-    ax.set_yticklabels([f"{_short(t)}  ({100 * sh:.0f}%)" for t, sh in zip(labels[::-1], shares[::-1])])
-    ax.set_xlabel("CLIP similarity to the image (where among the image's top phrases)")
-    ax.set_title(title, loc="left", fontweight="bold")
-    return data_uri(fig)
+    ticks = [f"{_short(t)}  ({100 * sh:.0f}%)" for t, sh in zip(labels[::-1], shares[::-1])]
+    return _finish(fig, ax, title, range(1, n + 1), ticks, "CLIP similarity to the image (where among the image's top phrases)")
 
 
 def share_bars(title: str, labels: Sequence[str], shares: Sequence[float], colors: Sequence[str] | None = None) -> str:
@@ -88,11 +86,7 @@ def share_bars(title: str, labels: Sequence[str], shares: Sequence[float], color
     n = len(labels)
     fig, ax = plt.subplots(figsize=(6.4, 0.28 * n + 0.8))
     ax.barh(range(n), [100 * s for s in shares][::-1], color=(list(colors)[::-1] if colors else "#3b5bdb"))
-    ax.set_yticks(range(n))
-    ax.set_yticklabels([_short(t) for t in labels][::-1])
-    ax.set_xlabel("% of images whose prompt has the phrase")
-    ax.set_title(title, loc="left", fontweight="bold")
-    return data_uri(fig)
+    return _finish(fig, ax, title, range(n), [_short(t) for t in labels][::-1], "% of images whose prompt has the phrase")
 
 
 def effects(title: str, labels: Sequence[str], effect: Sequence[float], low: Sequence[float],
@@ -107,11 +101,8 @@ def effects(title: str, labels: Sequence[str], effect: Sequence[float], low: Seq
     ax.hlines(y, np.where(np.isfinite(lo), lo, e), np.where(np.isfinite(hi), hi, e), colors=colors, linewidth=1.5)
     ax.scatter(e, y, color=colors, zorder=3, s=18)
     ax.axvline(0, color="#495057", lw=0.8)
-    ax.set_yticks(y)
-    ax.set_yticklabels([_short(t) for t in labels])
-    ax.set_xlabel("difference in share of images, percentage points (95% bootstrap interval)")
-    ax.set_title(title, loc="left", fontweight="bold")
-    return data_uri(fig)
+    return _finish(fig, ax, title, y, [_short(t) for t in labels],
+                   "difference in share of images, percentage points (95% bootstrap interval)")
 
 
 def lift_heatmap(labels: Sequence[str], counts: np.ndarray, images: int) -> str:
@@ -122,10 +113,9 @@ def lift_heatmap(labels: Sequence[str], counts: np.ndarray, images: int) -> str:
     expected = np.outer(diag, diag) / max(1, images)
     with np.errstate(divide="ignore", invalid="ignore"):
         lift = np.where(expected > 0, counts / expected, np.nan)
-    np.fill_diagonal(lift, np.nan)
-    fig, ax = plt.subplots(figsize=(0.26 * n + 2.6, 0.26 * n + 1.6))
-    with np.errstate(divide="ignore", invalid="ignore"):
+        np.fill_diagonal(lift, np.nan)
         shown = np.log2(np.clip(lift, 0.25, 4.0))  # never together: the colour of a quarter of chance
+    fig, ax = plt.subplots(figsize=(0.26 * n + 2.6, 0.26 * n + 1.6))
     img = ax.imshow(shown, cmap="RdBu_r", vmin=-2, vmax=2)
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))
@@ -135,22 +125,15 @@ def lift_heatmap(labels: Sequence[str], counts: np.ndarray, images: int) -> str:
     return data_uri(fig)
 
 
-def feature_map(xy: np.ndarray, groups: Sequence[str], method: str,
-                thumbs: Sequence[tuple[int, Any]] = ()) -> str:
-    """The 2-D map of image features, coloured by group, with some thumbnails placed on it."""
-    return data_uri(feature_map_figure(xy, groups, method, thumbs))
-
-
 def feature_map_figure(xy: np.ndarray, groups: Sequence[str], method: str,
                        thumbs: Sequence[tuple[int, Any]] = ()) -> Any:
-    """:func:`feature_map`'s figure: the legend sits beside the axes, where no thumbnail goes."""
+    """The 2-D map of image features, coloured by group, with some thumbnails placed on it; the legend
+    sits beside the axes, where no thumbnail goes."""
     plt = _plt()
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     fig, ax = plt.subplots(figsize=(7.2, 5.6))
-    counts: dict[str, int] = {}
-    for g in groups:
-        counts[g] = counts.get(g, 0) + 1
+    counts = Counter(groups)
     names = sorted(counts, key=lambda g: -counts[g])  # the largest groups keep their own colour
     colours = group_colours(names)
     labels = np.array(groups, dtype=object)

@@ -1,14 +1,11 @@
 """The statistics of the report: which phrases separate groups, and which co-occur.
 
-**Separation.** For a group and a phrase, the effect size is the difference in the share of
-images that have the phrase among their top phrases (``--store-scores K``; else in their
-prompt): the group's share minus the share in every other image. Its 95% interval is a
-percentile bootstrap over images (2000 resamples; for a share, resampling n images is a
-binomial draw, so it is done in closed form). Its p-value is a two-sided two-proportion
-z-test, or Fisher's exact test where a cell of the 2x2 table expects fewer than 5 images.
-Over every (group, phrase) tested, false discoveries are controlled with the Benjamini-Hochberg
-procedure at q = 0.05. Phrases seen in fewer than ``min_images`` images are not tested (they
-cannot reach significance and only dilute the correction).
+**Separation** (stated for the reader in :data:`METHOD`): the difference in the share of images
+with the phrase among their top phrases (else in their prompt), a group against every other image;
+a 95% percentile bootstrap interval (a share's resample is a binomial draw, done in closed form);
+a z-test or Fisher's exact p-value; Benjamini-Hochberg over every (group, phrase) tested. Phrases
+in fewer than ``min_images`` images are not tested: they cannot reach significance and only
+dilute the correction.
 """
 
 from __future__ import annotations
@@ -68,15 +65,6 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
 _erfc = np.frompyfunc(math.erfc, 1, 1)
 
 
-def _z_test(c1: np.ndarray, n1: int, c2: np.ndarray, n2: int) -> np.ndarray:
-    pooled = (c1 + c2) / (n1 + n2)
-    se = np.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    diff = c1 / n1 - c2 / n2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(se > 0, np.abs(diff) / se, 0.0)
-    return np.asarray(_erfc(z / math.sqrt(2)), dtype=np.float64)
-
-
 def fisher_exact(c1: int, n1: int, c2: int, n2: int) -> float:
     """Two-sided p-value of Fisher's exact test of the 2x2 table [[c1, n1-c1], [c2, n2-c2]]: the
     probability, given the margins, of a table at most as likely as this one."""
@@ -94,11 +82,14 @@ def fisher_exact(c1: int, n1: int, c2: int, n2: int) -> float:
 
 
 def two_proportion_p(c1: np.ndarray, n1: int, c2: np.ndarray, n2: int) -> np.ndarray:
-    """The z-test where every cell of the 2x2 table expects at least 5 images, Fisher's exact test
-    elsewhere (where the normal approximation makes rare phrases look far too significant)."""
-    p = _z_test(c1, n1, c2, n2)
-    k = c1 + c2
-    n = n1 + n2
+    """The two-sided z-test where every cell of the 2x2 table expects at least 5 images, Fisher's exact
+    test elsewhere (where the normal approximation makes rare phrases look far too significant)."""
+    pooled = (c1 + c2) / (n1 + n2)
+    se = np.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(se > 0, np.abs(c1 / n1 - c2 / n2) / se, 0.0)
+    p = np.asarray(_erfc(z / math.sqrt(2)), dtype=np.float64)
+    k, n = c1 + c2, n1 + n2
     expected = np.minimum.reduce([k * n1 / n, k * n2 / n, (n - k) * n1 / n, (n - k) * n2 / n])
     for i in np.flatnonzero(expected < 5):
         p[i] = fisher_exact(int(c1[i]), n1, int(c2[i]), n2)
@@ -138,10 +129,10 @@ def separating_phrases(col: Collection, *, q: float = 0.05, min_images: int = 5,
     for (i, j, s1, s2), pv, qq in zip(rows, p, qv):
         g = tested[j]
         n1, n2 = sizes[g], total - sizes[g]
-        boot = rng.binomial(n1, s1, resamples) / n1 - rng.binomial(n2, s2, resamples) / n2 \
-            if qq <= q or abs(s1 - s2) >= 0.05 else None
-        low, high = (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))) if boot is not None \
-            else (float("nan"), float("nan"))
+        low = high = float("nan")
+        if qq <= q or abs(s1 - s2) >= 0.05:
+            boot = rng.binomial(n1, s1, resamples) / n1 - rng.binomial(n2, s2, resamples) / n2
+            low, high = float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
         stats = col.phrases[keys[i]]
         out.append(Separation(g, stats.category, stats.text, float(s1), float(s2), float(s1 - s2), low, high,
                               float(pv), float(qq), bool(qq <= q), stats.hypothesis))
@@ -163,10 +154,8 @@ class Cooccurrence:
         for a in range(m):
             for b in range(a + 1, m):
                 both = int(self.counts[a, b])
-                if both == 0:
-                    continue
                 expected = self.counts[a, a] * self.counts[b, b] / max(1, self.images)
-                if both / expected <= min_lift + 1e-9:  # as often as chance, give or take rounding
+                if both == 0 or both / expected <= min_lift + 1e-9:  # as often as chance, give or take rounding
                     continue
                 out.append({"a": self.labels[a], "b": self.labels[b], "images": both, "lift": both / expected,
                             "jaccard": both / (self.counts[a, a] + self.counts[b, b] - both)})
@@ -176,13 +165,12 @@ class Cooccurrence:
 
 def cooccurrence(col: Collection, top: int = 25, chunk: int = 65536) -> Cooccurrence:
     """Co-occurrence in prompts of the ``top`` phrases that are in the most prompts."""
-    freq = np.bincount(np.frombuffer(col.prompt_ids, np.int32), minlength=len(col.id_keys)) \
-        if len(col.prompt_ids) else np.zeros(0, np.int64)
+    ids = np.frombuffer(col.prompt_ids, np.int32)
+    freq = np.bincount(ids, minlength=len(col.id_keys))
     chosen = [int(i) for i in np.argsort(-freq, kind="stable")[:top] if freq[i] > 0]
     n = len(col.prompt_ends)
     counts = np.zeros((len(chosen), len(chosen)), np.float64)
     if chosen:
-        ids = np.frombuffer(col.prompt_ids, np.int32)
         ends = np.frombuffer(col.prompt_ends, np.int64)
         column = np.full(len(col.id_keys), -1, np.int64)
         column[chosen] = np.arange(len(chosen))

@@ -2,13 +2,13 @@
 
 from .chain import ChainResult, ChainState, ScoreTexts, start_chain
 from .confidence import (
-                         category_stats,
-                         chance_max_z,
-                         emphasis_weight,
-                         match_strength,
-                         pooled_spread,
-                         weak_match,
-                         weak_threshold,
+    category_stats,
+    chance_max_z,
+    emphasis_weight,
+    match_strength,
+    pooled_spread,
+    weak_match,
+    weak_threshold,
 )
 from .topk import similarities, top_k_of_scores
 

@@ -1,24 +1,21 @@
 """The phrase chain of best, negative and style modes (torch-free).
 
-At each step the chain tries ``current + ", " + phrase`` for every remaining
-phrase and keeps the best. It keeps going while similarity improves, always for
-at least ``min_count`` steps and at most ``max_count``, and stops once the
-prompt fills the token window. This is the reference's algorithm, with three
-fixes: candidates are visited in a fixed order (the reference iterates a
-``set``), ties go to the earlier candidate, and the reverse (negative) chain
-compares like with like (the reference compared a negated similarity against a
-positive one).
+At each step the chain tries ``current + ", " + phrase`` for every remaining phrase and keeps the best. It keeps going
+while similarity improves, always for at least ``min_count`` steps and at most ``max_count``, and stops once the
+prompt fills the token window. This is the reference's algorithm, with three fixes: candidates are visited in a fixed
+order (the reference iterates a ``set``), ties go to the earlier candidate, and the reverse (negative) chain compares
+like with like (the reference compared a negated similarity against a positive one).
 
-The chain is a small state machine (:class:`ChainState`) so that a driver can
-advance the chains of many images in lockstep and score all their extensions
-in shared encoder batches. With ``beam > 1`` it keeps the ``beam`` best prompts at each step; beam 1 is
-exactly the greedy chain.
+The chain is a small state machine (:class:`ChainState`) so that a driver can advance the chains of many images in
+lockstep and score all their extensions in shared encoder batches. With ``beam > 1`` it keeps the ``beam`` best
+prompts at each step; beam 1 is exactly the greedy chain.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -53,44 +50,33 @@ class _Beam:
 class ChainState:
     """One chain, advanced step by step.
 
-    ``requests()`` lists the (prefix, phrases) pairs to score next;
-    ``advance(scores)`` takes their similarities in the same order. ``done`` is
-    True when the chain has finished; ``result()`` gives the best prompt seen.
+    ``requests()`` lists the (prefix, phrases) pairs to score next; ``advance(scores)`` takes their similarities in
+    the same order. ``done`` is True when the chain has finished; ``result()`` gives the best prompt seen.
 
-    With ``shortlist`` (turbo mode) a step is a *lazy greedy* search (Minoux's
-    accelerated greedy). A phrase's gain is its score minus the score of the
-    prompt it extended; each phrase keeps the gains it had whenever it was
-    scored exactly. A step scores phrases in rounds of ``shortlist``, highest
-    mean past gain first, and ends as soon as the best exact score found
-    reaches the highest latest gain still unscored. Where adding phrases only
-    dilutes the others' effect, a phrase's latest gain bounds its gain now, so
-    the step ends on the phrase best mode would pick. Where gains do not only
-    shrink, a gain is a lasting part plus noise from step to step, and the mean
-    of past gains ranks phrases by the lasting part better than the latest gain
-    does (bench/landscape.py). At most ``max_rounds`` rounds are run per step,
-    except that a step which would end the chain scores all its phrases first,
-    as best mode's does; every ``refresh_every`` steps (0: only the first) the
-    whole pool is rescored, which catches phrases whose gain grew. One
-    ``requests()``/``advance()`` pair is one round, so a step may take several.
+    With ``shortlist`` (turbo mode) a step is a *lazy greedy* search (Minoux's accelerated greedy). A phrase's gain is
+    its score minus the score of the prompt it extended; each phrase keeps the gains it had whenever it was scored
+    exactly. A step scores phrases in rounds of ``shortlist``, highest mean past gain first, and ends as soon as the
+    best exact score found reaches the highest latest gain still unscored. Where adding phrases only dilutes the
+    others' effect, a phrase's latest gain bounds its gain now, so the step ends on the phrase best mode would pick.
+    Where gains do not only shrink, a gain is a lasting part plus noise from step to step, and the mean of past gains
+    ranks phrases by the lasting part better than the latest gain does (bench/landscape.py). At most ``max_rounds``
+    rounds are run per step, except that a step which would end the chain scores all its phrases first, as best mode's
+    does; every ``refresh_every`` steps (0: only the first) the whole pool is rescored, which catches phrases whose
+    gain grew. One ``requests()``/``advance()`` pair is one round, so a step may take several.
 
-    With ``keep`` (turbo) the first step still scores every phrase, as best mode's
-    does, and then only the ``keep`` phrases with the highest gains there stay in
-    the pool: the pool is narrowed by each phrase's effect on this prompt rather
-    than by its score on its own, which is how it was chosen.
+    With ``keep`` (turbo) the first step still scores every phrase, as best mode's does, and then only the ``keep``
+    phrases with the highest gains there stay in the pool: the pool is narrowed by each phrase's effect on this prompt
+    rather than by its score on its own, which is how it was chosen.
     """
 
-    def __init__(self, phrases: Sequence[str], at_limit: Callable[[str], bool], *, start: str,
-                 start_similarity: float, start_phrases: Sequence[str] = (), min_count: int = 8,
-                 max_count: int = 32, reverse: bool = False, beam: int = 1,
-                 shortlist: int | None = None, refresh_every: int = _DEFAULTS.refresh_every,
-                 max_rounds: int = _DEFAULTS.max_rounds,
-                 keep: int | None = None, fits: Callable[[str], bool] | None = None) -> None:
-        if beam < 1:
-            raise ValueError(f"beam must be at least 1, got {beam}")
-        if shortlist is not None and shortlist < 1:
-            raise ValueError(f"shortlist must be at least 1, got {shortlist}")
-        if keep is not None and keep < 1:
-            raise ValueError(f"keep must be at least 1, got {keep}")
+    def __init__(self, phrases: Sequence[str], at_limit: Callable[[str], bool], *, start: str, start_similarity: float,
+                 start_phrases: Sequence[str] = (), min_count: int = 8, max_count: int = 32, reverse: bool = False,
+                 beam: int = 1, shortlist: int | None = None, refresh_every: int = _DEFAULTS.refresh_every,
+                 max_rounds: int = _DEFAULTS.max_rounds, keep: int | None = None,
+                 fits: Callable[[str], bool] | None = None) -> None:
+        for name, value in (("beam", beam), ("shortlist", shortlist), ("keep", keep)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         self.shortlist, self.refresh_every, self.max_rounds = shortlist, max(0, refresh_every), max(1, max_rounds)
         self.keep = keep
         self._gain_sum: dict[str, float] = {}  # turbo: the sum of each phrase's exact gains so far
@@ -110,8 +96,7 @@ class ChainState:
         first = [sim] * len(start_phrases)
         self.beams = [_Beam(start, sim, list(start_phrases), remaining, first)]
         self.best = _Beam(start, sim, list(start_phrases), [], first)
-        self.idx = 0
-        self.steps = 0
+        self.steps = 0  # finished steps
         self.rounds = 0  # requests()/advance() pairs so far
         self.done = max_count <= 0 or not remaining
         if not self.done:
@@ -120,7 +105,7 @@ class ChainState:
     def _full_step(self) -> bool:
         if self.shortlist is None or not self._gain_n:
             return True
-        return self.refresh_every > 0 and self.idx % self.refresh_every == 0
+        return self.refresh_every > 0 and self.steps % self.refresh_every == 0
 
     def requests(self) -> list[tuple[str, list[str]]]:
         """The (prefix, phrases) pairs of this round, one per beam (a beam may have none)."""
@@ -138,7 +123,7 @@ class ChainState:
             else:
                 self._pending = [sorted(b.remaining, key=lambda p: -self._mean_gain(p)) for b in self.beams]
                 self._asked = [[] for _ in self.beams]
-        if self._pending and any(self._pending):
+        if any(self._pending):
             # After max_rounds, a beam that is still undecided gets the rest of its phrases at once.
             k = (self.shortlist or 0) if self._round < self.max_rounds else None
             self._asked = [[] if self._settled(b) else pend[:k] for b, pend in enumerate(self._pending)]
@@ -152,10 +137,9 @@ class ChainState:
     def _settled(self, b: int) -> bool:
         """Whether beam ``b``'s step is decided.
 
-        It is when every phrase was scored, or when no unscored phrase's stale gain could
-        beat what was found. After ``max_rounds`` rounds the best found is accepted, except
-        where it would end the chain (no improvement past ``min_count``): best mode stops
-        only when no phrase at all improves, so the rest are scored before stopping.
+        It is when every phrase was scored, or when no unscored phrase's stale gain could beat what was found. After
+        ``max_rounds`` rounds the best found is accepted, except where it would end the chain (no improvement past
+        ``min_count``): best mode stops only when no phrase at all improves, so the rest are scored before stopping.
         """
         pend, found = self._pending[b], self._found[b]
         if not pend:
@@ -167,9 +151,8 @@ class ChainState:
                 return True
         if self._round < self.max_rounds:
             return False
-        would_stop = self.idx >= self.min_count and max((s for _, s in found), default=float("-inf")) \
-            <= self.beams[b].sim
-        return not would_stop
+        best = max((s for _, s in found), default=float("-inf"))
+        return not (self.steps >= self.min_count and best <= self.beams[b].sim)  # not where it would end the chain
 
     def advance(self, scores: Sequence[np.ndarray]) -> None:
         self.rounds += 1
@@ -189,7 +172,7 @@ class ChainState:
             self._next_round()
 
     def _finish_step(self) -> None:
-        idx, self.idx = self.idx, self.idx + 1
+        idx = self.steps
         self.steps += 1
         options: list[tuple[float, int, int, str]] = []  # (-signed sim, beam, table position, phrase)
         for b, found in enumerate(self._found):
@@ -223,7 +206,7 @@ class ChainState:
                         self._greedy_alive = True
                     new_beams.append(child)
         self.beams = new_beams
-        if not self.beams or self.idx >= self.max_count:
+        if not self.beams or self.steps >= self.max_count:
             self.done = True
 
     def result(self) -> ChainResult:
@@ -231,25 +214,11 @@ class ChainState:
                            [v * self.sign for v in self.best.sims])
 
 
-def start_chain(
-    phrases: Sequence[str],
-    at_limit: Callable[[str], bool],
-    *,
-    start: str | None = None,
-    start_similarity: float | None = None,
-    score_texts: ScoreTexts | None = None,
-    min_count: int = 8,
-    max_count: int = 32,
-    reverse: bool = False,
-    beam: int = 1,
-    shortlist: int | None = None,
-    refresh_every: int = _DEFAULTS.refresh_every,
-    max_rounds: int = _DEFAULTS.max_rounds,
-    keep: int | None = None,
-    fits: Callable[[str], bool] | None = None,
-) -> ChainState | None:
-    """A ChainState; without ``start`` it begins at the best single phrase that ``fits`` (None if
-    there is none)."""
+def start_chain(phrases: Sequence[str], at_limit: Callable[[str], bool], *, start: str | None = None,
+                start_similarity: float | None = None, score_texts: ScoreTexts | None = None, reverse: bool = False,
+                fits: Callable[[str], bool] | None = None, **options: Any) -> ChainState | None:
+    """A ChainState (``options``: its other keyword arguments); without ``start`` it begins at the
+    best single phrase that ``fits`` (None if there is none)."""
     phrases = list(dict.fromkeys(phrases))
     first: list[str] = []
     if start is None:
@@ -257,15 +226,14 @@ def start_chain(
             raise ValueError("score_texts is needed when the chain has no start")
         if not phrases:
             return None
-        sims = np.asarray(score_texts(phrases), dtype=np.float64) * (-1.0 if reverse else 1.0)
+        sign = -1.0 if reverse else 1.0
+        sims = np.asarray(score_texts(phrases), dtype=np.float64) * sign
         order = np.argsort(-sims, kind="stable")  # best first; ties keep table order
         j = next((int(k) for k in order if fits is None or fits(phrases[int(k)])), None)
         if j is None:
             return None
-        start, start_similarity, first = phrases[j], float(sims[j]) * (-1.0 if reverse else 1.0), [phrases[j]]
+        start, start_similarity, first = phrases[j], float(sims[j]) * sign, [phrases[j]]
     elif start_similarity is None:
         raise ValueError("start_similarity is needed with a start prompt")
     return ChainState(phrases, at_limit, start=start, start_similarity=start_similarity, start_phrases=first,
-                      min_count=min_count, max_count=max_count, reverse=reverse, beam=beam,
-                      shortlist=shortlist, refresh_every=refresh_every, max_rounds=max_rounds, keep=keep,
-                      fits=fits)
+                      reverse=reverse, fits=fits, **options)

@@ -56,11 +56,10 @@ def chance_max_z(n: int) -> float:
 def weak_threshold(weak_z: float, n: int) -> float:
     """The match strength below which a table of ``n`` phrases counts as a weak match.
 
-    ``weak_z`` is the threshold for a 100k-phrase table; for other sizes it moves with what
-    the best phrase would score by chance (:func:`chance_max_z`), so the flag asks the same
-    question at every size: does the best phrase stand out more than chance would make it?
-    A fixed z cannot: 4.0 is below chance for 100k phrases and far above it for a few
-    hundred, where it would flag almost every image (docs/confidence.md)."""
+    ``weak_z`` is the threshold for a 100k-phrase table; for other sizes it moves with what the best phrase would
+    score by chance (:func:`chance_max_z`), so the flag asks the same question at every size: does the best phrase
+    stand out more than chance would make it? A fixed z cannot: 4.0 is below chance for 100k phrases and far above it
+    for a few hundred, where it would flag almost every image (docs/confidence.md)."""
     return float(weak_z) + chance_max_z(int(n)) - chance_max_z(WEAK_Z_TABLE)
 
 

@@ -16,9 +16,6 @@ from ..errors import RAISE_MAX_PIXELS, ImageLoadError, one_line
 
 log = logging.getLogger(__name__)
 
-#: The library's front-end-neutral advice in the server's words: its own setting's name.
-SERVER_WORDS = {RAISE_MAX_PIXELS: "the server's limit, set with serve --max-pixels"}
-
 
 class HTTPError(Exception):
     """An error answer: status and one-line message (and extra headers)."""
@@ -28,20 +25,6 @@ class HTTPError(Exception):
         self.status, self.message, self.headers = status, one_line(message), headers or {}
 
 
-class BodyTooLarge(Exception):
-    """Raised by the guard's ``receive`` once a body passes its limit (413)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-
-
-class BodyTimeout(Exception):
-    """Raised by the guard's ``receive`` when a body stalls (408)."""
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-
-
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The error body: ``error`` and ``status``, and ``detail`` (FastAPI's and A1111's key, which
     their clients read) with the same message."""
@@ -49,17 +32,10 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": text, "detail": text, "status": status}, status_code=status, headers=headers)
 
 
-def server_words(message: str) -> str:
-    """A library message in the server's words: where it says how to change a setting, it names
-    the server's own (``serve --max-pixels``)."""
-    for neutral, ours in SERVER_WORDS.items():
-        message = message.replace(neutral, ours)
-    return message
-
-
 def image_error(err: ImageLoadError) -> HTTPError:
+    """An image that cannot be loaded, with the library's advice in the server's words (its own setting's name)."""
     status = {"too_large": 413, "format": 415, "refused": 400}.get(err.kind, 400)
-    return HTTPError(status, server_words(str(err)))
+    return HTTPError(status, str(err).replace(RAISE_MAX_PIXELS, "the server's limit, set with serve --max-pixels"))
 
 
 def validation_message(errors: Any, shown: int = 10) -> str:
@@ -84,15 +60,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, err: RequestValidationError) -> JSONResponse:
         return error_response(422, validation_message(err.errors()))
-
-    @app.exception_handler(BodyTooLarge)
-    async def _too_large(request: Request, err: BodyTooLarge) -> JSONResponse:
-        return error_response(413, f"request body is over the {err.limit}-byte limit")
-
-    @app.exception_handler(BodyTimeout)
-    async def _body_timeout(request: Request, err: BodyTimeout) -> JSONResponse:
-        return error_response(408, f"the request body stalled: nothing came for {err.timeout:g} s",
-                              {"Connection": "close"})
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, err: ClientDisconnect) -> JSONResponse:

@@ -13,41 +13,26 @@ import time
 from collections.abc import MutableMapping
 from typing import Any
 
-from fastapi import FastAPI
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
-from .errors import BodyTimeout, BodyTooLarge, error_response
+from .errors import HTTPError, error_response
 from .state import ServerConfig
 
 log = logging.getLogger(__name__)
 
-#: Paths answered without an API key: liveness, readiness, the UI's static page and the API docs
-#: (both pages, their schema and, under DOCS_ASSETS, their scripts).
-OPEN_PATHS = ("/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
-              "/favicon.ico")
-#: Where the API docs' scripts and styles are served from (the fastapi-offline package's copies),
-#: so /docs and /redoc work with no internet.
+#: Paths answered without an API key: liveness, readiness, the UI's page and the API docs (both pages, their
+#: schema and, under DOCS_ASSETS, their scripts: the fastapi-offline package's copies, so they work offline).
+OPEN_PATHS = ("/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/favicon.ico")
 DOCS_ASSETS = "/docs-assets"
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
-
-
-def install_middleware(app: FastAPI, config: ServerConfig) -> None:
-    if config.cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["*"])
-    app.add_middleware(Guard, config=config)  # outermost: log, limit and authenticate every request
 
 
 class Guard:
-    """ASGI middleware: one log line per request with its latency, the body size limits and the API key."""
+    """ASGI middleware, outermost: one log line per request, the body limits, the API key and the refusals."""
 
     def __init__(self, app: Any, config: ServerConfig) -> None:
         self.app, self.config = app, config
         self.key = config.api_key.encode() if config.api_key else None
-        self.loopback = config.loopback_only
         self.origins = set(config.cors_origins)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -91,13 +76,14 @@ class Guard:
     def _refusal(self, scope: dict[str, Any], path: str) -> Response | None:
         headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
         host = headers.get("host", b"").decode("latin-1").lower()
-        if self.loopback and host and not loopback_host(host):
+        if self.config.loopback_only and host and not loopback_host(host):
             # DNS rebinding: a page on evil.example that resolves to 127.0.0.1 sends Host: evil.example
             # (a browser always sends Host; a request without one, HTTP/1.0's, is no such page)
             return error_response(421, f"this server answers to localhost only, not to Host {host[:80]!r}")
         origin = headers.get("origin", b"").decode("latin-1")
+        # same-origin: the Host header says what the Origin does after its scheme (https://a.example:8443)
         if origin and scope.get("method") not in ("GET", "HEAD", "OPTIONS") and origin not in self.origins \
-                and hostport(origin) != host:
+                and origin.split("://", 1)[-1].rstrip("/").lower() != host:
             # a page of another site POSTing a form here (no CORS preflight for multipart): refused
             return error_response(403, f"requests from pages on {origin[:80]} are not allowed (see --cors-origin)")
         if self.key is not None and scope.get("method") != "OPTIONS" and path not in OPEN_PATHS \
@@ -123,7 +109,11 @@ class Guard:
 
 def loopback_host(host: str) -> bool:
     """Whether a ``Host`` header names this machine's loopback: localhost, any of 127.0.0.0/8, ::1."""
-    name = hostname(host).strip("[]").rstrip(".")
+    if host.startswith("["):  # without the port: [::1]:7860 -> [::1]
+        host = host[: host.find("]") + 1] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    name = host.strip("[]").rstrip(".")
     if name in ("localhost", ""):
         return True
     try:
@@ -132,39 +122,28 @@ def loopback_host(host: str) -> bool:
         return False
 
 
-def hostname(host: str) -> str:
-    """``Host`` without its port (``[::1]:7860`` -> ``[::1]``)."""
-    if host.startswith("["):
-        return host[: host.find("]") + 1] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def hostport(origin: str) -> str:
-    """``https://a.example:8443`` -> ``a.example:8443`` (what the Host header of a same-origin request says)."""
-    return origin.split("://", 1)[-1].rstrip("/").lower()
-
-
 def limited(receive: Any, limit: int, timeout: float | None = None) -> Any:
-    """``receive`` with the body's size limit and, until the body is complete, ``timeout``
+    """``receive`` with the body's size limit (413) and, until the body is complete, ``timeout``
     seconds for each piece of it (a client that stalls mid-body gets 408, not a held connection)."""
-    seen = [0]
-    done = [False]
+    seen, done = 0, False
 
     async def wrapped() -> dict[str, Any]:
-        if done[0] or timeout is None:
+        nonlocal seen, done
+        if done or timeout is None:
             message: dict[str, Any] = await receive()
         else:
             try:
                 message = await asyncio.wait_for(receive(), timeout)
             except asyncio.TimeoutError:
-                raise BodyTimeout(timeout) from None
+                raise HTTPError(408, f"the request body stalled: nothing came for {timeout:g} s",
+                                {"Connection": "close"}) from None
         if message.get("type") == "http.request":
-            seen[0] += len(message.get("body", b""))
-            if seen[0] > limit:
-                raise BodyTooLarge(limit)
-            done[0] = not message.get("more_body", False)
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise HTTPError(413, f"request body is over the {limit}-byte limit")
+            done = not message.get("more_body", False)
         elif message.get("type") == "http.disconnect":
-            done[0] = True
+            done = True
         return message
 
     return wrapped

@@ -1,5 +1,5 @@
-"""Reading a request's inputs: its fields (JSON or a multipart form, validated by a schema) and its
-image (base64, an upload or, where allowed, a URL), decoded in worker threads within the server's limits."""
+"""Reading a request's inputs: its fields (JSON or a multipart form, validated by a schema) and its image
+(base64, an upload or, where allowed, a URL), decoded in worker threads within the server's limits."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData
+from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..errors import ImageLoadError
@@ -21,29 +21,23 @@ from ..io.download import download_bytes
 from ..io.images import input_side_of
 from ..prompt.caption import is_invisible
 from .errors import HTTPError, image_error, validation_message
-from .state import ServerConfig, ServerState
+from .state import ServerState
 
 
-async def parse_body(request: Request, model: type[BaseModel]) -> tuple[BaseModel, bytes | None, str]:
+async def parse_body(request: Request, model: type[BaseModel]) -> tuple[Any, bytes | None, str]:
     """The request's fields (validated by ``model``) and its image bytes, from JSON or a multipart
     form; returns (fields, image bytes or None when a URL was given, a display name)."""
     ctype = content_type(request)
     if ctype == "multipart/form-data":
-        form = await read_form(request, max_files=1, max_fields=64)
-        raw: dict[str, Any] = {}
-        upload = None
-        for key, value in form.multi_items():
-            if key == "image" and hasattr(value, "read"):
-                upload = value
-            elif isinstance(value, str):
-                raw[key] = value
-            else:
+        raw, files = await read_form(request, max_files=1)
+        for key, _ in files:
+            if key != "image":
                 raise HTTPError(422, f"invalid request: {key}: only the image field may be a file")
-        if upload is None:
+        if not files:
             raise HTTPError(422, "invalid request: image: a file field named image is required")
         fields = validate(model, raw)
-        data = await upload.read()
-        return fields, data, upload_name(getattr(upload, "filename", None))
+        upload = files[0][1]
+        return fields, await upload.read(), upload_name(upload.filename)
     if ctype in ("application/json", ""):
         fields = await read_json(request, model)
         image, url = getattr(fields, "image", None), getattr(fields, "url", None)
@@ -71,17 +65,19 @@ class MultiPart(MultiPartParser):
         self.complete = True
 
 
-async def read_form(request: Request, *, max_files: int, max_fields: int) -> FormData:
-    """A multipart form, refused (400) when it is malformed or ends before its closing boundary."""
+async def read_form(request: Request, *, max_files: int) -> tuple[dict[str, str], list[tuple[str, UploadFile]]]:
+    """A multipart form's fields and its files, refused (400) when it is malformed or ends before its
+    closing boundary."""
     try:
-        parser = MultiPart(request.headers, request.stream(), max_files=max_files, max_fields=max_fields)
+        parser = MultiPart(request.headers, request.stream(), max_files=max_files, max_fields=64)
         form = await parser.parse()
     except MultiPartException as err:
         raise HTTPError(400, f"invalid multipart body: {err.message}") from None
     if not parser.complete:
         await form.close()
         raise HTTPError(400, "invalid multipart body: it ends before its closing boundary (a cut-off upload?)")
-    return form
+    files = [(key, value) for key, value in form.multi_items() if isinstance(value, UploadFile)]
+    return {key: value for key, value in form.multi_items() if isinstance(value, str)}, files
 
 
 def upload_name(filename: str | None) -> str:
@@ -96,16 +92,13 @@ def loads_json(body: bytes, model: type[BaseModel]) -> Any:
     """Parse and validate a JSON body (run off the event loop: a large body takes seconds)."""
     try:
         payload = json.loads(body)
+        if not isinstance(payload, dict):
+            raise HTTPError(422, "invalid request: the JSON body must be an object")
+        return validate(model, payload)  # raises HTTPError, not a ValueError, for an invalid body
     except RecursionError:
         raise HTTPError(400, "the body is not valid JSON: nested too deeply") from None
     except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise HTTPError(400, "the body is not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise HTTPError(422, "invalid request: the JSON body must be an object")
-    try:
-        return validate(model, payload)
-    except RecursionError:
-        raise HTTPError(400, "the body is not valid JSON: nested too deeply") from None
 
 
 async def read_json(request: Request, model: type[BaseModel]) -> Any:
@@ -141,7 +134,18 @@ def b64(text: str) -> bytes:
 
 
 async def decode_image(state: ServerState, data: bytes | None, name: str) -> Any:
+    """An image from its bytes, or fetched from the URL ``name`` when ``data`` is None (where the
+    server allows URLs), decoded in a worker thread within the server's limits."""
     cfg = state.config
+
+    def load(data: bytes) -> Any:
+        # Reduced right after decoding to what the loaded models need, so no waiting request holds
+        # a full-size image; the decoding thread itself holds one of config.decoders slots (the
+        # asyncio semaphore alone is given back when a request is cancelled mid-decode).
+        with state.decode_slots.hold(data):
+            return load_image(ImageSource(name, "bytes", data), max_pixels=cfg.max_pixels, formats=cfg.formats,
+                              reduce_to=input_side_of(state.interrogator))
+
     try:
         if data is None:
             if not cfg.allow_urls:
@@ -151,21 +155,7 @@ async def decode_image(state: ServerState, data: bytes | None, name: str) -> Any
                                                max_bytes=cfg.max_upload_bytes)
         if len(data) > cfg.max_upload_bytes:
             raise HTTPError(413, f"{name}: image of {len(data)} bytes is over the {cfg.max_upload_bytes}-byte limit")
-        # Reduced right after decoding to what the loaded models need, so no waiting request holds
-        # a full-size image; the decoding thread itself holds one of config.decoders slots (the
-        # asyncio semaphore alone is given back when a request is cancelled mid-decode).
         async with state.decoding:
-            return await run_in_threadpool(load_upload, data, name, cfg, input_side_of(state.interrogator),
-                                           state.decode_slots)
+            return await run_in_threadpool(load, data)
     except ImageLoadError as err:
         raise image_error(err) from None
-
-
-def load_upload(data: bytes, name: str, cfg: ServerConfig, reduce_to: int | None = None, slots: Any = None) -> Any:
-    """Decode an upload (in a worker thread), holding one of ``slots`` (:class:`DecodeSlots`) while
-    it decodes, reduced to ``reduce_to`` (the models' :attr:`~image2prompt.Interrogator.input_side`)."""
-    source = ImageSource(name, "bytes", data)
-    if slots is None:
-        return load_image(source, max_pixels=cfg.max_pixels, formats=cfg.formats, reduce_to=reduce_to)
-    with slots.hold(data):
-        return load_image(source, max_pixels=cfg.max_pixels, formats=cfg.formats, reduce_to=reduce_to)

@@ -1,10 +1,9 @@
 """uvicorn's HTTP protocol with a deadline for a request's headers.
 
-uvicorn times out an idle keep-alive connection, but not a client that opens a connection
-and sends its headers a byte at a time (or nothing at all): each such connection is held
-for ever. Here a connection gets ``header_timeout`` seconds from its first byte (or from
-being opened) to finish a request's headers, and is closed when it does not. The body has
-its own timeout, per piece, in the application (408).
+uvicorn times out an idle keep-alive connection, but not a client that opens a connection and sends its
+headers a byte at a time (or nothing at all): each such connection is held for ever. Here a connection gets
+``header_timeout`` seconds from its first byte (or from being opened) to finish a request's headers, and is
+closed when it does not. The body has its own timeout, per piece, in the application (408).
 """
 
 from __future__ import annotations
@@ -17,8 +16,8 @@ log = logging.getLogger(__name__)
 
 
 class _HeaderDeadline:
-    """Mixed in before uvicorn's protocol class (httptools' or h11's): both keep the request in
-    flight as ``self.cycle``, which is replaced once a new request's headers are complete."""
+    """Mixed in before uvicorn's protocol class (httptools' or h11's): both keep the request in flight as
+    ``self.cycle``, which is replaced once a new request's headers are complete."""
 
     header_timeout: float = 10.0
     cycle: Any

@@ -63,11 +63,14 @@ class AnalyzeBody(BaseModel):
     top: int = Field(5, ge=1, le=100)
 
 
-class A1111PromptBody(BaseModel):
-    """The A1111 clip-interrogator extension's request."""
-
+class A1111AnalyzeBody(BaseModel):
     image: str
     clip_model_name: str | None = None
+
+
+class A1111PromptBody(A1111AnalyzeBody):
+    """The A1111 clip-interrogator extension's request."""
+
     caption_model_name: str | None = None
     mode: str = Field("fast", description="A registered mode (plugins' included), or caption.")  # the extension's
 
@@ -79,24 +82,11 @@ class A1111PromptBody(BaseModel):
         return value
 
 
-class A1111AnalyzeBody(BaseModel):
-    image: str
-    clip_model_name: str | None = None
-
-
 class A1111InterrogateBody(BaseModel):
     """A1111's own /sdapi/v1/interrogate request."""
 
     image: str
     model: str = "clip"
-
-
-def body_doc(model: type[BaseModel], multipart: dict[str, Any]) -> dict[str, Any]:
-    """OpenAPI for a route that takes a JSON body or a multipart form."""
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": model.model_json_schema()},
-        "multipart/form-data": {"schema": multipart},
-    }}}
 
 
 IMAGE_FORM = {"type": "object", "required": ["image"], "properties": {
@@ -113,6 +103,11 @@ BATCH_FORM = {"type": "object", "required": ["files"], "properties": {
     "suffix": {"type": "string"}}}
 
 
-def json_doc(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI for a route that takes a JSON body (read by the route itself)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+def body_doc(model: type[BaseModel] | None, form: dict[str, Any] | None = None) -> dict[str, Any]:
+    """OpenAPI for a route that reads its body itself: JSON (``model``'s schema) and/or a multipart ``form``."""
+    content: dict[str, Any] = {}
+    if model is not None:
+        content["application/json"] = {"schema": model.model_json_schema()}
+    if form is not None:
+        content["multipart/form-data"] = {"schema": form}
+    return {"requestBody": {"required": True, "content": content}}

@@ -1,5 +1,6 @@
 """What the server is told (:class:`ServerConfig`) and what it holds while it runs (:class:`ServerState`:
-the interrogator, its :class:`~image2prompt.service.MicroBatcher`, the finished batch uploads)."""
+the interrogator, its :class:`~image2prompt.service.MicroBatcher`, the finished batch uploads); waiting
+for the model worker within a request's timeout; and the models' names as clients see them."""
 
 from __future__ import annotations
 
@@ -8,15 +9,17 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
 
-from ..errors import Image2PromptError, one_line
+from ..catalogue import LOCAL_DIR  # the scheme of a local model folder
+from ..errors import Image2PromptError, ImageLoadError, SettingsError, one_line
 from ..io.images import DecodeSlots
-from ..service import DEFAULT_QUEUE_BYTES, SERVE_FORMATS, SERVE_MAX_PIXELS, MicroBatcher
-from .errors import HTTPError
+from ..service import DEFAULT_QUEUE_BYTES, SERVE_FORMATS, SERVE_MAX_PIXELS, Busy, MicroBatcher, ShuttingDown
+from .errors import HTTPError, image_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..interrogator import Interrogator
@@ -96,12 +99,101 @@ class ServerState:
             raise HTTPError(503, "the models are still loading; try again shortly", {"Retry-After": "5"})
         return self.interrogator, self.batcher
 
+    async def wait(self, request: Request, submit: Callable[[], Future[Any]], timeout: float | None = None) -> Any:
+        """Submit to the batcher and wait (``timeout``, default the config's); a timeout (504) or a
+        client gone cancels the work if it has not started."""
+        timeout = self.config.timeout if timeout is None else timeout
+        try:
+            fut = submit()
+        except Busy as err:
+            raise HTTPError(503, str(err), {"Retry-After": str(self.config.retry_after)}) from None
+        except ShuttingDown as err:
+            raise HTTPError(503, str(err)) from None
+        except SettingsError as err:
+            raise HTTPError(422, str(err)) from None
+        waiter = asyncio.wrap_future(fut)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                started = not fut.cancel()
+                waiter.add_done_callback(_retrieve)
+                raise HTTPError(504, f"no result within {timeout:g} s" + (
+                    "" if started else "; the request was cancelled before it reached the model"))
+            done, _ = await asyncio.wait({waiter}, timeout=min(0.25, left))
+            if done:
+                break
+            if await request.is_disconnected():
+                fut.cancel()
+                waiter.add_done_callback(_retrieve)
+                log.info("%s %s: the client went away; its request was cancelled", request.method, request.url.path)
+                raise HTTPError(499, "client closed the request")
+        try:
+            return waiter.result()
+        except ImageLoadError as err:
+            raise image_error(err) from None
+        except SettingsError as err:
+            raise HTTPError(422, one_line(err)) from None
+        except ShuttingDown as err:
+            raise HTTPError(503, str(err)) from None
+        except Image2PromptError as err:  # e.g. features of other encoders: the request's fault, said in words
+            if isinstance(err, ValueError):
+                raise HTTPError(422, one_line(err)) from None
+            raise
+        except asyncio.CancelledError:
+            raise HTTPError(503, "the request was cancelled") from None
+
+    async def wait_queued(self, request: Request, submit: Callable[[], Future[Any]]) -> Any:
+        """:meth:`wait`, but a full queue is waited out (a batch upload is one request already admitted)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.timeout
+        while True:
+            try:
+                return await self.wait(request, submit, max(0.001, deadline - loop.time()))
+            except HTTPError as err:
+                if err.status != 503 or "queue is full" not in err.message or loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+
+def _retrieve(fut: Any) -> None:
+    """Read an abandoned future's outcome so asyncio does not log it as never retrieved."""
+    if not fut.cancelled():
+        fut.exception()
+
 
 def server_state(request: Request) -> ServerState:
-    """The application's :class:`ServerState` (a dependency of every route that needs it)."""
-    state: ServerState = request.app.state.i2p
-    return state
+    return request.app.state.i2p
 
 
 #: A route parameter typed ``State`` is given the application's :class:`ServerState`.
 State = Annotated[ServerState, Depends(server_state)]
+
+
+def shown_model_name(name: str) -> str:
+    """A model's name as clients see it: a folder on the server by its base name
+    (``local-dir:/srv/models/my-clip`` -> ``local-dir:my-clip``), so the server's paths stay in its log."""
+    # a captioner may be given a bare folder
+    if not name.startswith((LOCAL_DIR, "/", "~", "./", "../", "\\")) and name[1:3] not in (":/", ":\\"):
+        return name  # ARCH/TAG, hf-hub:ORG/REPO, a short captioner name: no path in it
+    base = name.removeprefix(LOCAL_DIR).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return LOCAL_DIR + (base or "model")
+
+
+def public(ip: Interrogator, data: Any) -> Any:
+    """A result's or analysis's dictionary with the models' shown names (also in nested results)."""
+    if isinstance(data, list):
+        return [public(ip, v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    out = {}
+    for key, value in data.items():
+        if key in ("clip_model", "caption_model") and isinstance(value, str):
+            names = [c.name for c in ip.clips] + ([ip.caption_name] if ip.caption_name else [])
+            for real in sorted(names, key=len, reverse=True):  # longest first: replaced inside joined names
+                value = value.replace(real, shown_model_name(real))
+        elif isinstance(value, (dict, list)) and key in ("negative", "result"):
+            value = public(ip, value)
+        out[key] = value
+    return out

@@ -42,12 +42,7 @@ def expand_artists(names: Iterable[str]) -> list[str]:
 
 def expand_trending(sites: Iterable[str]) -> list[str]:
     sites = list(sites)
-    return (
-        list(sites)
-        + [f"trending on {s}" for s in sites]
-        + [f"featured on {s}" for s in sites]
-        + [f"{s} contest winner" for s in sites]
-    )
+    return [form.format(s) for form in ("{}", "trending on {}", "featured on {}", "{} contest winner") for s in sites]
 
 
 def read_list(path: str | os.PathLike[str]) -> list[str]:
@@ -75,10 +70,8 @@ class VocabularyPack:
         try:
             return self.tables[category]
         except KeyError:
-            raise VocabularyError(
-                f"vocabulary pack {self.name!r} has no {category!r} list "
-                f"(it has: {', '.join(self.tables) or 'nothing'})"
-            ) from None
+            raise VocabularyError(f"vocabulary pack {self.name!r} has no {category!r} list "
+                                  f"(it has: {', '.join(self.tables) or 'nothing'})") from None
 
     def __contains__(self, category: object) -> bool:
         return category in self.tables
@@ -96,17 +89,13 @@ class VocabularyPack:
         return base + extra
 
     def with_table(self, table: PhraseTable) -> VocabularyPack:
-        tables = dict(self.tables)
-        tables[table.name] = table
-        return VocabularyPack(self.name, tables)
+        return VocabularyPack(self.name, {**self.tables, table.name: table})
 
 
 def _table_for_file(category: str, path: Path) -> PhraseTable:
     lines = read_list(path)
-    if category == "artists":
-        # Artist lists hold bare names; the table holds "by X" and "inspired by X".
-        return PhraseTable.from_lines("artists", expand_artists(lines))
-    return PhraseTable.from_lines(category, lines)
+    # Artist lists hold bare names; the table holds "by X" and "inspired by X".
+    return PhraseTable.from_lines(category, expand_artists(lines) if category == "artists" else lines)
 
 
 def load_folder_pack(folder: str | os.PathLike[str], name: str | None = None) -> VocabularyPack:
@@ -121,16 +110,12 @@ def load_folder_pack(folder: str | os.PathLike[str], name: str | None = None) ->
     files = sorted(p for p in folder.glob("*.txt") if not p.name.startswith("."))
     if not files:
         raise VocabularyError(f"{folder}: no <category>.txt lists in this folder")
-    tables: dict[str, PhraseTable] = {}
-    for path in files:
-        category = path.stem
-        tables[category] = _table_for_file(category, path)
+    tables = {path.stem: _table_for_file(path.stem, path) for path in files}
     if "trendings" not in tables and "flavors" in tables:
         # The reference's own trendings list, the same in every pack: its cache file is shared.
         tables["trendings"] = PhraseTable.from_lines("trendings", expand_trending(TRENDING_SITES), canonical=True)
-    order: list[str] = [c for c in ("artists", "flavors", "mediums", "movements", "trendings", "negative")
-                        if c in tables]
-    ordered: dict[str, PhraseTable] = {c: tables[c] for c in order}
+    order = ("artists", "flavors", "mediums", "movements", "trendings", "negative")
+    ordered = {c: tables[c] for c in order if c in tables}
     ordered.update({c: t for c, t in tables.items() if c not in ordered})
     return VocabularyPack(name or folder.name, ordered)
 
@@ -140,17 +125,13 @@ def reference_data_dir() -> Path:
     try:
         dist = importlib.metadata.distribution(REFERENCE_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
-        raise VocabularyError(
-            "the default 'classic' vocabulary comes from the clip-interrogator package, "
-            "which is not installed: pip install clip-interrogator (or pass --vocab FOLDER)"
-        ) from None
+        raise VocabularyError("the default 'classic' vocabulary comes from the clip-interrogator package, "
+                              "which is not installed: pip install clip-interrogator (or pass --vocab FOLDER)") from None
     for f in dist.files or ():
         if f.name == "flavors.txt" and f.parent.name == "data":
             return Path(str(dist.locate_file(f))).parent
-    raise VocabularyError(
-        f"clip-interrogator {dist.version} is installed but ships no data/flavors.txt; "
-        "reinstall it or pass --vocab FOLDER"
-    )
+    raise VocabularyError(f"clip-interrogator {dist.version} is installed but ships no data/flavors.txt; "
+                          "reinstall it or pass --vocab FOLDER")
 
 
 def load_classic_pack() -> VocabularyPack:
@@ -182,9 +163,7 @@ def load_vocabulary(paths: Iterable[str | os.PathLike[str]] = ()) -> VocabularyP
     folders = [p for p in given if p.is_dir()]
     files = [p for p in given if not p.is_dir()]
     if len(folders) > 1:
-        raise VocabularyError(
-            f"only one vocabulary folder can be used at a time (got {', '.join(map(str, folders))})"
-        )
+        raise VocabularyError(f"only one vocabulary folder can be used at a time (got {', '.join(map(str, folders))})")
     pack = load_folder_pack(folders[0]) if folders else load_classic_pack()
     for f in files:
         if f.suffix.lower() != ".txt":

@@ -15,23 +15,15 @@ def labels_sha256(labels: Sequence[str]) -> str:
 
 def clean_labels(lines: Iterable[str]) -> list[str]:
     """Strip each line, drop blanks and later duplicates, keep the first-seen order."""
-    seen: set[str] = set()
-    out: list[str] = []
-    for line in lines:
-        label = line.strip()
-        if label and label not in seen:
-            seen.add(label)
-            out.append(label)
-    return out
+    return list(dict.fromkeys(label for label in (line.strip() for line in lines) if label))
 
 
 @dataclass(frozen=True)
 class SourceLayout:
     """How a table maps onto the list the reference would have hashed for it.
 
-    The reference keeps blank lines and duplicates, so its cache files (and the
-    precomputed embeddings it publishes) are keyed by the raw list. Keeping the raw
-    hash and the row of each of our labels in it lets us reuse those files.
+    The reference keeps blank lines and duplicates, so its cache files (and the precomputed embeddings it publishes)
+    are keyed by the raw list. Keeping the raw hash and the row of each of our labels in it lets us reuse those files.
     """
 
     sha256: str  # hash of the raw list, as the reference computes it
@@ -43,12 +35,10 @@ class SourceLayout:
 class PhraseTable:
     """A named, ordered list of phrases, e.g. ``flavors`` or ``artists``.
 
-    ``name`` names the table's cache file. ``canonical`` marks the reference's own
-    lists (the classic pack, and the standard trendings table): their files keep the
-    reference's names (``{model}_{name}.safetensors``), so caches written by
-    clip-interrogator and the precomputed files it publishes are reused. Every other
-    table's file name carries its label hash too, so several vocabularies that share
-    a category name live side by side in one cache.
+    ``name`` names the table's cache file. ``canonical`` marks the reference's own lists (the classic pack, and the
+    standard trendings table): their files keep the reference's names (``{model}_{name}.safetensors``), so caches
+    written by clip-interrogator and the precomputed files it publishes are reused. Every other table's file name
+    carries its label hash too, so several vocabularies that share a category name live side by side in one cache.
     """
 
     name: str
@@ -57,12 +47,11 @@ class PhraseTable:
     canonical: bool = field(default=False, compare=False)
 
     @classmethod
-    def from_lines(cls, name: str, lines: Iterable[str], *, keep_source: bool = True,
-                   canonical: bool = False) -> PhraseTable:
+    def from_lines(cls, name: str, lines: Iterable[str], *, canonical: bool = False) -> PhraseTable:
         raw = [line.strip() for line in lines]
         labels = clean_labels(raw)
         source = None
-        if keep_source and raw != labels:
+        if raw != labels:
             first_row: dict[str, int] = {}
             for i, label in enumerate(raw):
                 first_row.setdefault(label, i)

@@ -19,6 +19,14 @@ _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet":
 FLAT_COLUMNS = ("source", "content_hash", "fingerprint", "ok", "error", "prompt", "negative_prompt", "caption",
                 "similarity", "mode", "clip_model", "caption_model", "weak_match", "token_count", "phrases", "trace",
                 "specificity", "rejected")
+#: The flat columns that are not strings (CSV cells are read back as these, Parquet columns have them).
+FLAT_TYPES: dict[str, type] = {"ok": bool, "weak_match": bool, "similarity": float, "specificity": float,
+                               "token_count": int}
+
+
+#: The flat columns copied as they are from a record's result.
+_FROM_RESULT = ("prompt", "caption", "similarity", "mode", "clip_model", "caption_model", "weak_match", "token_count",
+                "specificity")
 
 
 class OutputError(Image2PromptError):
@@ -35,11 +43,9 @@ def make_record(source: str, content_hash: str | None, fingerprint: str, result:
         if not scores:
             data.pop("trace", None)
         data["source"] = source
-        record["ok"] = True
-        record["result"] = data
+        record.update(ok=True, result=data)
     else:
-        record["ok"] = False
-        record["error"] = one_line(error if error is not None else f"{source}: no result")
+        record.update(ok=False, error=one_line(error if error is not None else f"{source}: no result"))
     return record
 
 
@@ -68,17 +74,13 @@ def flatten_record(record: dict[str, Any]) -> dict[str, Any]:
     if "result" not in record and "prompt" in record:  # already flat (read from CSV or Parquet)
         return {c: record.get(c) for c in FLAT_COLUMNS}
     res = record.get("result") if isinstance(record.get("result"), dict) else None
-    row: dict[str, Any] = {c: None for c in FLAT_COLUMNS}
-    row.update(source=record.get("source"), content_hash=record.get("content_hash"),
-               fingerprint=record.get("fingerprint"), ok=bool(record.get("ok")), error=record.get("error"))
+    row: dict[str, Any] = dict.fromkeys(FLAT_COLUMNS)
+    row.update({c: record.get(c) for c in ("source", "content_hash", "fingerprint", "error")}, ok=bool(record.get("ok")))
     if res is not None:
         negative = res.get("negative")
-        row.update(prompt=res.get("prompt"), caption=res.get("caption"), similarity=res.get("similarity"),
-                   mode=res.get("mode"), clip_model=res.get("clip_model"), caption_model=res.get("caption_model"),
-                   weak_match=res.get("weak_match"), token_count=res.get("token_count"),
+        row.update({c: res.get(c) for c in _FROM_RESULT},
                    negative_prompt=negative.get("prompt") if isinstance(negative, dict) else None,
                    phrases=json.dumps(res.get("phrases") or [], ensure_ascii=False),
-                   specificity=res.get("specificity"),
                    rejected=json.dumps(res.get("rejected") or [], ensure_ascii=False))
         if res.get("trace") is not None:
             row["trace"] = json.dumps(res["trace"], ensure_ascii=False)
@@ -96,16 +98,13 @@ def json_default(value: Any) -> Any:
 
 def format_for(path: str | os.PathLike[str], fmt: str | None = None) -> str:
     """``fmt`` if given, else the format named by the file's extension."""
-    if fmt is not None:
-        if fmt not in FORMATS:
-            raise OutputError(f"unknown output format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-        return fmt
+    if fmt is not None and fmt not in FORMATS:
+        raise OutputError(f"unknown output format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     ext = Path(path).suffix.lower()
-    try:
-        return _EXTENSIONS[ext]
-    except KeyError:
+    if fmt is None and ext not in _EXTENSIONS:
         raise OutputError(f"{os.fspath(path)}: cannot tell the output format from the extension "
-                          f"{ext or '(none)'}; use .jsonl, .csv or .parquet, or --format") from None
+                          f"{ext or '(none)'}; use .jsonl, .csv or .parquet, or --format")
+    return fmt or _EXTENSIONS[ext]
 
 
 def journal_path(path: str | os.PathLike[str]) -> Path:

@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from ...io.sources import is_url
 from ...settings import SearchSettings
 from ..errors import HTTPError
 from ..inputs import b64, decode_image, read_json
-from ..names import shown_model_name
-from ..schemas import A1111AnalyzeBody, A1111InterrogateBody, A1111PromptBody, json_doc
-from ..state import State
-from ..waiting import wait
+from ..schemas import A1111AnalyzeBody, A1111InterrogateBody, A1111PromptBody, body_doc
+from ..state import State, shown_model_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from ...interrogator import Interrogator
@@ -36,7 +35,7 @@ async def a1111_models(state: State) -> list[str]:
 
 
 @router.post("/interrogator/prompt", tags=["a1111"], summary="A1111 extension: an image's prompt.",
-             openapi_extra=json_doc(A1111PromptBody))
+             openapi_extra=body_doc(A1111PromptBody))
 async def a1111_prompt(request: Request, state: State) -> dict[str, str]:
     body = await read_json(request, A1111PromptBody)
     ip, batcher = state.need()
@@ -45,27 +44,26 @@ async def a1111_prompt(request: Request, state: State) -> dict[str, str]:
         log.info("caption_model_name %r asked; this server has %s", body.caption_model_name, ip.caption_name)
     image = await decode_image(state, *await run_in_threadpool(a1111_image, body.image))
     if body.mode == "caption":
-        caption = await wait(request, lambda: batcher.submit_caption(image), state.config.timeout)
-        return {"prompt": caption}
+        return {"prompt": await state.wait(request, lambda: batcher.submit_caption(image))}
     settings = SearchSettings.reference(mode=body.mode)  # the extension's clients expect its prompts
-    result = await wait(request, lambda: batcher.submit(image, settings), state.config.timeout)
+    result = await state.wait(request, lambda: batcher.submit(image, settings))
     return {"prompt": result.prompt}
 
 
 @router.post("/interrogator/analyze", tags=["a1111"], summary="A1111 extension: top 5 labels per category.",
-             openapi_extra=json_doc(A1111AnalyzeBody))
+             openapi_extra=body_doc(A1111AnalyzeBody))
 async def a1111_analyze(request: Request, state: State) -> dict[str, dict[str, float]]:
     body = await read_json(request, A1111AnalyzeBody)
     ip, batcher = state.need()
     check_clip(ip, body.clip_model_name)
     image = await decode_image(state, *await run_in_threadpool(a1111_image, body.image))
-    analysis = await wait(request, lambda: batcher.submit_analyze(image, 5), state.config.timeout)
+    analysis = await state.wait(request, lambda: batcher.submit_analyze(image, 5))
     return {A1111_CATEGORIES.get(c, c): {p.text: p.score for p in phrases}
             for c, phrases in analysis.categories.items()}
 
 
 @router.post("/sdapi/v1/interrogate", tags=["a1111"], summary="A1111: interrogate with model 'clip'.",
-             openapi_extra=json_doc(A1111InterrogateBody))
+             openapi_extra=body_doc(A1111InterrogateBody))
 async def sdapi_interrogate(request: Request, state: State) -> dict[str, str]:
     body = await read_json(request, A1111InterrogateBody)
     _, batcher = state.need()
@@ -74,7 +72,7 @@ async def sdapi_interrogate(request: Request, state: State) -> dict[str, str]:
                              "(deepdanbooru is A1111's own)")
     image = await decode_image(state, *await run_in_threadpool(a1111_image, body.image))
     settings = SearchSettings.reference(mode="classic")  # what A1111's own CLIP interrogator writes
-    result = await wait(request, lambda: batcher.submit(image, settings), state.config.timeout)
+    result = await state.wait(request, lambda: batcher.submit(image, settings))
     return {"caption": result.prompt}
 
 
@@ -91,7 +89,4 @@ def check_clip(ip: Interrogator, name: str | None) -> None:
 def a1111_image(text: str) -> tuple[bytes | None, str]:
     """An A1111 request's image: base64 (or a data: URL), or, as A1111 takes it, an http(s) URL
     (fetched only on a server started with --allow-urls, and only from public addresses)."""
-    head = text.strip()[:8].lower()
-    if head.startswith(("http://", "https://")):
-        return None, text.strip()
-    return b64(text), "image"
+    return (None, text.strip()) if is_url(text.strip()) else (b64(text), "image")

@@ -1,7 +1,6 @@
-"""Batch uploads: several images (or zips of images) in one multipart request, answered with the
-same records as ``image2prompt batch`` (:func:`image2prompt.batch.records.make_record`) and kept
-for download as .csv, .jsonl (:func:`~image2prompt.batch.records.records_bytes`) or a .zip of
-caption files (:mod:`image2prompt.batch.sidecars`). Each image goes through the server's one
+"""Batch uploads: several images (or zips of images) in one multipart request, answered with the same records
+as ``image2prompt batch`` (:func:`image2prompt.batch.records.make_record`) and kept for download as .csv, .jsonl
+or a .zip of caption files (:mod:`image2prompt.batch.sidecars`). Each image goes through the server's one
 :class:`~image2prompt.service.MicroBatcher`, like every other request's."""
 
 from __future__ import annotations
@@ -25,10 +24,8 @@ from ...errors import SettingsError, one_line
 from ...io.sources import is_image_filename
 from ..errors import HTTPError
 from ..inputs import content_type, decode_image, read_form, upload_name, validate
-from ..names import public
-from ..schemas import BATCH_FORM, SearchFields
-from ..state import ServerConfig, ServerState, State
-from ..waiting import wait_queued
+from ..schemas import BATCH_FORM, SearchFields, body_doc
+from ..state import ServerConfig, State, public
 
 log = logging.getLogger(__name__)
 
@@ -36,43 +33,15 @@ router = APIRouter()
 
 
 @router.post("/v1/batch", tags=["native"], summary="Several images (or zips of images): records and downloads.",
-             openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
-                 "schema": BATCH_FORM}}}})
+             openapi_extra=body_doc(None, BATCH_FORM))
 async def batch(request: Request, state: State) -> dict[str, Any]:
-    return await run_batch(request, state)
-
-
-@router.get("/v1/batch/{name}", tags=["native"], summary="A finished batch as .csv, .jsonl or a .zip of captions.")
-async def batch_download(name: str, state: State) -> Response:
-    stem, _, ext = name.rpartition(".")
-    held = state.batches.get(stem)
-    if held is None or ext not in ("csv", "jsonl", "zip"):
-        raise HTTPError(404, f"no batch download {name!r} (batches are kept for the last "
-                             f"{state.config.batch_keep} runs)")
-    if ext == "zip":
-        body, media = await run_in_threadpool(sidecar_zip, held), "application/zip"  # tokenizes: off the loop
-    else:
-        body = records_bytes(held["records"], ext)
-        media = "text/csv; charset=utf-8" if ext == "csv" else "application/x-ndjson"
-    return Response(body, media_type=media,
-                    headers={"Content-Disposition": f'attachment; filename="image2prompt-{stem}.{ext}"'})
-
-
-async def run_batch(request: Request, state: ServerState) -> dict[str, Any]:
     cfg = state.config
     if content_type(request) != "multipart/form-data":
         raise HTTPError(415, "send the files as multipart/form-data (field: files)")
-    form = await read_form(request, max_files=cfg.max_batch_files, max_fields=64)
-    raw: dict[str, Any] = {}
-    uploads = []
-    for key, value in form.multi_items():
-        if hasattr(value, "read"):
-            uploads.append(value)
-        else:
-            raw[key] = value
+    raw, files = await read_form(request, max_files=cfg.max_batch_files)
     prefix, suffix = raw.pop("prefix", None) or None, raw.pop("suffix", None) or None
     fields = validate(SearchFields, raw)
-    if not uploads:
+    if not files:
         raise HTTPError(422, "invalid request: files: at least one file is required")
     ip, batcher = state.need()
     try:
@@ -81,9 +50,9 @@ async def run_batch(request: Request, state: ServerState) -> dict[str, Any]:
         raise HTTPError(422, str(err)) from None
     inputs: list[tuple[str, bytes | None, str | None]] = []  # (name, data, error)
     budget = cfg.max_batch_bytes  # one budget for the whole batch: uploads and what zips unpack to
-    for up in uploads:
+    for _, up in files:
         data = await up.read()
-        name = upload_name(getattr(up, "filename", None))
+        name = upload_name(up.filename)
         if name.lower().endswith(".zip"):
             members = await run_in_threadpool(unzip, name, data, cfg, cfg.max_batch_files - len(inputs), budget)
             budget -= sum(len(d) for _, d, _ in members if d is not None)
@@ -105,8 +74,8 @@ async def run_batch(request: Request, state: ServerState) -> dict[str, Any]:
         async with limit:
             try:
                 image = await decode_image(state, data, name)
-                result = await wait_queued(request, lambda: batcher.submit(image, settings, caption=fields.caption,
-                                                                            source=name), cfg.timeout)
+                result = await state.wait_queued(
+                    request, lambda: batcher.submit(image, settings, caption=fields.caption, source=name))
             except HTTPError as err:
                 if err.status in (499, 503, 504) and await request.is_disconnected():
                     raise
@@ -138,11 +107,27 @@ async def run_batch(request: Request, state: ServerState) -> dict[str, Any]:
             "downloads": {ext: f"/v1/batch/{bid}.{ext}" for ext in ("csv", "jsonl", "zip")}}
 
 
+@router.get("/v1/batch/{name}", tags=["native"], summary="A finished batch as .csv, .jsonl or a .zip of captions.")
+async def batch_download(name: str, state: State) -> Response:
+    stem, _, ext = name.rpartition(".")
+    held = state.batches.get(stem)
+    if held is None or ext not in ("csv", "jsonl", "zip"):
+        raise HTTPError(404, f"no batch download {name!r} (batches are kept for the last "
+                             f"{state.config.batch_keep} runs)")
+    if ext == "zip":
+        body, media = await run_in_threadpool(sidecar_zip, held), "application/zip"  # tokenizes: off the loop
+    else:
+        body = records_bytes(held["records"], ext)
+        media = "text/csv; charset=utf-8" if ext == "csv" else "application/x-ndjson"
+    return Response(body, media_type=media,
+                    headers={"Content-Disposition": f'attachment; filename="image2prompt-{stem}.{ext}"'})
+
+
 def unzip(name: str, data: bytes, cfg: ServerConfig, room: int,
            budget: int) -> list[tuple[str, bytes | None, str | None]]:
-    """The images of a zip upload, each named ``archive.zip/inner/path.png``. Nothing is unpacked
-    when the archive holds more than ``room`` images or claims more than ``budget`` bytes; each
-    member is read with the upload limit (a member that lies about its size is cut there)."""
+    """The images of a zip upload, each named ``archive.zip/inner/path.png``. Nothing is unpacked when the archive
+    holds more than ``room`` images or claims more than ``budget`` bytes; each member is read with the upload
+    limit (a member that lies about its size is cut there)."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
@@ -184,11 +169,10 @@ def sidecar_zip(held: dict[str, Any]) -> bytes:
             if not record.get("ok"):
                 continue
             path = sidecar_path(PurePosixPath(record["source"]).as_posix()).as_posix()
-            if path in used:  # two uploads of one name: keep both
-                stem, dot, ext = path.rpartition(".")
-                k = 2
-                while f"{stem}-{k}{dot}{ext}" in used:
-                    k += 1
+            stem, dot, ext = path.rpartition(".")
+            k = 1
+            while path in used:  # two uploads of one name: keep both
+                k += 1
                 path = f"{stem}-{k}{dot}{ext}"
             used.add(path)
             z.writestr(path, caption_text(record["result"]["prompt"], options, held.get("fits")) + "\n")

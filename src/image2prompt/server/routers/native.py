@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, Request
 
@@ -13,13 +13,8 @@ from ...modes import caption_free_modes, list_modes
 from ...settings import SearchSettings
 from ..errors import HTTPError
 from ..inputs import decode_image, parse_body
-from ..names import public, shown_model_name
 from ..schemas import ANALYZE_FORM, IMAGE_FORM, AnalyzeBody, InterrogateBody, body_doc
-from ..state import State
-from ..waiting import wait
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ...interrogator import Interrogator
+from ..state import State, public, shown_model_name
 
 router = APIRouter()
 
@@ -35,8 +30,7 @@ async def models(state: State) -> dict[str, Any]:
             "auth": cfg.api_key is not None, "version": __version__,
             "limits": {"max_upload_bytes": cfg.max_upload_bytes, "max_pixels": cfg.max_pixels,
                        "formats": list(cfg.formats), "max_batch_files": cfg.max_batch_files,
-                       "max_batch_bytes": cfg.max_batch_bytes,
-                       "urls": cfg.allow_urls}}
+                       "max_batch_bytes": cfg.max_batch_bytes, "urls": cfg.allow_urls}}
 
 
 @router.get("/v1/stats", tags=["service"], summary="Micro-batching counters since start.")
@@ -52,14 +46,14 @@ async def interrogate(request: Request, state: State) -> dict[str, Any]:
     fields, data, name = await parse_body(request, InterrogateBody)
     ip, batcher = state.need()
     try:
-        settings = fields.settings()  # type: ignore[attr-defined]
+        settings = fields.settings()
     except SettingsError as err:
         raise HTTPError(422, str(err)) from None
     image = await decode_image(state, data, name)
-    caption = fields.caption  # type: ignore[attr-defined]
-    result = await wait(request, lambda: batcher.submit(image, settings, caption=caption, source=name),
-                        state.config.timeout)
-    return result_json(ip, result, settings)
+    result = await state.wait(request, lambda: batcher.submit(image, settings, caption=fields.caption, source=name))
+    out: dict[str, Any] = public(ip, result.to_dict())
+    out["token_budget"] = settings.max_tokens
+    return out
 
 
 @router.post("/v1/analyze", tags=["native"], summary="The top phrases of every category, with scores.",
@@ -68,13 +62,5 @@ async def analyze(request: Request, state: State) -> dict[str, Any]:
     fields, data, name = await parse_body(request, AnalyzeBody)
     ip, batcher = state.need()
     image = await decode_image(state, data, name)
-    top = fields.top  # type: ignore[attr-defined]
-    analysis = await wait(request, lambda: batcher.submit_analyze(image, top, source=name), state.config.timeout)
-    out: dict[str, Any] = public(ip, analysis.to_dict())
-    return out
-
-
-def result_json(ip: Interrogator, result: Any, settings: SearchSettings) -> dict[str, Any]:
-    data: dict[str, Any] = public(ip, result.to_dict())
-    data["token_budget"] = settings.max_tokens
-    return data
+    analysis = await state.wait(request, lambda: batcher.submit_analyze(image, fields.top, source=name))
+    return public(ip, analysis.to_dict())
