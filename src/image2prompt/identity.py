@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from .errors import Image2PromptError
 from .models._registry import captioner_plugin, clip_plugin, parse_caption_name, parse_clip_name
+from .models.instructions import INSTRUCTED_KINDS, caption_identity, default_instruction
 from .settings import SearchSettings, search_fingerprint
 from .vocab import load_vocabulary
 
@@ -59,7 +60,9 @@ class ModelIdentity:
         if config.captioner is not None:
             if captioner_plugin(config.captioner.strip()) is not None:
                 return None
-            caption_name = parse_caption_name(config.captioner).name
+            spec = parse_caption_name(config.captioner)
+            caption_name = caption_identity(spec.name, config.caption_prompt or default_instruction(spec.kind)) \
+                if spec.kind in INSTRUCTED_KINDS else spec.name
         vocab = load_vocabulary(config.vocab)
         return cls.of(keys, caption_name, {name: table.sha256 for name, table in vocab.tables.items()})
 

@@ -63,7 +63,10 @@ class Config:
     vocab: Sequence[str] = ()  # --vocab paths: a folder replaces the pack, .txt files add categories
     low_vram: bool = False  # keep only one model on the accelerator at a time
     memory_budget_mb: int | None = None  # activation memory per text batch; None: a default per device
-    caption_max_tokens: int = 32
+    caption_max_tokens: int | None = None  # a caption's token limit; None: 32 for BLIP and GIT, 96 for VLMs
+    caption_prompt: str | None = None  # what a VLM (in-process or openai:) is asked; None: one descriptive sentence
+    caption_endpoint: str | None = None  # openai: captioners: the API's base URL (None: $IMAGE2PROMPT_CAPTION_ENDPOINT)
+    caption_concurrency: int | None = None  # openai: captioners: requests in flight (None: the environment's, or 4)
     caption_batch_size: int = 16
     image_batch_size: int = 16
 
@@ -72,6 +75,29 @@ class Config:
         from .models._registry import expand_clip_names
 
         return expand_clip_names([self.clip_model] if isinstance(self.clip_model, str) else list(self.clip_model))
+
+    def caption_options(self) -> dict[str, Any]:
+        """What :func:`~image2prompt.models.captioners.load_captioner` is given for this captioner
+        besides device and precision: the token limit, and for a VLM its instruction (for a caption
+        server its endpoint and concurrency too). A captioner that takes no instruction (BLIP, GIT)
+        ignores ``caption_prompt``, with a warning."""
+        from .models import parse_caption_name
+        from .models.instructions import INSTRUCTED_KINDS
+
+        assert self.captioner is not None
+        kind = parse_caption_name(self.captioner).kind
+        instructed = kind in INSTRUCTED_KINDS
+        limit = self.caption_max_tokens if self.caption_max_tokens is not None else 96 if instructed else 32
+        options: dict[str, Any] = {"max_new_tokens": limit}
+        if self.caption_prompt is not None:
+            if instructed:
+                options["instruction"] = self.caption_prompt
+            else:
+                log.warning("%s takes no instruction: the caption prompt is ignored", self.captioner)
+        if kind == "remote":
+            options.update({k: v for k, v in (("endpoint", self.caption_endpoint),
+                                              ("concurrency", self.caption_concurrency)) if v is not None})
+        return options
 
     @property
     def captioner(self) -> str | None:
@@ -126,7 +152,7 @@ class Interrogator:
         if config.captioner:
             captioner = load_captioner(config.captioner, device=config.device,
                                        precision=config.caption_precision or config.precision,
-                                       max_new_tokens=config.caption_max_tokens)
+                                       **config.caption_options())
             if config.low_vram and hasattr(captioner, "offload"):
                 captioner.offload()
         clips = [load_clip(n, device=config.device, precision=config.precision,
@@ -167,7 +193,8 @@ class Interrogator:
         """The loaded models and vocabulary, as a fingerprint names them (:mod:`image2prompt.identity`)."""
         if self._vocab_identity is None:
             self._vocab_identity = {name: table.sha256 for name, table in self.vocab.tables.items()}
-        return ModelIdentity.of(self.encoder_keys, self.caption_name, self._vocab_identity)
+        caption = getattr(self.captioner, "identity", None) or self.caption_name  # a VLM's name and instruction
+        return ModelIdentity.of(self.encoder_keys, caption, self._vocab_identity)
 
     def fingerprint(self, settings: SearchSettings) -> str:
         """A short hash of the settings, the models and the vocabulary: equal fingerprints

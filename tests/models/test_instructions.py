@@ -14,7 +14,8 @@ from image2prompt.models.instructions import (
 
 
 def test_types_and_lengths() -> None:
-    assert build_instruction() == DEFAULT_INSTRUCTION == "Write a detailed description of this image."
+    assert build_instruction() == DEFAULT_INSTRUCTION and DEFAULT_INSTRUCTION.startswith("Describe this image in one")
+    assert build_instruction("descriptive") == "Write a detailed description of this image."
     assert build_instruction("casual", length="short") == "Write a short descriptive caption for this image in a casual tone."
     assert build_instruction("booru", length=40).startswith("Write a 40-word list of Booru-style tags")
     assert build_instruction("booru", length="40") == build_instruction("booru", length=40)
@@ -30,9 +31,10 @@ def test_extra_sentences_a_name_and_a_custom_template() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"caption_type": "poem"}, "unknown caption type 'poem'; choose one of: descriptive, casual"),
-    ({"length": "huge"}, "unknown caption length 'huge'"),
-    ({"length": 0}, "at least 1"),
+    ({"caption_type": "poem"}, "unknown caption type 'poem'; choose one of: sentence, descriptive, casual"),
+    ({"caption_type": "descriptive", "length": "huge"}, "unknown caption length 'huge'"),
+    ({"caption_type": "descriptive", "length": 0}, "at least 1"),
+    ({"length": "short"}, "the sentence caption type is one sentence: it takes no length"),
     ({"template": "   "}, "the caption prompt is empty"),
     ({"template": "Describe {subject}."}, "placeholder that is not {name}"),
 ])

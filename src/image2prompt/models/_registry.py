@@ -89,13 +89,25 @@ CAPTION_MODELS: dict[str, str] = {
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
 HF_TRANSFORMERS = "hf:"
+#: A VLM behind an OpenAI-compatible API: ``openai:MODEL`` (models/remote.py, no torch).
+REMOTE = "openai:"
 
 ClipBackendName = Literal["open_clip", "transformers", "plugin"]
-CaptionKind = Literal["blip", "blip2", "git", "plugin"]
+CaptionKind = Literal["blip", "blip2", "git", "vlm", "florence2", "plugin", "remote"]
+
+#: ``model_type``s of the chat vision-language models loaded in process as captioners
+#: (``AutoModelForImageTextToText``, models/vlm.py); any other type transformers maps there is one too.
+VLM_MODEL_TYPES = frozenset({
+    "llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe",
+    "gemma3", "smolvlm", "idefics2", "idefics3", "mistral3", "paligemma", "internvl", "aya_vision",
+})
+#: Repository name fragments that say "VLM" for an ``hf:`` name whose config is not cached yet.
+_VLM_NAME_HINTS = ("llava", "joycaption", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "smolvlm", "idefics",
+                   "gemma-3-4b", "gemma-3-12b", "gemma-3-27b", "paligemma", "internvl")
 
 #: Entry-point group of plugin modules (or callables) that register loaders when loaded.
 PLUGIN_GROUP = "image2prompt.plugins"
-_RESERVED_SCHEMES = (LOCAL_DIR, HF_HUB, HF_TRANSFORMERS)
+_RESERVED_SCHEMES = (LOCAL_DIR, HF_HUB, HF_TRANSFORMERS, REMOTE)
 
 Loader = Callable[..., Any]
 L = TypeVar("L", bound=Loader)
@@ -404,10 +416,14 @@ def open_clip_names() -> list[str] | None:
 
 
 def parse_caption_name(name: str) -> CaptionSpec:
-    """Parse a captioner name: a short name, ``local-dir:PATH``, a folder, or ``hf:ORG/REPO``."""
+    """Parse a captioner name: a short name, ``local-dir:PATH``, a folder, ``hf:ORG/REPO``, or
+    ``openai:MODEL`` (a VLM behind an OpenAI-compatible API; ``openai:`` alone: the server's first model)."""
     name = name.strip()
     if captioner_plugin(name) is not None:
         return CaptionSpec(name, "plugin", name)
+    if name.startswith(REMOTE):  # the model served at the endpoint (empty: the server's first)
+        model = name[len(REMOTE):].strip()
+        return CaptionSpec(name, "remote", model)
     if name in CAPTION_MODELS:
         repo = CAPTION_MODELS[name]
         kind: CaptionKind = "git" if name.startswith("git-") else "blip2" if name.startswith("blip2-") else "blip"
@@ -417,24 +433,79 @@ def parse_caption_name(name: str) -> CaptionSpec:
         path = Path(raw).expanduser().resolve()
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{name}: {path} is not a transformers save_pretrained folder (no config.json)")
-        return CaptionSpec(name, _caption_kind(_read_json(path / "config.json").get("model_type"), name), str(path), path)
+        return CaptionSpec(name, caption_kind(_read_json(path / "config.json"), name), str(path), path)
     if name.startswith(HF_TRANSFORMERS):
         repo = name[len(HF_TRANSFORMERS):]
-        lowered = repo.lower()
-        kind = "git" if "/git-" in lowered else "blip2" if "blip2" in lowered else "blip"
-        return CaptionSpec(name, kind, repo)
+        config = _cached_hub_config(repo)
+        if config is not None:
+            return CaptionSpec(name, caption_kind(config, name), repo)
+        return CaptionSpec(name, _caption_kind_from_name(repo), repo)
     plugins = captioner_plugin_names()
     shown = ", ".join([*CAPTION_MODELS, *(p + ("..." if p.endswith(":") else "") for p in plugins)])
     raise ModelLoadError(
         f"unknown caption model {name!r}; choose one of: {shown}, "
-        "'local-dir:PATH', 'hf:ORG/REPO', or 'none' with --caption TEXT"
+        "'local-dir:PATH', 'hf:ORG/REPO', 'openai:MODEL' (a caption server), or 'none' with --caption TEXT"
     )
 
 
-def _caption_kind(model_type: object, name: str) -> CaptionKind:
+def caption_kind(config: dict, name: str) -> CaptionKind:
+    """The captioner kind a transformers ``config.json`` (a dict) names, from its ``model_type``
+    and ``architectures``; unsupported types raise ModelLoadError."""
+    model_type = config.get("model_type")
+    if model_type == "florence2":
+        return "florence2"
+    if model_type in VLM_MODEL_TYPES:
+        return "vlm"
     table: dict[object, CaptionKind] = {"blip": "blip", "blip-2": "blip2", "blip_2": "blip2", "git": "git"}
-    if model_type not in table:
-        raise ModelLoadError(
-            f"{name}: captioner model type {model_type!r} is not supported (blip, blip-2 or git)"
-        )
-    return table[model_type]
+    if model_type in table:
+        return table[model_type]
+    architectures = config.get("architectures")
+    if _image_text_to_text(model_type, architectures if isinstance(architectures, list) else []):
+        return "vlm"
+    raise ModelLoadError(
+        f"{name}: captioner model type {model_type!r} is not supported "
+        "(blip, blip-2, git, florence2 or a vision-language chat model such as llava or qwen2_vl)"
+    )
+
+
+def _image_text_to_text(model_type: object, architectures: list) -> bool:
+    """Whether transformers loads this model type or architecture as an image-text-to-text
+    model (imported here, not at module level: this module stays free of torch)."""
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES as names
+    except Exception:  # noqa: BLE001 - no (or another) transformers: only the static table counts
+        return False
+    skip = {"blip", "blip-2", "git", "vision-encoder-decoder"}
+    if isinstance(model_type, str) and model_type in names and model_type not in skip:
+        return True
+    classes = {cls for key, cls in names.items() if key not in skip}
+    return any(isinstance(a, str) and a in classes for a in architectures)
+
+
+def _cached_hub_config(repo: str) -> dict | None:
+    """The ``config.json`` of Hub repository ``repo`` when it is in the local Hub cache (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        path = try_to_load_from_cache(repo, "config.json")
+    except Exception:  # noqa: BLE001 - a malformed repository id: let the loader say so
+        return None
+    if not isinstance(path, str):
+        return None
+    try:
+        return _read_json(Path(path))
+    except ModelLoadError:
+        return None
+
+
+def _caption_kind_from_name(repo: str) -> CaptionKind:
+    """A guess from an ``hf:`` repository's name, for a config not cached yet (the loader reads
+    the config itself and corrects it)."""
+    lowered = repo.lower()
+    if "florence-2" in lowered or "florence2" in lowered:
+        return "florence2"
+    if any(hint in lowered for hint in _VLM_NAME_HINTS):
+        return "vlm"
+    return "git" if "/git-" in lowered else "blip2" if "blip2" in lowered else "blip"

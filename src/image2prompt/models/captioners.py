@@ -1,9 +1,12 @@
-"""Captioners (BLIP, BLIP-2, GIT) via transformers, batched and greedy; plugins add others."""
+"""Captioners (BLIP, BLIP-2, GIT, and vision-language models in .vlm) via transformers, batched and
+greedy; plugins add others."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
+import json
 import logging
 import math
 import threading
@@ -14,9 +17,17 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelLoadError
-from ._registry import CaptionerLike, CaptionSpec, captioner_plugin, parse_caption_name
+from ._registry import (
+    HF_TRANSFORMERS,
+    REMOTE,
+    CaptionerLike,
+    CaptionSpec,
+    caption_kind,
+    captioner_plugin,
+    parse_caption_name,
+)
 from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
-from .loading import CAPTION_ADVICE, call_plugin, load_transformers, processor_input_side
+from .loading import CAPTION_ADVICE, call_plugin, from_hub, load_transformers, processor_input_side
 from .retype import retype
 
 log = logging.getLogger(__name__)
@@ -93,9 +104,24 @@ def load_captioner(name: str, *, device: DeviceLike = "auto", precision: str = "
     plugin = captioner_plugin(name)
     if plugin is not None:
         return _load_plugin(plugin, name.strip(), device, precision, max_new_tokens, options)
-    if options:
-        raise TypeError(f"unexpected options for the built-in captioners: {', '.join(options)}")
+    if name.strip().startswith(REMOTE):  # a caption server; ``options``: RemoteCaptioner's arguments
+        from .remote import load_remote_captioner
+
+        remote = parse_caption_name(name)
+        return load_remote_captioner(remote.name, remote.source or None, max_new_tokens=max_new_tokens, **options)
     spec = parse_caption_name(name)
+    if spec.local_path is None and spec.kind != "plugin":
+        spec = _hub_spec(spec)
+    instruction = options.pop("instruction", None)  # a VLM's: what it is asked
+    if instruction is not None and spec.kind not in ("vlm", "florence2"):
+        options["instruction"] = instruction
+    if options:
+        raise TypeError(f"unexpected options for {spec.kind} captioners: {', '.join(options)}")
+    if spec.kind in ("vlm", "florence2"):
+        from .vlm import load_vlm_captioner
+
+        return load_vlm_captioner(spec, device=device, precision=precision, max_new_tokens=max_new_tokens,
+                                  instruction=instruction)
     dev = resolve_device(device)
     # GIT is numerically fragile in fp16 (the reference keeps it in fp32 too).
     dtype = torch.float32 if spec.kind == "git" and precision == "auto" else resolve_dtype(dev, precision)
@@ -117,6 +143,27 @@ def load_captioner(name: str, *, device: DeviceLike = "auto", precision: str = "
         chunk_blip_vision(model)
         absorb_blip_cross_attention(model)
     return Captioner(spec, model, processor, dev, dtype, max_new_tokens)
+
+
+def _hub_spec(spec: CaptionSpec) -> CaptionSpec:
+    """An ``hf:`` repository's spec with its kind read from its ``config.json`` (fetched, or from
+    the local Hub cache), not guessed from its name; unchanged when the config cannot be had
+    (the model's own load then says why)."""
+    if not spec.name.startswith(HF_TRANSFORMERS):
+        return spec
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = from_hub(lambda: hf_hub_download(spec.source, "config.json"), what=f"caption model {spec.name!r}",
+                        remote=True, advice=CAPTION_ADVICE)
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (ModelLoadError, OSError, ValueError):
+        return spec
+    if not isinstance(config, dict):
+        return spec
+    kind = caption_kind(config, spec.name)
+    return spec if kind == spec.kind else dataclasses.replace(spec, kind=kind)
 
 
 def _sdpa_forward(self: Any, hidden_states: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, Any]:
