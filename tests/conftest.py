@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.support import tiny_models
+from tests.support import tiny_models, vlms
 
 SMALL_VOCAB = {
     "artists": ["Claude Monet", "Hokusai", "Greg Rutkowski", "Frida Kahlo", "Zdzisław Beksiński",
@@ -134,3 +134,25 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "broken.jpg").write_bytes(b"this is not a jpeg at all")
     (d / "notes.txt").write_text("ignored")
     return d
+
+
+# Tiny random-weight vision-language models (tests/support/vlms.py), built once per session.
+@pytest.fixture(scope="session")
+def tiny_llava(models_dir: Path) -> Path:
+    """A tiny Llava folder (JoyCaption's architecture)."""
+    return vlms.make_llava_dir(models_dir / "tiny-llava")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_vl(models_dir: Path) -> Path:
+    return vlms.make_qwen2_vl_dir(models_dir / "tiny-qwen2-vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(models_dir: Path) -> Path:
+    return vlms.make_gemma3_dir(models_dir / "tiny-gemma3")
+
+
+@pytest.fixture(scope="session")
+def tiny_florence2(models_dir: Path) -> Path:
+    return vlms.make_florence2_dir(models_dir / "tiny-florence2")

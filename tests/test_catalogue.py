@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -136,7 +137,10 @@ def test_models_command_lists_the_catalogue(monkeypatch: pytest.MonkeyPatch) -> 
     assert result.exit_code == 0
     lines = result.output.splitlines()
     assert "  sd15  ViT-L-14/openai  (default)  also: sd1, sd1.5" in lines
-    assert "  blip-large        Salesforce/blip-image-captioning-large  (default)" in lines
+    assert any(re.fullmatch(r"  blip-large +Salesforce/blip-image-captioning-large  \(default\)", line) for line in lines)
+    vlms = lines.index("Vision-language captioners (--caption-model; parameters, bf16 weights, licence)")
+    assert any(re.fullmatch(r"  qwen2.5-vl-7b +Qwen/Qwen2.5-VL-7B-Instruct  \(8.3B, 17 GB, Apache-2.0\): .+", line)
+               for line in lines[vlms:])
     # built from the catalogue: a target it lists is a target the command shows
     extra = catalogue.TargetInfo("sd3", "ViT-X/none", ("sd3.0",))
     monkeypatch.setattr(models_cli, "list_targets", lambda: [*catalogue.list_targets(), extra])

@@ -47,3 +47,19 @@ def test_the_identity_changes_with_the_instruction_only() -> None:
     assert caption_identity("blip-large", None) == "blip-large"  # captioners without one: as before
     a, b = caption_identity("openai:m", "Write a caption."), caption_identity("openai:m", "Write tags.")
     assert a != b and a.startswith("openai:m#") and caption_identity("openai:m", "Write a caption.") == a
+
+
+def test_vlm_presets_are_named_and_take_an_instruction() -> None:
+    from image2prompt.identity import ModelIdentity
+    from image2prompt.interrogator import Config
+    from image2prompt.models import parse_caption_name
+
+    spec = parse_caption_name("qwen2.5-vl-7b")
+    assert (spec.kind, spec.source) == ("vlm", "Qwen/Qwen2.5-VL-7B-Instruct")
+    assert parse_caption_name("florence-2-large").kind == "florence2"
+    assert parse_caption_name("blip-large").kind == "blip"  # the reference's table is untouched
+    told = ModelIdentity.of_config(Config(clip_model="ViT-B-32/openai", caption_model="joycaption-beta-one"))
+    assert told is not None and told.captioner == caption_identity("joycaption-beta-one", DEFAULT_INSTRUCTION)
+    blip = ModelIdentity.of_config(Config(clip_model="ViT-B-32/openai", caption_model="blip-large",
+                                          caption_prompt="ignored by BLIP"))
+    assert blip is not None and blip.captioner == "blip-large"  # BLIP takes no instruction: its name as before

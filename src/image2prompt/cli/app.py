@@ -15,7 +15,8 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 
 from .. import __version__
-from ..errors import Image2PromptError
+from ..errors import Image2PromptError, SettingsError
+from ..models.instructions import DEFAULT_CAPTION_TYPE, build_instruction
 from .progress import PROG, cli_words, table_progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -148,16 +149,41 @@ def cli() -> None:
     """
 
 
+#: Where the caption options (cli/options.py) are kept until model_config reads them: click's
+#: per-invocation meta, so the commands' signatures do not each carry eight more parameters.
+CAPTION_META = "image2prompt.caption"
+
+
+def caption_config(given: dict[str, Any]) -> dict[str, Any]:
+    """The ``Config`` fields the caption options give: the instruction (built only when one was
+    asked for, so the default stays the captioner's own), endpoint, concurrency, token limit."""
+    out: dict[str, Any] = {}
+    if any(k in given for k in ("caption_type", "caption_length", "caption_extra", "caption_name", "caption_prompt")):
+        try:
+            out["caption_prompt"] = build_instruction(
+                given.get("caption_type", DEFAULT_CAPTION_TYPE), length=given.get("caption_length"),
+                extra=given.get("caption_extra", ()), template=given.get("caption_prompt"),
+                name=given.get("caption_name"))
+        except SettingsError as err:
+            raise click.UsageError(str(err)) from None
+    for option, field in (("caption_endpoint", "caption_endpoint"), ("caption_concurrency", "caption_concurrency"),
+                          ("caption_max_tokens", "caption_max_tokens")):
+        if option in given:
+            out[field] = given[option]
+    return out
+
+
 def model_config(*, clip: Sequence[str], captioner: str | None, device: str, precision: str,
                  caption_precision: str | None, cache_dir: str | None, vocab: Sequence[str], low_vram: bool,
                  memory_budget_mb: int | None = None, batch_size: int | None = None) -> Config:
     """The load-time ``Config`` from the model options the commands share. ``batch_size``
     (``--batch-size``, where a command has it) is also the captioner's and the image tower's."""
     from ..interrogator import Config
-
+    ctx = click.get_current_context(silent=True)
+    captioning = caption_config(ctx.meta.get(CAPTION_META, {}) if ctx is not None else {})
     config = Config(clip_model=list(clip), caption_model=captioner, device=device, precision=precision,
                     caption_precision=caption_precision, cache_dir=cache_dir, vocab=tuple(vocab),
-                    low_vram=low_vram, memory_budget_mb=memory_budget_mb)
+                    low_vram=low_vram, memory_budget_mb=memory_budget_mb, **captioning)
     if batch_size is not None:
         config = dataclasses.replace(config, caption_batch_size=batch_size, image_batch_size=batch_size)
     return config

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..catalogue import list_captioners, list_clip_models, list_clip_presets, list_targets
+from ..models._registry import VLM_PRESETS
 from .app import CONTEXT_SETTINGS
 
 
@@ -24,10 +25,15 @@ def models() -> None:
     captioners = list_captioners(plugins=False)
     width = max(len(c.name) for c in captioners)
     for captioner in captioners:
+        if captioner.name in VLM_PRESETS:
+            continue
         extra = ("  (default)" if captioner.default
                  else "  (default with --low-vram)" if captioner.low_vram_default else "")
         out.append(f"  {captioner.name:<{width}}  {captioner.repo}{extra}")
     out.append(f"  {'none':<{width}}  no captioner: pass --caption TEXT")
+    out += ["", "Vision-language captioners (--caption-model; parameters, bf16 weights, licence)"]
+    for name, p in VLM_PRESETS.items():
+        out.append(f"  {name:<{width}}  {p.repo}  ({p.params}, {p.memory}, {p.licence}): {p.good_at}")
     out += [
         "",
         "Name schemes (--clip, --caption-model)",
@@ -36,6 +42,7 @@ def models() -> None:
         "                    or transformers (save_pretrained, config.json)",
         "  hf-hub:ORG/REPO   an open_clip model on the Hugging Face Hub (--clip)",
         "  hf:ORG/REPO       a transformers model on the Hub, e.g. hf:openai/clip-vit-large-patch14",
+        "  openai:MODEL      a VLM behind an OpenAI-compatible API (--caption-model; see --caption-endpoint)",
         "",
         "Presets (--clip NAME): several models scored together (mean similarity)",
         *[f"  {name:<16}  {' + '.join(clips)}" for name, clips in list_clip_presets().items()],

@@ -18,9 +18,10 @@ from ..catalogue import DEFAULT_CLIP, DEFAULT_TARGET
 from ..errors import CaptionRequired, Image2PromptError, SettingsError
 from ..io import DEFAULT_MAX_PIXELS
 from ..models._registry import CAPTION_MODELS, TARGETS, expand_clip_names, resolve_target
+from ..models.instructions import CAPTION_TYPES, DEFAULT_CAPTION_TYPE
 from ..modes import beam_modes, list_modes, require_caption
 from ..settings import SearchSettings, parse_floor
-from .app import FatalError
+from .app import CAPTION_META, FatalError
 from .progress import PROG
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,7 +74,9 @@ def model_options(default_captioner_help: str) -> Callable[[F], F]:
                           "or hf:ORG/REPO. Repeat it (or use the preset sdxl-dual) to score with several "
                           "models at once. Wins over --target. `image2prompt models` lists names."),
         click.option("--caption-model", metavar="NAME|none",
-                     help=f"Captioner: {', '.join(CAPTION_MODELS)}, local-dir:PATH, hf:ORG/REPO, or none "
+                     help=f"Captioner: {', '.join(CAPTION_MODELS)}, local-dir:PATH or hf:ORG/REPO (BLIP, GIT, "
+                          "or a vision-language model: Llava/JoyCaption, Qwen2.5-VL, Gemma 3, SmolVLM, Florence-2), "
+                          "openai:MODEL (a VLM behind an OpenAI-compatible API, see --caption-endpoint), or none "
                           f"(then give --caption). {default_captioner_help}"),
         click.option("--caption", metavar="TEXT", help="Use this caption for every input instead of generating one."),
         click.option("--vocab", multiple=True, type=click.Path(), metavar="PATH",
@@ -92,7 +95,51 @@ def model_options(default_captioner_help: str) -> Callable[[F], F]:
                      help="Keep only one model on the GPU at a time (run also defaults to blip-base captions)."),
         click.option("--cache-dir", type=click.Path(), metavar="DIR", callback=cache_dir_callback,
                      help="Where vocabulary embeddings are cached (default: see `image2prompt cache info`)."),
+        *caption_options,
     )
+
+
+# --- what a VLM captioner is asked (local-dir:/hf: VLM folders, openai:MODEL) -------------------
+def _keep(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value not in (None, ()):
+        ctx.meta.setdefault(CAPTION_META, {})[param.name] = value
+    return value
+
+
+def _prompt_text(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--caption-prompt TEXT, or @FILE for the text of a file."""
+    if value is not None and value.startswith("@"):
+        try:
+            with open(value[1:], encoding="utf-8") as f:
+                value = f.read()
+        except OSError as err:
+            raise click.BadParameter(f"cannot read {value[1:]} ({err.strerror or err})") from None
+    return _keep(ctx, param, value)
+
+
+caption_options = (
+    click.option("--caption-type", type=click.Choice(list(CAPTION_TYPES)), callback=_keep, expose_value=False,
+                 help=f"VLM captioners: what to ask for (default {DEFAULT_CAPTION_TYPE}: one sentence that can start "
+                      "a prompt)."),
+    click.option("--caption-length", metavar="short|medium|long|N", callback=_keep, expose_value=False,
+                 help="VLM captioners: how long a caption (N: words)."),
+    click.option("--caption-extra", metavar="TEXT", multiple=True, callback=_keep, expose_value=False,
+                 help="VLM captioners: one more instruction sentence. Repeatable."),
+    click.option("--caption-name", metavar="NAME", callback=_keep, expose_value=False,
+                 help="VLM captioners: what to call the person in the picture (a LoRA trigger word)."),
+    click.option("--caption-prompt", metavar="TEXT|@FILE", callback=_prompt_text, expose_value=False,
+                 help="VLM captioners: ask this instead ({name}, {length} and {words} are filled in). Part "
+                      "of the fingerprint, like every caption option: changing it redoes a batch's images."),
+    click.option("--caption-endpoint", metavar="URL", callback=_keep, expose_value=False,
+                 help="With --caption-model openai:MODEL: the OpenAI-compatible API's base URL "
+                      "(default $IMAGE2PROMPT_CAPTION_ENDPOINT, else http://127.0.0.1:8000/v1). The key is read "
+                      "from $IMAGE2PROMPT_CAPTION_API_KEY or $OPENAI_API_KEY."),
+    click.option("--caption-concurrency", type=click.IntRange(min=1), metavar="N", callback=_keep,
+                 expose_value=False, help="With openai:MODEL: requests in flight at once (default 4)."),
+    click.option("--caption-max-tokens", type=click.IntRange(min=1), metavar="N", callback=_keep,
+                 expose_value=False, help="A caption's token limit (default 32 for BLIP, 96 for VLMs)."),
+)
+
 
 
 def cache_dir_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

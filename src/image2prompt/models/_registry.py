@@ -86,6 +86,41 @@ CAPTION_MODELS: dict[str, str] = {
     "git-large-coco": "microsoft/git-large-coco",
 }
 
+
+@dataclass(frozen=True)
+class VLMPreset:
+    """A vision-language captioner known by a short name: its repository, kind, parameters,
+    weights in bf16 (what it needs on the device, before activations), licence and strength."""
+
+    repo: str
+    kind: str  # "vlm" or "florence2"
+    params: str
+    memory: str
+    licence: str
+    good_at: str
+
+
+#: Short names for the VLMs people caption with (sizes from their model cards, memory = bf16 weights).
+VLM_PRESETS: dict[str, VLMPreset] = {
+    "joycaption-beta-one": VLMPreset("fancyfeast/llama-joycaption-beta-one-hf-llava", "vlm", "8.5B", "17 GB",
+                                     "Llama 3.1", "training captions, every style and content, booru tags"),
+    "qwen2.5-vl-3b": VLMPreset("Qwen/Qwen2.5-VL-3B-Instruct", "vlm", "3.8B", "8 GB", "Qwen research",
+                               "accurate short captions, reading text in images"),
+    "qwen2.5-vl-7b": VLMPreset("Qwen/Qwen2.5-VL-7B-Instruct", "vlm", "8.3B", "17 GB", "Apache-2.0",
+                               "detailed, faithful descriptions, text in images"),
+    "qwen3-vl-4b": VLMPreset("Qwen/Qwen3-VL-4B-Instruct", "vlm", "4.4B", "9 GB", "Apache-2.0",
+                             "detailed descriptions on a mid-range card"),
+    "gemma-3-4b": VLMPreset("google/gemma-3-4b-it", "vlm", "4.3B", "9 GB", "Gemma terms",
+                            "fluent general descriptions"),
+    "smolvlm2-2.2b": VLMPreset("HuggingFaceTB/SmolVLM2-2.2B-Instruct", "vlm", "2.2B", "5 GB", "Apache-2.0",
+                               "small cards and CPUs, short captions"),
+    "florence-2-base": VLMPreset("florence-community/Florence-2-base", "florence2", "0.23B", "0.5 GB", "MIT",
+                                 "fast plain captions (task tokens, no instructions)"),
+    "florence-2-large": VLMPreset("florence-community/Florence-2-large", "florence2", "0.77B", "1.6 GB", "MIT",
+                                  "fast detailed captions (task tokens, no instructions)"),
+}
+CAPTION_MODELS.update({name: preset.repo for name, preset in VLM_PRESETS.items()})
+
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
 HF_TRANSFORMERS = "hf:"
@@ -424,6 +459,9 @@ def parse_caption_name(name: str) -> CaptionSpec:
     if name.startswith(REMOTE):  # the model served at the endpoint (empty: the server's first)
         model = name[len(REMOTE):].strip()
         return CaptionSpec(name, "remote", model)
+    if name in VLM_PRESETS:
+        preset = VLM_PRESETS[name]
+        return CaptionSpec(name, "florence2" if preset.kind == "florence2" else "vlm", preset.repo)
     if name in CAPTION_MODELS:
         repo = CAPTION_MODELS[name]
         kind: CaptionKind = "git" if name.startswith("git-") else "blip2" if name.startswith("blip2-") else "blip"
