@@ -222,3 +222,23 @@ def test_a_chat_captioners_answers_are_cleaned(interrogator: Interrogator, image
                          interrogator.cache, interrogator.config)
     plain.captioner.chat = False  # a captioner that does not say it chats keeps its words
     assert plain.caption(images[:1]) == ["This image shows a red barn"]
+
+
+def test_a_chat_captions_own_words_are_not_added_again(interrogator: Interrogator, images):
+    """The merge: a phrase a VLM's caption already says is kept out of the search's pools (typed and
+    BLIP captions are searched as before)."""
+    from image2prompt.settings import SearchSettings
+
+    fast = SearchSettings(mode="fast", floor=None)
+    plain = interrogator.search_indexed(interrogator.encode(images[:1], ["a picture"], generate_captions=False), fast)
+    before = next(plain)[1]
+    said = before.phrases[0].text  # the best phrase, which the caption will now say itself
+    caption = f"a picture, {said}"
+    chat = Interrogator(interrogator.clips, _ChatCaptioner([caption]), interrogator.vocab, interrogator.cache,
+                        interrogator.config)
+    feats = chat.encode(images[:1], generate_captions=True)
+    assert feats[0].caption == caption and feats[0].caption_model == "chat-test"
+    after = next(chat.search_indexed(feats, fast))[1]
+    assert said not in [p.text for p in after.phrases]
+    typed = next(chat.search_indexed(chat.encode(images[:1], [caption], generate_captions=False), fast))[1]
+    assert said in [p.text for p in typed.phrases]  # a typed caption: the phrase may be added, as before

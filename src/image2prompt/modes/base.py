@@ -22,6 +22,7 @@ import numpy as np
 from ..features import Features
 from ..index import MergedView, VocabularyIndex
 from ..prompt import at_limit, cut_to_fit, fits, split_into_chunks, truncate_to_fit
+from ..prompt.overlap import clauses, content_words, says
 from ..results import Phrase, TraceStep
 from ..search import ChainState, category_stats, pooled_spread, similarities, start_chain, top_k_of_scores, weak_match
 from ..settings import CHUNK_TOKENS, SearchSettings
@@ -173,12 +174,17 @@ class SearchContext:
 
     def top(self, category: str, feats: Features, k: int, *, largest: bool = True, floored: bool = False) -> list[Phrase]:
         """The ``k`` best phrases of a table (``largest=False``: the worst); with ``floored``, only
-        those that clear the relevance floor (mirrored for the worst)."""
+        those that clear the relevance floor (mirrored for the worst), and none that a chat
+        captioner's caption already says (:meth:`said`)."""
         scores = self.table_scores(category, feats)
         if floored and self.settings.floor is not None:
             scores, k = self._floored(scores, self.table_support(category, feats), k, largest)
-        s, idx = top_k_of_scores(scores, k, largest=largest)
+        dedupe = floored and largest and self.dedupes(feats)
+        s, idx = top_k_of_scores(scores, 2 * k + 16 if dedupe else k, largest=largest)
         labels = self.vocab[category].labels
+        if dedupe:
+            keep = ~self.said(feats, [labels[i] for i in idx], [index.embeds(category)[idx] for index in self.indexes])
+            s, idx = s[keep][:k], idx[keep][:k]
         return [phrase(labels[i], category, float(v)) for v, i in zip(s, idx)]
 
     def top_merged(self, feats: Features, k: int, *, floored: bool = False) -> list[Phrase]:
@@ -189,8 +195,54 @@ class SearchContext:
             cats = self.vocab.merged_categories()  # laid out as merged_scores lays out the scores
             support = np.concatenate([self.table_support(c, feats) for c in cats])[view.rows]
             scores, k = self._floored(scores, support, k, largest=True)
-        s, idx = top_k_of_scores(scores, k)
+        dedupe = floored and self.dedupes(feats)
+        s, idx = top_k_of_scores(scores, 2 * k + 16 if dedupe else k)
+        if dedupe:
+            keep = ~self.said(feats, [view.labels[i] for i in idx], self._merged_embeds(view, idx))
+            s, idx = s[keep][:k], idx[keep][:k]
         return [phrase(view.labels[i], view.categories[i], float(v)) for v, i in zip(s, idx)]
+
+    # -- what the caption already says -------------------------------------------------
+    #: A phrase whose text embedding is this close (cosine, mean over encoders) to a clause of the
+    #: caption says the same in other words. Text-to-text similarities of CLIP run high; 0.9 keeps
+    #: paraphrases out and related but different phrases in (not tunable on random weights).
+    SAID_SIMILARITY = 0.9
+
+    def dedupes(self, feats: Features) -> bool:
+        """Whether phrases the caption already says are kept out: for a chat captioner's caption
+        (a VLM's long descriptions name media and styles themselves). A typed caption, or a BLIP
+        caption, is searched as it always was."""
+        owner = self._owner
+        return bool(feats.caption) and bool(getattr(owner.captioner, "chat", False)) \
+            and feats.caption_model is not None and feats.caption_model == owner.caption_name
+
+    def said(self, feats: Features, labels: Sequence[str], embeds: Sequence[np.ndarray]) -> np.ndarray:
+        """Which of ``labels`` (with their embeddings, one matrix per encoder) the caption already says:
+        every content word in the caption, or a text embedding within :attr:`SAID_SIMILARITY` of one
+        of its clauses."""
+        memo = self.memo(feats)
+        if "said" not in memo:
+            caption = feats.caption or ""
+            parts = clauses(caption)
+            vectors = [self.text_vectors(c) for c in parts]  # [clause][encoder]
+            memo["said"] = (content_words(caption),
+                            [np.stack([v[e] for v in vectors]) for e in range(len(self.clips))] if vectors else None)
+        words, clause_vectors = memo["said"]
+        out = np.fromiter((says(words, t) for t in labels), dtype=bool, count=len(labels))
+        if clause_vectors is not None and len(labels):
+            sims = sum(np.asarray(m, np.float32) @ c.T for m, c in zip(embeds, clause_vectors)) / len(self.clips)
+            out |= sims.max(axis=1) >= self.SAID_SIMILARITY
+        return out
+
+    def _merged_embeds(self, view: MergedView, idx: np.ndarray) -> list[np.ndarray]:
+        """The embeddings of merged-pool entries ``idx``, one matrix per encoder (gathered row by row
+        from their own tables: the merged pool has no matrix of its own)."""
+        cats = self.vocab.merged_categories()
+        starts = np.cumsum([0] + [len(self.vocab[c]) for c in cats])
+        rows = view.rows[idx]
+        which = np.searchsorted(starts, rows, side="right") - 1
+        return [np.stack([index.embeds(cats[w])[r - starts[w]] for w, r in zip(which, rows)])
+                if len(rows) else np.empty((0, 0), np.float32) for index in self.indexes]
 
     def _floored(self, scores: np.ndarray, support: np.ndarray, k: int, largest: bool) -> tuple[np.ndarray, int]:
         """``scores`` with the phrases under the floor (over it, for the worst) pushed out of
