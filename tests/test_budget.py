@@ -39,7 +39,7 @@ def test_no_mode_returns_more_tokens_than_the_budget(ci, images, mode, budget):
         assert r.caption is None or r.caption_truncated
         return
     assert r.caption_truncated and r.caption is not None
-    assert LONG_CAPTION.startswith(r.caption) and LONG_CAPTION[len(r.caption)] in " ,"  # cut at a word
+    assert LONG_CAPTION.startswith(r.caption) and LONG_CAPTION[len(r.caption)] in " ,"  # cut at a word or clause
     assert ci.count_tokens(r.caption) <= budget - 2
     if r.caption:
         assert r.prompt.startswith(r.caption)
@@ -49,3 +49,18 @@ def test_a_caption_that_fits_is_not_marked(ci, images):
     r = ci.interrogate(images[0], "fast", caption="a red square", settings=SearchSettings(max_tokens=20))
     assert not r.caption_truncated and r.caption == "a red square"
     assert r.token_count <= 18
+
+
+def test_a_long_caption_is_cut_where_a_clause_ends() -> None:
+    from image2prompt.prompt import cut_caption_to_fit
+
+    def words(text: str) -> int:
+        return len(text.split())  # a stand-in tokenizer: one token a word (plus start and end)
+
+    text = "A fox sits in deep snow under pine trees. Its fur is red and thick, with white paws, and it looks up"
+    assert cut_caption_to_fit(text, words, 14) == "A fox sits in deep snow under pine trees"  # the sentence, whole
+    assert cut_caption_to_fit(text, words, 19) == "A fox sits in deep snow under pine trees. Its fur is red and thick"
+    assert cut_caption_to_fit("one two three four five six seven eight nine ten, eleven", words, 9) == \
+        "one two three four five six seven"  # no clause end fits: the word cut
+    assert cut_caption_to_fit("a, b c d e f g h i j k l", words, 12) == "a, b c d e f g h i j"  # a clause too short
+    assert cut_caption_to_fit("a short caption", words, 77) == "a short caption"

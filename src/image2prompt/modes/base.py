@@ -21,7 +21,7 @@ import numpy as np
 
 from ..features import Features
 from ..index import MergedView, VocabularyIndex
-from ..prompt import at_limit, cut_to_fit, fits, split_into_chunks, truncate_to_fit
+from ..prompt import at_limit, cut_caption_to_fit, fits, split_into_chunks, truncate_to_fit
 from ..prompt.overlap import clauses, content_words, says
 from ..results import Phrase, TraceStep
 from ..search import ChainState, category_stats, pooled_spread, similarities, start_chain, top_k_of_scores, weak_match
@@ -139,8 +139,8 @@ class SearchContext:
         return truncate_to_fit(text, self.count_tokens, self.settings.max_tokens)
 
     def fit_caption(self, caption: str) -> str:
-        """The caption cut at a word boundary to the token budget (unchanged when it fits)."""
-        return cut_to_fit(caption, self.count_tokens, self.settings.max_tokens)
+        """The caption cut to the token budget where a sentence or clause ends (unchanged when it fits)."""
+        return cut_caption_to_fit(caption, self.count_tokens, self.settings.max_tokens)
 
     @property
     def window(self) -> int:

@@ -7,6 +7,7 @@ every Stable Diffusion text encoder) therefore holds ``max_tokens - 2`` of them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 from ..syntax import SEPARATOR
@@ -78,6 +79,24 @@ def cut_to_fit(text: str, count_tokens: CountTokens, max_tokens: int = DEFAULT_M
         else:
             hi = mid - 1
     return " ".join(words[:lo]).rstrip(" ,;:")
+
+
+_BOUNDARY = re.compile(r"[.;:!?,](?=\s)")
+
+
+def cut_caption_to_fit(text: str, count_tokens: CountTokens, max_tokens: int = DEFAULT_MAX_TOKENS) -> str:
+    """A caption over the budget, cut where a sentence or clause ends (". ", "; ", ", "...): a VLM's
+    long description keeps whole clauses, not a fragment. Where the last boundary that fits would
+    keep fewer than half the words a cut at a word boundary keeps, the word cut wins."""
+    if fits(text, count_tokens, max_tokens):
+        return text
+    by_word = cut_to_fit(text, count_tokens, max_tokens)
+    ends = [m.start() for m in _BOUNDARY.finditer(text) if m.start() <= len(by_word)]
+    for end in reversed(ends):
+        kept = text[:end].rstrip(" ,;:")
+        if fits(kept, count_tokens, max_tokens):
+            return kept if 2 * len(kept.split()) >= len(by_word.split()) else by_word
+    return by_word
 
 
 def classic_prompt(caption: str, medium: str | None, artist: str | None, trending: str | None,
