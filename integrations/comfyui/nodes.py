@@ -27,6 +27,7 @@ from image2prompt.catalogue import DEFAULT_CAPTIONER, DEFAULT_MODE, DEFAULT_TARG
 from image2prompt.errors import SettingsError, one_line
 from image2prompt.io import load_image
 from image2prompt.models import parse_caption_name, parse_clip_name
+from image2prompt.models.instructions import CAPTION_TYPES, DEFAULT_CAPTION_TYPE, build_instruction
 from image2prompt.modes import list_modes, require_caption
 from image2prompt.render import format_analysis
 from image2prompt.runner import Runner
@@ -102,6 +103,8 @@ class ModelKey:
     vocab: str
     cache_dir: str
     device: str
+    caption_prompt: str | None = None  # what a VLM captioner is asked (None: its default)
+    caption_endpoint: str | None = None  # openai:MODEL captioners: the API's base URL
 
 
 class ModelCache:
@@ -158,7 +161,8 @@ def _load(key: ModelKey) -> Interrogator:
     from image2prompt import Config, Interrogator
 
     config = Config(clip_model=key.clip, caption_model=key.captioner, device=key.device,
-                    cache_dir=key.cache_dir or None, vocab=(key.vocab,) if key.vocab else ())
+                    cache_dir=key.cache_dir or None, vocab=(key.vocab,) if key.vocab else (),
+                    caption_prompt=key.caption_prompt, caption_endpoint=key.caption_endpoint)
     try:
         for name in config.clip_models:  # names and folders are checked before any weights load
             parse_clip_name(name)
@@ -170,12 +174,18 @@ def _load(key: ModelKey) -> Interrogator:
 
 
 def _model_key(clip_model: str, custom_clip: str, caption_model: str, custom_caption_model: str,
-               vocab: str, cache_dir: str) -> ModelKey:
+               vocab: str, cache_dir: str, caption_type: str = "", caption_prompt: str = "",
+               caption_endpoint: str = "") -> ModelKey:
     clip = _named("clip_model", clip_model, "custom_clip", custom_clip, TARGETS,
                   "ARCH/TAG, local-dir:PATH or hf-hub:ORG/REPO")
     captioner = _named("caption_model", caption_model, "custom_caption_model", custom_caption_model,
-                       {**{n: n for n in CAPTION_MODELS}, "none": ""}, "local-dir:PATH or hf:ORG/REPO")
-    return ModelKey(clip, captioner or None, vocab.strip(), cache_dir.strip(), host_device())
+                       {**{n: n for n in CAPTION_MODELS}, "none": ""}, "local-dir:PATH, hf:ORG/REPO or openai:MODEL")
+    question = None
+    if caption_prompt.strip() or caption_type.strip() not in ("", DEFAULT_CAPTION_TYPE):
+        question = build_instruction(caption_type.strip() or DEFAULT_CAPTION_TYPE,
+                                     template=caption_prompt.strip() or None)
+    return ModelKey(clip, captioner or None, vocab.strip(), cache_dir.strip(), host_device(), question,
+                    caption_endpoint.strip() or None)
 
 
 def _named(field: str, choice: str, custom_field: str, custom: str, known: dict[str, str], hint: str) -> str:
@@ -304,7 +314,15 @@ class Interrogate:
                 "negative": _flag(False, "Also build a negative prompt from the same features"),
                 "floor": _text(f"{DEFAULT_FLOOR:g}", tooltip="Relevance floor: a phrase needs this much support "
                                "from the image on its own; off: the reference clip-interrogator's prompts"),
-                "custom_caption_model": _text(tooltip="With caption_model custom: local-dir:PATH or hf:ORG/REPO"),
+                "custom_caption_model": _text(tooltip="With caption_model custom: local-dir:PATH, hf:ORG/REPO, or "
+                                                      "openai:MODEL (a VLM behind an OpenAI-compatible API)"),
+                "caption_type": (list(CAPTION_TYPES), {"default": DEFAULT_CAPTION_TYPE,
+                                                       "tooltip": "Vision-language captioners: what to ask for"}),
+                "caption_prompt": _text(tooltip="Vision-language captioners: ask this instead ({name}, {length}, "
+                                                "{words} filled in)"),
+                "caption_endpoint": _text(tooltip="With openai:MODEL: the API's base URL (empty: "
+                                                  "IMAGE2PROMPT_CAPTION_ENDPOINT or http://127.0.0.1:8000/v1); the "
+                                                  "key comes from IMAGE2PROMPT_CAPTION_API_KEY"),
                 **_MODEL_INPUTS,
             },
         }
@@ -316,7 +334,8 @@ class Interrogate:
     def interrogate(self, image: Any, mode: str, clip_model: str, caption_model: str, caption: str = "",
                     max_tokens: int = 77, negative: bool = False, custom_clip: str = "",
                     custom_caption_model: str = "", keep_loaded: bool = True, vocab: str = "",
-                    cache_dir: str = "", floor: str = "") -> dict[str, Any]:
+                    cache_dir: str = "", floor: str = "", caption_type: str = "", caption_prompt: str = "",
+                    caption_endpoint: str = "") -> dict[str, Any]:
         count = _batch_size(image)
         if mode not in list_modes():
             raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(list_modes())}")
@@ -324,7 +343,11 @@ class Interrogate:
             settings = SearchSettings(mode=mode, max_tokens=max_tokens, negative=negative, floor=_floor(floor))
         except ValueError as err:  # a SettingsError: one line, as a plain ValueError
             raise ValueError(one_line(err)) from None
-        key = _model_key(clip_model, custom_clip, caption_model, custom_caption_model, vocab, cache_dir)
+        try:
+            key = _model_key(clip_model, custom_clip, caption_model, custom_caption_model, vocab, cache_dir,
+                             caption_type, caption_prompt, caption_endpoint)
+        except SettingsError as err:
+            raise ValueError(one_line(err)) from None
         given = caption.strip() or None
         results = MODELS.run(key, keep_loaded, lambda ic: _interrogate(ic, image, count, settings, given))
         prompts = [r.prompt for r in results]

@@ -421,3 +421,20 @@ def test_the_floor_field_turns_the_floor_off_and_refuses_nonsense(nodes: types.M
     assert off != default  # random weights: the default floor keeps some of fast mode's phrases out
     with pytest.raises(ValueError, match="floor 'high'"):
         interrogate(nodes, batch, model_inputs, mode="fast", floor="high")
+
+
+def test_a_vlm_captions_in_the_node_and_its_question_is_an_input(nodes: types.ModuleType, batch: Any,
+                                                                  model_inputs: dict[str, Any],
+                                                                  tiny_llava: Path) -> None:
+    """A tiny VLM through custom_caption_model, with caption_type and caption_prompt as node inputs."""
+    vlm = {**model_inputs, "custom_caption_model": f"local-dir:{tiny_llava}", "keep_loaded": True}
+    out = interrogate(nodes, batch, vlm, mode="fast", caption_type="booru")
+    prompts, _, captions = out["result"]
+    assert len(prompts) == 3 and all(prompts)
+    loaded = nodes.MODELS.current
+    assert loaded is not None and loaded.captioner.instruction.startswith("Write a list of Booru-style tags")
+    interrogate(nodes, batch[:1], vlm, mode="fast", caption_prompt="Describe {name}.")
+    assert nodes.MODELS.current.captioner.instruction == "Describe the subject."  # another question: reloaded
+    with pytest.raises(ValueError, match="placeholder that is not"):
+        interrogate(nodes, batch[:1], vlm, mode="fast", caption_prompt="Describe {nope}.")
+    nodes.MODELS.clear()
