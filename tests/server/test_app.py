@@ -73,6 +73,7 @@ def test_health_readiness_models_and_docs(server_url, serve_interrogator):
     models = httpx.get(server_url + "/v1/models").json()
     assert models["clip_models"] == ["local-dir:tiny-open-clip"]  # the folder's name, not its path
     assert models["caption_model"] == "local-dir:tiny-blip"
+    assert models["caption_prompt"] is None  # BLIP is asked nothing; a VLM's question is shown
     assert "best" in models["modes"] and models["auth"] is False and models["limits"]["urls"] is False
     assert "swagger" in httpx.get(server_url + "/docs").text.lower()
     paths = httpx.get(server_url + "/openapi.json").json()["paths"]

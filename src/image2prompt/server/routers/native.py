@@ -25,6 +25,7 @@ async def models(state: State) -> dict[str, Any]:
     cfg = state.config
     return {"clip_models": [shown_model_name(c.name) for c in ip.clips],
             "caption_model": shown_model_name(ip.caption_name) if ip.caption_name else None,
+            "caption_prompt": getattr(ip.captioner, "instruction", None),  # what a VLM captioner is asked
             "modes": list_modes(), "default_mode": DEFAULT_MODE, "caption_free_modes": caption_free_modes(),
             "max_tokens": SearchSettings().max_tokens,
             "auth": cfg.api_key is not None, "version": __version__,

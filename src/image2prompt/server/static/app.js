@@ -214,7 +214,8 @@
         clearError();
       }
       const clip = (m.clip_models || []).join(", ") || "unknown";
-      $("models").textContent = `CLIP: ${clip} · captions: ${m.caption_model || "none (type a caption)"}`;
+      $("models").textContent = `CLIP: ${clip} · captions: ${m.caption_model || "none (type a caption)"}` +
+        (m.caption_prompt ? ` · asked: “${m.caption_prompt}”` : "");
       if (Array.isArray(m.modes) && m.modes.length) {
         const start = startMode(m);
         fillSelect($("mode"), m.modes, start);
