@@ -6,6 +6,7 @@ One Ray instance for the module; tiny random-weight models; the actor pools at s
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import replace
@@ -448,3 +449,17 @@ def test_a_ray_retry_refuses_other_settings_and_keeps_the_errors_it_does_not_rea
     assert after == errors  # empty.png was not reached: its error record is written back, with its own error
     listed = failure_manifest_path(output).read_text(encoding="utf-8").splitlines()
     assert sorted(os.path.normpath(os.path.join(output.parent, line)) for line in listed) == sorted(errors)
+
+
+def test_ray_actors_caption_through_a_caption_server(ray_instance, folder, config, tmp_path, monkeypatch):
+    """--caption-model openai: on Ray: each encode actor asks the server with its own concurrency."""
+    from tests.support.fake_openai import FakeOpenAI, fake_openai
+
+    with fake_openai(FakeOpenAI(), monkeypatch=monkeypatch) as server:
+        remote = replace(config, caption_model="openai:fake-vlm", caption_endpoint=server.url, caption_concurrency=2)
+        summary = run_on_ray([str(folder / f"img0{i}.png") for i in (0, 3)], output=str(tmp_path / "o.jsonl"),
+                             config=remote, settings=FAST, batch_size=4, num_cpus_per_actor=0.5)
+    assert (summary.done, summary.failed) == (2, 0), summary.summary()
+    captions = sorted(r["result"]["caption"] for r in read_records(tmp_path / "o.jsonl"))
+    assert len(captions) == 2 and all(re.fullmatch(r"an image \d+ pixels wide", c) for c in captions)  # the server's
+    assert all(r.headers.get("authorization") is None for r in server.requests)  # no key set: none sent
