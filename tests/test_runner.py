@@ -458,3 +458,48 @@ def test_decoding_ahead_stops_at_max_bytes_and_an_image_over_it_goes_alone(
     records = list(Runner(interrogator, FAST, caption="a test", max_bytes=30_000).run(pictures))
     assert [r.index for r in records if r.ok] == list(range(5))  # each over the budget: each alone, none lost
     assert [len(b) for b in seen] == [1] * 5
+
+
+class _ServerCaptioner:
+    """A captioner that works elsewhere (``concurrent``), recording when each batch's captions are asked for."""
+
+    name = "server"
+    concurrent = True
+
+    def __init__(self, events: list[str], lock: threading.Lock) -> None:
+        self.events, self.lock = events, lock
+
+    def caption(self, images, *, batch_size: int = 16) -> list[str]:
+        widths = [im.size[0] for im in images]
+        with self.lock:
+            self.events.append(f"caption {widths}")
+        return [f"seen {w}" for w in widths]
+
+
+def test_a_caption_servers_next_batch_is_asked_for_while_this_one_is_searched(
+        tiny_open_clip: Path, small_vocab_dir: Path, tmp_path: Path) -> None:
+    """Captions from a server overlap CLIP: batch k+1's are asked for before batch k is searched."""
+    from image2prompt import Config, Interrogator
+    from image2prompt.cache import EmbeddingCache
+    from image2prompt.models.clip import load_clip
+    from image2prompt.vocab import load_folder_pack
+
+    events: list[str] = []
+    lock = threading.Lock()
+    ic = Interrogator(load_clip(f"local-dir:{tiny_open_clip}", device="cpu"), _ServerCaptioner(events, lock),
+                      load_folder_pack(small_vocab_dir), EmbeddingCache(tmp_path, download=False),
+                      Config(caption_model=None))
+    searched = ic.search_indexed
+
+    def search_indexed(features, settings=None, **kw):  # the real search, noted as it starts
+        with lock:
+            events.append(f"search {[f.caption for f in features]}")
+        return searched(features, settings, **kw)
+
+    ic.search_indexed = search_indexed  # type: ignore[method-assign]
+    records = list(Runner(ic, FAST, batch_size=2).run(sized(10, 11, 12, 13, 14)))
+    assert [r.ok for r in records] == [True] * 5 and [r.result.caption for r in records] == \
+        [f"seen {w}" for w in (10, 11, 12, 13, 14)]
+    assert all(r.result.caption_model == "server" for r in records)  # labelled as generated, not as given
+    assert events.index("caption [12, 13]") < events.index("search ['seen 10', 'seen 11']")  # asked ahead
+    assert events.index("caption [14]") < events.index("search ['seen 12', 'seen 13']")

@@ -267,11 +267,14 @@ class Interrogator:
     # -- stage 1: encode -------------------------------------------------------------------
     def encode(self, images: Sequence[Any], captions: Sequence[str | None] | None = None, *,
                sources: Sequence[str | None] | None = None,
-               generate_captions: bool | Sequence[bool] = True) -> list[Features]:
+               generate_captions: bool | Sequence[bool] = True,
+               captioned_by: Sequence[str | None] | None = None) -> list[Features]:
         """Caption (where no caption is given and a captioner is loaded) and encode decoded
         RGB images, in batches. Returns one :class:`Features` per image, in order.
         ``generate_captions`` is one flag for every image or one per image (a server's
-        micro-batch mixes requests that want captions with ones that do not)."""
+        micro-batch mixes requests that want captions with ones that do not). ``captioned_by`` names,
+        per image, the captioner that wrote a given caption (captions asked for ahead, as the Runner
+        asks a caption server): they are labelled as generated."""
         n = len(images)
         # A given caption is typed or sent by someone: control characters and line breaks become
         # spaces, so the prompt stays one line (a server, a manifest, the CLI alike).
@@ -279,7 +282,7 @@ class Interrogator:
         srcs: list[str | None] = _per_image(sources, n, "sources")
         wanted: list[bool] = ([bool(generate_captions)] * n if isinstance(generate_captions, bool)
                               else [bool(w) for w in _per_image(generate_captions, n, "caption flags")])
-        by: list[str | None] = [None] * n
+        by: list[str | None] = list(_per_image(captioned_by, n, "captioners")) if captioned_by is not None else [None] * n
         if self.captioner is not None and any(wanted):
             missing = [i for i, c in enumerate(caps) if not c and wanted[i]]
             if missing:

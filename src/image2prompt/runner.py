@@ -198,6 +198,8 @@ class Runner:
         self.manage_devices = manage_devices
         self.keep_features = keep_features
         self.max_bytes = max_bytes
+        self._captioning: ThreadPoolExecutor | None = None  # asks a caption server ahead (see _flush)
+        self._ahead: tuple[list[WorkItem], Future[list[str]]] | None = None
 
     @property
     def interrogator(self) -> Interrogator | None:
@@ -243,7 +245,7 @@ class Runner:
                 if not pending:
                     if exhausted or not batch:
                         break
-                    for record in self._process(batch):  # the batch alone holds max_bytes: run it now
+                    for record in self._flush(batch):  # the batch alone holds max_bytes: run it now
                         yield from out.put(record)
                     batch = []
                     continue
@@ -258,21 +260,27 @@ class Runner:
                 outcome = reduce_image(outcome, self._reduce_side())  # decoded before the side was known
                 if batch and self.max_bytes is not None and \
                         _batch_bytes(batch) + decoded_bytes(outcome) > self.max_bytes:
-                    for record in self._process(batch):  # early, rather than hold more than max_bytes
+                    for record in self._flush(batch):  # early, rather than hold more than max_bytes
                         yield from out.put(record)
                     batch = []
                 batch.append(WorkItem(taken.index, taken.name, outcome, taken.caption, meta=taken.meta))
                 del outcome, taken
                 if len(batch) >= self.batch_size:
-                    for record in self._process(batch):
+                    for record in self._flush(batch):
                         yield from out.put(record)
                     batch = []
             if batch:
                 if restore is None:
                     restore = self._prepare()
-                for record in self._process(batch):
+                for record in self._flush(batch):
                     yield from out.put(record)
+            for record in self._flush(None):  # the batch whose captions were asked for ahead
+                yield from out.put(record)
         finally:
+            self._ahead = None
+            if self._captioning is not None:
+                self._captioning.shutdown(wait=True, cancel_futures=True)
+                self._captioning = None
             pool.shutdown(wait=True, cancel_futures=True)
             if restore is not None and not self.manage_devices:
                 restore[0].manage_devices = restore[1]
@@ -322,16 +330,55 @@ class Runner:
             ic.manage_devices = False
         return ic, saved
 
-    def _process(self, batch: list[WorkItem]) -> Iterator[Record]:
-        """Records for one batch of decoded images (:func:`image2prompt.work.run_items`), as each
-        search ends; a fatal error is raised after the records of the whole batch."""
+    def _flush(self, batch: list[WorkItem] | None) -> Iterator[Record]:
+        """Run ``batch`` (None: what is left). With a captioner that works elsewhere (a caption server:
+        ``concurrent = True``), one batch behind: the batch's captions are asked for now, on another
+        thread, and the batch before it is encoded and searched meanwhile, so the server and CLIP
+        work at the same time. Other captioners share the device with CLIP: their batches run at once."""
         ic = self._interrogator
-        assert ic is not None
+        if batch is not None:
+            assert ic is not None
+            self._wanted(ic, batch)
+            if not getattr(getattr(ic, "captioner", None), "concurrent", False) or not any(it.generate for it in batch):
+                ahead, self._ahead = self._ahead, None
+                if ahead is not None:
+                    yield from self._process(*ahead)
+                yield from self._process(batch)
+                return
+            if self._captioning is None:
+                self._captioning = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image2prompt-caption")
+            wanting = [it for it in batch if it.generate]
+            asked = self._captioning.submit(ic.caption, [it.image for it in wanting])
+        ahead, self._ahead = self._ahead, ((batch, asked) if batch is not None else None)
+        if ahead is not None:
+            yield from self._process(*ahead)
+
+    def _wanted(self, ic: Interrogator, batch: list[WorkItem]) -> None:
+        """Each item's caption: its own, else the Runner's, else generated where the mode needs one."""
         wants = ic.needs_caption(self.settings)
         for item in batch:
             if item.caption is None:
                 item.caption = self.caption
             item.generate = item.caption is None and wants
+
+    def _process(self, batch: list[WorkItem], asked: Future[list[str]] | None = None) -> Iterator[Record]:
+        """Records for one batch of decoded images (:func:`image2prompt.work.run_items`), as each
+        search ends; a fatal error is raised after the records of the whole batch. ``asked``: the
+        batch's captions, asked for ahead (:meth:`_flush`); if that failed, the batch is captioned
+        here, by the work unit (which retries each image alone)."""
+        ic = self._interrogator
+        assert ic is not None
+        if asked is None:
+            self._wanted(ic, batch)
+        else:
+            wanting = [it for it in batch if it.generate]
+            try:
+                captions = asked.result()
+            except Exception:
+                log.debug("captions asked for ahead failed; asking again with the batch", exc_info=True)
+            else:
+                for item, caption in zip(wanting, captions):
+                    item.caption, item.generate, item.captioned_by = caption, False, ic.caption_name
         fatal: BaseException | None = None
         for item, outcome, features in run_items(ic, batch, self.settings):
             if isinstance(outcome, Failure):

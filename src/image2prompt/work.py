@@ -58,6 +58,8 @@ class WorkItem:
     caption: str | None = None
     generate: bool = False
     meta: Any = field(default=None, repr=False)
+    #: The captioner that wrote ``caption`` when it was generated ahead (a caption server's), else None.
+    captioned_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,10 +105,12 @@ def encode_items(ic: Interrogator, items: Sequence[WorkItem]) -> list[Features |
     if not items:
         return []
     flags = [it.generate for it in items]
+    by = [it.captioned_by for it in items]
     try:
         return list(ic.encode([it.image for it in items], [it.caption for it in items],
                               sources=[it.source for it in items],
-                              generate_captions=flags[0] if len(set(flags)) == 1 else flags))
+                              generate_captions=flags[0] if len(set(flags)) == 1 else flags,
+                              **({"captioned_by": by} if any(by) else {})))
     except Exception as err:
         if is_fatal(err) or len(items) == 1:
             log.debug("encoding %s failed", items[0].source if len(items) == 1 else f"{len(items)} images",

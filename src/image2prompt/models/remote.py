@@ -269,6 +269,7 @@ class RemoteCaptioner:
     """
 
     chat = True  # its answers are a chat model's: the interrogator cleans them (prompt.answers)
+    concurrent = True  # it works on another machine: a Runner asks it ahead, while CLIP works
 
     def __init__(self, model: str | None = None, *, endpoint: str | None = None,
                  instruction: str | None = None, max_tokens: int = 77, concurrency: int = DEFAULT_CONCURRENCY,
