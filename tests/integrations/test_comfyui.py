@@ -430,7 +430,7 @@ def test_a_vlm_captions_in_the_node_and_its_question_is_an_input(nodes: types.Mo
     vlm = {**model_inputs, "custom_caption_model": f"local-dir:{tiny_llava}", "keep_loaded": True}
     out = interrogate(nodes, batch, vlm, mode="fast", caption_type="booru")
     prompts, _, captions = out["result"]
-    assert len(prompts) == 3 and all(prompts)
+    assert len(prompts) == 3 and all(prompts) and len(captions) == 3
     loaded = nodes.MODELS.current
     assert loaded is not None and loaded.captioner.instruction.startswith("Write a list of Booru-style tags")
     interrogate(nodes, batch[:1], vlm, mode="fast", caption_prompt="Describe {name}.")

@@ -47,24 +47,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "CAPTION_MODELS",
-    "CLIP_PRESETS",
-    "DEFAULT_CAPTIONER",
-    "DEFAULT_CLIP",
-    "PLUGIN_GROUP",
-    "TARGETS",
-    "CaptionSpec",
-    "Captioner",
-    "CaptionerLike",
-    "ClipEncoder",
-    "ClipSpec",
-    "expand_clip_names",
-    "load_captioner",
-    "load_clip",
-    "load_plugins",
-    "parse_caption_name",
-    "parse_clip_name",
-    "register_captioner",
-    "register_clip_backend",
+    "CAPTION_MODELS", "CLIP_PRESETS", "DEFAULT_CAPTIONER", "DEFAULT_CLIP", "PLUGIN_GROUP", "TARGETS", "CaptionSpec",
+    "Captioner", "CaptionerLike", "ClipEncoder", "ClipSpec", "expand_clip_names", "load_captioner", "load_clip",
+    "load_plugins", "parse_caption_name", "parse_clip_name", "register_captioner", "register_clip_backend",
     "resolve_target",
 ]

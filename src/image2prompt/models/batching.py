@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -15,16 +16,14 @@ def plan_batches(widths: np.ndarray, rows_for: Callable[[int], int]) -> list[tup
     """Split length-sorted sequences into [start, stop) batches that fit the memory budget
     (``rows_for(width)`` rows of that width) and waste at most MAX_PADDING on padding."""
     out: list[tuple[int, int]] = []
-    fits: dict[int, int] = {}
+    fits = functools.cache(rows_for)  # asked once per width
     n, start = len(widths), 0
     while start < n:
         stop, real = start + 1, int(widths[start])
         while stop < n:
             w = int(widths[stop])
-            if w not in fits:
-                fits[w] = rows_for(w)
             count = stop - start + 1
-            if count > fits[w] or count * w > (real + w) * (1 + MAX_PADDING):
+            if count > fits(w) or count * w > (real + w) * (1 + MAX_PADDING):
                 break
             real += w
             stop += 1

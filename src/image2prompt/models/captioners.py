@@ -26,14 +26,14 @@ from ._registry import (
     captioner_plugin,
     parse_caption_name,
 )
-from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
+from .device import DeviceLike, LoadedModel, dtype_name, resolve_device, resolve_dtype
 from .loading import CAPTION_ADVICE, call_plugin, from_hub, load_transformers, processor_input_side
 from .retype import retype
 
 log = logging.getLogger(__name__)
 
 
-class Captioner:
+class Captioner(LoadedModel):
     """Generates one caption per image; safe to share across threads.
 
     This is the built-in implementation of the captioner protocol
@@ -56,9 +56,6 @@ class Captioner:
         self._home = device
         self._lock = threading.RLock()
 
-    def __repr__(self) -> str:
-        return f"Captioner({self.name!r}, device={self.device}, dtype={dtype_name(self.dtype)})"
-
     @property
     def input_side(self) -> int | None:
         """The largest side (pixels) the processor resizes or crops images to (None: not known)."""
@@ -67,31 +64,14 @@ class Captioner:
     def caption(self, images: Sequence[Any], *, batch_size: int = 16) -> list[str]:
         out: list[str] = []
         for start in range(0, len(images), batch_size):
-            out.extend(self._caption_batch(list(images[start : start + batch_size])))
+            inputs = self.processor(images=list(images[start : start + batch_size]), return_tensors="pt")
+            with self._lock, torch.inference_mode():
+                inputs = inputs.to(self.device)
+                if "pixel_values" in inputs and self.spec.kind != "git":
+                    inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+                tokens = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1)
+            out.extend(self.processor.batch_decode(tokens, skip_special_tokens=True))
         return out
-
-    def _caption_batch(self, images: list[Any]) -> list[str]:
-        inputs = self.processor(images=images, return_tensors="pt")
-        with self._lock, torch.inference_mode():
-            inputs = inputs.to(self.device)
-            if "pixel_values" in inputs and self.spec.kind != "git":
-                inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-            tokens = self.model.generate(
-                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1
-            )
-        return list(self.processor.batch_decode(tokens, skip_special_tokens=True))
-
-    def offload(self) -> None:
-        if self._home.type != "cpu":
-            with self._lock:
-                self.model.to("cpu")
-                self.device = torch.device("cpu")
-
-    def activate(self) -> None:
-        if self.device != self._home:
-            with self._lock:
-                self.model.to(self._home)
-                self.device = self._home
 
 
 def load_captioner(name: str, *, device: DeviceLike = "auto", precision: str = "auto",
@@ -184,7 +164,6 @@ def _fused_blip_attention() -> type | None:
         from transformers.models.blip.modeling_blip import BlipAttention
     except ImportError:  # pragma: no cover - a transformers without BLIP
         return None
-    # A module-level name (through __getattr__ below), so a fused model pickles like any other.
     return type("FusedBlipAttention", (BlipAttention,), {"forward": _sdpa_forward, "__module__": __name__})
 
 
@@ -200,26 +179,22 @@ def chunk_blip_vision(model: Any) -> int:
     Batched by 16 at 384 px, the tower's MLP makes 113 MB activations (16 x 577 x 3072
     floats at blip-base size), and its attention input 85 MB. glibc maps each such block
     fresh and unmaps it when freed, so every batch took about a million page faults (about
-    4 GB of memory first touched). In chunks whose largest activation is at most 16 MiB (2
-    images at blip-base size in fp32, 1 at blip-large size; the fused attention's
-    probabilities are never materialised), the same blocks come back from the heap: no
-    faults, and captions took about a tenth less time per image (docs/benchmarks.md). Each
-    chunk's matrix products still have at least 577 rows. Each image's features are
-    computed as before (the tower has no cross-image operation; the tests hold chunked to
-    whole batches).
+    4 GB of memory first touched). In chunks whose largest activation is at most 16 MiB
+    (:func:`_vision_chunk`), the same blocks come back from the heap: no faults, and captions
+    took about a tenth less time per image (docs/benchmarks.md). The tower has no cross-image
+    operation, so each image's features are computed as before.
 
     Chunks are used on a CPU, in eval mode, when neither hidden states nor attentions are
-    recorded (asked for in the call or the config); otherwise the tower runs as
-    transformers' own. The modules that are exactly transformers' ``BlipVisionModel`` become
-    ``ChunkedBlipVisionModel``, a subclass. Returns how many modules changed.
+    recorded; otherwise the tower runs as transformers' own. Modules that are exactly
+    ``BlipVisionModel`` become ``ChunkedBlipVisionModel``, a subclass. Returns how many changed.
     """
     return retype(model, _chunked_blip_vision())
 
 
 def _vision_chunk(config: Any, pixel_values: torch.Tensor, dtype: torch.dtype) -> int:
     """Images per chunk: the most whose largest activation (in the tower's ``dtype``) fits in
-    _CHUNK_BYTES, at least 1. The largest is the MLP's or the attention input's (the fused
-    attention's probabilities are never materialised)."""
+    _CHUNK_BYTES, at least 1 (2 at blip-base size in fp32, 1 at blip-large size). The largest is
+    the MLP's or the attention input's (the fused attention's probabilities are never materialised)."""
     patch = int(getattr(config, "patch_size", 16))
     tokens = (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch) + 1
     width = max(int(getattr(config, "intermediate_size", 0)), 3 * int(getattr(config, "hidden_size", 0)), 1)
@@ -273,21 +248,17 @@ def absorb_blip_cross_attention(model: Any) -> int:
     into the query and the output instead ("absorbed", as in DeepSeek-V2's attention): with
     ``q W_k`` per head, the scores are ``(q W_k) X^T`` over the encoder states ``X`` (the key
     bias adds the same ``q . b_k`` to every score of a row, which the softmax cancels), and the
-    output is ``(p X) W_v^T + b_v``, since each row of ``p`` sums to one. Nothing is projected
-    or cached, and the one ``X`` of each image, shared by every layer, is what each step reads.
-    The price is attention arithmetic in the encoder's width, heads times more per generated
-    token: at blip-base size (12 heads) the arithmetic breaks even with the projections at
-    about 70 tokens, and captions here stop at 32. With 32 tokens the decoder took about a
-    quarter less time per image (docs/benchmarks.md). In fp32 the tokens are the same and the
-    scores equal to float rounding (the tests hold them to transformers', and bf16 to within
-    bf16's error).
+    output is ``(p X) W_v^T + b_v``, since each row of ``p`` sums to one. The price is attention
+    arithmetic in the encoder's width, heads times more per generated token: at blip-base size
+    it breaks even with the projections at about 70 tokens, and captions stop at 32, where the
+    decoder took about a quarter less time per image (docs/benchmarks.md). fp32 gives the same
+    tokens, the scores equal to float rounding.
 
-    The absorbed forward runs on a CPU, in eval mode, and only where encoder states are
-    given; anywhere else (a GPU, where the decoder is bound by kernel launches and the cached
-    projections are the cheaper path, or training) it is transformers' own. Only the
-    ``crossattention`` modules change, into ``AbsorbedBlipCrossAttention``, a subclass; it
-    returns the attention probabilities as transformers does. transformers before 5, whose
-    attention takes and returns its own cache, is left alone. Returns how many modules changed.
+    It runs on a CPU, in eval mode, where encoder states are given; elsewhere (a GPU, bound by
+    kernel launches, or training) the forward is transformers' own. The ``crossattention``
+    modules become ``AbsorbedBlipCrossAttention``, a subclass that returns the attention
+    probabilities as transformers does; transformers before 5 (whose attention returns its own
+    cache) is left alone. Returns how many modules changed.
     """
     n = retype(model, _absorbed_blip_cross_attention(), lambda name, module: (
         name.endswith("crossattention.self")
@@ -361,14 +332,12 @@ def fuse_blip_vision_attention(model: Any) -> int:
 
     transformers' BLIP (unlike BLIP-2 and GIT) hard-codes eager attention: at 384 px the
     tower's 577 tokens make it materialise, scale and softmax a 577x577 matrix per head. The
-    fused kernel computes the same attention (equal to float rounding; the tests hold it to
-    the eager output) without those passes: a fifth less time for the tower on a CPU (1.13
-    -> 0.90 s per image at blip-base size, docs/benchmarks.md). Modules that are exactly
-    transformers' ``BlipAttention`` with the attributes the fused forward reads become
-    ``FusedBlipAttention``, a subclass, on this model only. It returns no attention weights:
-    BLIP's encoder layer discards them, and a caller that asks for them
-    (``output_attentions=True``) gets none on transformers 5 and the eager path before it.
-    Returns how many modules were changed.
+    fused kernel computes the same attention (equal to float rounding) without those passes:
+    a fifth less time for the tower on a CPU (docs/benchmarks.md). Modules that are exactly
+    ``BlipAttention`` with the attributes the fused forward reads become ``FusedBlipAttention``,
+    a subclass, on this model only. It returns no attention weights (BLIP's encoder layer discards
+    them): ``output_attentions=True`` gets none on transformers 5, the eager path before it.
+    Returns how many changed.
     """
     n = retype(model, _fused_blip_attention(), lambda name, module: all(
         hasattr(module, a) for a in ("qkv", "projection", "num_heads", "head_dim", "scale", "dropout")))

@@ -26,9 +26,9 @@ from ..syntax import SEPARATOR
 from ._registry import ClipSpec, clip_plugin, parse_clip_name
 from .activations import lean_quick_gelu, native_gelu
 from .batching import plan_batches
-from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
+from .device import DeviceLike, LoadedModel, dtype_name, resolve_device, resolve_dtype
 from .loading import CLIP_ADVICE, call_plugin, from_hub, load_transformers, processor_input_side, transform_input_side
-from .prefix import PrefixScorer, TowerParts, hf_clip_parts, open_clip_parts
+from .prefix import PrefixScorer, TowerParts, hf_clip_parts, open_clip_parts, project
 from .tokenizers import HFTokenizerAdapter, OpenClipSimpleTokenizer, TextTokenizer, model_ids
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ DEFAULT_MEMORY_BUDGET_MB = {"cpu": 512, "mps": 1024, "cuda": 2048}
 MAX_BATCH = 1024
 
 
-class ClipEncoder:
+class ClipEncoder(LoadedModel):
     """Common behaviour of the CLIP backends; subclasses implement the forward passes."""
 
     backend: str = ""
@@ -51,6 +51,13 @@ class ClipEncoder:
     #: Built with QuickGELU where open_clip would build GELU (:func:`tag_needs_quick_gelu`):
     #: embeddings cached by an image2prompt that did not are stale.
     quick_gelu_forced: bool = False
+
+    #: Texts go through the backend's own tokenizer and text forward, padded as it pads
+    #: them: for towers where our ids and batching would not give exactly its features.
+    native_text = False
+
+    #: Whether batches may stop at their longest sequence (causal tower, end-token pooling).
+    padding_free: bool
 
     def __init__(self, spec: ClipSpec, device: torch.device, dtype: torch.dtype,
                  tokenizer: TextTokenizer, embed_dim: int, memory_budget_mb: int | None,
@@ -70,27 +77,12 @@ class ClipEncoder:
         self._home = device  # where the weights live when active (offloading moves them to CPU)
         self.tokens_encoded = 0  # token positions run through the text tower (for benchmarks)
 
-    # -- description -------------------------------------------------------
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r}, device={self.device}, dtype={dtype_name(self.dtype)})"
-
-    @property
-    def padding_free(self) -> bool:
-        """Whether batches may stop at their longest sequence (causal tower, end-token pooling)."""
-        raise NotImplementedError
-
-    #: Texts go through the backend's own tokenizer and text forward, padded as it pads
-    #: them: for towers where our ids and batching would not give exactly its features.
-    native_text = False
-
     @property
     def input_side(self) -> int | None:
-        """The largest side (pixels) this encoder's preprocessing resizes or crops images to; an
-        image whose shorter side is at least this loses nothing to a reduction before it
-        (None: not known, so images must not be reduced for it)."""
+        """The largest side (pixels) preprocessing resizes or crops images to: an image whose shorter
+        side is at least this loses nothing to a reduction first (None: not known, do not reduce)."""
         return None
 
-    # -- tokens ------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
 
@@ -98,7 +90,6 @@ class ClipEncoder:
         """Model input ids (with start/end, truncated to the context) for each text."""
         return [model_ids(self.tokenizer, self.tokenizer.encode(t)) for t in texts]
 
-    # -- encoding ----------------------------------------------------------
     def encode_texts(self, texts: Sequence[str], *, progress: ProgressFn | None = None) -> np.ndarray:
         if self.native_text:
             return self._encode_native(texts, progress=progress)
@@ -108,35 +99,35 @@ class ClipEncoder:
                      progress: ProgressFn | None = None) -> tuple[np.ndarray, list[list[int]]]:
         """Embed a phrase table; also return each label's token ids (no start/end, untruncated).
 
-        Callers keep the ids (the index does, and the cache stores them) and hand them
-        back to :meth:`encode_extensions_many` as ``phrase_ids``, so chain steps need no
-        tokenizing. The encoder itself keeps nothing.
+        Callers keep the ids (the index does, and the cache stores them) and hand them back to
+        :meth:`encode_extensions_many` as ``phrase_ids``, so chain steps need no tokenizing.
         """
         bpe = [self.tokenizer.encode(t) for t in labels]
         if self.native_text:
-            feats = self._encode_native(labels, progress=progress)
-        else:
-            feats = self.encode_ids([model_ids(self.tokenizer, b) for b in bpe], progress=progress)
-        return feats, bpe
+            return self._encode_native(labels, progress=progress), bpe
+        return self.encode_ids([model_ids(self.tokenizer, b) for b in bpe], progress=progress), bpe
 
-    def encode_ids(self, ids: Sequence[Sequence[int]], *, progress: ProgressFn | None = None,
-                   normalize: bool = True) -> np.ndarray:
-        """Encode token-id sequences; the result keeps the input order."""
+    def encode_ids(self, ids: Sequence[Sequence[int]], *, progress: ProgressFn | None = None) -> np.ndarray:
+        """Encode token-id sequences (normalised); the result keeps the input order."""
         n = len(ids)
         out = np.empty((n, self.embed_dim), dtype=np.float32)
-        if n == 0:
-            return out
         lengths = np.fromiter((len(s) for s in ids), dtype=np.int64, count=n)
         order = np.argsort(lengths, kind="stable")
-        for batch in self._batches(order, lengths):
-            width = int(lengths[batch].max()) if self.padding_free else self.context_length
-            feats = self._encode_padded([ids[i] for i in batch], width)
-            out[batch] = feats
+        widths = lengths[order] if self.padding_free else np.full(n, self.context_length)
+        for start, stop in plan_batches(widths, self.rows_for):
+            batch = order[start:stop]
+            arr = torch.full((len(batch), int(widths[stop - 1])), self.tokenizer.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(arr)
+            for row, i in enumerate(batch):
+                arr[row, : len(ids[i])] = torch.as_tensor(ids[i], dtype=torch.long)
+                mask[row, : len(ids[i])] = 1
+            with self._lock, torch.inference_mode():
+                feats = self._forward_text(arr.to(self.device), mask.to(self.device))
+                self.tokens_encoded += arr.numel()
+            out[batch] = feats.float().cpu().numpy()
             if progress is not None:
                 progress(len(batch))
-        if normalize:
-            out /= np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-12)
-        return out
+        return _normalized(out)
 
     def rows_for(self, length: int, prefix: int = 0) -> int:
         """How many sequences of ``length`` tokens (attending to ``prefix`` cached ones) fit the budget.
@@ -150,43 +141,22 @@ class ClipEncoder:
         row = elem * w * (2 * (prefix + length) + 8 * length) + 4 * h * length * (prefix + length)
         return int(max(1, min(MAX_BATCH, self.memory_budget // max(1, row))))
 
-    def _batches(self, order: np.ndarray, lengths: np.ndarray) -> Iterable[np.ndarray]:
-        widths = lengths[order] if self.padding_free else np.full(len(order), self.context_length)
-        for start, stop in plan_batches(widths, self.rows_for):
-            yield order[start:stop]
-
-    def _encode_padded(self, seqs: list[Sequence[int]], width: int) -> np.ndarray:
-        pad = self.tokenizer.pad_id
-        arr = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, s in enumerate(seqs):
-            arr[row, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-            mask[row, : len(s)] = 1
-        with self._lock, torch.inference_mode():
-            feats = self._forward_text(arr.to(self.device), mask.to(self.device))
-            self.tokens_encoded += arr.numel()
-        return feats.float().cpu().numpy()
-
     def encode_images(self, images: Sequence[Any], *, batch_size: int = 16) -> np.ndarray:
         """Encode PIL images; returns [N, D] float32, L2-normalised."""
-        outs = []
+        outs = [np.empty((0, self.embed_dim), np.float32)]
         for start in range(0, len(images), batch_size):
             pixels = self._preprocess(images[start : start + batch_size])
             with self._lock, torch.inference_mode():
                 feats = self._forward_images(pixels.to(self.device, self.dtype))
             outs.append(F.normalize(feats.float(), dim=-1).cpu().numpy())
-        if not outs:
-            return np.empty((0, self.embed_dim), np.float32)
         return np.concatenate(outs, axis=0)
 
     def encode_extensions(self, prefix: str, phrases: Sequence[str], *,
                           phrase_ids: PhraseIds | None = None) -> np.ndarray:
         """Normalised features [N, D] of ``prefix + ", " + phrase`` for each phrase.
 
-        Uses the prefix-cached scorer where the tower allows it (causal, end-token
-        pooled, standard layout); otherwise a full encode. ``phrase_ids`` maps phrases
-        to their token ids (no start/end tokens), as :meth:`embed_labels` returned them
-        (``VocabularyIndex.token_ids()``); phrases missing from it are tokenized here.
+        Uses the prefix-cached scorer where the tower allows it, else a full encode. ``phrase_ids``
+        maps phrases to their token ids as :meth:`embed_labels` returned them; others are tokenized here.
         """
         return self.encode_extensions_many([(prefix, phrases)], phrase_ids=phrase_ids)[0]
 
@@ -197,19 +167,16 @@ class ClipEncoder:
         scorer = self.prefix_scorer()
         if scorer is not None:
             return scorer.encode_many(requests, phrase_ids=phrase_ids)
-        texts = [prefix + SEPARATOR + p for prefix, phrases in requests for p in phrases]
-        feats = self.encode_texts(texts)
+        feats = self.encode_texts([prefix + SEPARATOR + p for prefix, phrases in requests for p in phrases])
         bounds = np.cumsum([0] + [len(phrases) for _, phrases in requests])
         return [feats[a:b] for a, b in itertools.pairwise(bounds)]
 
     def prefix_scorer(self) -> PrefixScorer | None:
-        """The prefix-cached scorer, or None where it would not be exact (or is turned off)."""
+        """The prefix-cached scorer, or None where it would not be exact."""
         if not hasattr(self, "_prefix_scorer"):
-            parts = self._tower_parts() if self.padding_free and self.prefix_caching else None
+            parts = self._tower_parts() if self.padding_free else None
             self._prefix_scorer = PrefixScorer(self, parts) if parts is not None else None
         return self._prefix_scorer
-
-    prefix_caching = True  # set False to force full encodes (benchmarks, A/B checks)
 
     def _tower_parts(self) -> TowerParts | None:
         return None
@@ -218,23 +185,7 @@ class ClipEncoder:
         """Encode texts the backend's own way (for ``native_text`` towers)."""
         raise NotImplementedError
 
-    # -- placement (low-VRAM offloading) -------------------------------------
-    def offload(self) -> None:
-        if self._home.type != "cpu":
-            with self._lock:
-                self._model().to("cpu")
-                self.device = torch.device("cpu")
-
-    def activate(self) -> None:
-        if self.device != self._home:
-            with self._lock:
-                self._model().to(self._home)
-                self.device = self._home
-
     # -- backend hooks -----------------------------------------------------
-    def _model(self) -> torch.nn.Module:
-        raise NotImplementedError
-
     def _forward_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -243,6 +194,11 @@ class ClipEncoder:
 
     def _preprocess(self, images: Sequence[Any]) -> torch.Tensor:
         raise NotImplementedError
+
+
+def _normalized(feats: np.ndarray) -> np.ndarray:
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True).clip(min=1e-12)
+    return feats
 
 
 def text_tower(model: Any) -> Any:
@@ -277,18 +233,14 @@ def is_standard_text_tower(tower: Any, tokenizer: Any, native_tokenizer: Any = N
     if not all(hasattr(tower, a) for a in ("token_embedding", "positional_embedding", "transformer",
                                             "ln_final", "attn_mask")):
         return False
-    if tower.attn_mask is None or getattr(tower, "cls_emb", None) is not None:
-        return False
-    if getattr(tower, "use_pad_mask", False) or not isinstance(tokenizer, OpenClipSimpleTokenizer):
-        return False
-    if native_tokenizer is not None and getattr(native_tokenizer, "reduction_fn", None) is not None:
+    if (tower.attn_mask is None or getattr(tower, "cls_emb", None) is not None or getattr(tower, "use_pad_mask", False)
+            or not isinstance(tokenizer, OpenClipSimpleTokenizer)
+            or getattr(native_tokenizer, "reduction_fn", None) is not None):
         return False
     pool = tower_pool_type(tower)
     if pool == "argmax":
         return tokenizer.eot_id > tokenizer.sot_id  # the end id is the largest one in a sequence
-    if pool == "eos":
-        return tower_eos_id(tower) == tokenizer.eot_id
-    return False
+    return pool == "eos" and tower_eos_id(tower) == tokenizer.eot_id
 
 
 def _tower_width_heads(tower: Any) -> tuple[int, int]:
@@ -305,17 +257,15 @@ def _tower_width_heads(tower: Any) -> tuple[int, int]:
 
 def _tower_embed_dim(tower: Any, width: int) -> int | None:
     """The text features' size, read off the projection; None when it cannot be read."""
-    if hasattr(tower, "text_projection"):
-        proj = tower.text_projection
-        if proj is None:
-            return width
-        if isinstance(proj, torch.nn.Linear):
-            return int(proj.out_features)
-        if isinstance(proj, torch.Tensor) and proj.dim() == 2:
-            return int(proj.shape[1])
-        return None
-    dim = getattr(tower, "output_dim", None)
-    return int(dim) if isinstance(dim, int) and dim > 0 else None
+    if not hasattr(tower, "text_projection"):
+        dim = getattr(tower, "output_dim", None)
+        return int(dim) if isinstance(dim, int) and dim > 0 else None
+    proj = tower.text_projection
+    if proj is None:
+        return width
+    if isinstance(proj, torch.nn.Linear):
+        return int(proj.out_features)
+    return int(proj.shape[1]) if isinstance(proj, torch.Tensor) and proj.dim() == 2 else None
 
 
 class OpenClipEncoder(ClipEncoder):
@@ -339,6 +289,7 @@ class OpenClipEncoder(ClipEncoder):
         if not self.standard_text and native_tokenizer is None:
             raise ModelLoadError(f"{spec.name}: this text tower needs open_clip's own tokenizer")
         self.native_text = not self.standard_text
+        self.padding_free = self.standard_text
         width, heads = _tower_width_heads(self.tower)
         embed_dim = _tower_embed_dim(self.tower, width)
         if embed_dim is None:  # read it off one encode
@@ -347,16 +298,9 @@ class OpenClipEncoder(ClipEncoder):
         super().__init__(spec, device, dtype, tokenizer, embed_dim, memory_budget_mb, width, heads)
 
     @property
-    def padding_free(self) -> bool:
-        return self.standard_text
-
-    @property
     def input_side(self) -> int | None:
         visual = getattr(self.model, "visual", None)
         return transform_input_side(self.preprocess, getattr(visual, "image_size", None))
-
-    def _model(self) -> torch.nn.Module:
-        return self.model
 
     def _forward_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if not self.standard_text:
@@ -368,11 +312,7 @@ class OpenClipEncoder(ClipEncoder):
         cast = t.transformer.get_cast_dtype()
         x = t.token_embedding(ids).to(cast) + t.positional_embedding[:length].to(cast)
         x = t.ln_final(t.transformer(x, attn_mask=t.attn_mask[:length, :length]))
-        x = text_global_pool(x, ids, tower_pool_type(t), eos_token_id=tower_eos_id(t))
-        proj = t.text_projection
-        if proj is None:
-            return x
-        return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+        return project(text_global_pool(x, ids, tower_pool_type(t), eos_token_id=tower_eos_id(t)), t.text_projection)
 
     def _encode_native(self, texts: Sequence[str], *, progress: ProgressFn | None = None) -> np.ndarray:
         n = len(texts)
@@ -387,15 +327,12 @@ class OpenClipEncoder(ClipEncoder):
             out[start : start + len(chunk)] = feats.float().cpu().numpy()
             if progress is not None:
                 progress(len(chunk))
-        out /= np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-12)
-        return out
+        return _normalized(out)
 
     def _forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
 
-    def _tower_parts(self) -> TowerParts | None:
-        if not self.standard_text:
-            return None
+    def _tower_parts(self) -> TowerParts | None:  # asked only of standard (padding-free) towers
         clean = getattr(getattr(self.native_tokenizer, "clean_fn", None), "__name__", "")
         if "canonicalize" in clean:  # strips punctuation: the comma need not survive as a token
             return None
@@ -412,25 +349,19 @@ class HFClipEncoder(ClipEncoder):
                  dtype: torch.dtype, memory_budget_mb: int | None = None) -> None:
         self.model = model
         self.processor = processor
-        if getattr(model, "text_model", None) is not None:
-            native_gelu(model.text_model)  # as in OpenClipEncoder
+        native_gelu(model.text_model)  # as in OpenClipEncoder
         tcfg = model.config.text_config
         tok = HFTokenizerAdapter(processor.tokenizer, int(tcfg.max_position_embeddings))
         super().__init__(spec, device, dtype, tok, int(model.config.projection_dim), memory_budget_mb,
                          int(tcfg.hidden_size), int(tcfg.num_attention_heads))
 
-    @property
-    def padding_free(self) -> bool:
-        # CLIPTextTransformer is always causal and pools at the first end token
-        # (or at the argmax id for legacy configs, where the end id is also the largest).
-        return True
+    # CLIPTextTransformer is always causal and pools at the first end token
+    # (or at the argmax id for legacy configs, where the end id is also the largest).
+    padding_free = True
 
     @property
     def input_side(self) -> int | None:
         return processor_input_side(self.processor)
-
-    def _model(self) -> torch.nn.Module:
-        return self.model
 
     def _forward_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = self.model.text_model(input_ids=ids, attention_mask=mask)
@@ -456,7 +387,12 @@ def load_clip(name: str, *, device: DeviceLike = "auto", precision: str = "auto"
     """
     plugin = clip_plugin(name)
     if plugin is not None:
-        return _load_plugin(plugin, name.strip(), device, precision, memory_budget_mb, options)
+        enc = call_plugin(plugin, name.strip(), "CLIP model", device="auto" if device is None else str(device),
+                          precision=precision, memory_budget_mb=memory_budget_mb, **options)
+        if not isinstance(enc, ClipEncoder):
+            raise ModelLoadError(f"CLIP model {name.strip()!r}: the plugin returned {type(enc).__name__}, "
+                                 "not a ClipEncoder")
+        return enc
     if options:
         raise TypeError(f"unexpected options for the built-in CLIP backends: {', '.join(options)}")
     spec = parse_clip_name(name)
@@ -465,17 +401,12 @@ def load_clip(name: str, *, device: DeviceLike = "auto", precision: str = "auto"
     log.info("loading CLIP %s (%s) on %s as %s", spec.name, spec.backend, dev, dtype_name(dtype))
     if spec.backend == "open_clip":
         return _load_open_clip(spec, dev, dtype, memory_budget_mb)
-    return _load_hf_clip(spec, dev, dtype, memory_budget_mb)
+    from transformers import CLIPModel, CLIPProcessor
 
-
-def _load_plugin(loader: Any, name: str, device: DeviceLike, precision: str, memory_budget_mb: int | None,
-                 options: dict[str, Any]) -> ClipEncoder:
-    dev = "auto" if device is None else str(device)
-    enc = call_plugin(loader, name, "CLIP model", device=dev, precision=precision,
-                      memory_budget_mb=memory_budget_mb, **options)
-    if not isinstance(enc, ClipEncoder):
-        raise ModelLoadError(f"CLIP model {name!r}: the plugin returned {type(enc).__name__}, not a ClipEncoder")
-    return enc
+    model, processor = load_transformers(CLIPModel, CLIPProcessor, spec.source, dtype, dev,
+                                         what=f"CLIP model {spec.name!r}", remote=spec.local_path is None,
+                                         advice=CLIP_ADVICE)
+    return HFClipEncoder(spec, model, processor, dev, dtype, memory_budget_mb)
 
 
 def _load_open_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, memory_budget_mb: int | None) -> ClipEncoder:
@@ -500,20 +431,18 @@ def _load_open_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, memor
                                             remote=spec.local_path is None, advice=CLIP_ADVICE)
     model = model.to(dev, dtype).eval()
     ctx = int(getattr(tokenizer, "context_length", None) or model.context_length)
-    if isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer):
-        tok: TextTokenizer = OpenClipSimpleTokenizer(tokenizer, ctx)
-    else:
-        tok = _OpenClipOtherTokenizer(tokenizer, ctx)
+    simple = isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer)
+    tok: TextTokenizer = (OpenClipSimpleTokenizer if simple else _OpenClipOtherTokenizer)(tokenizer, ctx)
     try:
         enc = OpenClipEncoder(spec, model, preprocess, tok, dev, dtype, memory_budget_mb, native_tokenizer=tokenizer)
-        enc.quick_gelu_forced = quick_gelu
-        return enc
     except ModelLoadError:
         raise
     except Exception as e:
         raise ModelLoadError(
             f"CLIP model {spec.name!r}: its text tower is not supported ({one_line(e) or type(e).__name__})"
         ) from e
+    enc.quick_gelu_forced = quick_gelu
+    return enc
 
 
 def tag_needs_quick_gelu(open_clip: Any, arch: str, tag: str | None) -> bool:
@@ -521,10 +450,9 @@ def tag_needs_quick_gelu(open_clip: Any, arch: str, tag: str | None) -> bool:
     architecture's own config builds GELU (ViT-L-14/openai, SD 1.x's text encoder, and 26
     other pairs in open_clip 3.3: OpenAI, MetaCLIP, DFN, LAION-400M e31/e32, YFCC15M, CC12M).
 
-    Up to 2.28 open_clip loaded OpenAI's weights through their own loader, with QuickGELU;
-    from 2.29 it builds every tag from the architecture's config and only warns of the
-    mismatch, so such a model computes with the wrong activation unless it is asked for.
-    Before 2.29 the pretrained table has no ``quick_gelu`` entries: this says False there.
+    From 2.29 open_clip builds every tag from the architecture's config and only warns of the
+    mismatch (up to 2.28 OpenAI's weights had their own loader, with QuickGELU, and the table has
+    no ``quick_gelu`` entries: this says False there).
     """
     if not tag:
         return False
@@ -541,11 +469,10 @@ class _OpenClipOtherTokenizer:
 
     def __init__(self, tok: Any, context_length: int) -> None:
         self._tok = tok
-        inner = getattr(tok, "tokenizer", None)
-        self._inner = inner
-        self.sot_id = int(getattr(inner, "bos_token_id", None) or 0) if inner is not None else 0
-        self.eot_id = int(getattr(inner, "eos_token_id", None) or 0) if inner is not None else 0
-        self.pad_id = int(getattr(inner, "pad_token_id", None) or 0) if inner is not None else 0
+        self._inner = inner = getattr(tok, "tokenizer", None)
+        self.sot_id = int(getattr(inner, "bos_token_id", None) or 0)
+        self.eot_id = int(getattr(inner, "eos_token_id", None) or 0)
+        self.pad_id = int(getattr(inner, "pad_token_id", None) or 0)
         self.context_length = context_length
 
     def encode(self, text: str) -> list[int]:
@@ -553,12 +480,3 @@ class _OpenClipOtherTokenizer:
             return list(self._inner(text, add_special_tokens=False)["input_ids"])
         row = self._tok([text])[0].tolist()
         return [t for t in row if t != self.pad_id]
-
-
-def _load_hf_clip(spec: ClipSpec, dev: torch.device, dtype: torch.dtype, memory_budget_mb: int | None) -> ClipEncoder:
-    from transformers import CLIPModel, CLIPProcessor
-
-    model, processor = load_transformers(CLIPModel, CLIPProcessor, spec.source, dtype, dev,
-                                         what=f"CLIP model {spec.name!r}", remote=spec.local_path is None,
-                                         advice=CLIP_ADVICE)
-    return HFClipEncoder(spec, model, processor, dev, dtype, memory_budget_mb)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import threading
+from typing import Any
 
 import torch
 
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
 DeviceLike = str | torch.device | None
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -17,8 +17,7 @@ def resolve_device(device: DeviceLike = "auto") -> torch.device:
     if device is None or (isinstance(device, str) and device.lower() == "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
+        if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -28,7 +27,7 @@ def resolve_device(device: DeviceLike = "auto") -> torch.device:
         raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device; use --device cpu")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device!r} asked for, but MPS is not available; use --device cpu")
     return dev
 
@@ -49,3 +48,30 @@ def resolve_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in _DTYPES.items()}.get(dtype, str(dtype))
+
+
+class LoadedModel:
+    """A loaded model's ``__repr__`` and its ``offload()``/``activate()`` (low-VRAM mode): its weights,
+    ``model``, live on ``_home`` when active; ``device`` is where they are now, ``_lock`` guards their use."""
+
+    name: str
+    model: Any
+    device: torch.device
+    dtype: torch.dtype
+    _home: torch.device
+    _lock: threading.RLock
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, device={self.device}, dtype={dtype_name(self.dtype)})"
+
+    def offload(self) -> None:
+        if self._home.type != "cpu":
+            with self._lock:
+                self.model.to("cpu")
+                self.device = torch.device("cpu")
+
+    def activate(self) -> None:
+        if self.device != self._home:
+            with self._lock:
+                self.model.to(self._home)
+                self.device = self._home

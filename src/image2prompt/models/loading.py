@@ -40,14 +40,11 @@ _mode_lock = threading.RLock()  # forced offline mode and quieted loggers are pr
 def _local_cache_only(force: bool) -> Iterator[None]:
     """Offline mode for huggingface_hub (and so transformers and open_clip, which ask it),
     with their retry and download warnings silenced; open_clip logs on the root logger."""
+    from huggingface_hub import constants
+
     with _mode_lock:
-        constants: Any
-        try:
-            from huggingface_hub import constants
-        except ImportError:  # pragma: no cover
-            constants = None
-        saved_offline = getattr(constants, "HF_HUB_OFFLINE", None)
-        if force and constants is not None:
+        saved_offline = constants.HF_HUB_OFFLINE
+        if force:
             constants.HF_HUB_OFFLINE = True
         saved_levels = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
         for name in _NOISY_LOGGERS:
@@ -60,7 +57,7 @@ def _local_cache_only(force: bool) -> Iterator[None]:
             logging.getLogger().removeFilter(root_filter)
             for name, level in saved_levels.items():
                 logging.getLogger(name).setLevel(level)
-            if force and constants is not None:
+            if force:
                 constants.HF_HUB_OFFLINE = saved_offline
 
 
@@ -76,7 +73,7 @@ def is_cache_miss(err: BaseException) -> bool:
     """Whether ``err`` (or an error it came from) says the files are not in the local Hub cache."""
     try:
         from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-    except ImportError:  # pragma: no cover
+    except ImportError:  # pragma: no cover - huggingface_hub before 0.24
         return False
     seen: set[int] = set()
     e: BaseException | None = err
@@ -118,10 +115,12 @@ def load_error(what: str, err: BaseException, *, remote: bool = True, advice: st
                 f"cannot load {what}: HF_HUB_OFFLINE=1 is set and the weights are not in the local cache "
                 f"({cache}); {help_}unset HF_HUB_OFFLINE to download them"
             )
-    reason = one_line(err) or type(err).__name__
+    reason = f"could not load {what}: {one_line(err) or type(err).__name__}"
     if not remote:
-        return ModelLoadError(f"could not load {what}: {reason}")
-    return ModelLoadError(sentences(f"could not load {what}: {reason}", hub_hint()))
+        return ModelLoadError(reason)
+    return ModelLoadError(sentences(reason, "Weights are downloaded from the Hugging Face Hub on first use; offline "
+                                    f"(HF_HUB_OFFLINE=1) they must already be in {hub_cache_dir()}. To use weights "
+                                    "on disk, pass local-dir:PATH"))
 
 
 def from_hub(load: Callable[[], T], *, what: str, remote: bool, advice: str = "") -> T:
@@ -143,14 +142,6 @@ def from_hub(load: Callable[[], T], *, what: str, remote: bool, advice: str = ""
         raise load_error(what, e, remote=remote, advice=advice, forced_offline=forced) from e
 
 
-def hub_hint() -> str:
-    """What to do when weights cannot be fetched: the Hub cache, offline mode, local folders."""
-    return (
-        "Weights are downloaded from the Hugging Face Hub on first use; offline (HF_HUB_OFFLINE=1) "
-        f"they must already be in {hub_cache_dir()}. To use weights on disk, pass local-dir:PATH"
-    )
-
-
 def load_transformers(model_cls: Any, processor_cls: Any, source: str, dtype: Any, dev: Any,
                       what: str, *, remote: bool = True, advice: str = "") -> tuple[Any, Any]:
     """from_pretrained for a model and its processor; any failure or missing weight is a ModelLoadError.
@@ -162,19 +153,12 @@ def load_transformers(model_cls: Any, processor_cls: Any, source: str, dtype: An
         return model, processor_cls.from_pretrained(source), info
 
     model, processor, info = from_hub(load, what=what, remote=remote, advice=advice)
-    require_complete(what, info)
-    return model.to(dev).eval(), processor
-
-
-def require_complete(name: str, loading_info: dict) -> None:
-    """transformers initialises missing weights randomly with only a warning: make that an error."""
-    missing = [k for k in loading_info.get("missing_keys", ()) if "position_ids" not in k]
+    # transformers initialises missing weights randomly with only a warning: make that an error
+    missing = [k for k in info.get("missing_keys", ()) if "position_ids" not in k]
     if missing:
-        shown = ", ".join(sorted(missing)[:5])
-        raise ModelLoadError(
-            f"{name}: the checkpoint lacks {len(missing)} weights ({shown}...); "
-            "refusing to run with randomly initialised layers"
-        )
+        raise ModelLoadError(f"{what}: the checkpoint lacks {len(missing)} weights ({', '.join(sorted(missing)[:5])}...); "
+                             "refusing to run with randomly initialised layers")
+    return model.to(dev).eval(), processor
 
 
 def call_plugin(loader: Callable[..., T], name: str, what: str, **kwargs: Any) -> T:
@@ -195,25 +179,18 @@ _SIZE_KEYS = ("shortest_edge", "longest_edge", "height", "width", "max_height", 
 
 def _sides(value: Any) -> list[int]:
     """The pixel sides a size setting names: an int, a (h, w) pair, or a dict / SizeDict of edges."""
-    if value is None or isinstance(value, bool):
-        return []
-    if isinstance(value, int):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [int(v) for v in value if isinstance(v, int) and not isinstance(v, bool)]
-    out = []
-    for key in _SIZE_KEYS:
-        v = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
-        if isinstance(v, int) and not isinstance(v, bool):
-            out.append(v)
-    return out
+    if value is None or isinstance(value, (int, tuple, list)):
+        found = value if isinstance(value, (tuple, list)) else [value]
+    else:
+        found = [value.get(key) if isinstance(value, dict) else getattr(value, key, None) for key in _SIZE_KEYS]
+    return [int(v) for v in found if isinstance(v, int) and not isinstance(v, bool)]
 
 
 def transform_input_side(preprocess: Any, image_size: Any = None) -> int | None:
     """The largest side a torchvision-style ``Compose`` (open_clip's preprocess) resizes or crops
     to, and ``image_size`` (the vision tower's): an image whose shorter side is at least that
     loses nothing to a reduction first. None when the pipeline has no resize (unknown)."""
-    sides = []
+    sides: list[int] = []
     resizes = False
     for t in getattr(preprocess, "transforms", None) or ():
         found = _sides(getattr(t, "size", None)) + _sides(getattr(t, "max_size", None))

@@ -70,7 +70,13 @@ class TowerParts:
     layers: list[_Layer]
     heads: int
     final: Callable[[torch.Tensor], torch.Tensor]  # pooled [B,W] -> features [B,D]
-    dtype: torch.dtype
+
+
+def project(x: torch.Tensor, proj: Any) -> torch.Tensor:
+    """An open_clip text tower's projection: none, an ``nn.Linear``, or a matrix."""
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
 
 
 def open_clip_parts(model: Any) -> TowerParts | None:
@@ -96,48 +102,28 @@ def open_clip_parts(model: Any) -> TowerParts | None:
     def qkv_of(attn: torch.nn.MultiheadAttention) -> Callable[[torch.Tensor], Any]:
         return lambda h: F.linear(h, attn.in_proj_weight, attn.in_proj_bias).split(width, dim=-1)
 
-    def out_of(attn: torch.nn.MultiheadAttention) -> Callable[[torch.Tensor], torch.Tensor]:
-        return lambda o: F.linear(o, attn.out_proj.weight, attn.out_proj.bias)
-
-    layers = [_Layer(b.ln_1, qkv_of(b.attn), out_of(b.attn), b.ls_1, b.ln_2, b.mlp, b.ls_2) for b in blocks]
-    proj = model.text_projection
-
-    def final(x: torch.Tensor) -> torch.Tensor:
-        x = model.ln_final(x)
-        if proj is None:
-            return x
-        return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
-
     return TowerParts(
         embed=lambda ids, pos: model.token_embedding(ids).to(cast) + model.positional_embedding[pos].to(cast),
-        layers=layers, heads=blocks[0].attn.num_heads, final=final, dtype=cast,
+        layers=[_Layer(b.ln_1, qkv_of(b.attn), b.attn.out_proj, b.ls_1, b.ln_2, b.mlp, b.ls_2) for b in blocks],
+        heads=blocks[0].attn.num_heads, final=lambda x: project(model.ln_final(x), model.text_projection),
     )
 
 
 def hf_clip_parts(model: Any) -> TowerParts | None:
     """Parts of a transformers CLIPTextTransformer."""
     tm = model.text_model
-    layers = []
-    for layer in tm.encoder.layers:
-        a = layer.self_attn
-        layers.append(_Layer(
-            layer.layer_norm1,
-            (lambda a: lambda h: (a.q_proj(h), a.k_proj(h), a.v_proj(h)))(a),  # noqa: B023  bound by the outer call
-            a.out_proj, _identity, layer.layer_norm2, layer.mlp, _identity,
-        ))
 
-    def final(x: torch.Tensor) -> torch.Tensor:
-        return model.text_projection(tm.final_layer_norm(x))
+    def qkv_of(a: Any) -> Callable[[torch.Tensor], Any]:
+        return lambda h: (a.q_proj(h), a.k_proj(h), a.v_proj(h))
 
+    same = torch.nn.Identity()
     return TowerParts(
         embed=lambda ids, pos: tm.embeddings(input_ids=ids, position_ids=pos if pos.dim() == 2 else pos.unsqueeze(0)),
-        layers=layers, heads=model.config.text_config.num_attention_heads, final=final,
-        dtype=next(tm.parameters()).dtype,
+        layers=[_Layer(layer.layer_norm1, qkv_of(layer.self_attn), layer.self_attn.out_proj, same, layer.layer_norm2,
+                       layer.mlp, same) for layer in tm.encoder.layers],
+        heads=model.config.text_config.num_attention_heads,
+        final=lambda x: model.text_projection(tm.final_layer_norm(x)),
     )
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
 
 
 def _block(layer: _Layer, x: torch.Tensor, heads: int, mask: torch.Tensor,
@@ -162,8 +148,7 @@ class PrefixScorer:
     def __init__(self, encoder: Any, parts: TowerParts, cache_size: int = SUFFIX_CACHE_SIZE) -> None:
         self.encoder = encoder
         self.parts = parts
-        tok = encoder.tokenizer
-        self.tok = tok
+        self.tok = tok = encoder.tokenizer
         self.comma = tok.encode(",")
         self._a = tok.encode("a")
         # phrase -> (", " + phrase + end-token ids, whether the phrase tokenises the same after ", "),
@@ -173,12 +158,6 @@ class PrefixScorer:
         self._suffix_lock = threading.Lock()
         self.fallbacks = 0  # phrases that needed a full encode (for tests and benchmarks)
         self.peak_rows = 0  # largest suffix batch so far (for tests of the memory bound)
-
-    def _make_suffix(self, phrase: str, bpe: list[int]) -> tuple[np.ndarray, bool]:
-        # ASCII phrases tokenise the same after ", " (the BPE splits words at spaces and
-        # character classes first); others are checked once, in a neutral context.
-        free = phrase.isascii() or self.tok.encode("a" + SEP + phrase) == self.tok.encode("a") + self.comma + bpe
-        return np.asarray(self.comma + bpe + [self.tok.eot_id], dtype=np.int64), free
 
     def suffix(self, phrase: str, ids: Sequence[int] | None = None) -> tuple[np.ndarray, bool]:
         """(", " + phrase + end ids, whether the phrase tokenises alike after ", ").
@@ -190,7 +169,11 @@ class PrefixScorer:
             if got is not None:
                 self._suffix.move_to_end(phrase)
                 return got
-        got = self._make_suffix(phrase, list(ids) if ids is not None else self.tok.encode(phrase))
+        bpe = list(ids) if ids is not None else self.tok.encode(phrase)
+        # ASCII phrases tokenise the same after ", " (the BPE splits words at spaces and
+        # character classes first); others are checked once, in a neutral context.
+        free = phrase.isascii() or self.tok.encode("a" + SEP + phrase) == self._a + self.comma + bpe
+        got = np.asarray(self.comma + bpe + [self.tok.eot_id], dtype=np.int64), free
         with self._suffix_lock:
             self._suffix[phrase] = got
             self._suffix.move_to_end(phrase)
@@ -212,18 +195,11 @@ class PrefixScorer:
             k += 1
         return prefix_ids[:k], probe[k:]
 
-    def encode(self, prefix: str, phrases: Sequence[str], *,
-               phrase_ids: Mapping[str, Sequence[int]] | None = None) -> np.ndarray:
-        """Normalised features [N, D] of ``prefix + ", " + phrase`` for each phrase.
-
-        ``phrase_ids``: phrase -> token ids without start/end tokens, where the caller has
-        them; other phrases are tokenized here.
-        """
-        return self.encode_many([(prefix, phrases)], phrase_ids=phrase_ids)[0]
-
     def encode_many(self, requests: Sequence[tuple[str, Sequence[str]]], *,
                     phrase_ids: Mapping[str, Sequence[int]] | None = None) -> list[np.ndarray]:
-        """Like :meth:`encode` for several prefixes at once; their phrases share encoder batches."""
+        """Normalised features [N, D] of ``prefix + ", " + phrase`` for each ``(prefix, phrases)`` request;
+        the phrases of all requests share encoder batches. ``phrase_ids``: phrase -> token ids without
+        start/end tokens, where the caller has them; other phrases are tokenized here."""
         known = phrase_ids if phrase_ids is not None else {}
         enc = self.encoder
         ctx = enc.context_length
@@ -272,7 +248,6 @@ class PrefixScorer:
         enc = self.encoder
         parts = self.parts
         dev = enc.device
-        g = len(prefix_runs)
         plen = torch.tensor([len(p) for p in prefix_runs], device=dev)
         pmax = int(plen.max())
         lengths = np.fromiter((len(s) for _, s in rows), np.int64, count=len(rows))
@@ -281,7 +256,7 @@ class PrefixScorer:
         with enc._lock, torch.inference_mode():
             # Prefixes are right-padded: under the causal mask padding cannot reach real positions,
             # and suffix rows mask the padded columns out.
-            pids = torch.zeros((g, pmax), dtype=torch.long)
+            pids = torch.zeros((len(prefix_runs), pmax), dtype=torch.long)
             for i, run in enumerate(prefix_runs):
                 pids[i, : len(run)] = torch.as_tensor(run)
             x = parts.embed(pids.to(dev), torch.arange(pmax, device=dev))
