@@ -108,3 +108,33 @@ def test_without_the_serve_extra_it_says_what_to_install(monkeypatch: pytest.Mon
     r = CliRunner().invoke(cli, ["serve"])
     assert r.exit_code == 1
     assert "serve needs the serve extra (uvicorn is missing): pip install 'image2prompt[serve]'" in r.output
+
+
+def test_serve_captions_with_a_vlm_and_shows_its_question(tiny_open_clip: Path, tiny_llava: Path,
+                                                          small_vocab_dir: Path, tmp_path: Path):
+    """A tiny VLM through local-dir: in `serve`, with --caption-type: the caption is the VLM's, and
+    /v1/models shows what it is asked."""
+    image = tmp_path / "photo.png"
+    make_images(2)[1].save(image)
+    port = free_port()
+    e = env() | {"IMAGE2PROMPT_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "image2prompt", "serve", "--port", str(port), "--clip",
+                             f"local-dir:{tiny_open_clip}", "--caption-model", f"local-dir:{tiny_llava}",
+                             "--caption-type", "booru", "--caption-max-tokens", "6", "--vocab", str(small_vocab_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, base)
+        models = httpx.get(base + "/v1/models", timeout=30).json()
+        assert models["caption_model"] == "local-dir:tiny-llava"
+        assert models["caption_prompt"].startswith("Write a list of Booru-style tags")
+        with open(image, "rb") as f:
+            r = httpx.post(base + "/v1/interrogate", files={"image": ("photo.png", f, "image/png")},
+                           data={"mode": "fast"}, timeout=120)
+        assert r.status_code == 200, r.text
+        result = r.json()
+        assert result["caption_model"] == "local-dir:tiny-llava" and result["prompt"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err

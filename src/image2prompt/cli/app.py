@@ -179,7 +179,8 @@ def model_config(*, clip: Sequence[str], captioner: str | None, device: str, pre
     """The load-time ``Config`` from the model options the commands share. ``batch_size``
     (``--batch-size``, where a command has it) is also the captioner's and the image tower's."""
     from ..interrogator import Config
-    ctx = click.get_current_context(silent=True)
+
+    ctx = click.get_current_context(silent=True)  # the caption options: call this in the command itself
     captioning = caption_config(ctx.meta.get(CAPTION_META, {}) if ctx is not None else {})
     config = Config(clip_model=list(clip), caption_model=captioner, device=device, precision=precision,
                     caption_precision=caption_precision, cache_dir=cache_dir, vocab=tuple(vocab),

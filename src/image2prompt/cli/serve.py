@@ -123,11 +123,13 @@ def serve(host: str, port: int, target: str | None, clip_name: tuple[str, ...], 
     failed: list[str] = []
     server: Any = None
 
+    # built here, not in the loading thread: the options (caption ones too) are this command's
+    models = model_config(clip=clip, captioner=captioner, device=device, precision=precision,
+                          caption_precision=caption_precision, cache_dir=cache_dir, vocab=vocab,
+                          low_vram=low_vram, memory_budget_mb=memory_budget)
+
     def load() -> Interrogator:
-        config = model_config(clip=clip, captioner=captioner, device=device, precision=precision,
-                              caption_precision=caption_precision, cache_dir=cache_dir, vocab=vocab,
-                              low_vram=low_vram, memory_budget_mb=memory_budget)
-        return load_interrogator(config, show_progress=False, debug=debug)
+        return load_interrogator(models, show_progress=False, debug=debug)
 
     def load_failed(message: str) -> None:
         failed.append(message)
