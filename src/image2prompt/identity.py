@@ -1,15 +1,14 @@
 """What a result depends on besides its settings: the models and the vocabulary.
 
-A :class:`ModelIdentity` names each CLIP encoder (its cache key: a local folder's
-includes a fingerprint of its weights, read from the file sizes and times, not the
-weights), the captioner, and each vocabulary table's hash. The fingerprint, the resume and
-micro-batch key, is a function of (settings, identity): :meth:`ModelIdentity.fingerprint`.
+A :class:`ModelIdentity` names each CLIP encoder (its cache key: a local folder's includes a fingerprint of its
+weights, read from the file sizes and times, not the weights), the captioner, and each vocabulary table's hash. The
+fingerprint, the resume and micro-batch key, is a function of (settings, identity):
+:meth:`ModelIdentity.fingerprint`.
 
 It is computed once per run: from a loaded :class:`~image2prompt.Interrogator`
-(:attr:`~image2prompt.Interrogator.identity`), or from a :class:`~image2prompt.interrogator.Config`
-before any model is loaded (:meth:`ModelIdentity.of_config`), which is how a batch run knows
-what is done before it loads a model, and how every Ray actor labels its records alike.
-Torch-free.
+(:attr:`~image2prompt.Interrogator.identity`), or from a :class:`~image2prompt.interrogator.Config` before any model
+is loaded (:meth:`ModelIdentity.of_config`), which is how a batch run knows what is done before it loads a model,
+and how every Ray actor labels its records alike. Torch-free.
 """
 
 from __future__ import annotations
@@ -31,8 +30,8 @@ __all__ = ["IdentityMismatch", "ModelIdentity"]
 
 
 class IdentityMismatch(Image2PromptError):
-    """Loaded models or vocabulary are not the ones a run is labelled with (a node that sees other
-    weights, a folder changed during the run)."""
+    """Loaded models or vocabulary are not the ones a run is labelled with (a node that sees other weights, a folder
+    changed during the run)."""
 
 
 @dataclass(frozen=True)
@@ -49,8 +48,8 @@ class ModelIdentity:
 
     @classmethod
     def of_config(cls, config: Config) -> ModelIdentity | None:
-        """What ``Interrogator.load(config).identity`` will be, from the names alone; None when it
-        cannot be told without loading (a plugin model, whose identity only it knows)."""
+        """What ``Interrogator.load(config).identity`` will be, from the names alone; None when it cannot be told
+        without loading (a plugin model, whose identity only it knows)."""
         keys: list[str] = []
         for name in config.clip_models:
             if clip_plugin(name.strip()) is not None:
@@ -71,12 +70,10 @@ class ModelIdentity:
         return search_fingerprint(settings, clip=self.clip, captioner=self.captioner, vocab=dict(self.vocab))
 
     def check(self, loaded: ModelIdentity, *, captioner: bool = True) -> None:
-        """Raise :class:`IdentityMismatch` when ``loaded`` (what a process loaded) is not this
-        identity; ``captioner=False`` for a process that loads no captioner (it compares the
-        encoders and the vocabulary only)."""
-        same = loaded.clip == self.clip and loaded.vocab == self.vocab and \
-            (not captioner or loaded.captioner == self.captioner)
-        if not same:
+        """Raise :class:`IdentityMismatch` when ``loaded`` (what a process loaded) is not this identity;
+        ``captioner=False`` for a process that loads no captioner (it compares the encoders and the vocabulary
+        only)."""
+        if loaded.clip != self.clip or loaded.vocab != self.vocab or (captioner and loaded.captioner != self.captioner):
             raise IdentityMismatch(
                 f"the loaded models or vocabulary ({loaded.describe()}) are not the run's ({self.describe()}): "
                 "every process must see the same weights, vocabulary and image2prompt version")

@@ -1,30 +1,26 @@
 """One model, many callers: a bounded queue in front of one model worker that micro-batches.
 
-:class:`MicroBatcher` is what ``image2prompt serve`` (and any host that serves many
-clients from one loaded :class:`~image2prompt.Interrogator`) submits work to. Callers on
-any thread :meth:`~MicroBatcher.submit` a decoded image with its
-:class:`~image2prompt.settings.SearchSettings` and get a
-:class:`concurrent.futures.Future`. One worker thread takes every request waiting in the
-queue (up to ``max_batch``, waiting at most ``max_wait`` seconds for more), and:
+:class:`MicroBatcher` is what ``image2prompt serve`` (and any host that serves many clients from one loaded
+:class:`~image2prompt.Interrogator`) submits work to. Callers on any thread :meth:`~MicroBatcher.submit` a decoded
+image with its :class:`~image2prompt.settings.SearchSettings` and get a :class:`concurrent.futures.Future`. One
+worker thread takes every request waiting in the queue (up to ``max_batch``, waiting at most ``max_wait`` seconds
+for more), and:
 
-* encodes all their images in shared forward passes: one captioner batch for those that
-  need a caption, one image batch per CLIP encoder;
-* groups them by settings fingerprint (the micro-batch key) and runs each group's search
-  as one :meth:`~image2prompt.Interrogator.search_indexed` call, whose chains advance in
-  lockstep and share their text-encoder batches;
+* encodes all their images in shared forward passes: one captioner batch for those that need a caption, one
+  image batch per CLIP encoder;
+* groups them by settings fingerprint (the micro-batch key) and runs each group's search as one
+  :meth:`~image2prompt.Interrogator.search_indexed` call, whose chains advance in lockstep and share their
+  text-encoder batches;
 * sets each future as soon as its image's search ends.
 
-A request is its own: its image, caption and settings go in, its result comes out at
-its position; a batch that fails is retried one request at a time, so a bad request
-fails alone. The queue is bounded: :meth:`~MicroBatcher.submit` raises :class:`Busy`
-when it is full: ``max_queue`` requests, or ``max_queue_bytes`` of decoded images (what
-they hold, counted from submit until their batch has run; one request is always let in).
-Each image is first reduced to what the loaded models need
-(:attr:`~image2prompt.Interrogator.input_side`, :func:`image2prompt.io.images.reduce_image`),
-so a waiting request holds a few hundred pixels a side, not a camera's full frame. A future
-cancelled before its batch starts (a timeout, a client that went away) is dropped and costs
-nothing; once its batch runs it is finished and its result discarded. ``max_batch=1`` turns
-micro-batching off (one request per forward pass), the baseline the load test compares against.
+A request is its own: its image, caption and settings go in, its result comes out at its position; a batch that
+fails is retried one request at a time, so a bad request fails alone. The queue is bounded (see
+:class:`MicroBatcher`): :meth:`~MicroBatcher.submit` raises :class:`Busy` when it is full. Each image is first
+reduced to what the loaded models need (:attr:`~image2prompt.Interrogator.input_side`,
+:func:`image2prompt.io.images.reduce_image`), so a waiting request holds a few hundred pixels a side, not a camera's
+full frame. A future cancelled before its batch starts (a timeout, a client that went away) is dropped and costs
+nothing; once its batch runs it is finished and its result discarded. ``max_batch=1`` turns micro-batching off (one
+request per forward pass), the baseline the load test compares against.
 
 Only the worker thread calls the models. The library logs; it never prints.
 """
@@ -36,7 +32,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image as PILImage
@@ -67,16 +63,14 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["search", "analyze", "caption"]
 
-#: What a service accepts from its clients by default (``image2prompt serve``; here, not in the
-#: FastAPI app, so the CLI can show them without FastAPI installed). Encoded formats (PIL names):
-#: what browsers and cameras send.
+#: What a service accepts from its clients by default (``image2prompt serve``; here, not in the FastAPI app, so
+#: the CLI can show them without FastAPI installed). Encoded formats (PIL names): what browsers and cameras send.
 SERVE_FORMATS = ("BMP", "GIF", "JPEG", "PNG", "TIFF", "WEBP")
 #: Pixels: 36 MP covers 24 MP cameras and 6000x6000 scans. A waiting request holds its image reduced
 #: to what the models need (a few hundred pixels a side), and the queue's bytes are bounded too.
 SERVE_MAX_PIXELS = 36_000_000
-#: Bytes of decoded images the queue holds at most (Pillow: 4 bytes a pixel): 512 MiB. Reduced
-#: images are 0.2 to 2.4 MB each (ViT-L/14 to BLIP-large); this caps what images that cannot be
-#: reduced (long panoramas) may hold.
+#: Bytes of decoded images the queue holds at most (Pillow: 4 bytes a pixel): 512 MiB. Reduced images are 0.2 to
+#: 2.4 MB each (ViT-L/14 to BLIP-large); this caps what images that cannot be reduced (long panoramas) may hold.
 DEFAULT_QUEUE_BYTES = 512 * 1024 * 1024
 
 
@@ -134,12 +128,11 @@ _STOP = object()
 class MicroBatcher:
     """A bounded queue in front of one model worker (see the module docstring).
 
-    ``max_batch`` requests at most go through one encode (1: no micro-batching);
-    ``max_wait`` seconds is how long the worker waits for more once it has one request
-    (0: it takes only what is already queued); ``max_queue`` requests at most wait, holding at
-    most ``max_queue_bytes`` of decoded images (None: no byte limit; a request is always let
-    into an empty queue, however large its image).
-    Call :meth:`start` (or use it as a context manager) and :meth:`close` when done.
+    ``max_batch`` requests at most go through one encode (1: no micro-batching); ``max_wait`` seconds is how long
+    the worker waits for more once it has one request (0: it takes only what is already queued); ``max_queue``
+    requests at most wait, holding at most ``max_queue_bytes`` of decoded images (counted from submit until their
+    batch has run; None: no byte limit; a request is always let into an empty queue, however large its image). Call
+    :meth:`start` (or use it as a context manager) and :meth:`close` when done.
     """
 
     def __init__(self, interrogator: Interrogator, *, max_batch: int = 16, max_wait: float = 0.005,
@@ -173,8 +166,8 @@ class MicroBatcher:
         return self
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Stop taking requests, fail the queued ones with :class:`ShuttingDown`, and stop the worker
-        once its current batch ends."""
+        """Stop taking requests, fail the queued ones with :class:`ShuttingDown`, and stop the worker once its
+        current batch ends."""
         with self._admit:  # no submit can slip a request in between the check and the drain
             if self._closed:
                 return
@@ -196,8 +189,7 @@ class MicroBatcher:
                 if item.future.set_running_or_notify_cancel():
                     item.future.set_exception(ShuttingDown("the server is shutting down"))
                 else:
-                    with self._lock:
-                        self._stats.dropped += 1
+                    self._count(dropped=1)
 
     def __enter__(self) -> MicroBatcher:
         return self.start()
@@ -208,18 +200,14 @@ class MicroBatcher:
     @property
     def stats(self) -> BatcherStats:
         with self._lock:
-            s = BatcherStats(**{k: v for k, v in vars(self._stats).items()})
-        s.queued = self._queue.qsize()
-        s.held_bytes = self._held_bytes
-        return s
+            return replace(self._stats, queued=self._queue.qsize(), held_bytes=self._held_bytes)
 
     # -- submitting --------------------------------------------------------------------
     def submit(self, image: Image.Image, settings: SearchSettings | None = None, *, caption: str | None = None,
                source: str | None = None) -> Future[Any]:
-        """Queue a search of a decoded RGB image; the future's result is a
-        :class:`~image2prompt.Result`. Raises :class:`Busy` when the queue is full and
-        :class:`~image2prompt.errors.SettingsError` for settings this interrogator cannot
-        run (:class:`~image2prompt.errors.CaptionRequired`: a mode that needs a caption, with no
+        """Queue a search of a decoded RGB image; the future's result is a :class:`~image2prompt.Result`. Raises
+        :class:`Busy` when the queue is full and :class:`~image2prompt.errors.SettingsError` for settings this
+        interrogator cannot run (:class:`~image2prompt.errors.CaptionRequired`: a mode that needs a caption, with no
         captioner and no caption given)."""
         settings = settings or SearchSettings()
         ip = self.interrogator
@@ -251,18 +239,15 @@ class MicroBatcher:
                     raise ShuttingDown("the server is shutting down")
                 cap = self.max_queue_bytes
                 if cap is not None and self._held_bytes and self._held_bytes + request.nbytes > cap:
-                    with self._lock:
-                        self._stats.rejected += 1
+                    self._count(rejected=1)
                     raise Busy(f"the queue is full ({self._held_bytes} bytes of images waiting, limit {cap}); "
                                "try again shortly")
                 self._queue.put_nowait(request)
                 self._held_bytes += request.nbytes
         except queue.Full:
-            with self._lock:
-                self._stats.rejected += 1
+            self._count(rejected=1)
             raise Busy(f"the queue is full ({self.max_queue} requests waiting); try again shortly") from None
-        with self._lock:
-            self._stats.submitted += 1
+        self._count(submitted=1)
         return request.future
 
     def _release(self, requests: list[_Request]) -> None:
@@ -281,9 +266,7 @@ class MicroBatcher:
                 return
             batch, stop = self._gather(first)
             live = [r for r in batch if r.future.set_running_or_notify_cancel()]
-            if len(live) < len(batch):
-                with self._lock:
-                    self._stats.dropped += len(batch) - len(live)
+            self._count(dropped=len(batch) - len(live))
             try:
                 if live:
                     try:
@@ -314,9 +297,8 @@ class MicroBatcher:
         return batch, False
 
     def _run(self, batch: list[_Request]) -> None:
-        """Encode the micro-batch together, then search each fingerprint group together
-        (:mod:`image2prompt.work`: a failed batch is retried one request at a time, and a
-        request's failure goes to its own future)."""
+        """Encode the micro-batch together, then search each fingerprint group together (:mod:`image2prompt.work`: a
+        failed batch is retried one request at a time, and a request's failure goes to its own future)."""
         with self._lock:
             self._stats.batches += 1
             self._stats.largest_batch = max(self._stats.largest_batch, len(batch))
@@ -361,12 +343,15 @@ class MicroBatcher:
 
     def _done(self, request: _Request, value: Any) -> None:
         request.future.set_result(value)
-        with self._lock:
-            self._stats.completed += 1
+        self._count(completed=1)
 
     def _fail(self, request: _Request, err: BaseException) -> None:
         if not isinstance(err, Image2PromptError):
             log.error("request %s failed", request.source or "?", exc_info=err)
         request.future.set_exception(err)
+        self._count(failed=1)
+
+    def _count(self, **add: int) -> None:
         with self._lock:
-            self._stats.failed += 1
+            for name, n in add.items():
+                setattr(self._stats, name, getattr(self._stats, name) + n)

@@ -10,14 +10,10 @@ One policy, here only, for what happens when a batch fails:
   the requests and serves on);
 * an item's failure is one line naming it (:class:`Failure`).
 
-The executors are thin over this: :class:`~image2prompt.runner.Runner` (decoding
-threads, prefetch, order), :class:`~image2prompt.service.MicroBatcher` (a queue, groups
-by fingerprint) and the Ray stages of :mod:`image2prompt.batch.ray` (actor pools). A
-:class:`WorkItem` carries its source, image, caption and the executor's own payload
-(``meta``: a content hash, a path, a future) through, so nothing is matched up by index
-afterwards.
-
-The library never prints: this module only logs.
+The executors are thin over this: :class:`~image2prompt.runner.Runner` (decoding threads, prefetch, order),
+:class:`~image2prompt.service.MicroBatcher` (a queue, groups by fingerprint) and the Ray stages of
+:mod:`image2prompt.batch.ray` (actor pools). Each carries its own payload through in :attr:`WorkItem.meta`, so
+nothing is matched up by index afterwards. This module only logs.
 """
 
 from __future__ import annotations
@@ -45,11 +41,10 @@ log = logging.getLogger(__name__)
 class WorkItem:
     """One image on its way through an executor.
 
-    ``index`` is its position in the executor's input stream, ``source`` its display name;
-    ``image`` the decoded RGB image (dropped once encoded); ``caption`` the caption it came
-    with (typed, sent, or from a manifest's caption column), else None; ``generate``
-    whether to caption it when it has none and a caption model is loaded; ``meta`` what the
-    executor carries with it (returned untouched).
+    ``index`` is its position in the executor's input stream, ``source`` its display name; ``image`` the decoded RGB
+    image (dropped once encoded); ``caption`` the caption it came with (typed, sent, or from a manifest's caption
+    column), else None; ``generate`` whether to caption it when it has none and a caption model is loaded; ``meta``
+    what the executor carries with it (returned untouched).
     """
 
     index: int
@@ -64,8 +59,8 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class Failure:
-    """Why one item has no result: ``text`` is one line naming the item; ``error`` the exception
-    (a server maps its type to a status); ``fatal`` when every other item would fail too."""
+    """Why one item has no result: ``text`` is one line naming the item; ``error`` the exception (a server maps its
+    type to a status); ``fatal`` when every other item would fail too."""
 
     text: str
     error: BaseException = field(repr=False)
@@ -73,8 +68,8 @@ class Failure:
 
 
 def is_fatal(err: BaseException) -> bool:
-    """A library error that is not about one image (models, vocabulary, cache, settings): every
-    later batch would hit it too. A bad image, or one without the caption its mode needs, is not."""
+    """A library error that is not about one image (models, vocabulary, cache, settings): every later batch would
+    hit it too. A bad image, or one without the caption its mode needs, is not."""
     return isinstance(err, Image2PromptError) and not isinstance(err, (ImageLoadError, CaptionRequired))
 
 
@@ -84,24 +79,19 @@ def reason(err: BaseException) -> str:
 
 
 def failure(source: str, err: BaseException) -> Failure:
-    """``err`` as one item's failure: ``SOURCE: could not interrogate (REASON)``, or the error's own
-    line where it already names the item."""
+    """``err`` as one item's failure: ``SOURCE: could not interrogate (REASON)``, or the error's own line where it
+    already names the item."""
     text = one_line(err)
     if not (isinstance(err, Image2PromptError) and text.startswith(f"{source}: ")):
         text = f"{source}: could not interrogate ({reason(err)})"
     return Failure(text, err, is_fatal(err))
 
 
-def _no_result(source: str) -> Failure:
-    return Failure(f"{source}: could not interrogate (no result)", RuntimeError("the search gave no result"))
-
-
 def encode_items(ic: Interrogator, items: Sequence[WorkItem]) -> list[Features | Failure]:
     """Caption (where wanted) and encode the items in shared forward passes: one
     :class:`~image2prompt.features.Features` or :class:`Failure` per item, in order.
 
-    A batch that fails is encoded again one item at a time; a fatal error fails the rest
-    untried."""
+    A batch that fails is encoded again one item at a time; a fatal error fails the rest untried."""
     if not items:
         return []
     flags = [it.generate for it in items]
@@ -131,13 +121,12 @@ def encode_items(ic: Interrogator, items: Sequence[WorkItem]) -> list[Features |
 def search_items(ic: Interrogator, items: Sequence[WorkItem], features: Sequence[Features],
                  settings: SearchSettings, *, identity: ModelIdentity | None = None
                  ) -> Iterator[tuple[int, Result | Failure]]:
-    """Search the items' features together (their chains share text batches) and yield
-    ``(position, result or Failure)`` as each search ends: every position exactly once.
+    """Search the items' features together (their chains share text batches) and yield ``(position, result or
+    Failure)`` as each search ends: every position exactly once.
 
-    A batch that fails is searched again one item at a time (the results already yielded
-    stand); a fatal error fails the rest untried. ``identity`` is the run's model identity,
-    for a searcher that has not loaded every model the fingerprint names (a Ray search actor
-    loads no captioner)."""
+    A batch that fails is searched again one item at a time (the results already yielded stand); a fatal error fails
+    the rest untried. ``identity`` is the run's model identity, for a searcher that has not loaded every model the
+    fingerprint names (a Ray search actor loads no captioner)."""
     n = len(items)
     if n == 0:
         return
@@ -169,17 +158,17 @@ def search_items(ic: Interrogator, items: Sequence[WorkItem], features: Sequence
         return
     for j in range(n):
         if j not in done:  # a search that yields fewer results than images
-            yield j, _no_result(items[j].source)
+            yield j, Failure(f"{items[j].source}: could not interrogate (no result)",
+                             RuntimeError("the search gave no result"))
 
 
 def run_items(ic: Interrogator, items: Sequence[WorkItem], settings: SearchSettings
               ) -> Iterator[tuple[WorkItem, Result | Failure, Features | None]]:
-    """:func:`encode_items` then :func:`search_items`: ``(item, result or Failure, features)`` per
-    item, as each search ends (items that failed to encode first)."""
-    encoded = encode_items(ic, items)
+    """:func:`encode_items` then :func:`search_items`: ``(item, result or Failure, features)`` per item, as each
+    search ends (items that failed to encode first)."""
     ok: list[WorkItem] = []
     feats: list[Features] = []
-    for it, got in zip(items, encoded):
+    for it, got in zip(items, encode_items(ic, items)):
         if isinstance(got, Failure):
             yield it, got, None
         else:

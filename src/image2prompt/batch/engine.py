@@ -1,30 +1,22 @@
 """The batch engine: inputs -> read and hash -> skip what is done -> Runner -> records, resumable.
 
-:class:`BatchJob` runs a dataset through one :class:`~image2prompt.runner.Runner` and
-writes one record per input (:mod:`image2prompt.batch.records`):
+:class:`BatchJob` runs a dataset through one :class:`~image2prompt.runner.Runner` and writes one record per input
+(:mod:`image2prompt.batch.records`):
 
-* inputs come from :func:`image2prompt.batch.inputs.iter_inputs`, lazily; a reader
-  thread walks them and a small pool reads each input's bytes once and hashes them
-  (sha256), at most ``read_ahead`` inputs ahead, so memory stays bounded for any
-  number of inputs;
-* an input whose ``(content_hash, fingerprint)`` the output already holds is skipped
-  (a record for another source with the same content is copied under this source);
-  an identical image later in the same run waits for the first one's record and gets
-  a copy; everything else goes to the Runner as ``ImageSource(name, "bytes", data)``,
-  so nothing is read twice;
-* the interrogator is loaded only when the Runner gets its first decoded image: a run
-  whose inputs are all done or all bad loads no model. The run's model identity, and so
-  its fingerprint, is told from the model names (:meth:`image2prompt.identity.ModelIdentity.of_config`),
-  once; the loaded models are checked against it;
-* each result can also store its features (``store_features``: ``DIR/<h[:2]>/<h>.safetensors``)
-  and its top phrases per category (``store_scores``), and write a caption file beside
-  its image (``sidecar``);
-* the failure manifest ``FILE.failed.txt`` (one source per line) lists the error
-  records of this fingerprint; it is rewritten when the run ends, with ``FILE.failed.json``
-  (the run's settings and models, what ``retry_failed`` retries with) beside it.
+* inputs come from :func:`image2prompt.batch.inputs.iter_inputs`, lazily; a reader thread walks them and a
+  small pool reads each input's bytes once and hashes them (sha256), at most ``read_ahead`` inputs ahead, so
+  memory stays bounded for any number of inputs;
+* what the output already holds is skipped or copied (:class:`~image2prompt.batch.sink.RecordSink`); an
+  identical image later in the same run waits for the first one's record and gets a copy; everything else
+  goes to the Runner as ``ImageSource(name, "bytes", data)``, so nothing is read twice;
+* the interrogator is loaded only when the Runner gets its first decoded image: a run whose inputs are all
+  done or all bad loads no model. The run's model identity, and so its fingerprint, is told from the model
+  names (:meth:`image2prompt.identity.ModelIdentity.of_config`), once; the loaded models are checked against it;
+* side outputs (features under ``store_features``: :func:`feature_path`; scores; caption files) and the
+  failure manifest ``FILE.failed.txt``, with ``FILE.failed.json`` beside it, are described on :class:`BatchJob`.
 
-The library never prints: progress goes to a ``progress`` callback when one is given
-and is otherwise logged (INFO) every ``log_every`` seconds, with a summary at the end.
+The library never prints: progress goes to a ``progress`` callback when one is given and is otherwise logged (INFO)
+every ``log_every`` seconds, with a summary at the end.
 """
 
 from __future__ import annotations
@@ -36,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union, cast
@@ -51,16 +44,13 @@ from .sidecars import SidecarOptions
 from .sink import (
     Entry,
     RecordSink,
-    add_scores,
     check_retry,
     failure_manifest_path,
     feature_path,
     finish_result,
     input_key,
     read_input,
-    record_prompt,
     same_source,
-    store_features,
     write_failure_manifest,
 )
 
@@ -68,8 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..interrogator import Config, Interrogator
     from .inputs import InputItem
 
-__all__ = ["BatchJob", "BatchStats", "add_scores", "failure_manifest_path", "feature_path", "record_prompt",
-           "run_batch", "store_features", "write_failure_manifest"]
+__all__ = ["BatchJob", "BatchStats", "failure_manifest_path", "feature_path", "run_batch", "write_failure_manifest"]
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +111,8 @@ _END = object()
 
 
 class _Reader:
-    """Walks the inputs in a thread and reads and hashes each one's bytes in a small pool,
-    in input order, at most ``ahead`` inputs ahead of the consumer."""
+    """Walks the inputs in a thread and reads and hashes each one's bytes in a small pool, in input order, at most
+    ``ahead`` inputs ahead of the consumer."""
 
     def __init__(self, items: Iterator[InputItem], workers: int, ahead: int, captions: bool = False) -> None:
         self._items = items
@@ -136,11 +125,9 @@ class _Reader:
 
     def _put(self, value: Any) -> bool:
         while not self._stop.is_set():
-            try:
+            with suppress(queue.Full):
                 self._queue.put(value, timeout=0.1)
                 return True
-            except queue.Full:
-                continue
         return False
 
     def _produce(self) -> None:
@@ -180,8 +167,8 @@ class _Reader:
 
 
 def _read_and_hash(item: InputItem, captions: bool = False) -> _Item:
-    """Runs in a reader thread: the input's bytes and their key (:func:`~image2prompt.batch.sink.input_key`;
-    with ``captions``, of the caption it came with too), or a one-line error."""
+    """Runs in a reader thread: the input's bytes and their key (:func:`~image2prompt.batch.sink.input_key`; with
+    ``captions``, of the caption it came with too), or a one-line error."""
     out = _Item(item.source, item.path, caption=item.caption if captions else None)
     if item.error is not None:
         out.error = one_line(item.error)
@@ -195,28 +182,24 @@ def _read_and_hash(item: InputItem, captions: bool = False) -> _Item:
 class BatchJob:
     """One resumable batch run. Build it, then call :meth:`run` (which returns :class:`BatchStats`).
 
-    ``inputs`` are what :func:`~image2prompt.batch.inputs.iter_inputs` takes (with
-    ``allow_urls``, ``column`` and ``caption_column``), or an iterable of ``InputItem`` (``items=``).
-    ``interrogator`` is a loaded interrogator or a function that loads one (called only
-    when the first image needs the model); ``config`` lets the run's model identity, and so
-    its fingerprint, be known before that (without it, a factory is called up front; a
-    loaded interrogator whose identity is not the one predicted stops the run with an
-    :class:`~image2prompt.identity.IdentityMismatch`). ``settings`` are the search
-    settings. ``caption`` is every image's caption instead of a generated one;
-    ``caption_column`` uses the caption each input came with (a manifest's column of that
-    name, a WebDataset sample's member with that extension) instead, where it has one (else
-    ``caption``, else a generated one). ``store_scores=K`` keeps each computed image's top K
-    phrases per category in its record (``result.trace.top``), scored from its features after
-    the search: the search and its fingerprint are those of the run without it, so adding it
-    redoes nothing (records already done keep having no scores; a warning counts them).
-    ``output`` is the file; ``fmt`` its format (default: from the extension). ``retry_failed``
-    drops the output's error records of this fingerprint first and retries them (refused with an
-    :class:`OutputError` when every error record is under another fingerprint: such a retry
-    would retry nothing); the error records of inputs it does not reach are written back. The
-    run's settings, models and output options are kept in ``FILE.failed.json`` for a retry
-    (:mod:`image2prompt.batch.retry`). ``progress`` is called
-    with the :class:`BatchStats` after each input (else progress is logged every
-    ``log_every`` seconds); ``on_error`` with each error line written (else it is logged).
+    ``inputs`` are what :func:`~image2prompt.batch.inputs.iter_inputs` takes (with ``allow_urls``, ``column`` and
+    ``caption_column``), or an iterable of ``InputItem`` (``items=``). ``interrogator`` is a loaded interrogator or
+    a function that loads one (called only when the first image needs the model); ``config`` lets the run's model
+    identity, and so its fingerprint, be known before that (without it, a factory is called up front; a loaded
+    interrogator whose identity is not the one predicted stops the run with an
+    :class:`~image2prompt.identity.IdentityMismatch`). ``settings`` are the search settings. ``caption`` is every
+    image's caption instead of a generated one; ``caption_column`` uses the caption each input came with (a
+    manifest's column of that name, a WebDataset sample's member with that extension) instead, where it has one
+    (else ``caption``, else a generated one). ``store_scores=K`` keeps each computed image's top K phrases per
+    category in its record (``result.trace.top``), scored from its features after the search: the search and its
+    fingerprint are those of the run without it, so adding it redoes nothing (records already done keep having no
+    scores; a warning counts them). ``output`` is the file; ``fmt`` its format (default: from the extension).
+    ``retry_failed`` drops the output's error records of this fingerprint first and retries them (refused with an
+    :class:`OutputError` when every error record is under another fingerprint: such a retry would retry nothing);
+    the error records of inputs it does not reach are written back. The run's settings, models and output options
+    are kept in ``FILE.failed.json`` for a retry (:mod:`image2prompt.batch.retry`). ``progress`` is called with the
+    :class:`BatchStats` after each input (else progress is logged every ``log_every`` seconds); ``on_error`` with
+    each error line written (else it is logged).
     """
 
     def __init__(
@@ -247,8 +230,7 @@ class BatchJob:
         on_error: Callable[[str], None] | None = None,
         log_every: float = 30.0,
     ) -> None:
-        settings = settings if settings is not None else SearchSettings()
-        self.settings = settings
+        self.settings = settings if settings is not None else SearchSettings()
         self.inputs = list(inputs)
         self.items = items
         self.output = Path(output)
@@ -353,12 +335,11 @@ class BatchJob:
             yield item
 
     def _resolve_identity(self) -> ModelIdentity:
-        """The run's model identity, once: the loaded interrogator's, else told from the config's names,
-        else (a plugin model) the models are loaded now."""
+        """The run's model identity, once: the loaded interrogator's, else told from the config's names, else (a
+        plugin model) the models are loaded now."""
         if self._interrogator is not None:
             return self._interrogator.identity
-        predicted = ModelIdentity.of_config(self._config) if self._config is not None else None
-        if predicted is not None:
+        if self._config is not None and (predicted := ModelIdentity.of_config(self._config)) is not None:
             return predicted
         log.debug("the model identity needs the models: loading them now")
         return self._load().identity
@@ -413,8 +394,8 @@ class BatchJob:
 
     # -- side outputs -----------------------------------------------------------------------
     def _caption_fits(self) -> Callable[[str], bool] | None:
-        """With trigger words (``--prefix``/``--suffix``): whether a caption line is within the
-        prompt's token budget, by the models' tokenizer (loaded now if no image needed it yet)."""
+        """With trigger words (``--prefix``/``--suffix``): whether a caption line is within the prompt's token
+        budget, by the models' tokenizer (loaded now if no image needed it yet)."""
         assert self.sidecar is not None
         if not (self.sidecar.prefix or self.sidecar.suffix):
             return None  # the search kept the prompt within the budget

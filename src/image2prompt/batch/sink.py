@@ -1,16 +1,15 @@
 """Where a batch run's records go, for every executor: the engine and Ray alike.
 
-:class:`RecordSink` owns the output side of a run: the record writer, what the output
-already holds (resume), copies for identical images, caption files, counts, progress, and
-the failure manifest at the end. :class:`~image2prompt.batch.engine.BatchJob` asks it
-before computing an input (:meth:`RecordSink.known`: already done, or the same content
-under another name) and hands it each record; the Ray driver hands it the rows its
-pipeline returns, and asks the same question of each (so an image seen twice in one run
-gets a copy of the first one's record, in both).
+:class:`RecordSink` owns the output side of a run: the record writer, what the output already holds (resume), copies
+for identical images, caption files, counts, progress, and the failure manifest at the end.
+:class:`~image2prompt.batch.engine.BatchJob` asks it before computing an input (:meth:`RecordSink.known`: already
+done, or the same content under another name) and hands it each record; the Ray driver hands it the rows its
+pipeline returns, and asks the same question of each (so an image seen twice in one run gets a copy of the first
+one's record, in both).
 
-Records are keyed by ``(content_hash, fingerprint)``: an input's key (:func:`input_key`) is
-the sha256 of its bytes, and of its caption too when it came with one (a manifest's
-caption column), so the same picture with another caption is computed again.
+Records are keyed by ``(content_hash, fingerprint)``: an input's key (:func:`input_key`) is the sha256 of its bytes,
+and of its caption too when it came with one (a manifest's caption column), so the same picture with another caption
+is computed again.
 """
 
 from __future__ import annotations
@@ -41,8 +40,8 @@ log = logging.getLogger(__name__)
 
 
 def input_key(data: bytes, caption: str | None = None) -> str:
-    """The ``content_hash`` of an input: sha256 hex of its bytes, or of its bytes and the caption
-    it came with (a result depends on both)."""
+    """The ``content_hash`` of an input: sha256 hex of its bytes, or of its bytes and the caption it came with (a
+    result depends on both)."""
     h = hashlib.sha256(data)
     if caption is not None:
         h.update(b"\x00caption\x00" + caption.encode("utf-8", "surrogatepass"))
@@ -95,9 +94,8 @@ def store_features(directory: str | os.PathLike[str], features: Features, conten
 
 
 def add_scores(ic: Interrogator, result: Any, features: Features, top_n: int) -> None:
-    """``--store-scores K`` for one result: the top ``top_n`` phrases per category, scored from the
-    features after the search, as ``result.trace.top`` (a trace the settings asked for keeps its
-    steps). Not a search setting, so not in the fingerprint: adding it redoes nothing."""
+    """``--store-scores K`` for one result: the top ``top_n`` phrases per category, scored from the features after
+    the search, as ``result.trace.top`` (a trace the settings asked for keeps its steps)."""
     from ..results import Trace
 
     top = ic.analyze_features(features, top_n).categories
@@ -109,8 +107,8 @@ def add_scores(ic: Interrogator, result: Any, features: Features, top_n: int) ->
 
 def finish_result(ic: Interrogator, entry: Entry, fingerprint: str, result: Result, features: Features | None, *,
                   store: str | os.PathLike[str] | None, scores_top: int | None) -> dict[str, Any]:
-    """A computed result's record, with its side outputs (stored features, scores): what the
-    process that holds the features does, the engine's or a Ray search actor."""
+    """A computed result's record, with its side outputs (stored features, scores): what the process that holds the
+    features does, the engine's or a Ray search actor."""
     if store is not None and features is not None and entry.content_hash:
         store_features(store, features, entry.content_hash)
     if scores_top is not None and features is not None:
@@ -123,19 +121,16 @@ def record_prompt(record: dict[str, Any]) -> str | None:
     if not record.get("ok"):
         return None
     res = record.get("result")
-    if isinstance(res, dict):
-        return res.get("prompt")
-    return record.get("prompt")
+    return res.get("prompt") if isinstance(res, dict) else record.get("prompt")
 
 
 class RecordSink:
     """The output side of one batch run (see the module docstring).
 
-    ``stats`` is the run's :class:`~image2prompt.batch.engine.BatchStats` (counted here);
-    ``sidecar`` writes a caption file beside each local image, with ``caption_fits`` (a
-    function that returns a caption-line check, called once when first needed) for trigger
-    words; ``scores`` is whether this run keeps scores (records already done without them are
-    counted in ``unscored``); ``on_error`` gets each error line (else it is logged);
+    ``stats`` is the run's :class:`~image2prompt.batch.engine.BatchStats` (counted here); ``sidecar`` writes a
+    caption file beside each local image, with ``caption_fits`` (a function that returns a caption-line check,
+    called once when first needed) for trigger words; ``scores`` is whether this run keeps scores (records already
+    done without them are counted in ``unscored``); ``on_error`` gets each error line (else it is logged);
     ``progress`` gets the stats after each input (else they are logged every ``log_every`` s).
     """
 
@@ -161,19 +156,17 @@ class RecordSink:
 
     # -- before computing --------------------------------------------------------------------
     def known(self, entry: Entry) -> bool:
-        """Whether the output already holds this input's content under this run's fingerprint. Then
-        it is handled here: skipped (its own record, with a caption file if asked for), or the
-        stored record copied under its name. False: it must be computed."""
+        """Whether the output already holds this input's content under this run's fingerprint. Then it is handled
+        here: skipped (its own record, with a caption file if asked for), or the stored record copied under its
+        name. False: it must be computed."""
         fp, h = self.fingerprint, entry.content_hash
         if h is None:  # unreadable: keyed by source
-            if self.writer.has_key((entry.source, fp)):
-                self.stats.skipped += 1
-                self.tick()
-                return True
+            if not self.writer.has_key((entry.source, fp)):
+                return False
+            self.stats.skipped += 1
+        elif not self.writer.has_key((h, fp)):
             return False
-        if not self.writer.has_key((h, fp)):
-            return False
-        if self.writer.has_source(entry.source, fp, h):
+        elif self.writer.has_source(entry.source, fp, h):
             self.stats.skipped += 1
             if self.scores and not self.writer.has_scores(h, fp):
                 self.unscored += 1
@@ -181,26 +174,20 @@ class RecordSink:
                 stored = self.writer.find(h, fp)
                 if stored is not None:
                     self._write_sidecar(entry, record_prompt(stored))
-            self.tick()
-            return True
-        stored = self.writer.find(h, fp)
-        if stored is None:
-            log.warning("%s: the output holds a record of its content that could not be read back", entry.source)
-            return False
-        self.copy(stored, entry)  # the same content under another name
+        else:
+            stored = self.writer.find(h, fp)
+            if stored is None:
+                log.warning("%s: the output holds a record of its content that could not be read back", entry.source)
+                return False
+            self.copy(stored, entry)  # the same content under another name
         self.tick()
         return True
 
     # -- records -----------------------------------------------------------------------------
     def put(self, entry: Entry, record: dict[str, Any]) -> None:
         """A record computed in this run (a result or an error), with its caption file."""
-        if record.get("ok"):
-            self._write_sidecar(entry, record_prompt(record))
-            self._write(record)
+        if self._write(entry, record):
             self.stats.done += 1
-        else:
-            self._write(record)
-            self._count_error(record)
 
     def error(self, entry: Entry, text: str) -> dict[str, Any]:
         """An input that failed before or in the model: its error record (returned, for copies)."""
@@ -212,24 +199,23 @@ class RecordSink:
         """``stored`` (the record of identical content) under this input's name."""
         record = copy_record(stored, entry.source)
         record["content_hash"] = entry.content_hash
-        self._write_sidecar(entry, record_prompt(record))
-        self._write(record)
-        if record.get("ok"):
+        if self._write(entry, record):
             self.stats.copied += 1
-        else:
-            self._count_error(record)
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def _write(self, entry: Entry, record: dict[str, Any]) -> bool:
+        """Write ``record`` with its caption file; an error record is counted and reported here. True when ok."""
+        self._write_sidecar(entry, record_prompt(record))
         self.writer.write(record)
         if self.on_record is not None:
             self.on_record(record)
-
-    def _count_error(self, record: dict[str, Any]) -> None:
+        if record.get("ok"):
+            return True
         self.stats.failed += 1
         if self.on_error is not None:
             self.on_error(str(record.get("error")))
         else:
             log.info("%s", record.get("error"))
+        return False
 
     def _write_sidecar(self, entry: Entry, prompt: str | None) -> None:
         if self.sidecar is None or prompt is None:
@@ -252,9 +238,9 @@ class RecordSink:
 
     # -- the end of a run --------------------------------------------------------------------
     def keep_unreached(self, failed_before: list[dict[str, Any]], reached: set[str] | None) -> None:
-        """A retry writes back the error records it dropped of the inputs it did not reach (a subset
-        of the inputs, or a run stopped early: ``reached`` None): they are still failing, with their
-        own errors. A run stopped early keeps every one that has no record now."""
+        """A retry writes back the error records it dropped of the inputs it did not reach (a subset of the inputs,
+        or a run stopped early: ``reached`` None): they are still failing, with their own errors. A run stopped
+        early keeps every one that has no record now."""
         for rec in failed_before:
             if (reached is not None and same_source(str(rec.get("source") or "")) in reached) \
                     or self.writer.has_key(record_key(rec)):
@@ -298,10 +284,10 @@ def same_source(source: str) -> str:
 
 def write_failure_manifest(writer: RecordWriter, output: str | os.PathLike[str], fingerprint: str | None,
                            run: dict[str, Any] | None = None) -> None:
-    """``FILE.failed.txt``: the sources of this fingerprint's error records, one per line as a
-    path list reads them back (relative to the list's folder), written atomically. ``run``
-    (:func:`image2prompt.batch.retry.describe_run`) goes beside it, in ``FILE.failed.json``: the
-    settings and models ``--retry-failed`` retries them with (without it, that file is removed)."""
+    """``FILE.failed.txt``: the sources of this fingerprint's error records, one per line as a path list reads them
+    back (relative to the list's folder), written atomically. ``run``
+    (:func:`image2prompt.batch.retry.describe_run`) goes beside it, in ``FILE.failed.json``: the settings and models
+    ``--retry-failed`` retries them with (without it, that file is removed)."""
     if fingerprint is None:
         return
     sources = writer.error_sources(fingerprint)

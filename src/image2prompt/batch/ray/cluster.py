@@ -1,5 +1,5 @@
-"""Joining Ray and fitting the run in it: the actor and decode-task resources, token
-authentication, and the errors a Ray run raises on the driver (:mod:`image2prompt.batch.ray`)."""
+"""Joining Ray and fitting the run in it: the actor and decode-task resources, token authentication, and the errors
+a Ray run raises on the driver (:mod:`image2prompt.batch.ray`)."""
 
 from __future__ import annotations
 
@@ -49,20 +49,20 @@ ACTOR_TASK_RETRY_ON_ERRORS = False
 DECODE_CPUS = 1.0
 MIN_ACTOR_CPUS = 0.1
 
+
 class RayMissingError(Image2PromptError):
     """Ray Data is not installed (``pip install 'image2prompt[ray]'``)."""
 
 
 class RayRunError(Image2PromptError):
-    """The Ray run stopped for a reason that is not image2prompt's own (an actor or node lost
-    more often than allowed, a Ray error); the Ray exception is its ``__cause__``."""
-
+    """The Ray run stopped for a reason that is not image2prompt's own (an actor or node lost more often than
+    allowed, a Ray error); the Ray exception is its ``__cause__``."""
 
 
 @dataclass(frozen=True)
 class _Fit:
-    """What the stages ask Ray for: CPUs per actor and per decode task, and the line that
-    says it when the asked-for CPUs were cut to fit the cluster (else None)."""
+    """What the stages ask Ray for: CPUs per actor and per decode task, and the line that says it when the asked-for
+    CPUs were cut to fit the cluster (else None)."""
 
     actor_cpus: float
     decode_cpus: float = DECODE_CPUS
@@ -71,14 +71,11 @@ class _Fit:
 
 def _fit(total: Mapping[str, float], largest: Mapping[str, float], *, encode_actors: int, search_actors: int,
          num_cpus_per_actor: float, num_gpus_per_actor: float, num_gpus_per_search_actor: float) -> _Fit:
-    """Fit the actor pools and the decode tasks in the cluster's resources.
+    """Fit the actor pools and the decode tasks in the cluster's resources (see "Resources" above).
 
-    ``total`` is the cluster's resources (``ray.cluster_resources()``), ``largest`` the
-    largest node's. Every actor holds its CPUs and GPUs for the whole run and the decode
-    tasks need a CPU beside them, so what does not fit never runs: the run would wait for
-    ever. CPUs are shared out instead (smaller fractions for the actors, down to
-    ``MIN_ACTOR_CPUS``; the decode tasks down to half the cluster); GPUs are not, since
-    Ray does not divide GPU memory. What cannot fit is a SettingsError naming the flag.
+    ``total`` is the cluster's resources (``ray.cluster_resources()``), ``largest`` the largest node's. CPUs are
+    shared out (the decode tasks down to half the cluster); GPUs are not, since Ray does not divide GPU memory. What
+    cannot fit is a SettingsError naming the flag.
     """
     eps = 1e-9
     cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
@@ -185,13 +182,12 @@ _AUTH_MODE, _AUTH_TOKEN, _AUTH_TOKEN_PATH = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "
 def _unsent_token(address: str, environ: Mapping[str, str], home: Path) -> str | None:
     """Where the token is that Ray will *not* send to ``address``, or None.
 
-    A cluster started with ``ray start`` while a token exists (``~/.ray/auth_token``, which
-    every local ``ray.init()`` of Ray 2.60 writes) has token authentication on. A driver
-    sends its token to an explicit address only when ``RAY_AUTH_MODE=token`` is set (Ray
-    enables it by itself only for ``auto`` or a local cluster), so a driver with the token
-    but without the variable is refused: Ray retries for 20 s, then says it failed to
-    connect. This is that situation: an explicit address, ``RAY_AUTH_MODE`` unset, a token
-    present (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``).
+    A cluster started with ``ray start`` while a token exists (``~/.ray/auth_token``, which every local
+    ``ray.init()`` of Ray 2.60 writes) has token authentication on. A driver sends its token to an explicit address
+    only when ``RAY_AUTH_MODE=token`` is set (Ray enables it by itself only for ``auto`` or a local cluster), so a
+    driver with the token but without the variable is refused: Ray retries for 20 s, then says it failed to connect.
+    This is that situation: an explicit address, ``RAY_AUTH_MODE`` unset, a token present (``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``).
     """
     if address == "auto" or environ.get(_AUTH_MODE) is not None:
         return None
@@ -215,8 +211,8 @@ def _token_auth_message(address: str, token: str | None) -> str:
 
 
 def _refused_for_auth(err: BaseException) -> bool:
-    """Whether ray.init's "Failed to connect" was the cluster refusing a missing or wrong
-    token (Ray keeps the GCS client's last error, as text, in the exception it chains)."""
+    """Whether ray.init's "Failed to connect" was the cluster refusing a missing or wrong token (Ray keeps the GCS
+    client's last error, as text, in the exception it chains)."""
     seen: set[int] = set()
     e: BaseException | None = err
     while e is not None and id(e) not in seen:
@@ -228,10 +224,9 @@ def _refused_for_auth(err: BaseException) -> bool:
 
 
 def _refused_for_token(address: str) -> bool:
-    """Ask the cluster's GCS once, without a token (as ray.init would): True when it refuses
-    for want of one. Any other outcome (no answer, an address Ray Client serves, a Ray
-    without this client) is False, and ray.init has its say. Milliseconds when refused,
-    where ray.init retries for 20 s."""
+    """Ask the cluster's GCS once, without a token (as ray.init would): True when it refuses for want of one. Any
+    other outcome (no answer, an address Ray Client serves, a Ray without this client) is False, and ray.init has
+    its say. Milliseconds when refused, where ray.init retries for 20 s."""
     host, _, port = address.rpartition(":")
     if "://" in address or not host or not port.isdigit():
         return False
@@ -251,9 +246,9 @@ def _refused_for_token(address: str) -> bool:
 
 
 def _driver_error(ray: Any, err: BaseException) -> BaseException:
-    """What to raise on the driver for an error out of the pipeline: the image2prompt error a
-    stage raised (a model, vocabulary or cache problem: one line), else a one-line RayRunError
-    naming the innermost error (the Ray exception stays its ``__cause__``)."""
+    """What to raise on the driver for an error out of the pipeline: the image2prompt error a stage raised (a model,
+    vocabulary or cache problem: one line), else a one-line RayRunError naming the innermost error (the Ray
+    exception stays its ``__cause__``)."""
     seen: set[int] = set()
     e: BaseException | None = err
     inner = err

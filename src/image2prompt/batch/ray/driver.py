@@ -17,18 +17,14 @@ records, same output file, same resume) as a Ray Data pipeline of four stages::
       v
     driver: iter_rows -> RecordSink (the engine's): records, copies, caption files, FILE.failed.txt
 
-Images are read, hashed and decoded in Ray tasks, never on the driver (except the
-members of WebDataset shards, whose bytes :func:`~image2prompt.batch.inputs.iter_inputs`
-reads as it streams the tar). Bad inputs travel through the stages as error rows and
-become error records; the stages run the library's work unit (:mod:`image2prompt.work`:
-a batch that fails in a model is retried image by image, as in every executor). Records
-are written on the driver through the engine's :class:`~image2prompt.batch.sink.RecordSink`,
-so the file formats, the torn-tail repair, the resume keys and the copies for identical
-images are the single-process path's. See ``docs/scale.md``.
+Images are read, hashed and decoded in Ray tasks, never on the driver (except the members of WebDataset shards,
+which :func:`~image2prompt.batch.inputs.iter_inputs` reads as it streams the tar). Bad inputs travel through the
+stages as error rows and become error records. Records are written on the driver through the engine's
+:class:`~image2prompt.batch.sink.RecordSink`, so the file formats, the torn-tail repair, the resume keys and the
+copies for identical images are the single-process path's. See ``docs/scale.md``.
 
-The stages are in :mod:`.stages`, joining and fitting the cluster in :mod:`.cluster`, Ray
-version shims in :mod:`.shims`. Ray is imported only inside functions (the optional ``ray`` extra).
-The library never prints: this module only logs.
+The stages are in :mod:`.stages`, joining and fitting the cluster in :mod:`.cluster`, Ray version shims in
+:mod:`.shims`. Ray is imported only inside functions (the optional ``ray`` extra). This module only logs.
 """
 
 from __future__ import annotations
@@ -38,7 +34,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -117,46 +114,25 @@ def run_on_ray(
 ) -> RunSummary:
     """Interrogate ``inputs`` on Ray Data and append one record per new input to ``output``.
 
-    The options mean what they mean to :class:`~image2prompt.batch.engine.BatchJob`:
-    ``inputs``, ``allow_urls``, ``column`` and ``caption_column`` are what
-    :func:`~image2prompt.batch.inputs.iter_inputs` takes; ``output`` and ``fmt`` what
-    :func:`~image2prompt.batch.records.open_output` takes; ``caption`` is used for every input
-    instead of generated captions, and ``caption_column`` uses each input's own caption where it
-    has one (as BatchJob does); ``store_scores=K``
-    keeps each computed image's top K phrases per category (``result.trace.top``, scored by
-    the search actors from its features after the search, as BatchJob scores them: the
-    search and the fingerprint are those of the run without it); ``store_features`` is a
-    folder for each image's features (written by the search actors: every node must see
-    it); ``sidecar`` writes a caption file beside each local image (on the driver);
-    ``retry_failed`` drops this fingerprint's error records first and retries them (refused, as
-    by BatchJob, when no failed input ran with this fingerprint; the error records of inputs it does
-    not reach are written back).
-    ``FILE.failed.txt`` lists the failed sources at the end, with ``FILE.failed.json`` (the
-    run's settings, models and output options, what ``--retry-failed`` retries with) beside
-    it, as the single-process path writes them.
+    The options, the callbacks (on the driver) and the side outputs mean what they mean to
+    :class:`~image2prompt.batch.engine.BatchJob`, and the records, resume, copies, retry and
+    ``FILE.failed.txt``/``FILE.failed.json`` are the same; ``on_record`` gets each record written. Here
+    ``store_scores`` and ``store_features`` are done by the search actors (every node must see the
+    ``store_features`` folder); caption files are written on the driver.
 
-    Ray: ``address`` is a cluster (``HEAD:6379``, ``auto``, ``ray://...``); None starts a
-    local instance (an instance this process already joined is used as it is).
-    ``encode_actors`` actors load the models with ``num_gpus_per_actor`` GPUs each
-    (fractions share a GPU) and encode ``batch_size`` images at a time; ``search_actors``
-    actors search on CPUs (or on ``num_gpus_per_search_actor`` GPUs each). Every actor
-    reserves ``num_cpus_per_actor`` CPUs, and each decode task 1: where the actors and a
-    decode task do not fit in the cluster's CPUs, the actors get a smaller share (logged as
-    a warning, one line); what cannot fit at all (GPUs, too many actors) raises a
-    SettingsError naming the flag to change. ``address`` with a token Ray will not send
+    Ray: ``address`` is a cluster (``HEAD:6379``, ``auto``, ``ray://...``); None starts a local instance (an
+    instance this process already joined is used as it is). ``encode_actors`` actors load the models with
+    ``num_gpus_per_actor`` GPUs each (fractions share a GPU) and encode ``batch_size`` images at a time;
+    ``search_actors`` actors search on CPUs (or on ``num_gpus_per_search_actor`` GPUs each). Every actor reserves
+    ``num_cpus_per_actor`` CPUs, and each decode task 1: where the actors and a decode task do not fit in the
+    cluster's CPUs, the actors get a smaller share (logged as a warning, one line); what cannot fit at all (GPUs,
+    too many actors) raises a SettingsError naming the flag to change. ``address`` with a token Ray will not send
     (token authentication without ``RAY_AUTH_MODE=token``) raises a one-line RayRunError.
 
-    Callbacks, on the driver, as BatchJob's: ``progress`` with the summary after each record
-    (and once at the end), ``on_error`` with each error line written (else it is logged),
-    ``on_record`` with each record written.
-
-    The run's model identity, and so its fingerprint, is computed once on the driver (from the
-    names, else by loading the models once in a Ray task); every actor checks it loaded the same.
-    Inputs that already have a record under this fingerprint are skipped before the model
-    stages (by content hash, computed where the bytes are read), so ``skipped`` is only known
-    when the run ends. Records come in completion order, through the engine's
-    :class:`~image2prompt.batch.sink.RecordSink`: an image seen twice in the run gets a copy of
-    the first one's record, as in the engine.
+    The run's model identity, and so its fingerprint, is computed once on the driver (from the names, else by
+    loading the models once in a Ray task); every actor checks it loaded the same. Inputs already done are dropped
+    inside the Ray tasks (by content hash, computed where the bytes are read), so ``skipped`` is only known when the
+    run ends. Records come in completion order.
 
     Raises:
         RayMissingError: Ray Data is not installed.
@@ -165,7 +141,9 @@ def run_on_ray(
         Image2PromptError: a problem every image would hit (models, vocabulary, cache),
             raised after the records written so far were flushed.
     """
-    _check_sizes(encode_actors=encode_actors, search_actors=search_actors, batch_size=batch_size)
+    for name, size in (("encode_actors", encode_actors), ("search_actors", search_actors), ("batch_size", batch_size)):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise SettingsError(f"{name} must be a positive integer, got {size!r}")
     for name, value in (("num_gpus_per_actor", num_gpus_per_actor), ("num_cpus_per_actor", num_cpus_per_actor),
                         ("num_gpus_per_search_actor", num_gpus_per_search_actor)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or math.isnan(value):
@@ -212,13 +190,8 @@ def run_on_ray(
                            num_gpus_per_search_actor=num_gpus_per_search_actor, batch_size=batch_size,
                            decode_cpus=fit.decode_cpus, max_pixels=max_pixels, scores_top=scores_top,
                            store_features=None if store_features is None else os.fspath(store_features))
-            try:
+            with _mapped_errors(ray):
                 _drain(ds, sink)
-            except Exception as err:
-                mapped = _driver_error(ray, err)
-                if mapped is err:
-                    raise
-                raise mapped from err
         summary.finished = True
     finally:
         try:
@@ -246,11 +219,12 @@ def run_on_ray(
 
 
 def _drain(ds: Any, sink: RecordSink) -> None:
-    """Hand the pipeline's rows to the sink as they come (the driver's side). A row whose content
-    the output already holds (a copy row from the resume filter, or an image seen earlier in this
-    run) gets the stored record under its name, as in the engine."""
+    """Hand the pipeline's rows to the sink as they come (the driver's side). A row whose content the output already
+    holds (a copy row from the resume filter, or an image seen earlier in this run) gets the stored record under its
+    name, as in the engine."""
     for row in ds.iter_rows():
-        entry = Entry(str(row.get("source")), _path(row.get("path")), row.get("content_hash"))
+        path = row.get("path")
+        entry = Entry(str(row.get("source")), Path(str(path)) if path else None, row.get("content_hash"))
         if sink.known(entry):
             continue
         text = row.get("record")
@@ -261,20 +235,22 @@ def _drain(ds: Any, sink: RecordSink) -> None:
         sink.tick()
 
 
-def _path(value: Any) -> Path | None:
-    return Path(str(value)) if value else None
-
-
-def _check_sizes(**sizes: int) -> None:
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SettingsError(f"{name} must be a positive integer, got {value!r}")
+@contextmanager
+def _mapped_errors(ray: Any) -> Iterator[None]:
+    """Raise what :func:`~.cluster._driver_error` makes of an error out of Ray (the Ray exception as its cause)."""
+    try:
+        yield
+    except Exception as err:
+        mapped = _driver_error(ray, err)
+        if mapped is err:
+            raise
+        raise mapped from err
 
 
 def run_identity(ray: Any, config: Config, num_cpus: float) -> ModelIdentity:
-    """The run's model identity, once, before any actor loads a model: told from the names where
-    the driver can (it sees the model folders and vocabulary), else the models are loaded once in
-    a Ray task, as a worker sees them. Every actor checks that it loaded this identity."""
+    """The run's model identity, once, before any actor loads a model: told from the names where the driver can (it
+    sees the model folders and vocabulary), else the models are loaded once in a Ray task, as a worker sees them.
+    Every actor checks that it loaded this identity."""
     try:
         predicted = ModelIdentity.of_config(config)
     except Exception as err:  # noqa: BLE001  e.g. a model folder only the workers can see
@@ -284,13 +260,8 @@ def run_identity(ray: Any, config: Config, num_cpus: float) -> ModelIdentity:
         return predicted
     task = ray.remote(_identity_task).options(num_cpus=num_cpus, num_gpus=0, max_retries=MAX_TASK_RETRIES)
     log.info("loading the models once in a Ray task for the run's model identity")
-    try:
+    with _mapped_errors(ray):  # a model problem: its own one line
         return cast(ModelIdentity, ray.get(task.remote(config)))
-    except Exception as err:
-        mapped = _driver_error(ray, err)  # a model problem: its own one line
-        if mapped is err:
-            raise
-        raise mapped from err
 
 
 def _identity_task(config: Config) -> ModelIdentity:
@@ -308,21 +279,16 @@ def _pipeline(ray: Any, tables: list[Any], *, done: DoneSet | None, config: Conf
               decode_cpus: float = DECODE_CPUS) -> Any:
     """The dataset of output rows (lazy: it runs as the driver iterates it)."""
     data = ray.data
-    actor_fault = _fault_args(ray, max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES)
-    task_fault = _fault_args(ray, max_retries=MAX_TASK_RETRIES)
+    actor = {"batch_size": batch_size, "batch_format": "numpy", "num_cpus": num_cpus_per_actor,
+             **_fault_args(ray, max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES)}
     done_arg = ray.put(done) if done is not None else None
-    ds = data.from_arrow(tables)
-    ds = _map_batches(ray, ds, decode_batch, batch_size=batch_size, batch_format="numpy",
-                      fn_kwargs={"done": done_arg, "max_pixels": max_pixels}, num_cpus=decode_cpus, **task_fault)
-    ds = _map_batches(ray, ds, Encoder, batch_size=batch_size, batch_format="numpy",
-                      fn_constructor_kwargs={"config": config, "settings": settings, "caption": caption,
-                                             "identity": identity},
-                      compute=data.ActorPoolStrategy(size=encode_actors),
-                      num_cpus=num_cpus_per_actor, num_gpus=num_gpus_per_actor, **actor_fault)
-    ds = _map_batches(ray, ds, Searcher, batch_size=batch_size, batch_format="numpy",
-                      fn_constructor_kwargs={"config": config, "settings": settings, "identity": identity,
-                                             "on_gpu": num_gpus_per_search_actor > 0, "scores_top": scores_top,
-                                             "store_features": store_features},
-                      compute=data.ActorPoolStrategy(size=search_actors),
-                      num_cpus=num_cpus_per_actor, num_gpus=num_gpus_per_search_actor, **actor_fault)
-    return ds
+    ds = _map_batches(data.from_arrow(tables), decode_batch, batch_size=batch_size, batch_format="numpy",
+                      fn_kwargs={"done": done_arg, "max_pixels": max_pixels}, num_cpus=decode_cpus,
+                      **_fault_args(ray, max_retries=MAX_TASK_RETRIES))
+    encoder = {"config": config, "settings": settings, "caption": caption, "identity": identity}
+    searcher = {"config": config, "settings": settings, "identity": identity, "on_gpu": num_gpus_per_search_actor > 0,
+                "scores_top": scores_top, "store_features": store_features}
+    ds = _map_batches(ds, Encoder, fn_constructor_kwargs=encoder, compute=data.ActorPoolStrategy(size=encode_actors),
+                      num_gpus=num_gpus_per_actor, **actor)
+    return _map_batches(ds, Searcher, fn_constructor_kwargs=searcher, compute=data.ActorPoolStrategy(size=search_actors),
+                        num_gpus=num_gpus_per_search_actor, **actor)

@@ -21,9 +21,8 @@ _CONTEXT = {"max_errored_blocks": MAX_ERRORED_BLOCKS, "actor_task_retry_on_error
 
 def _configure(context: Any) -> dict[str, Any]:
     saved = {k: getattr(context, k) for k in _CONTEXT if hasattr(context, k)}
-    for k, v in _CONTEXT.items():
-        if hasattr(context, k):
-            setattr(context, k, v)
+    for k in saved:
+        setattr(context, k, _CONTEXT[k])
     return saved
 
 
@@ -35,8 +34,8 @@ def _restore(context: Any, saved: dict[str, Any]) -> None:
 def _fault_args(ray: Any, **wanted: Any) -> dict[str, Any]:
     """Ray options (``max_restarts``, ``max_task_retries``, ``max_retries``) for ``map_batches``.
 
-    Ray 2.60 takes them only as extra keyword arguments (deprecated, to be removed in
-    2.64); a Ray that takes them neither way runs with its defaults (logged).
+    Ray 2.60 takes them only as extra keyword arguments (deprecated, to be removed in 2.64); a Ray that takes them
+    neither way runs with its defaults (logged).
     """
     params = inspect.signature(ray.data.Dataset.map_batches).parameters
     named = {k: v for k, v in wanted.items() if k in params}
@@ -46,7 +45,7 @@ def _fault_args(ray: Any, **wanted: Any) -> dict[str, Any]:
     return named
 
 
-def _map_batches(ray: Any, ds: Any, fn: Any, **kwargs: Any) -> Any:
+def _map_batches(ds: Any, fn: Any, **kwargs: Any) -> Any:
     """``ds.map_batches`` with the fault options passed as Ray 2.60 still takes them (without its warning)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*ray_remote_args.*deprecated", category=Warning)

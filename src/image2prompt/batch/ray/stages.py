@@ -1,15 +1,9 @@
-"""The stages of a Ray batch run, each a thin executor over the library's own parts.
+"""The stages of a Ray batch run (drawn in :mod:`.driver`), each a thin executor over the library's own parts:
+:func:`input_rows` on the driver, :func:`decode_batch` in CPU tasks (read, key, drop what the output already holds:
+:class:`DoneSet`), :class:`Encoder` and :class:`Searcher` in actor pools (:mod:`image2prompt.work`).
 
-* :func:`input_rows` (driver): what :func:`~image2prompt.batch.inputs.iter_inputs` yields,
-  as Arrow rows; no image bytes are read there (except WebDataset members).
-* :func:`decode_batch` (CPU tasks): read, key (:func:`~image2prompt.batch.sink.input_key`),
-  drop what the output already holds (:class:`DoneSet`), decode.
-* :class:`Encoder` (actor pool): :func:`image2prompt.work.encode_items`.
-* :class:`Searcher` (actor pool): :func:`image2prompt.work.search_items`, then the
-  record with its side outputs (:func:`~image2prompt.batch.sink.finish_result`).
-
-Every actor checks that it loaded the run's model identity (computed once, on the driver),
-and labels its records with the run's fingerprint.
+Every actor checks that it loaded the run's model identity (computed once, on the driver), and labels its records
+with the run's fingerprint.
 """
 
 from __future__ import annotations
@@ -20,6 +14,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,15 +44,14 @@ _NO_IMAGE = np.zeros((1, 1, 3), np.uint8)
 KIND_IMAGE, KIND_ERROR, KIND_COPY = "image", "error", "copy"
 
 
-
 def input_rows(inputs: Sequence[str], *, allow_urls: bool, column: str | None,
                caption_column: str | None = None, reached: set[str] | None = None) -> tuple[list[Any], int]:
     """Arrow tables of input rows (no image bytes read, except shard members) and their count.
 
-    ``path`` is the local image file (read there in the task, and where a caption file
-    goes); ``reader`` the pickled ``read`` function of any other item (a URL, a shard member);
-    ``caption`` the caption the input came with (with ``caption_column``), else null.
-    ``reached`` gets each input's source (and manifest row), as a retry compares them.
+    ``path`` is the local image file (read there in the task, and where a caption file goes); ``reader`` the pickled
+    ``read`` function of any other item (a URL, a shard member); ``caption`` the caption the input came with (with
+    ``caption_column``), else null. ``reached`` gets each input's source (and manifest row), as a retry compares
+    them.
     """
     import pyarrow as pa
     from ray import cloudpickle
@@ -69,30 +63,22 @@ def input_rows(inputs: Sequence[str], *, allow_urls: bool, column: str | None,
         columns["source"].append(item.source)
         columns["caption"].append(item.caption if caption_column is not None else None)
         columns["path"].append(str(item.path) if item.path is not None else None)
-        if item.error is not None:
-            columns["error"].append(one_line(item.error))
-            columns["reader"].append(None)
-        else:
-            columns["error"].append(None)
-            columns["reader"].append(None if item.path is not None else cloudpickle.dumps(item.read))
+        columns["error"].append(one_line(item.error) if item.error is not None else None)
+        local = item.error is not None or item.path is not None
+        columns["reader"].append(None if local else cloudpickle.dumps(item.read))
     n = len(columns["source"])
     if not n:
         return [], 0
-    types = {"source": pa.string(), "path": pa.string(), "reader": pa.binary(), "error": pa.string(),
-             "caption": pa.string()}
-    table = pa.table({k: pa.array(v, types[k]) for k, v in columns.items()})
-    cpus = 1
+    table = pa.table({k: pa.array(v, pa.binary() if k == "reader" else pa.string()) for k, v in columns.items()})
     try:
         import ray
 
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     except Exception:  # noqa: BLE001  only a sizing hint
-        pass
+        cpus = 1
     rows = max(1, min(_MAX_BLOCK_ROWS, math.ceil(n / (cpus * _BLOCKS_PER_CPU))))
     return [table.slice(start, rows) for start in range(0, n, rows)], n
 
-
-# --- resume ------------------------------------------------------------------------------
 
 
 def _digest(key: str) -> bytes:
@@ -102,9 +88,8 @@ def _digest(key: str) -> bytes:
 class DoneSet:
     """What the output holds under this run's fingerprint, as sorted 128-bit digests.
 
-    ``keys``: record keys (content hash, or source for records without one); ``sources``:
-    the sources with a record. Digest arrays are plain numpy (zero-copy from Ray's object
-    store in every task), about 32 bytes a record.
+    ``keys``: record keys (content hash, or source for records without one); ``sources``: the sources with a record.
+    Digest arrays are plain numpy (zero-copy from Ray's object store in every task), about 32 bytes a record.
     """
 
     def __init__(self, keys: np.ndarray, sources: np.ndarray) -> None:
@@ -136,24 +121,22 @@ class DoneSet:
         return self._has(self.sources, source)
 
 
-# --- stage 1: read, hash, resume filter, decode (CPU tasks) ------------------------------
-
 
 def decode_batch(batch: dict[str, np.ndarray], *, done: Any = None,
                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
     """Input rows -> image, error or copy rows; rows already done are dropped."""
-    if done is not None and not isinstance(done, DoneSet):  # an ObjectRef: fetched once per task
-        import ray
+    import ray
+    from ray import cloudpickle
 
+    if done is not None and not isinstance(done, DoneSet):  # an ObjectRef: fetched once per task
         done = ray.get(done)
-    out: dict[str, list[Any]] = {k: [] for k in ("kind", "source", "path", "content_hash", "error", "caption",
-                                                 "image")}
+    names = ("kind", "source", "path", "content_hash", "error", "caption", "image")
+    out: dict[str, list[Any]] = {k: [] for k in names}
     caption: str | None = None
 
     def emit(kind: str, source: str, path: Any, digest: str | None, error: str | None,
              image: np.ndarray = _NO_IMAGE) -> None:
-        for k, v in (("kind", kind), ("source", source), ("path", path), ("content_hash", digest),
-                     ("error", error), ("caption", caption), ("image", image)):
+        for k, v in zip(names, (kind, source, path, digest, error, caption, image)):
             out[k].append(v)
 
     captions = _column(batch, "caption") if "caption" in batch else [None] * len(batch["source"])
@@ -161,8 +144,9 @@ def decode_batch(batch: dict[str, np.ndarray], *, done: Any = None,
                                                     captions):
         source = str(source)
         data = None
-        if error is None:
-            data, error = _read(source, path, reader)
+        if error is None:  # read as the batch engine reads
+            read = partial(read_file, Path(str(path)), source) if reader is None else cloudpickle.loads(bytes(reader))
+            data, error = read_input(source, read)
         if data is None:  # no bytes: keyed by source
             if done is None or not done.has_key(source):
                 emit(KIND_ERROR, source, path, None, error)
@@ -185,22 +169,11 @@ def decode_batch(batch: dict[str, np.ndarray], *, done: Any = None,
     return _rows(out)
 
 
-def _read(source: str, path: Any, reader: Any) -> tuple[bytes | None, str | None]:
-    """The input's bytes, or why there are none (one line), as the batch engine reads them."""
-    if reader is None:
-        return read_input(source, lambda: read_file(Path(str(path)), source))
-    from ray import cloudpickle
-
-    return read_input(source, cloudpickle.loads(bytes(reader)))
-
-
 def _column(batch: dict[str, Any], name: str) -> list[Any]:
+    """A column as a list, with Arrow's nulls (None or NaN) as None."""
     values = batch[name]
-    return [None if _is_null(v) else v for v in (values.tolist() if hasattr(values, "tolist") else list(values))]
-
-
-def _is_null(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    values = values.tolist() if hasattr(values, "tolist") else list(values)
+    return [None if isinstance(v, float) and math.isnan(v) else v for v in values]
 
 
 def _rows(columns: dict[str, list[Any]]) -> dict[str, Any]:
@@ -215,8 +188,6 @@ def _rows(columns: dict[str, list[Any]]) -> dict[str, Any]:
             out[k] = arr
     return out
 
-
-# --- stage 2: encode (actor pool) --------------------------------------------------------
 
 
 class Encoder:
@@ -276,8 +247,6 @@ class Encoder:
         return out
 
 
-# --- stage 3: search (actor pool) --------------------------------------------------------
-
 
 class Searcher:
     """Holds an interrogator (text towers and tables; no captioner) and searches features."""
@@ -324,14 +293,16 @@ class Searcher:
             i = todo[j]
             entry = Entry(str(sources[i]), None, hashes[i])
             if isinstance(outcome, Failure):
-                rec = make_record(entry.source, entry.content_hash, self.fingerprint, None, outcome.text)
+                records[i] = _json(make_record(entry.source, entry.content_hash, self.fingerprint, None, outcome.text))
             else:
-                rec = finish_result(ic, entry, self.fingerprint, outcome, feats[j], store=self.store_features,
-                                    scores_top=self.scores_top)
-            records[i] = json.dumps(rec, ensure_ascii=False, allow_nan=False, default=json_default)
+                records[i] = _json(finish_result(ic, entry, self.fingerprint, outcome, feats[j],
+                                                 store=self.store_features, scores_top=self.scores_top))
         for i, kind in enumerate(kinds):
             if kind == KIND_ERROR:
-                rec = make_record(str(sources[i]), hashes[i], self.fingerprint, None,
-                                  errors[i] or f"{sources[i]}: could not interrogate")
-                records[i] = json.dumps(rec, ensure_ascii=False, allow_nan=False, default=json_default)
+                records[i] = _json(make_record(str(sources[i]), hashes[i], self.fingerprint, None,
+                                               errors[i] or f"{sources[i]}: could not interrogate"))
         return _rows({"kind": kinds, "source": sources, "path": paths, "content_hash": hashes, "record": records})
+
+
+def _json(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False, allow_nan=False, default=json_default)
