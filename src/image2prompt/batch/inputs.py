@@ -23,6 +23,10 @@ Kinds of input (told apart by what exists on disk and by the name's extension):
 
 Problems with one input become an item with ``error`` set, so a batch carries on; a problem with one
 image's bytes is raised by its ``read()`` as an :class:`~image2prompt.errors.ImageLoadError`.
+
+Why one module over 500 lines: every kind of input dispatches through one recursive
+``_dispatch`` (a list may name a manifest that names a shard...), with one context of limits and
+one way of wording a failure; split by kind, each part would import the others back.
 """
 
 from __future__ import annotations

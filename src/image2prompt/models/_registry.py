@@ -5,6 +5,10 @@ and ``hf-hub:ORG/REPO``. The transformers backend is ``hf:ORG/REPO`` or a
 ``save_pretrained`` folder. Names carry their source, so the model name and its
 weights are never confused (``local-dir:`` paths contain slashes).
 
+Why one module over 500 lines: it is the one torch-free place every front end and the
+catalogue read names from (CLIP, captioners, VLM presets, targets, plugins); split, the
+names would need a second module that imports this one back for the plugin registry.
+
 Plugins
 -------
 Other packages add CLIP backends and captioners by registering loaders::

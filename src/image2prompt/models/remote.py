@@ -6,6 +6,9 @@ images: :class:`RemoteCaptioner` sends each image inline, as a base64 ``data:`` 
 ``image_url`` part with a short instruction, and returns the answers in order. No torch
 here: the model runs in the server.
 
+Why one module over 500 lines: the client's retry, backoff, error mapping and memo are one
+state machine around one ``httpx.Client``; the module docstring below is a fifth of it.
+
 Names and settings
 ------------------
 ``--caption-model openai:MODEL`` (``Config.captioner``) names the model the server serves;

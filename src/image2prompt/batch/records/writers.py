@@ -5,6 +5,10 @@ file, a Parquet output's ``FILE.journal.jsonl``); a format's writer says only ho
 written and read, and what it does on opening and closing. CSV cells stay on one physical line (so
 offsets and the torn-tail repair work line by line) and none reads as a spreadsheet formula
 (:mod:`image2prompt.spreadsheet`); reading undoes that quoting and types the cells back.
+
+Why one module over 500 lines: the writers are small subclasses of one base whose locking,
+torn-tail repair, index and atomic rewrite they all rely on; apart, each would import the
+others' private helpers (the split into seven modules did, and was larger).
 """
 
 from __future__ import annotations
