@@ -242,3 +242,15 @@ def test_a_chat_captions_own_words_are_not_added_again(interrogator: Interrogato
     assert said not in [p.text for p in after.phrases]
     typed = next(chat.search_indexed(chat.encode(images[:1], [caption], generate_captions=False), fast))[1]
     assert said in [p.text for p in typed.phrases]  # a typed caption: the phrase may be added, as before
+
+
+def test_caption_mode_is_the_caption_alone_within_the_budget(interrogator: Interrogator, images):
+    from image2prompt.settings import SearchSettings
+
+    feats = interrogator.encode(images[:1], ["a red barn in the snow, with a small dog at the door"],
+                                generate_captions=False)
+    r = next(interrogator.search_indexed(feats, SearchSettings(mode="caption")))[1]
+    assert (r.mode, r.prompt, r.caption, r.phrases) == ("caption", "a red barn in the snow, with a small dog at the door",
+                                                        "a red barn in the snow, with a small dog at the door", [])
+    short = next(interrogator.search_indexed(feats, SearchSettings(mode="caption", max_tokens=9)))[1]
+    assert short.prompt == "a red barn in the snow" and short.caption_truncated  # cut where the clause ends

@@ -17,7 +17,7 @@ from typing import Any
 from .errors import SettingsError
 
 #: The modes built into the package (plugins may register more, see image2prompt.modes).
-BUILTIN_MODES = ("best", "classic", "fast", "negative", "turbo", "style")
+BUILTIN_MODES = ("best", "classic", "fast", "negative", "turbo", "style", "caption")
 
 #: The relevance floor's default, in units of the spread of the image's whole vocabulary (a phrase's support: its
 #: margin over its category's median for the image, over the standard deviation of every phrase's score). Chosen on
@@ -55,7 +55,7 @@ class SearchSettings:
         "shortlist of phrases at each step (several times faster); classic: caption, medium, artist, site, "
         "movement and 3 flavors; fast: caption and the top phrases; negative: phrases least like the image, for a "
         "negative prompt; style: only the aesthetic (lighting, colour, medium, technique...), no caption or "
-        "subject.")})
+        "subject; caption: the captioner's text alone, cut to the budget (training captions from a VLM).")})
     candidates: int = field(default=2048, metadata={"help": (  # best/negative/style: the candidate pool
         "best, negative and style: how many of the best-scoring phrases the search tries (turbo: at most 1024). "
         "Every search step scores each one, so best mode's time grows about in proportion: 512 is about 4x "

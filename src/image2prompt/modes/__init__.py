@@ -21,6 +21,7 @@ from ..errors import CaptionRequired, SettingsError
 from ..models._registry import load_plugins
 from .base import Chain, Mode, Outcome, Scored, SearchContext, Task
 from .best import BestMode
+from .caption import CaptionMode
 from .classic import ClassicMode
 from .fast import FastMode
 from .negative import NegativeMode
@@ -77,7 +78,7 @@ def beam_modes() -> list[str]:
     return [name for name in list_modes() if getattr(_MODES[name], "uses_beam", False)]
 
 
-for _cls in (BestMode, ClassicMode, FastMode, NegativeMode, TurboMode, StyleMode):
+for _cls in (BestMode, ClassicMode, FastMode, NegativeMode, TurboMode, StyleMode, CaptionMode):
     register_mode(_cls)
 
 __all__ = ["Chain", "Mode", "Outcome", "Scored", "SearchContext", "Task", "beam_modes", "caption_free_modes",
