@@ -6,8 +6,8 @@ turn: the image, then :data:`DEFAULT_INSTRUCTION` or the caller's instruction). 
 has no chat: it is given a task token (:data:`FLORENCE2_TASK`). Requests are batched with
 left padding and decoded greedily; only the new tokens are returned, as raw text.
 
-The captioner has the interface of the BLIP :class:`~image2prompt.models.captioners.Captioner`
-(``name``, ``input_side``, ``caption``, ``offload``/``activate``), so the pipeline, the
+The captioner is a BLIP :class:`~image2prompt.models.captioners.Captioner` with its own
+``input_side`` and ``caption`` (``offload``/``activate`` are the same), so the pipeline, the
 batch engine and ``--low-vram`` use it unchanged. :func:`load_vlm_captioner` is what
 :func:`~image2prompt.models.captioners.load_captioner` calls for a folder or repository whose
 config is a VLM (see :func:`~image2prompt.models._registry.parse_caption_name`).
@@ -16,7 +16,6 @@ config is a VLM (see :func:`~image2prompt.models._registry.parse_caption_name`).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch
 
 from ..errors import ModelLoadError
 from ._registry import CaptionSpec
+from .captioners import Captioner
 from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
 from .instructions import DEFAULT_INSTRUCTION, FLORENCE2_TASK, caption_identity
 from .loading import CAPTION_ADVICE, load_transformers, processor_input_side
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 
-class VLMCaptioner:
+class VLMCaptioner(Captioner):
     """A chat vision-language model as a captioner; safe to share across threads.
 
     ``instruction`` is the text of the user turn that follows the image (default
@@ -45,16 +45,8 @@ class VLMCaptioner:
 
     def __init__(self, spec: CaptionSpec, model: Any, processor: Any, device: torch.device,
                  dtype: torch.dtype, max_new_tokens: int = 32, *, instruction: str | None = None) -> None:
-        self.spec = spec
-        self.name = spec.name
-        self.model = model
-        self.processor = processor
-        self.device = device
-        self.dtype = dtype
-        self.max_new_tokens = max_new_tokens
+        super().__init__(spec, model, processor, device, dtype, max_new_tokens)
         self.instruction = instruction if instruction is not None else self.default_instruction()
-        self._home = device
-        self._lock = threading.RLock()
         tokenizer = getattr(processor, "tokenizer", None)
         if tokenizer is not None:
             tokenizer.padding_side = "left"  # generation continues every row from its last token
@@ -66,9 +58,6 @@ class VLMCaptioner:
     def identity(self) -> str:
         """Its name in the fingerprint, with its instruction's hash (another instruction, another caption)."""
         return caption_identity(self.name, self.instruction)
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.name!r}, device={self.device}, dtype={dtype_name(self.dtype)})")
 
     @property
     def input_side(self) -> int | None:
@@ -117,18 +106,6 @@ class VLMCaptioner:
         if not getattr(self.model.config, "is_encoder_decoder", False):
             tokens = tokens[:, inputs["input_ids"].shape[1]:]  # the prompt comes back first
         return list(self.processor.batch_decode(tokens, skip_special_tokens=True))
-
-    def offload(self) -> None:
-        if self._home.type != "cpu":
-            with self._lock:
-                self.model.to("cpu")
-                self.device = torch.device("cpu")
-
-    def activate(self) -> None:
-        if self.device != self._home:
-            with self._lock:
-                self.model.to(self._home)
-                self.device = self._home
 
 
 class Florence2Captioner(VLMCaptioner):
