@@ -71,75 +71,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- models ---------------------------------------------------------------------------------------
-def _text_sizes(tok: Any, args: argparse.Namespace) -> dict[str, Any]:
-    return vlms._text_sizes(tok) | dict(hidden_size=args.hidden, intermediate_size=2 * args.hidden,
-                                        num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2)
+def _text(args: argparse.Namespace) -> dict[str, Any]:
+    """The benchmark's text model: larger than the tests', so generation costs something."""
+    return dict(hidden_size=args.hidden, intermediate_size=2 * args.hidden, num_hidden_layers=args.layers,
+                num_attention_heads=4, num_key_value_heads=2)
 
 
 def make_llava(out: Path, args: argparse.Namespace) -> Path:
-    """A Llava like ``vlms.make_llava_dir``'s with a larger text model and a 64-pixel, 64-patch vision tower."""
-    import torch
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
-    out.mkdir(parents=True, exist_ok=True)
-    tok = vlms.make_tokenizer([], {"image_token": "<image>"})
-    tok.chat_template = vlms._chat_template("<image>\n")
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(image_size=64, patch_size=8, hidden_size=128, intermediate_size=256,
-                                       num_hidden_layers=2, num_attention_heads=4),
-        text_config=LlamaConfig(**_text_sizes(tok, args)),
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2, vision_feature_select_strategy="default",
-    )
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(cfg)
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}),
-        tokenizer=tok, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
-        chat_template=tok.chat_template,
-    )
-    return vlms._save(out, model, processor, tok, min_new_tokens=args.max_new_tokens)
+    """``vlms.make_llava_dir``'s Llava with a larger text model and a 64-pixel, 64-patch vision tower."""
+    return vlms.make_llava_dir(out, side=64, vision_hidden=128, vision_heads=4, text=_text(args),
+                               min_new_tokens=args.max_new_tokens)
 
 
 def make_qwen2_vl(out: Path, args: argparse.Namespace) -> Path:
-    """A Qwen2-VL like ``vlms.make_qwen2_vl_dir``'s with a larger text model."""
-    import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
-    out.mkdir(parents=True, exist_ok=True)
-    tok = vlms.make_tokenizer(["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"])
-    tok.chat_template = vlms._chat_template("<|vision_start|><|image_pad|><|vision_end|>")
+    """``vlms.make_qwen2_vl_dir``'s Qwen2-VL with a larger text model; every image 64x64 (16 tokens)."""
     head = args.hidden // 4
     third = head // 2 // 3
-    mrope = [head // 2 - 2 * third, third, third]
-    text = _text_sizes(tok, args) | {"rope_parameters": {"rope_type": "default", "mrope_section": mrope,
-                                                         "rope_theta": 10000.0}}
-    cfg = Qwen2VLConfig(
-        text_config=text,
-        vision_config=dict(depth=2, embed_dim=64, hidden_size=args.hidden, num_heads=4, mlp_ratio=2, in_channels=3,
-                           patch_size=8, spatial_merge_size=2, temporal_patch_size=2),
-        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
-    )
-    torch.manual_seed(0)
-    model = Qwen2VLForConditionalGeneration(cfg)
-    size = {"shortest_edge": 64 * 64, "longest_edge": 64 * 64}  # pixel counts: every image 64x64, 16 tokens
-    processor = Qwen2VLProcessor(
-        image_processor=Qwen2VLImageProcessor(size=size, patch_size=8, merge_size=2, temporal_patch_size=2),
-        video_processor=Qwen2VLVideoProcessor(size=size, patch_size=8, merge_size=2, temporal_patch_size=2),
-        tokenizer=tok, chat_template=tok.chat_template,
-    )
-    return vlms._save(out, model, processor, tok, min_new_tokens=args.max_new_tokens)
+    return vlms.make_qwen2_vl_dir(out, text=_text(args), vision=dict(embed_dim=64, hidden_size=args.hidden, num_heads=4),
+                                  mrope=(head // 2 - 2 * third, third, third), pixels=(64 * 64, 64 * 64),
+                                  min_new_tokens=args.max_new_tokens)
 
 
 BUILDERS = {"llava": make_llava, "qwen2-vl": make_qwen2_vl}

@@ -91,8 +91,11 @@ def _text_sizes(tok: Any) -> dict[str, Any]:
                 bos_token_id=tok.bos_token_id)
 
 
-def make_llava_dir(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
-    """A tiny Llava (CLIP vision tower, Llama text model): JoyCaption's architecture."""
+def make_llava_dir(out_dir: str | os.PathLike[str], seed: int = 0, *, side: int = 32, vision_hidden: int = 32,
+                   vision_heads: int = 2, text: dict[str, Any] | None = None, **generation: Any) -> Path:
+    """A tiny Llava (CLIP vision tower, Llama text model): JoyCaption's architecture. ``side``, the
+    vision sizes and ``text`` (text-config overrides) make larger ones (the benchmarks');
+    ``generation`` goes into its generation config."""
     import torch
     from transformers import (
         CLIPImageProcessor,
@@ -108,24 +111,29 @@ def make_llava_dir(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
     tok = make_tokenizer([], {"image_token": "<image>"})
     tok.chat_template = _chat_template("<image>\n")
     cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                                       num_hidden_layers=2, num_attention_heads=2),
-        text_config=LlamaConfig(**_text_sizes(tok)),
+        vision_config=CLIPVisionConfig(image_size=side, patch_size=8, hidden_size=vision_hidden,
+                                       intermediate_size=2 * vision_hidden, num_hidden_layers=2,
+                                       num_attention_heads=vision_heads),
+        text_config=LlamaConfig(**(_text_sizes(tok) | (text or {}))),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-2, vision_feature_select_strategy="default",
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(cfg)
     processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        image_processor=CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
         tokenizer=tok, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
         chat_template=tok.chat_template,
     )
-    return _save(out, model, processor, tok)
+    return _save(out, model, processor, tok, **generation)
 
 
-def make_qwen2_vl_dir(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
-    """A tiny Qwen2-VL (dynamic-resolution vision tower, M-RoPE text model)."""
+def make_qwen2_vl_dir(out_dir: str | os.PathLike[str], seed: int = 0, *, text: dict[str, Any] | None = None,
+                      vision: dict[str, Any] | None = None, mrope: tuple[int, int, int] = (2, 3, 3),
+                      pixels: tuple[int, int] = (256, 4096), **generation: Any) -> Path:
+    """A tiny Qwen2-VL (dynamic-resolution vision tower, M-RoPE text model). ``text`` and ``vision``
+    (config overrides), ``mrope`` (its sections sum to head_dim / 2) and ``pixels`` (the image
+    processor's min and max pixel counts) make larger ones; ``generation`` goes into its generation config."""
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
@@ -134,12 +142,11 @@ def make_qwen2_vl_dir(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tok = make_tokenizer(["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"])
     tok.chat_template = _chat_template("<|vision_start|><|image_pad|><|vision_end|>")
-    text = _text_sizes(tok) | {"rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3],
-                                                   "rope_theta": 10000.0}}
+    rope = {"rope_parameters": {"rope_type": "default", "mrope_section": list(mrope), "rope_theta": 10000.0}}
     cfg = Qwen2VLConfig(
-        text_config=text,
+        text_config=_text_sizes(tok) | (text or {}) | rope,
         vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, in_channels=3,
-                           patch_size=8, spatial_merge_size=2, temporal_patch_size=2),
+                           patch_size=8, spatial_merge_size=2, temporal_patch_size=2) | (vision or {}),
         image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
         video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
         vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
@@ -147,13 +154,13 @@ def make_qwen2_vl_dir(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(cfg)
-    size = {"shortest_edge": 256, "longest_edge": 4096}
+    size = {"shortest_edge": pixels[0], "longest_edge": pixels[1]}
     processor = Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(size=size, patch_size=8, merge_size=2, temporal_patch_size=2),
         video_processor=Qwen2VLVideoProcessor(size=size, patch_size=8, merge_size=2, temporal_patch_size=2),
         tokenizer=tok, chat_template=tok.chat_template,
     )
-    return _save(out, model, processor, tok)
+    return _save(out, model, processor, tok, **generation)
 
 
 def make_gemma3_dir(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
