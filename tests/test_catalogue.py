@@ -22,6 +22,7 @@ from image2prompt import catalogue
 from image2prompt.cli.main import cli
 from image2prompt.models._registry import CAPTION_MODELS, DEFAULT_CLIP, TARGETS, open_clip_names
 from image2prompt.settings import SearchSettings
+from tests.support.plugins import make_plugin_site
 
 
 def child(code: str, extra_path: Path | None = None) -> dict:
@@ -107,13 +108,7 @@ def load(name, **options):
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("catalogue-plugin")
-    (root / "i2p_catplug.py").write_text(PLUGIN, encoding="utf-8")
-    info = root / "i2p_catplug-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: i2p-catplug\nVersion: 0.1\n", encoding="utf-8")
-    (info / "entry_points.txt").write_text("[image2prompt.plugins]\ncatplug = i2p_catplug\n", encoding="utf-8")
-    return root
+    return make_plugin_site(tmp_path_factory.mktemp("catalogue-plugin"), "i2p_catplug", PLUGIN, "catplug")
 
 
 def test_plugins_modes_and_captioners_are_listed(plugin_site: Path) -> None:

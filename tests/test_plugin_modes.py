@@ -23,6 +23,7 @@ import pytest
 from tests.conftest import make_images
 from tests.server.test_serve_cli import env as clean_env
 from tests.server.test_serve_cli import free_port, wait_ready
+from tests.support.plugins import make_plugin_site
 
 PLUGIN = '''
 from image2prompt.modes import register_mode
@@ -39,13 +40,7 @@ class PlugFast(FastMode):
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("plugin-site")
-    (root / "i2p_plugfast.py").write_text(PLUGIN, encoding="utf-8")
-    info = root / "i2p_plugfast-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: i2p-plugfast\nVersion: 0.1\n", encoding="utf-8")
-    (info / "entry_points.txt").write_text("[image2prompt.plugins]\nplugfast = i2p_plugfast\n", encoding="utf-8")
-    return root
+    return make_plugin_site(tmp_path_factory.mktemp("plugin-site"), "i2p_plugfast", PLUGIN, "plugfast")
 
 
 @pytest.fixture(scope="module")
