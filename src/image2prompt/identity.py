@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from .errors import Image2PromptError
 from .models._registry import captioner_plugin, clip_plugin, parse_caption_name, parse_clip_name
 from .models.instructions import INSTRUCTED_KINDS, caption_identity, default_instruction
-from .settings import SearchSettings, search_fingerprint
+from .settings import SearchSettings, search_fingerprint, stable_hash
 from .vocab import load_vocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,5 +79,4 @@ class ModelIdentity:
                 "every process must see the same weights, vocabulary and image2prompt version")
 
     def describe(self) -> str:
-        vocab = search_fingerprint(SearchSettings(), clip=(), captioner=None, vocab=dict(self.vocab))
-        return f"clip {' + '.join(self.clip)}, captioner {self.captioner or 'none'}, vocabulary {vocab}"
+        return f"clip {' + '.join(self.clip)}, captioner {self.captioner or 'none'}, vocabulary {stable_hash(dict(self.vocab))}"

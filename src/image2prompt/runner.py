@@ -367,10 +367,8 @@ class Runner:
         batch's captions, asked for ahead (:meth:`_flush`); if that failed, the batch is captioned
         here, by the work unit (which retries each image alone)."""
         ic = self._interrogator
-        assert ic is not None
-        if asked is None:
-            self._wanted(ic, batch)
-        else:
+        assert ic is not None  # _flush has set each item's caption and generate flag
+        if asked is not None:
             wanting = [it for it in batch if it.generate]
             try:
                 captions = asked.result()
