@@ -6,7 +6,7 @@ turn: the image, then :data:`DEFAULT_INSTRUCTION` or the caller's instruction). 
 has no chat: it is given a task token (:data:`FLORENCE2_TASK`). Requests are batched with
 left padding and decoded greedily; only the new tokens are returned, as raw text.
 
-The captioner is a BLIP :class:`~image2prompt.models.captioners.Captioner` with its own
+The captioner is a BLIP :class:`~image2prompt.models.captioner_base.Captioner` with its own
 ``input_side`` and ``caption`` (``offload``/``activate`` are the same), so the pipeline, the
 batch engine and ``--low-vram`` use it unchanged. :func:`load_vlm_captioner` is what
 :func:`~image2prompt.models.captioners.load_captioner` calls for a folder or repository whose
@@ -23,7 +23,7 @@ import torch
 
 from ..errors import ModelLoadError
 from ._registry import CaptionSpec
-from .captioners import Captioner
+from .captioner_base import Captioner
 from .device import DeviceLike, dtype_name, resolve_device, resolve_dtype
 from .instructions import DEFAULT_INSTRUCTION, FLORENCE2_TASK, caption_identity
 from .loading import CAPTION_ADVICE, load_transformers, processor_input_side
